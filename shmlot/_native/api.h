@@ -1,0 +1,189 @@
+/* The C core's entry points, as the cffi module shmlot._core exposes them.
+ * cffi_build.py feeds the part between CDEF BEGIN and CDEF END to ffi.cdef().
+ *
+ * Conventions: functions return 0 (or a small non-negative result) on success and a negative
+ * code on failure: -errno for OS errors, or one of the SL_E* codes below. Deadlines are absolute
+ * CLOCK_MONOTONIC nanoseconds; 0 means "no deadline". Any call may be made from any thread; none
+ * may be made from inside a callback (they return SL_EREENTRANT). */
+#ifndef SHMLOT_API_H
+#define SHMLOT_API_H
+#include <stdint.h>
+
+#ifndef SL_PYCB
+#define SL_PYCB extern /* cffi_build.py turns this into extern "Python+C" */
+#endif
+/* CDEF BEGIN */
+#define SL_WAITER_FUTEX 0
+#define SL_WAITER_SEMAPHORE 1
+
+#define SL_ECORRUPT -10001    /* the segment fails a check; sl_last_error() says which */
+#define SL_EFULL -10002       /* no free slot */
+#define SL_EREENTRANT -10003  /* called from a callback that runs under a bucket lock */
+#define SL_ECALLBACK -10004   /* a Python callback raised; the exception is with the caller */
+#define SL_ETIMEDOUT -10005   /* a bucket lock could not be taken by the deadline */
+#define SL_EBADVALUE -10006   /* a callback returned a value out of range */
+
+/* park outcomes */
+#define SL_PARK_UNPARKED 0
+#define SL_PARK_INVALID 1
+#define SL_PARK_TIMED_OUT 2
+
+/* FilterOp */
+#define SL_FILTER_UNPARK 0
+#define SL_FILTER_SKIP 1
+#define SL_FILTER_STOP 2
+
+/* RequeueOp */
+#define SL_REQUEUE_ABORT 0
+#define SL_REQUEUE_UNPARK_ONE_REQUEUE_REST 1
+#define SL_REQUEUE_REQUEUE_ALL 2
+#define SL_REQUEUE_UNPARK_ONE 3
+#define SL_REQUEUE_REQUEUE_ONE 4
+
+/* counters */
+#define SL_C_PARKS 0
+#define SL_C_UNPARKS 1
+#define SL_C_TIMEOUTS 2
+#define SL_C_REQUEUES 3
+#define SL_C_FAIR_HANDOFFS 4
+#define SL_C_OWNER_DEATHS 5
+#define SL_C_REAPED 6
+#define SL_C_FULL_WAITS 7
+#define SL_C_INVALID 8
+#define SL_C_BUCKET_REPAIRS 9
+#define SL_NCOUNTERS 16
+
+typedef struct sl_lot sl_lot;
+
+typedef struct {
+    uint32_t unparked;       /* threads unparked */
+    uint32_t requeued;       /* threads requeued */
+    int have_more;           /* threads still parked on the key (key_from for requeue) */
+    int be_fair;             /* the bucket's fairness timer fired */
+    uint32_t first_pid;      /* identity of the first unparked thread (for lock hand-off) */
+    uint32_t first_tid;
+    uint64_t first_start;
+} sl_unpark_result;
+
+typedef struct {
+    uint32_t index;
+    uint32_t state;
+    uint32_t pid, tid;
+    uint64_t start;
+    uint64_t key;
+    uint64_t park_token;
+    uint64_t parked_ns;
+    uint64_t hint;
+    uint32_t bucket;
+} sl_slot_info;
+
+typedef struct {
+    uint32_t index;
+    uint32_t kind;
+    uint32_t refs;
+    uint32_t flags;
+    uint64_t data[6];
+    char name[208];
+} sl_object_info;
+
+typedef struct {
+    uint32_t index;
+    uint32_t pid, tid;
+    uint64_t start;
+    uint64_t key;
+    uint32_t count;
+    uint32_t mode;
+} sl_hold_info;
+
+typedef struct {
+    uint32_t version;
+    uint32_t nbuckets, nslots, nobjects, nholds;
+    uint32_t waiter;
+    uint64_t total_size;
+    uint64_t created_ns;
+    uint64_t lot_id;
+    uint64_t pidns;
+    uint32_t creator_pid;
+    uint32_t slots_free;
+    uint32_t objects_used;
+    uint64_t counters[16];
+} sl_lot_info;
+
+/* Python callbacks (extern "Python" in the cffi module). Each returns -1 when the Python
+ * function raised (the exception is kept on the Python side). */
+SL_PYCB int sl_py_validate(void *ctx);
+SL_PYCB int sl_py_timed_out(void *ctx, uint64_t key, int was_last);
+SL_PYCB int sl_py_callback(void *ctx, const sl_unpark_result *r, uint64_t *token);
+SL_PYCB int sl_py_filter(void *ctx, uint64_t park_token);
+SL_PYCB int sl_py_requeue_validate(void *ctx);
+SL_PYCB int sl_py_requeue_callback(void *ctx, int op, const sl_unpark_result *r, uint64_t *token);
+
+const char *sl_last_error(void);
+uint64_t sl_now_ns(void);
+
+int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nobjects,
+              uint32_t nholds, int mode, uint32_t waiter, sl_lot **out);
+int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out);
+void sl_close(sl_lot *l);
+int sl_unlink(const char *name);
+int sl_info(sl_lot *l, sl_lot_info *out);
+uint64_t sl_base_address(sl_lot *l);
+uint64_t sl_size(sl_lot *l);
+void sl_count(sl_lot *l, int which, uint64_t n);
+
+/* Park, in steps so that the caller can sleep in its own way (futex or semaphore, in slices
+ * that let signals in):
+ *   sl_park_begin: lock bucket, validate (callback if has_validate), enqueue, unlock.
+ *       Returns SL_PARK_INVALID (nothing enqueued) or 0 with *slot set.
+ *   sl_futex_wait: sleep until the slot is unparked (returns 0) or deadline (1) or a signal (2).
+ *   sl_park_is_unparked: 1 when the slot's wait word is 0.
+ *   sl_park_cancel: on timeout or exception. Under the bucket lock: if still queued, dequeue, call
+ *       timed_out (if has_timed_out) and free the slot: returns SL_PARK_TIMED_OUT. If an unparker
+ *       got there first, returns SL_PARK_UNPARKED and *token (the slot is freed as well).
+ *   sl_park_finish: after the wait word went to 0: read the token and free the slot. */
+int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, int has_validate,
+                  void *ctx, uint64_t deadline_ns, uint32_t *slot);
+int sl_futex_wait(sl_lot *l, uint32_t slot, uint64_t deadline_ns);
+int sl_park_is_unparked(sl_lot *l, uint32_t slot);
+int sl_park_cancel(sl_lot *l, uint32_t slot, int has_timed_out, void *ctx, uint64_t *token);
+int sl_park_finish(sl_lot *l, uint32_t slot, uint64_t *token);
+
+/* Unparking. Threads to wake are written to woken[] (at most woken_cap; the caller sizes it to
+ * nslots). With the futex waiter they are already woken when the call returns; with the
+ * semaphore waiter the caller posts each one's semaphore. Return value: number in woken[]. */
+int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t deadline_ns,
+                  sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap);
+int sl_unpark_all(sl_lot *l, uint64_t key, uint64_t token, uint64_t deadline_ns,
+                  sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap);
+int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t deadline_ns,
+                     sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap);
+int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_callback, void *ctx,
+                      uint64_t deadline_ns, sl_unpark_result *res, int *op,
+                      uint32_t *woken, uint32_t woken_cap);
+
+/* Introspection: copy, one bucket lock at a time. Return the number of records written. */
+int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap);
+int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap);
+int sl_snapshot_holds(sl_lot *l, sl_hold_info *out, uint32_t cap);
+/* Free slots and holds of dead processes (pid + start time). Returns how many were freed;
+ * *slots_freed and *holds_freed split it. Never touches a live process's slot. */
+int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed);
+
+/* Objects: a registry of fixed-size records in the lot. data[0..5] are the object's words. */
+int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index, int *created);
+int sl_object_find(sl_lot *l, const char *name, uint32_t *index, uint32_t *kind);
+int sl_object_ref(sl_lot *l, uint32_t index, int delta);
+int sl_object_unlink(sl_lot *l, const char *name);
+uint64_t sl_object_offset(sl_lot *l, uint32_t index);
+int sl_object_kind(sl_lot *l, uint32_t index);
+
+/* Holds: who holds which key (RWLock readers, custom resources), for reclaim and deadlock
+ * detection. */
+int sl_hold_add(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start, uint32_t mode);
+int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode);
+
+/* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
+int sl_test_set_die_at(const char *step);
+/* CDEF END */
+
+#endif

@@ -1,0 +1,116 @@
+/* Process identity and liveness, shared by the cffi core and the C-API fast module.
+ *
+ * A process is named by (pid, start time); the start time is field 22 of /proc/PID/stat, in clock
+ * ticks since boot, so a pid reused by a later process is not mistaken for the one that died.
+ * A zombie (killed but not yet waited for) counts as dead: it will never release anything.
+ */
+#ifndef SHMLOT_IDENT_H
+#define SHMLOT_IDENT_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+/* Lock words (Lock, RLock, the writer side of RWLock) are one u64:
+ *   bit 0      LOCKED
+ *   bit 1      PARKED     someone is (or may be) parked on the word's key
+ *   bits 2-23  owner pid  (pid_max is at most 2^22 on Linux)
+ *   bits 24-45 owner tid
+ *   bits 46-63 low 18 bits of the owner process's start time
+ * All-zero is "unlocked, nobody parked". */
+#define SL_LOCKED_BIT 1ULL
+#define SL_PARKED_BIT 2ULL
+#define SL_FLAG_MASK 3ULL
+#define SL_PID_SHIFT 2
+#define SL_TID_SHIFT 24
+#define SL_START_SHIFT 46
+#define SL_ID_MASK 0x3FFFFFULL    /* 22 bits */
+#define SL_START_MASK 0x3FFFFULL  /* 18 bits */
+
+static inline uint64_t sl_owner_bits(uint32_t pid, uint32_t tid, uint64_t start)
+{
+    return ((uint64_t)(pid & SL_ID_MASK) << SL_PID_SHIFT) |
+           ((uint64_t)(tid & SL_ID_MASK) << SL_TID_SHIFT) |
+           ((start & SL_START_MASK) << SL_START_SHIFT);
+}
+static inline uint32_t sl_word_pid(uint64_t w) { return (uint32_t)((w >> SL_PID_SHIFT) & SL_ID_MASK); }
+static inline uint32_t sl_word_tid(uint64_t w) { return (uint32_t)((w >> SL_TID_SHIFT) & SL_ID_MASK); }
+static inline uint64_t sl_word_start(uint64_t w) { return (w >> SL_START_SHIFT) & SL_START_MASK; }
+
+static inline uint32_t sl_gettid(void) { return (uint32_t)syscall(SYS_gettid); }
+
+/* Read state and start time of a process from /proc. Returns 1 if found, 0 if there is no such
+ * process, -1 if /proc could not be read for another reason (treat as alive: never steal from a
+ * process we cannot see). */
+static inline int sl_proc_stat(uint32_t pid, char *state, uint64_t *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT || errno == ESRCH ? 0 : -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return n == 0 || errno == ESRCH ? 0 : -1;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+    if (!p || p[1] != ' ')
+        return -1;
+    p += 2;
+    *state = *p;
+    /* p is at field 3 (state); starttime is field 22 */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (!p)
+            return -1;
+        p++;
+    }
+    *start = strtoull(p, NULL, 10);
+    return 1;
+}
+
+/* Start time (clock ticks since boot) of this process, or 0 if unreadable. */
+static inline uint64_t sl_self_start(void)
+{
+    char state;
+    uint64_t start = 0;
+    if (sl_proc_stat((uint32_t)getpid(), &state, &start) != 1)
+        return 0;
+    return start;
+}
+
+/* Is process `pid` alive and the one that started at `start` (compared under `start_mask`)?
+ * pid 0 is never alive. */
+static inline int sl_process_alive(uint32_t pid, uint64_t start, uint64_t start_mask)
+{
+    if (pid == 0)
+        return 0;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
+        return 0;
+    char state;
+    uint64_t actual;
+    int r = sl_proc_stat(pid, &state, &actual);
+    if (r < 0)
+        return 1;
+    if (r == 0)
+        return 0;
+    if (state == 'Z' || state == 'X' || state == 'x')
+        return 0;
+    return (actual & start_mask) == (start & start_mask);
+}
+
+/* Cheap check (one syscall) used on hot-ish paths: false only when the pid surely does not exist. */
+static inline int sl_pid_exists(uint32_t pid)
+{
+    return pid != 0 && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+}
+
+#endif

@@ -1,0 +1,140 @@
+/* The shared-memory layout of a lot, and the internal helpers shared by lot.c and park.c.
+ *
+ * Everything in the segment is addressed by offsets and indices (never pointers), and every
+ * index or offset read from it is checked against the sizes this process computed at attach time
+ * (sl_lot, below, lives in process memory and is trusted; the segment is not).
+ *
+ *   [header][buckets x nbuckets][slots x nslots][registry x nobjects][holds x nholds]
+ */
+#ifndef SHMLOT_LOT_H
+#define SHMLOT_LOT_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <stddef.h>
+#include "api.h"
+
+#define SL_MAGIC 0x31544f4c4d485300ULL /* "\0SHMLOT1" */
+#define SL_VERSION 1
+#define SL_HEADER_SIZE 4096
+#define SL_NAME_MAX 200
+
+/* slot states */
+#define SLOT_FREE 0
+#define SLOT_ALLOCATED 1 /* taken from the free list, not yet queued (or leaving) */
+#define SLOT_QUEUED 2    /* linked in bucket `bucket`'s queue */
+#define SLOT_UNPARKED 3  /* dequeued by an unparker; token valid; wait word is 0 */
+
+#define SL_NIL 0u /* links store index+1; 0 is "none" */
+
+typedef struct {
+    uint64_t magic;          /* written last at creation, with release ordering */
+    uint32_t version;
+    uint32_t header_size;
+    uint64_t total_size;
+    uint32_t nbuckets, nslots, nobjects, nholds;
+    uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
+    uint64_t buckets_off, slots_off, objects_off, holds_off;
+    uint32_t waiter;         /* SL_WAITER_FUTEX or SL_WAITER_SEMAPHORE */
+    uint32_t mutex_size;     /* sizeof(pthread_mutex_t) of the creator: a libc mismatch check */
+    uint64_t created_ns;     /* CLOCK_REALTIME at creation */
+    uint64_t lot_id;         /* random; names the lot's semaphores */
+    uint64_t pidns;          /* inode of the creator's /proc/self/ns/pid */
+    uint32_t creator_pid;
+    uint32_t libc;           /* 1 glibc, 2 other */
+    uint64_t free_head;      /* slot free list: (tag << 32) | (index + 1); tag defeats ABA */
+    uint64_t objects_used;   /* informational */
+    uint64_t counters[SL_NCOUNTERS];
+    char name[SL_NAME_MAX + 8];
+    pthread_mutex_t registry_mutex; /* guards object allocation and the name index */
+} sl_header;
+
+typedef struct {
+    pthread_mutex_t mutex;   /* robust, process-shared, error-checking */
+    uint32_t head, tail;     /* index + 1 of the oldest and newest queued slot */
+    uint32_t count;          /* slots queued here */
+    uint32_t seed;           /* xorshift state for the fairness timer */
+    uint64_t fair_timeout_ns;/* CLOCK_MONOTONIC; past it, the next unpark is "be_fair" */
+} sl_bucket;
+
+typedef struct {
+    uint32_t wait;           /* futex word: 1 while parked, 0 once unparked (set under the lock) */
+    uint32_t state;          /* SLOT_* */
+    uint64_t key;
+    uint64_t park_token;
+    uint64_t unpark_token;
+    uint32_t next, prev;     /* queue links, index + 1 */
+    uint32_t bucket;         /* bucket index while QUEUED */
+    uint32_t next_free;      /* free-list link, index + 1 */
+    uint32_t pid, tid;
+    uint64_t start;          /* owner process start time (ticks) */
+    uint64_t parked_ns;      /* CLOCK_MONOTONIC when it parked */
+    uint64_t hint;           /* what the parker saw it wait for (lock word), for introspection */
+} sl_slot;
+
+typedef struct {
+    uint32_t state;          /* 0 free, 1 live */
+    uint32_t kind;           /* user-level kind code; 0 is "none" */
+    uint32_t refs;           /* handles, for anonymous objects */
+    uint32_t flags;          /* SL_OBJ_NAMED */
+    uint64_t data[6];        /* the object's own state; data[0] is its key's word */
+    char name[SL_NAME_MAX + 8];
+} sl_object;
+
+typedef struct {
+    uint64_t key;            /* 0 = free entry */
+    uint32_t pid, tid;
+    uint64_t start;
+    uint32_t count;          /* how many times this thread holds it (readers re-enter) */
+    uint32_t mode;           /* user-level: e.g. 1 read, 2 write */
+} sl_hold;
+
+struct sl_lot {
+    char *base;
+    uint64_t size;
+    int fd;
+    /* trusted copies of the geometry, checked against the header at attach */
+    uint32_t nbuckets, nslots, nobjects, nholds;
+    uint64_t buckets_off, slots_off, objects_off, holds_off;
+    uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
+};
+
+static inline sl_header *HDR(sl_lot *l) { return (sl_header *)l->base; }
+static inline sl_bucket *BUCKET(sl_lot *l, uint32_t i)
+{
+    return (sl_bucket *)(l->base + l->buckets_off + (uint64_t)i * l->bucket_stride);
+}
+static inline sl_slot *SLOT(sl_lot *l, uint32_t i)
+{
+    return (sl_slot *)(l->base + l->slots_off + (uint64_t)i * l->slot_stride);
+}
+static inline sl_object *OBJECT(sl_lot *l, uint32_t i)
+{
+    return (sl_object *)(l->base + l->objects_off + (uint64_t)i * l->object_stride);
+}
+static inline sl_hold *HOLD(sl_lot *l, uint32_t i)
+{
+    return (sl_hold *)(l->base + l->holds_off + (uint64_t)i * l->hold_stride);
+}
+
+/* atomics: sequentially consistent on naturally aligned 4/8-byte words */
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define CAS(p, expp, v) __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
+#define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
+
+uint64_t sl_now_ns(void);
+uint32_t sl_bucket_of(sl_lot *l, uint64_t key);
+int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns);
+void sl_bucket_unlock(sl_lot *l, uint32_t b);
+int sl_slot_alloc(sl_lot *l, uint32_t *out);
+void sl_slot_free(sl_lot *l, uint32_t idx);
+void sl_count(sl_lot *l, int which, uint64_t n);
+void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
+int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);
+int sl_queue_check_link(sl_lot *l, uint32_t link);
+void sl_wake_slot(sl_lot *l, uint32_t idx);
+
+extern __thread int sl_in_callback;
+
+#endif
