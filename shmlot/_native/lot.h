@@ -41,9 +41,11 @@ typedef struct {
     uint64_t lot_id;         /* random; names the lot's semaphores */
     uint64_t pidns;          /* inode of the creator's /proc/self/ns/pid */
     uint32_t creator_pid;
-    uint32_t libc;           /* 1 glibc, 2 other */
+    uint32_t mutex_kind;     /* glibc __kind of an initialised bucket mutex (a scribble check) */
     uint64_t free_head;      /* slot free list: (tag << 32) | (index + 1); tag defeats ABA */
     uint64_t objects_used;   /* informational */
+    uint32_t object_hint;    /* where to start looking for a free object record */
+    uint32_t pad0;
     uint64_t counters[SL_NCOUNTERS];
     char name[SL_NAME_MAX + 8];
     pthread_mutex_t registry_mutex; /* guards object allocation and the name index */
@@ -97,6 +99,8 @@ struct sl_lot {
     uint32_t nbuckets, nslots, nobjects, nholds;
     uint64_t buckets_off, slots_off, objects_off, holds_off;
     uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
+    uint32_t waiter;
+    int mutex_kind;
 };
 
 static inline sl_header *HDR(sl_lot *l) { return (sl_header *)l->base; }
@@ -132,8 +136,14 @@ void sl_slot_free(sl_lot *l, uint32_t idx);
 void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);
+int sl_queue_unlink(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_check_link(sl_lot *l, uint32_t link);
 void sl_wake_slot(sl_lot *l, uint32_t idx);
+
+int sl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+int sl_registry_lock(sl_lot *l);
+void sl_registry_unlock(sl_lot *l);
+void sl_maybe_die(const char *step);
 
 extern __thread int sl_in_callback;
 

@@ -1,0 +1,632 @@
+/* park / unpark: parking_lot_core's operations over the shared table.
+ *
+ * Callbacks (validate, timed_out, filter, callback) run in the calling thread with the bucket
+ * lock held and sl_in_callback set, so any lot call they make fails with SL_EREENTRANT instead of
+ * deadlocking. A callback that raises leaves the queue exactly as it was before the call (the
+ * unpark operations choose their threads first, call back, and only then dequeue).
+ *
+ * Wake-up protocol: a parked slot's wait word is 1. An unparker, under the bucket lock, dequeues
+ * the slot, writes the unpark token, marks it UNPARKED and stores 0 to the wait word; after
+ * unlocking it wakes the futex. Because the word and state change under the lock, a parker that
+ * times out settles the race by taking the lock and looking at the state (CPython's
+ * is_unparking handshake, without a separate flag). If the unparker dies before the futex wake,
+ * the parker still sees 0 at its next wake-up: parkers sleep in bounded slices.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <linux/futex.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ident.h"
+#include "lot.h"
+
+/* ---- this process's identity (cached; refreshed after fork) ------------------------------ */
+
+static uint32_t self_pid;
+static uint64_t self_start;
+static unsigned fork_generation = 1;
+static __thread unsigned tid_generation;
+static __thread uint32_t tid_cached;
+
+static void after_fork_child(void)
+{
+    self_pid = 0;
+    __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELAXED);
+}
+
+static void register_atfork(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
+static void identity(uint32_t *pid, uint32_t *tid, uint64_t *start)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_atfork);
+    if (self_pid == 0) {
+        self_start = sl_self_start();
+        self_pid = (uint32_t)getpid();
+    }
+    unsigned gen = __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
+    if (tid_generation != gen) {
+        tid_cached = sl_gettid();
+        tid_generation = gen;
+    }
+    *pid = self_pid;
+    *tid = tid_cached;
+    *start = self_start;
+}
+
+/* ---- test hook: die at a named step ------------------------------------------------------ */
+
+static char die_at[48];
+
+int sl_test_set_die_at(const char *step)
+{
+    snprintf(die_at, sizeof die_at, "%s", step ? step : "");
+    return 0;
+}
+
+void sl_maybe_die(const char *step)
+{
+    if (die_at[0] && strcmp(die_at, step) == 0)
+        kill(getpid(), SIGKILL);
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static int check_slot(sl_lot *l, uint32_t idx)
+{
+    if (idx >= l->nslots)
+        return sl_fail(SL_ECORRUPT, "slot index %u out of range", idx);
+    return 0;
+}
+
+static void futex_wake(uint32_t *word)
+{
+    syscall(SYS_futex, word, FUTEX_WAKE, 1, NULL, NULL, 0);
+}
+
+void sl_wake_slot(sl_lot *l, uint32_t idx)
+{
+    futex_wake(&SLOT(l, idx)->wait);
+}
+
+/* After unlocking: wake what an unpark operation dequeued (futex backend only; with the
+ * semaphore backend the Python caller posts the semaphores). */
+static void wake_all(sl_lot *l, const uint32_t *woken, int n)
+{
+    if (l->waiter != SL_WAITER_FUTEX)
+        return;
+    for (int i = 0; i < n; i++)
+        sl_wake_slot(l, woken[i]);
+}
+
+/* parking_lot's FairTimeout: true about once every 0.5 ms on average, at random. */
+static int fair_timeout(sl_bucket *bk)
+{
+    uint64_t now = sl_now_ns();
+    if (now < bk->fair_timeout_ns)
+        return 0;
+    uint32_t x = bk->seed ? bk->seed : 0x9E3779B9u; /* xorshift32 */
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    bk->seed = x;
+    bk->fair_timeout_ns = now + x % 1000000u;
+    return 1;
+}
+
+/* Walk bucket b's queue. Each step is bounds-checked; a loop or a dangling link is corruption.
+ * Returns the next link after `link` (SL_NIL at the end) or a negative error. */
+static int64_t next_link(sl_lot *l, uint32_t b, uint32_t link, uint32_t *steps)
+{
+    if (link == SL_NIL || link > l->nslots)
+        return sl_fail(SL_ECORRUPT, "bucket %u: queue link %u out of range", b, link);
+    if (++*steps > l->nslots)
+        return sl_fail(SL_ECORRUPT, "bucket %u: queue has a loop", b);
+    sl_slot *s = SLOT(l, link - 1);
+    if (LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
+        return sl_fail(SL_ECORRUPT, "bucket %u: slot %u in its queue is not queued here", b,
+                       link - 1);
+    uint32_t next = s->next;
+    if (next > l->nslots)
+        return sl_fail(SL_ECORRUPT, "bucket %u: queue link %u out of range", b, next);
+    return next;
+}
+
+/* Dequeue slot idx as unparked with `token`; the caller wakes it after unlocking. */
+static void mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
+{
+    sl_slot *s = SLOT(l, idx);
+    /* state stays QUEUED until the token is written: if we die in between, bucket repair finds
+     * the slot (QUEUED, not linked) and puts it back instead of losing it */
+    sl_queue_unlink(l, b, idx);
+    s->unpark_token = token;
+    STORE(&s->state, SLOT_UNPARKED);
+    STORE(&s->wait, 0);
+    sl_count(l, SL_C_UNPARKS, 1);
+}
+
+/* Drop a queued slot whose process no longer exists (one syscall; a zombie is still "there" for
+ * this check, the full reaper handles those). Returns 1 if it was dropped. */
+static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx)
+{
+    sl_slot *s = SLOT(l, idx);
+    if (sl_pid_exists(LOAD(&s->pid)))
+        return 0;
+    sl_queue_remove(l, b, idx);
+    sl_slot_free(l, idx);
+    sl_count(l, SL_C_REAPED, 1);
+    return 1;
+}
+
+static int call_in_lock_validate(void *ctx)
+{
+    sl_in_callback = 1;
+    int r = sl_py_validate(ctx);
+    sl_in_callback = 0;
+    return r;
+}
+
+/* ---- park ---------------------------------------------------------------------------------- */
+
+int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, int has_validate,
+                  void *ctx, uint64_t deadline_ns, uint32_t *slot)
+{
+    if (sl_in_callback)
+        return sl_fail(SL_EREENTRANT, "park called from a callback under a bucket lock");
+    uint32_t idx;
+    int rc = sl_slot_alloc(l, &idx);
+    if (rc)
+        return rc;
+    sl_slot *s = SLOT(l, idx);
+    uint32_t pid, tid;
+    uint64_t start;
+    identity(&pid, &tid, &start);
+    /* owner before state: the reaper reads state, then pid (see sl_reap) */
+    STORE(&s->pid, pid);
+    s->tid = tid;
+    s->start = start;
+    STORE(&s->state, SLOT_ALLOCATED);
+    s->key = key;
+    s->park_token = park_token;
+    s->unpark_token = 0;
+    s->hint = hint;
+    s->parked_ns = sl_now_ns();
+    STORE(&s->wait, 1);
+
+    uint32_t b = sl_bucket_of(l, key);
+    rc = sl_bucket_lock(l, b, deadline_ns);
+    if (rc) {
+        sl_slot_free(l, idx);
+        return rc;
+    }
+    if (has_validate) {
+        int v = call_in_lock_validate(ctx);
+        if (v <= 0) {
+            sl_bucket_unlock(l, b);
+            sl_slot_free(l, idx);
+            if (v < 0)
+                return sl_fail(SL_ECALLBACK, "validate raised");
+            sl_count(l, SL_C_INVALID, 1);
+            return SL_PARK_INVALID;
+        }
+    }
+    sl_maybe_die("park_before_enqueue");
+    sl_queue_append(l, b, idx);
+    sl_count(l, SL_C_PARKS, 1);
+    sl_maybe_die("park_after_enqueue");
+    sl_bucket_unlock(l, b);
+    *slot = idx;
+    return 0;
+}
+
+int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
+{
+    int rc = check_slot(l, idx);
+    if (rc)
+        return rc;
+    uint32_t *word = &SLOT(l, idx)->wait;
+    for (;;) {
+        if (LOAD(word) == 0)
+            return 0;
+        struct timespec ts, *tsp = NULL;
+        if (deadline_ns) {
+            ts.tv_sec = (time_t)(deadline_ns / 1000000000ULL);
+            ts.tv_nsec = (long)(deadline_ns % 1000000000ULL);
+            tsp = &ts;
+        }
+        /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; no FUTEX_PRIVATE_FLAG:
+         * the word is shared between processes. */
+        long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, 1, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+        if (r == 0 || errno == EAGAIN)
+            continue; /* woken, maybe spuriously: re-check the word */
+        if (errno == ETIMEDOUT)
+            return LOAD(word) == 0 ? 0 : 1;
+        if (errno == EINTR)
+            return LOAD(word) == 0 ? 0 : 2;
+        return -errno;
+    }
+}
+
+int sl_park_is_unparked(sl_lot *l, uint32_t idx)
+{
+    if (check_slot(l, idx))
+        return 0;
+    /* the state too: an unparker that died between the two stores left wait at 1 */
+    return LOAD(&SLOT(l, idx)->wait) == 0 || LOAD(&SLOT(l, idx)->state) == SLOT_UNPARKED;
+}
+
+int sl_park_finish(sl_lot *l, uint32_t idx, uint64_t *token)
+{
+    int rc = check_slot(l, idx);
+    if (rc)
+        return rc;
+    sl_slot *s = SLOT(l, idx);
+    *token = s->unpark_token;
+    sl_slot_free(l, idx);
+    return 0;
+}
+
+int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64_t *token)
+{
+    int rc = check_slot(l, idx);
+    if (rc)
+        return rc;
+    sl_slot *s = SLOT(l, idx);
+    for (;;) {
+        /* The key may change under us (a requeue); re-check once the bucket is locked. */
+        uint64_t key = LOAD(&s->key);
+        uint32_t b = sl_bucket_of(l, key);
+        rc = sl_bucket_lock(l, b, 0);
+        if (rc)
+            return rc;
+        uint32_t state = LOAD(&s->state);
+        if (state == SLOT_QUEUED && (s->bucket != b || LOAD(&s->key) != key)) {
+            sl_bucket_unlock(l, b);
+            continue;
+        }
+        if (state == SLOT_UNPARKED) {
+            sl_bucket_unlock(l, b);
+            *token = s->unpark_token;
+            sl_slot_free(l, idx);
+            return SL_PARK_UNPARKED;
+        }
+        if (state != SLOT_QUEUED) {
+            sl_bucket_unlock(l, b);
+            return sl_fail(SL_ECORRUPT, "parked slot %u is in state %u", idx, state);
+        }
+        rc = sl_queue_remove(l, b, idx);
+        if (rc) {
+            sl_bucket_unlock(l, b);
+            return rc;
+        }
+        /* was_last: no other thread parked on this key */
+        int was_last = 1;
+        uint32_t link = BUCKET(l, b)->head, steps = 0;
+        while (link != SL_NIL) {
+            int64_t next = next_link(l, b, link, &steps);
+            if (next < 0)
+                break;
+            if (SLOT(l, link - 1)->key == key) {
+                was_last = 0;
+                break;
+            }
+            link = (uint32_t)next;
+        }
+        sl_count(l, SL_C_TIMEOUTS, 1);
+        int cb = 0;
+        if (has_timed_out) {
+            sl_in_callback = 1;
+            cb = sl_py_timed_out(ctx, key, was_last);
+            sl_in_callback = 0;
+        }
+        sl_maybe_die("cancel_locked");
+        sl_bucket_unlock(l, b);
+        sl_slot_free(l, idx);
+        if (cb < 0)
+            return sl_fail(SL_ECALLBACK, "timed_out raised");
+        return SL_PARK_TIMED_OUT;
+    }
+}
+
+/* ---- unpark ------------------------------------------------------------------------------- */
+
+static void fill_first(sl_lot *l, sl_unpark_result *res, uint32_t idx)
+{
+    sl_slot *s = SLOT(l, idx);
+    res->first_pid = s->pid;
+    res->first_tid = s->tid;
+    res->first_start = s->start;
+}
+
+/* Find the first live slot parked on `key` in bucket b (dropping dead ones on the way) and
+ * whether another follows. Returns 0 and *found = index+1 (or SL_NIL), or a negative error. */
+static int find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *more)
+{
+    uint32_t link = BUCKET(l, b)->head, steps = 0;
+    *found = SL_NIL;
+    *more = 0;
+    while (link != SL_NIL) {
+        int64_t next = next_link(l, b, link, &steps);
+        if (next < 0)
+            return (int)next;
+        uint32_t idx = link - 1;
+        if (SLOT(l, idx)->key == key) {
+            if (*found == SL_NIL) {
+                if (!drop_if_dead(l, b, idx))
+                    *found = link;
+            } else {
+                *more = 1;
+                return 0;
+            }
+        }
+        link = (uint32_t)next;
+    }
+    return 0;
+}
+
+int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t deadline_ns,
+                  sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap)
+{
+    memset(res, 0, sizeof *res);
+    if (woken_cap < 1)
+        return sl_fail(-EINVAL, "woken array too small");
+    uint32_t b = sl_bucket_of(l, key);
+    int rc = sl_bucket_lock(l, b, deadline_ns);
+    if (rc)
+        return rc;
+    uint32_t found;
+    int more;
+    rc = find_first(l, b, key, &found, &more);
+    if (rc) {
+        sl_bucket_unlock(l, b);
+        return rc;
+    }
+    if (found != SL_NIL) {
+        res->unparked = 1;
+        res->have_more = more;
+        res->be_fair = fair_timeout(BUCKET(l, b));
+        fill_first(l, res, found - 1);
+    }
+    uint64_t token = 0;
+    if (has_callback) {
+        sl_in_callback = 1;
+        int cb = sl_py_callback(ctx, res, &token);
+        sl_in_callback = 0;
+        if (cb < 0) {
+            sl_bucket_unlock(l, b);
+            return sl_fail(SL_ECALLBACK, "callback raised");
+        }
+    }
+    int n = 0;
+    if (found != SL_NIL) {
+        mark_unparked(l, b, found - 1, token);
+        woken[n++] = found - 1;
+    }
+    sl_maybe_die("unpark_locked");
+    sl_bucket_unlock(l, b);
+    sl_maybe_die("unpark_before_wake");
+    wake_all(l, woken, n);
+    return n;
+}
+
+int sl_unpark_all(sl_lot *l, uint64_t key, uint64_t token, uint64_t deadline_ns,
+                  sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap)
+{
+    memset(res, 0, sizeof *res);
+    uint32_t b = sl_bucket_of(l, key);
+    int rc = sl_bucket_lock(l, b, deadline_ns);
+    if (rc)
+        return rc;
+    uint32_t link = BUCKET(l, b)->head, steps = 0;
+    int n = 0;
+    while (link != SL_NIL) {
+        int64_t next = next_link(l, b, link, &steps);
+        if (next < 0) {
+            rc = (int)next;
+            break;
+        }
+        uint32_t idx = link - 1;
+        if (SLOT(l, idx)->key == key && !drop_if_dead(l, b, idx) && (uint32_t)n < woken_cap) {
+            mark_unparked(l, b, idx, token);
+            woken[n++] = idx;
+        }
+        link = (uint32_t)next;
+    }
+    res->unparked = (uint32_t)n;
+    sl_bucket_unlock(l, b);
+    wake_all(l, woken, n);
+    return rc ? rc : n;
+}
+
+int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t deadline_ns,
+                     sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap)
+{
+    memset(res, 0, sizeof *res);
+    uint32_t b = sl_bucket_of(l, key);
+    int rc = sl_bucket_lock(l, b, deadline_ns);
+    if (rc)
+        return rc;
+    /* Choose first (filter calls), then call back, then dequeue: a raising filter or callback
+     * leaves the queue untouched. */
+    uint32_t link = BUCKET(l, b)->head, steps = 0;
+    int n = 0, stopped = 0;
+    while (link != SL_NIL) {
+        int64_t next = next_link(l, b, link, &steps);
+        if (next < 0) {
+            sl_bucket_unlock(l, b);
+            return (int)next;
+        }
+        uint32_t idx = link - 1;
+        sl_slot *s = SLOT(l, idx);
+        if (s->key == key) {
+            if (stopped) {
+                res->have_more = 1;
+                break;
+            }
+            if (drop_if_dead(l, b, idx)) {
+                link = (uint32_t)next;
+                continue;
+            }
+            sl_in_callback = 1;
+            int op = sl_py_filter(ctx, s->park_token);
+            sl_in_callback = 0;
+            if (op < 0 || op > SL_FILTER_STOP) {
+                sl_bucket_unlock(l, b);
+                return op < 0 ? sl_fail(SL_ECALLBACK, "filter raised")
+                              : sl_fail(SL_EBADVALUE, "filter returned %d", op);
+            }
+            if (op == SL_FILTER_UNPARK && (uint32_t)n < woken_cap)
+                woken[n++] = idx;
+            else if (op == SL_FILTER_SKIP)
+                res->have_more = 1;
+            else if (op == SL_FILTER_STOP) {
+                stopped = 1;
+                res->have_more = 1;
+                break;
+            }
+        }
+        link = (uint32_t)next;
+    }
+    res->unparked = (uint32_t)n;
+    if (n > 0) {
+        res->be_fair = fair_timeout(BUCKET(l, b));
+        fill_first(l, res, woken[0]);
+    }
+    uint64_t token = 0;
+    if (has_callback) {
+        sl_in_callback = 1;
+        int cb = sl_py_callback(ctx, res, &token);
+        sl_in_callback = 0;
+        if (cb < 0) {
+            sl_bucket_unlock(l, b);
+            return sl_fail(SL_ECALLBACK, "callback raised");
+        }
+    }
+    for (int i = 0; i < n; i++)
+        mark_unparked(l, b, woken[i], token);
+    sl_bucket_unlock(l, b);
+    wake_all(l, woken, n);
+    return n;
+}
+
+static int lock_pair(sl_lot *l, uint32_t b1, uint32_t b2, uint64_t deadline_ns)
+{
+    /* fixed order (lower index first) so two requeues in opposite directions cannot deadlock */
+    uint32_t first = b1 < b2 ? b1 : b2, second = b1 < b2 ? b2 : b1;
+    int rc = sl_bucket_lock(l, first, deadline_ns);
+    if (rc || first == second)
+        return rc;
+    rc = sl_bucket_lock(l, second, deadline_ns);
+    if (rc)
+        sl_bucket_unlock(l, first);
+    return rc;
+}
+
+static void unlock_pair(sl_lot *l, uint32_t b1, uint32_t b2)
+{
+    sl_bucket_unlock(l, b1);
+    if (b1 != b2)
+        sl_bucket_unlock(l, b2);
+}
+
+int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_callback, void *ctx,
+                      uint64_t deadline_ns, sl_unpark_result *res, int *op_out,
+                      uint32_t *woken, uint32_t woken_cap)
+{
+    memset(res, 0, sizeof *res);
+    *op_out = SL_REQUEUE_ABORT;
+    if (woken_cap < 1)
+        return sl_fail(-EINVAL, "woken array too small");
+    uint32_t b1 = sl_bucket_of(l, key_from), b2 = sl_bucket_of(l, key_to);
+    int rc = lock_pair(l, b1, b2, deadline_ns);
+    if (rc)
+        return rc;
+    sl_in_callback = 1;
+    int op = sl_py_requeue_validate(ctx);
+    sl_in_callback = 0;
+    if (op < 0 || op > SL_REQUEUE_REQUEUE_ONE) {
+        unlock_pair(l, b1, b2);
+        return op < 0 ? sl_fail(SL_ECALLBACK, "validate raised")
+                      : sl_fail(SL_EBADVALUE, "validate returned %d", op);
+    }
+    *op_out = op;
+    if (op == SL_REQUEUE_ABORT) {
+        unlock_pair(l, b1, b2);
+        return 0;
+    }
+    int unpark_one = op == SL_REQUEUE_UNPARK_ONE || op == SL_REQUEUE_UNPARK_ONE_REQUEUE_REST;
+    uint32_t max_requeue = op == SL_REQUEUE_REQUEUE_ONE ? 1
+                         : (op == SL_REQUEUE_UNPARK_ONE ? 0 : UINT32_MAX);
+    /* choose: the first live thread to unpark (if asked), then those to requeue, in order */
+    uint32_t wake = SL_NIL, nreq = 0;
+    uint32_t *requeue = malloc(sizeof(uint32_t) * l->nslots);
+    if (!requeue) {
+        unlock_pair(l, b1, b2);
+        return -ENOMEM;
+    }
+    uint32_t link = BUCKET(l, b1)->head, steps = 0;
+    while (link != SL_NIL) {
+        int64_t next = next_link(l, b1, link, &steps);
+        if (next < 0) {
+            free(requeue);
+            unlock_pair(l, b1, b2);
+            return (int)next;
+        }
+        uint32_t idx = link - 1;
+        if (SLOT(l, idx)->key == key_from && !drop_if_dead(l, b1, idx)) {
+            if (unpark_one && wake == SL_NIL)
+                wake = link;
+            else if (nreq < max_requeue)
+                requeue[nreq++] = idx;
+            else {
+                res->have_more = 1;
+                break;
+            }
+        }
+        link = (uint32_t)next;
+    }
+    res->requeued = nreq;
+    if (wake != SL_NIL) {
+        res->unparked = 1;
+        res->be_fair = fair_timeout(BUCKET(l, b1));
+        fill_first(l, res, wake - 1);
+    }
+    uint64_t token = 0;
+    if (has_callback) {
+        sl_in_callback = 1;
+        int cb = sl_py_requeue_callback(ctx, op, res, &token);
+        sl_in_callback = 0;
+        if (cb < 0) {
+            free(requeue);
+            unlock_pair(l, b1, b2);
+            return sl_fail(SL_ECALLBACK, "callback raised");
+        }
+    }
+    int n = 0;
+    if (wake != SL_NIL) {
+        mark_unparked(l, b1, wake - 1, token);
+        woken[n++] = wake - 1;
+    }
+    for (uint32_t i = 0; i < nreq; i++) {
+        uint32_t idx = requeue[i];
+        /* moved while staying QUEUED: a death here leaves it QUEUED for b2, and b2's repair
+         * re-links it */
+        sl_queue_unlink(l, b1, idx);
+        SLOT(l, idx)->bucket = b2;
+        STORE(&SLOT(l, idx)->key, key_to);
+        sl_queue_append(l, b2, idx);
+        if (i == 0)
+            sl_maybe_die("requeue_mid");
+    }
+    sl_count(l, SL_C_REQUEUES, nreq);
+    free(requeue);
+    unlock_pair(l, b1, b2);
+    wake_all(l, woken, n);
+    return n;
+}

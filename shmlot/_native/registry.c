@@ -1,0 +1,383 @@
+/* Objects, holds, snapshots and reaping: everything in a lot besides park/unpark.
+ *
+ * Objects are fixed records (kind, handle count, name, six u64 words of state) allocated under
+ * the registry mutex. Holds record which thread holds which key (RWLock readers, custom
+ * resources) for reclaiming a dead holder's share and for deadlock detection; a thread only ever
+ * edits its own holds, so they need no lock: an entry is claimed by CAS on its key.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ident.h"
+#include "lot.h"
+
+#define SL_OBJ_NAMED 1u
+
+/* ---- objects ------------------------------------------------------------------------------ */
+
+static int name_ok(const char *name)
+{
+    size_t n = strlen(name);
+    if (n > SL_NAME_MAX)
+        return sl_fail(-EINVAL, "object name longer than %d bytes", SL_NAME_MAX);
+    return 0;
+}
+
+static int64_t find_named(sl_lot *l, const char *name)
+{
+    for (uint32_t i = 0; i < l->nobjects; i++) {
+        sl_object *o = OBJECT(l, i);
+        if (LOAD(&o->state) == 1 && (o->flags & SL_OBJ_NAMED) &&
+            strncmp(o->name, name, SL_NAME_MAX + 1) == 0)
+            return i;
+    }
+    return -1;
+}
+
+int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index, int *created)
+{
+    int rc = name_ok(name);
+    if (rc)
+        return rc;
+    if (l->nobjects == 0)
+        return sl_fail(SL_EFULL, "this lot has no room for objects");
+    rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    *created = 0;
+    if (name[0]) {
+        int64_t found = find_named(l, name);
+        if (found >= 0) {
+            ADD(&OBJECT(l, (uint32_t)found)->refs, 1);
+            sl_registry_unlock(l);
+            *index = (uint32_t)found;
+            return 0;
+        }
+    }
+    sl_header *h = HDR(l);
+    uint32_t start = h->object_hint % l->nobjects;
+    for (uint32_t n = 0; n < l->nobjects; n++) {
+        uint32_t i = (start + n) % l->nobjects;
+        sl_object *o = OBJECT(l, i);
+        if (LOAD(&o->state) != 0)
+            continue;
+        memset(o->data, 0, sizeof o->data);
+        o->kind = kind;
+        o->flags = name[0] ? SL_OBJ_NAMED : 0;
+        STORE(&o->refs, 1);
+        snprintf(o->name, sizeof o->name, "%s", name);
+        STORE(&o->state, 1);
+        h->object_hint = (i + 1) % l->nobjects;
+        sl_registry_unlock(l);
+        *index = i;
+        *created = 1;
+        return 0;
+    }
+    sl_registry_unlock(l);
+    return sl_fail(SL_EFULL, "no free object record (%u in use)", l->nobjects);
+}
+
+int sl_object_find(sl_lot *l, const char *name, uint32_t *index, uint32_t *kind)
+{
+    int rc = name_ok(name);
+    if (rc)
+        return rc;
+    rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    int64_t found = find_named(l, name);
+    sl_registry_unlock(l);
+    if (found < 0)
+        return sl_fail(-ENOENT, "no object named '%s'", name);
+    *index = (uint32_t)found;
+    *kind = OBJECT(l, (uint32_t)found)->kind;
+    return 0;
+}
+
+static void free_object(sl_object *o)
+{
+    o->kind = 0;
+    o->flags = 0;
+    o->name[0] = 0;
+    STORE(&o->state, 0);
+}
+
+/* Add delta to an object's handle count; free it when the last handle goes and it has no name.
+ * Returns the new count. */
+int sl_object_ref(sl_lot *l, uint32_t index, int delta)
+{
+    if (index >= l->nobjects)
+        return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
+    sl_object *o = OBJECT(l, index);
+    if (delta > 0)
+        return (int)ADD(&o->refs, (uint32_t)delta);
+    int rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    uint32_t refs = LOAD(&o->refs);
+    refs = refs >= (uint32_t)-delta ? refs + (uint32_t)delta : 0;
+    STORE(&o->refs, refs);
+    if (refs == 0 && !(o->flags & SL_OBJ_NAMED) && LOAD(&o->state) == 1)
+        free_object(o);
+    sl_registry_unlock(l);
+    return (int)refs;
+}
+
+/* Remove a name. The record lives on while handles remain (like an unlinked file). */
+int sl_object_unlink(sl_lot *l, const char *name)
+{
+    int rc = name_ok(name);
+    if (rc)
+        return rc;
+    if (!name[0])
+        return sl_fail(-EINVAL, "empty object name");
+    rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    int64_t found = find_named(l, name);
+    if (found < 0) {
+        sl_registry_unlock(l);
+        return sl_fail(-ENOENT, "no object named '%s'", name);
+    }
+    sl_object *o = OBJECT(l, (uint32_t)found);
+    o->flags &= ~SL_OBJ_NAMED;
+    if (LOAD(&o->refs) == 0)
+        free_object(o);
+    sl_registry_unlock(l);
+    return 0;
+}
+
+uint64_t sl_object_offset(sl_lot *l, uint32_t index)
+{
+    if (index >= l->nobjects)
+        return 0;
+    return l->objects_off + (uint64_t)index * l->object_stride + offsetof(sl_object, data);
+}
+
+int sl_object_kind(sl_lot *l, uint32_t index)
+{
+    if (index >= l->nobjects)
+        return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
+    sl_object *o = OBJECT(l, index);
+    return LOAD(&o->state) == 1 ? (int)o->kind : 0;
+}
+
+/* ---- holds --------------------------------------------------------------------------------- */
+
+#define HOLD_PROBE 64
+
+static uint32_t hold_start(sl_lot *l, uint64_t key, uint32_t tid)
+{
+    uint64_t h = (key ^ ((uint64_t)tid << 32)) * 0x9E3779B97F4A7C15ULL;
+    return (uint32_t)((h >> 32) % l->nholds);
+}
+
+static int hold_matches(sl_hold *e, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
+{
+    return LOAD(&e->key) == key && e->pid == pid && e->tid == tid && e->mode == mode;
+}
+
+static int64_t hold_find(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
+{
+    uint32_t s = hold_start(l, key, tid);
+    for (uint32_t n = 0; n < HOLD_PROBE && n < l->nholds; n++) {
+        uint32_t i = (s + n) % l->nholds;
+        if (hold_matches(HOLD(l, i), key, pid, tid, mode))
+            return i;
+    }
+    for (uint32_t i = 0; i < l->nholds; i++)
+        if (hold_matches(HOLD(l, i), key, pid, tid, mode))
+            return i;
+    return -1;
+}
+
+int sl_hold_add(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start,
+                uint32_t mode)
+{
+    if (key == 0 || l->nholds == 0)
+        return sl_fail(-EINVAL, "cannot record a hold on key 0");
+    int64_t found = hold_find(l, key, pid, tid, mode);
+    if (found >= 0) {
+        ADD(&HOLD(l, (uint32_t)found)->count, 1);
+        return 0;
+    }
+    uint32_t s = hold_start(l, key, tid);
+    for (uint32_t n = 0; n < l->nholds; n++) {
+        uint32_t i = (s + n) % l->nholds;
+        sl_hold *e = HOLD(l, i);
+        uint64_t expected = 0;
+        if (LOAD(&e->key) != 0 || !CAS(&e->key, &expected, key))
+            continue;
+        /* claimed; readers skip entries whose pid is still 0 */
+        e->tid = tid;
+        e->start = start;
+        e->mode = mode;
+        STORE(&e->count, 1);
+        STORE(&e->pid, pid);
+        return 0;
+    }
+    return sl_fail(SL_EFULL, "hold table full (%u entries)", l->nholds);
+}
+
+int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
+{
+    int64_t found = hold_find(l, key, pid, tid, mode);
+    if (found < 0)
+        return sl_fail(-ENOENT, "no such hold");
+    sl_hold *e = HOLD(l, (uint32_t)found);
+    if (__atomic_sub_fetch(&e->count, 1, __ATOMIC_SEQ_CST) == 0) {
+        STORE(&e->pid, 0);
+        STORE(&e->key, 0);
+    }
+    return 0;
+}
+
+/* ---- snapshots ------------------------------------------------------------------------------ */
+
+static void copy_slot(sl_lot *l, uint32_t i, sl_slot_info *o)
+{
+    sl_slot *s = SLOT(l, i);
+    o->index = i;
+    o->state = LOAD(&s->state);
+    o->pid = s->pid;
+    o->tid = s->tid;
+    o->start = s->start;
+    o->key = s->key;
+    o->park_token = s->park_token;
+    o->parked_ns = s->parked_ns;
+    o->hint = s->hint;
+    o->bucket = s->bucket;
+}
+
+/* Every slot that is not free. Queued ones are copied bucket by bucket under that bucket's lock
+ * (held just long enough to copy it; skipped if it stays busy for 20 ms), so the queue order
+ * and keys are consistent; slots between states are copied as they are. */
+int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
+{
+    uint32_t n = 0;
+    uint8_t *seen = calloc(l->nslots, 1);
+    if (!seen)
+        return -ENOMEM;
+    for (uint32_t b = 0; b < l->nbuckets && n < cap; b++) {
+        if (LOAD(&BUCKET(l, b)->count) == 0)
+            continue;
+        if (sl_bucket_lock(l, b, sl_now_ns() + 20000000ULL) != 0)
+            continue;
+        uint32_t link = BUCKET(l, b)->head, steps = 0;
+        while (link != SL_NIL && link <= l->nslots && steps++ < l->nslots && n < cap) {
+            uint32_t i = link - 1;
+            if (seen[i])
+                break;
+            seen[i] = 1;
+            copy_slot(l, i, &out[n++]);
+            link = SLOT(l, i)->next;
+        }
+        sl_bucket_unlock(l, b);
+    }
+    for (uint32_t i = 0; i < l->nslots && n < cap; i++) {
+        if (!seen[i] && LOAD(&SLOT(l, i)->state) != SLOT_FREE)
+            copy_slot(l, i, &out[n++]);
+    }
+    free(seen);
+    return (int)n;
+}
+
+int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < l->nobjects && n < cap; i++) {
+        sl_object *o = OBJECT(l, i);
+        if (LOAD(&o->state) != 1)
+            continue;
+        sl_object_info *d = &out[n++];
+        d->index = i;
+        d->kind = o->kind;
+        d->refs = LOAD(&o->refs);
+        d->flags = o->flags;
+        for (int k = 0; k < 6; k++)
+            d->data[k] = LOAD(&o->data[k]);
+        memcpy(d->name, o->name, sizeof d->name);
+        d->name[sizeof d->name - 1] = 0;
+    }
+    return (int)n;
+}
+
+int sl_snapshot_holds(sl_lot *l, sl_hold_info *out, uint32_t cap)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < l->nholds && n < cap; i++) {
+        sl_hold *e = HOLD(l, i);
+        uint64_t key = LOAD(&e->key);
+        uint32_t pid = LOAD(&e->pid);
+        if (key == 0 || pid == 0)
+            continue;
+        sl_hold_info *d = &out[n++];
+        d->index = i;
+        d->key = key;
+        d->pid = pid;
+        d->tid = e->tid;
+        d->start = e->start;
+        d->count = LOAD(&e->count);
+        d->mode = e->mode;
+    }
+    return (int)n;
+}
+
+/* ---- reaping ------------------------------------------------------------------------------- */
+
+static int dead(uint32_t pid, uint64_t start)
+{
+    return pid != 0 && !sl_process_alive(pid, start, ~0ULL);
+}
+
+/* Serialised by the registry mutex: one reaper at a time, so a slot it frees cannot be freed
+ * twice. Only slots whose owner is dead (pid and start time) are touched; queued ones are
+ * unlinked under their bucket's lock after re-checking. */
+int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
+{
+    *slots_freed = *holds_freed = 0;
+    int rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    for (uint32_t i = 0; i < l->nslots; i++) {
+        sl_slot *s = SLOT(l, i);
+        uint32_t state = LOAD(&s->state);
+        if (state == SLOT_FREE)
+            continue;
+        uint32_t pid = LOAD(&s->pid);
+        if (!dead(pid, s->start))
+            continue;
+        if (state == SLOT_QUEUED) {
+            uint32_t b = sl_bucket_of(l, LOAD(&s->key));
+            if (sl_bucket_lock(l, b, sl_now_ns() + 1000000000ULL) != 0)
+                continue;
+            if (LOAD(&s->state) == SLOT_QUEUED && s->bucket == b && LOAD(&s->pid) == pid &&
+                sl_queue_remove(l, b, i) == 0) {
+                sl_slot_free(l, i);
+                ++*slots_freed;
+            }
+            sl_bucket_unlock(l, b);
+        } else {
+            /* ALLOCATED or UNPARKED: only its (dead) owner would ever free it */
+            uint32_t expected = state;
+            if (CAS(&s->state, &expected, SLOT_ALLOCATED) && LOAD(&s->pid) == pid) {
+                sl_slot_free(l, i);
+                ++*slots_freed;
+            }
+        }
+    }
+    for (uint32_t i = 0; i < l->nholds; i++) {
+        sl_hold *e = HOLD(l, i);
+        uint32_t pid = LOAD(&e->pid);
+        if (LOAD(&e->key) != 0 && dead(pid, e->start)) {
+            STORE(&e->pid, 0);
+            STORE(&e->key, 0);
+            ++*holds_freed;
+        }
+    }
+    sl_registry_unlock(l);
+    sl_count(l, SL_C_REAPED, *slots_freed + *holds_freed);
+    return (int)(*slots_freed + *holds_freed);
+}

@@ -1,0 +1,119 @@
+"""How a parked thread sleeps and how an unparker wakes it: the two waiter backends.
+
+Both sleep on the slot's wait word becoming 0 (the unparker stores 0 under the bucket lock), in
+bounded slices, so a wake-up that never comes (an unparker killed between unlocking and waking)
+costs at most one slice, and signals reach the main thread promptly.
+
+- ``FutexWaiter``: a shared (non-private) futex on the wait word; the C core wakes it.
+- ``SemaphoreWaiter``: one POSIX named semaphore per slot (posix_ipc), for platforms without
+  futexes. Posts may outlive the park they were meant for; the sleeper always re-checks the word,
+  so a stale post is only a spurious wake-up.
+"""
+import os
+
+from ._core import ffi, lib
+
+FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE
+NAMES = {"futex": FUTEX, "semaphore": SEMAPHORE}
+
+UNPARKED, SLICE_OVER, INTERRUPTED = 0, 1, 2
+
+
+def waiter_code(name):
+    if name is None:
+        name = os.environ.get("SHMLOT_WAITER") or "futex"
+    if not isinstance(name, str):
+        raise TypeError(f"waiter must be a str, not {type(name).__name__}")
+    try:
+        return NAMES[name]
+    except KeyError:
+        raise ValueError(f"waiter must be 'futex' or 'semaphore', not {name!r}") from None
+
+
+def waiter_name(code):
+    return "futex" if code == FUTEX else "semaphore"
+
+
+class FutexWaiter:
+    name = "futex"
+
+    def __init__(self, lot):
+        self._l = lot
+
+    def sleep(self, slot, deadline_ns):
+        """Sleep until the slot is unparked (UNPARKED) or deadline_ns passes (SLICE_OVER) or a
+        signal arrives (INTERRUPTED). Releases the GIL (every cffi call does)."""
+        r = lib.sl_futex_wait(self._l, slot, deadline_ns)
+        return r if r >= 0 else SLICE_OVER
+
+    def wake(self, woken, n):
+        """The C core already woke them."""
+
+    def unlink(self, lot_id, nslots):
+        """Nothing to remove."""
+
+
+class SemaphoreWaiter:
+    name = "semaphore"
+
+    def __init__(self, lot, lot_id, mode):
+        import posix_ipc
+        self._ipc = posix_ipc
+        self._l = lot
+        self._lot_id = lot_id
+        self._mode = mode
+        self._sems = {}
+        self._pid = os.getpid()
+
+    @staticmethod
+    def sem_name(lot_id, slot):
+        return f"/sl{lot_id:016x}.{slot}"  # at most 27 bytes: within the 31-byte portable limit
+
+    def _sem(self, slot):
+        if self._pid != os.getpid():  # handles survive fork, but be safe with the cache
+            self._sems = {}
+            self._pid = os.getpid()
+        sem = self._sems.get(slot)
+        if sem is None:
+            sem = self._ipc.Semaphore(self.sem_name(self._lot_id, slot), self._ipc.O_CREAT,
+                                      mode=self._mode, initial_value=0)
+            self._sems[slot] = sem
+        return sem
+
+    def sleep(self, slot, deadline_ns):
+        if lib.sl_park_is_unparked(self._l, slot):
+            return UNPARKED
+        timeout = max(0, deadline_ns - lib.sl_now_ns()) / 1e9
+        try:
+            self._sem(slot).acquire(timeout)
+        except self._ipc.BusyError:
+            pass
+        except self._ipc.SignalError:
+            return INTERRUPTED
+        return UNPARKED if lib.sl_park_is_unparked(self._l, slot) else SLICE_OVER
+
+    def wake(self, woken, n):
+        for i in range(n):
+            self._sem(woken[i]).release()
+
+    def unlink(self, lot_id, nslots):
+        for slot in range(nslots):
+            try:
+                self._ipc.unlink_semaphore(self.sem_name(lot_id, slot))
+            except self._ipc.ExistentialError:
+                pass
+        for sem in self._sems.values():
+            try:
+                sem.close()
+            except self._ipc.Error:
+                pass
+        self._sems = {}
+
+
+def make_waiter(code, lot, lot_id, mode):
+    if code == FUTEX:
+        return FutexWaiter(lot)
+    return SemaphoreWaiter(lot, lot_id, mode)
+
+
+__all__ = ["waiter_code", "waiter_name", "make_waiter", "FUTEX", "SEMAPHORE", "ffi"]

@@ -1,0 +1,579 @@
+"""The parking lot: a table of wait queues in a shared-memory segment (SPEC section 2).
+
+Every operation locks the bucket of its key (a robust process-shared mutex in the segment), runs
+the caller's callbacks under that lock, and wakes threads after unlocking. The C core
+(``shmlot._core``) does the table work; this module turns its return codes into exceptions and
+runs the sleeping loop (in slices, so that signals and dead unparkers cannot strand a sleeper).
+
+Callbacks run in the calling thread with the bucket lock held: they must be short, and any lot
+operation they call raises ``RuntimeError``. An exception raised by a callback propagates after the
+bucket is unlocked, with the queue as it was (a raising ``validate`` enqueues nothing).
+"""
+import errno
+import math
+import os
+import stat
+import threading
+import weakref
+
+from ._core import ffi, lib
+from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN,
+                       FilterOp, ParkResult, RequeueOp, UnparkResult)
+from ._waiters import (INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
+from .errors import LotCorruptError, LotFullError, LotNotFoundError
+from .keys import check_u64, name_key
+
+__all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
+           "ParkResult", "UnparkResult", "FilterOp", "RequeueOp",
+           "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN"]
+
+NAME_MAX = 200
+DEFAULT_BUCKETS = 4096
+DEFAULT_SLOTS = 4096
+DEFAULT_OBJECTS = 4096
+DEFAULT_HOLDS = 4096
+ATTACH_WAIT_NS = 2_000_000_000  # how long attach waits for a creator to finish initialising
+
+# A sleeping thread wakes at least this often to re-check its slot and let signals in.
+SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
+SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lost to a death
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+_tls = threading.local()  # .pending: the exception a callback raised, .ctx per thread
+
+
+def _stash(exc_type, exc_value, tb):
+    """cffi onerror hook: keep a callback's exception for the caller to re-raise."""
+    _tls.pending = exc_value if exc_value is not None else exc_type()
+    return None
+
+
+def _error(rc, what=""):
+    """The exception for a negative return code of the C core."""
+    msg = ffi.string(lib.sl_last_error()).decode("utf-8", "replace")
+    if what:
+        msg = f"{what}: {msg}" if msg else what
+    if rc == lib.SL_ECALLBACK:
+        exc = getattr(_tls, "pending", None)
+        _tls.pending = None
+        return exc if exc is not None else RuntimeError(msg)
+    if rc == lib.SL_ECORRUPT:
+        return LotCorruptError(msg)
+    if rc == lib.SL_EFULL:
+        return LotFullError(msg)
+    if rc == lib.SL_EREENTRANT:
+        return RuntimeError(msg)
+    if rc == lib.SL_ETIMEDOUT:
+        return TimeoutError(msg)
+    if rc == lib.SL_EBADVALUE:
+        return ValueError(msg)
+    err = -rc
+    if err == errno.ENOENT:
+        return LotNotFoundError(err, msg)
+    if err == errno.EEXIST:
+        return FileExistsError(err, msg)
+    if err in (errno.EACCES, errno.EPERM):
+        return PermissionError(err, msg)
+    if err == errno.EINVAL:
+        return ValueError(msg)
+    return OSError(err, msg)
+
+
+def _check(rc, what=""):
+    if rc < 0:
+        raise _error(rc, what)
+    return rc
+
+
+# ---- callbacks from C ---------------------------------------------------------------------------
+# The C core calls these with the bucket lock held; ctx is the calling thread's _Ctx.
+
+class _Ctx:
+    """The calling thread's callbacks for the operation under way. ``busy`` is set for the
+    whole operation, so an operation started from inside a callback is refused (RuntimeError)
+    before it can disturb the outer one's callbacks."""
+    __slots__ = ("validate", "timed_out", "callback", "filter", "handle", "busy",
+                 "__weakref__")
+
+    def __init__(self):
+        self.validate = self.timed_out = self.callback = self.filter = None
+        self.busy = False
+        self.handle = ffi.new_handle(self)
+
+    def enter(self):
+        if self.busy:
+            raise RuntimeError("a lot operation cannot be called from a callback that runs "
+                               "under a bucket lock")
+        self.busy = True
+        return self
+
+    def leave(self):
+        self.validate = self.timed_out = self.callback = self.filter = None
+        self.busy = False
+
+
+def _ctx():
+    ctx = getattr(_tls, "ctx", None)
+    if ctx is None:
+        ctx = _tls.ctx = _Ctx()
+    return ctx
+
+
+def _token(value):
+    if value is None:
+        return DEFAULT_UNPARK_TOKEN
+    return check_u64(value, "unpark token returned by callback")
+
+
+@ffi.def_extern(error=-1, onerror=_stash)
+def sl_py_validate(ctx):
+    return 1 if ffi.from_handle(ctx).validate() else 0
+
+
+@ffi.def_extern(error=-1, onerror=_stash)
+def sl_py_timed_out(ctx, key, was_last):
+    ffi.from_handle(ctx).timed_out(key, bool(was_last))
+    return 0
+
+
+@ffi.def_extern(error=-1, onerror=_stash)
+def sl_py_callback(ctx, result, token):
+    token[0] = _token(ffi.from_handle(ctx).callback(UnparkResult._from_c(result)))
+    return 0
+
+
+@ffi.def_extern(error=-1, onerror=_stash)
+def sl_py_filter(ctx, park_token):
+    op = ffi.from_handle(ctx).filter(park_token)
+    if not isinstance(op, FilterOp):
+        raise TypeError(f"filter must return a FilterOp, not {type(op).__name__}")
+    return int(op)
+
+
+@ffi.def_extern(error=-1, onerror=_stash)
+def sl_py_requeue_validate(ctx):
+    op = ffi.from_handle(ctx).validate()
+    if not isinstance(op, RequeueOp):
+        raise TypeError(f"validate must return a RequeueOp, not {type(op).__name__}")
+    return int(op)
+
+
+@ffi.def_extern(error=-1, onerror=_stash)
+def sl_py_requeue_callback(ctx, op, result, token):
+    token[0] = _token(ffi.from_handle(ctx).callback(RequeueOp(op), UnparkResult._from_c(result)))
+    return 0
+
+
+# ---- argument checks -------------------------------------------------------------------------
+
+def check_timeout(timeout):
+    """Seconds (int/float, >= 0) or None."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be a non-negative number, got {timeout}")
+    return timeout
+
+
+def deadline_after(timeout):
+    """Absolute CLOCK_MONOTONIC deadline in ns for a checked timeout (None: 0, no deadline)."""
+    if timeout is None:
+        return 0
+    return lib.sl_now_ns() + max(1, int(min(timeout, 1e9) * 1e9))
+
+
+def _check_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"lot name must be a str, not {type(name).__name__}")
+    raw = name.encode("utf-8")
+    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX:
+        raise ValueError(f"lot name must be 1 to {NAME_MAX} bytes with no '/' or NUL: {name!r}")
+    return raw
+
+
+def _check_count(value, what):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 1 <= value <= 1 << 20:
+        raise ValueError(f"{what} must be in [1, 1048576], got {value}")
+    return value
+
+
+# ---- the lot ------------------------------------------------------------------------------------
+
+class ParkingLot:
+    """A handle on a lot. ``create``, ``attach`` or ``open`` one; ``close`` drops this process's
+    handle (the lot stays until ``unlink``, like a named semaphore)."""
+
+    def __init__(self, _handle, name):
+        # use create/attach/open
+        self._l = _handle
+        self._name = name
+        info = ffi.new("sl_lot_info *")
+        lib.sl_info(_handle, info)
+        self._buckets = info.nbuckets
+        self._slots = info.nslots
+        self._lot_id = info.lot_id
+        self._waiter_code = info.waiter
+        self._closed = False
+        self._key_base = name_key(name)
+        self._pid = os.getpid()
+        self._mode = self._segment_mode(name)
+        self._waiter = make_waiter(info.waiter, _handle, info.lot_id, self._mode)
+        self._local = threading.local()
+        # A writable view of the whole segment, for primitives that bind to words in it.
+        self._buffer = memoryview(ffi.buffer(ffi.cast("char *", lib.sl_base_address(_handle)),
+                                             lib.sl_size(_handle)))
+        # The mapping is released when this object is collected, not by close(): primitives and
+        # atomics hold references into it, and unmapping under them would crash the process.
+        self._finalizer = weakref.finalize(self, lib.sl_close, _handle)
+
+    @staticmethod
+    def _segment_mode(name):
+        try:
+            return stat.S_IMODE(os.stat(f"/dev/shm/{name}").st_mode)
+        except OSError:
+            return 0o600
+
+    # -- construction --
+
+    @classmethod
+    def create(cls, name, buckets=DEFAULT_BUCKETS, slots=DEFAULT_SLOTS, mode=0o600,
+               waiter=None, objects=DEFAULT_OBJECTS, holds=DEFAULT_HOLDS):
+        """Create a new lot; ``FileExistsError`` if one of that name exists. ``waiter`` is
+        "futex" or "semaphore" (default: $SHMLOT_WAITER, else "futex")."""
+        raw = _check_name(name)
+        _check_count(buckets, "buckets")
+        _check_count(slots, "slots")
+        _check_count(objects, "objects")
+        _check_count(holds, "holds")
+        if isinstance(mode, bool) or not isinstance(mode, int):
+            raise TypeError("mode must be an int")
+        if not 0 <= mode <= 0o777:
+            raise ValueError(f"mode must be in [0, 0o777], got {oct(mode)}")
+        code = waiter_code(waiter)
+        out = ffi.new("sl_lot **")
+        _check(lib.sl_create(raw, buckets, slots, objects, holds, mode, code, out),
+               f"cannot create lot {name!r}")
+        return cls(out[0], name)
+
+    @classmethod
+    def attach(cls, name):
+        """Attach to an existing lot: ``LotNotFoundError`` if absent, ``LotCorruptError`` if it
+        is not a valid lot, ``PermissionError`` if not ours to open."""
+        raw = _check_name(name)
+        out = ffi.new("sl_lot **")
+        _check(lib.sl_attach(raw, ATTACH_WAIT_NS, out), f"cannot attach lot {name!r}")
+        return cls(out[0], name)
+
+    @classmethod
+    def open(cls, name, **create_kwargs):
+        """Attach, or create if absent. Race-free: of several processes opening at once, one
+        creates and the others attach to what it made."""
+        while True:
+            try:
+                return cls.attach(name)
+            except LotNotFoundError:
+                pass
+            try:
+                return cls.create(name, **create_kwargs)
+            except FileExistsError:
+                continue
+
+    # -- properties --
+
+    name = property(lambda self: self._name)
+    buckets = property(lambda self: self._buckets)
+    slots = property(lambda self: self._slots)
+    waiter = property(lambda self: waiter_name(self._waiter_code))
+    closed = property(lambda self: self._closed)
+
+    def close(self):
+        """Stop using this handle. The lot itself persists until ``unlink()``."""
+        self._closed = True
+
+    def unlink(self):
+        """Remove the lot's name (and its semaphores); processes still attached keep working."""
+        lib.sl_unlink(self._name.encode())
+        self._waiter.unlink(self._lot_id, self._slots)
+        _default_lots.pop(self._name, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else f"{self.waiter}"
+        return (f"<ParkingLot {self._name!r} buckets={self._buckets} slots={self._slots} "
+                f"{state}>")
+
+    def __reduce__(self):
+        return (ParkingLot.attach, (self._name,))
+
+    # -- internals shared with primitives --
+
+    def _h(self):
+        if self._closed:
+            raise ValueError(f"lot {self._name!r} is closed")
+        return self._l
+
+    def _tl(self):
+        """Per-thread scratch: the out-parameters of the C calls."""
+        t = self._local
+        if not hasattr(t, "woken"):
+            t.woken = ffi.new("uint32_t[]", self._slots)
+            t.res = ffi.new("sl_unpark_result *")
+            t.slot = ffi.new("uint32_t *")
+            t.token = ffi.new("uint64_t *")
+            t.op = ffi.new("int *")
+            t.reaped = ffi.new("uint32_t[2]")
+        return t
+
+    def _wake(self, t, n):
+        if n > 0:
+            self._waiter.wake(t.woken, n)
+
+    def key_at(self, offset):
+        """The key of byte ``offset`` of this lot's segment."""
+        return (self._key_base + offset) & 0xFFFFFFFFFFFFFFFF
+
+    def _count(self, counter, n=1):
+        lib.sl_count(self._l, counter, n)
+
+    # -- park --
+
+    def park(self, key, validate=None, before_sleep=None, timed_out=None,
+             park_token=DEFAULT_PARK_TOKEN, timeout=None):
+        """Park the calling thread on ``key``.
+
+        Under the key's bucket lock, ``validate()`` runs (returning False: nothing is enqueued,
+        result *invalid*); the thread is enqueued at the tail; after unlocking, ``before_sleep()``
+        runs; the thread sleeps until unparked or ``timeout`` seconds pass. On timeout, under the
+        bucket lock: if an unparker won the race the result is *unparked*; else the thread is
+        dequeued, ``timed_out(key, was_last_thread)`` runs (key as it is after any requeue) and
+        the result is *timed out*. An exception while sleeping (Ctrl-C) dequeues the thread the
+        same way (timed_out included) and propagates; if an unpark had already won, the exception
+        carries the ParkResult as ``.shmlot_park_result``.
+        """
+        return self._park(key, validate, before_sleep, timed_out, park_token, timeout)
+
+    def _park(self, key, validate, before_sleep, timed_out, park_token, timeout,
+              poll=None, poll_ns=0, hint=0):
+        """park() plus what primitives need: ``poll()`` is called every ``poll_ns`` while asleep;
+        if it returns True the thread leaves the queue as on a timeout (TimedOut result, unless an
+        unpark won), which is how a lock waiter notices a dead owner. ``hint`` is stored in the
+        slot for introspection (the lock word it waits on)."""
+        check_u64(key, "key")
+        check_u64(park_token, "park token")
+        check_u64(hint, "hint")
+        deadline = deadline_after(check_timeout(timeout))
+        h = self._h()
+        t = self._tl()
+        ctx = _ctx().enter()
+        try:
+            ctx.validate = validate
+            rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None, ctx.handle,
+                                   deadline, t.slot)
+            if rc == lib.SL_EFULL:
+                lib.sl_reap(h, t.reaped, t.reaped + 1)  # free dead processes' slots, retry
+                rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
+                                       ctx.handle, deadline, t.slot)
+        finally:
+            ctx.leave()
+        if rc == lib.SL_PARK_INVALID:
+            return PARK_INVALID
+        if rc == lib.SL_ETIMEDOUT:
+            return PARK_TIMED_OUT  # the bucket lock itself stayed busy past the deadline
+        _check(rc, "park")
+        slot = t.slot[0]
+        try:
+            if before_sleep is not None:
+                before_sleep()
+            result = self._sleep(slot, deadline, poll, poll_ns)
+        except BaseException as exc:
+            result = self._cancel(slot, timed_out)
+            if result.is_unparked:
+                exc.shmlot_park_result = result
+            raise
+        if result is None:
+            result = self._cancel(slot, timed_out)
+        return result
+
+    def _sleep(self, slot, deadline, poll, poll_ns):
+        """Sleep until unparked (returns the ParkResult) or deadline/poll (returns None)."""
+        main = threading.current_thread() is threading.main_thread()
+        slice_ns = SLICE_MAIN_NS if main else SLICE_OTHER_NS
+        if poll is not None:
+            slice_ns = min(slice_ns, poll_ns)
+        waiter = self._waiter
+        while True:
+            now = lib.sl_now_ns()
+            if deadline and now >= deadline:
+                return None
+            until = now + slice_ns
+            if deadline and deadline < until:
+                until = deadline
+            r = waiter.sleep(slot, until)
+            if r == UNPARKED or lib.sl_park_is_unparked(self._l, slot):
+                t = self._tl()
+                _check(lib.sl_park_finish(self._l, slot, t.token), "park")
+                return ParkResult(ParkResult._UNPARKED, t.token[0])
+            if r != INTERRUPTED and poll is not None and poll():
+                return None
+
+    def _cancel(self, slot, timed_out):
+        t = self._tl()
+        ctx = _ctx()
+        busy, ctx.busy = ctx.busy, True
+        ctx.timed_out = timed_out
+        try:
+            rc = lib.sl_park_cancel(self._l, slot, timed_out is not None, ctx.handle, t.token)
+        finally:
+            ctx.timed_out = None
+            ctx.busy = busy
+        if rc == lib.SL_PARK_UNPARKED:
+            return ParkResult(ParkResult._UNPARKED, t.token[0])
+        _check(rc, "park")
+        return PARK_TIMED_OUT
+
+    # -- unpark --
+
+    def unpark_one(self, key, callback=None):
+        """Unpark the oldest thread parked on ``key``. ``callback(result) -> token`` runs under
+        the bucket lock, also when no thread was unparked (its token is then ignored)."""
+        check_u64(key, "key")
+        h = self._h()
+        t = self._tl()
+        ctx = _ctx().enter()
+        try:
+            ctx.callback = callback
+            n = lib.sl_unpark_one(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
+                                  self._slots)
+        finally:
+            ctx.leave()
+        _check(n, "unpark_one")
+        result = UnparkResult._from_c(t.res)
+        self._wake(t, n)
+        return result
+
+    def unpark_all(self, key, unpark_token=DEFAULT_UNPARK_TOKEN):
+        """Unpark every thread parked on ``key`` (in queue order); return how many."""
+        check_u64(key, "key")
+        check_u64(unpark_token, "unpark token")
+        h = self._h()
+        t = self._tl()
+        ctx = _ctx().enter()
+        try:
+            n = lib.sl_unpark_all(h, key, unpark_token, 0, t.res, t.woken, self._slots)
+        finally:
+            ctx.leave()
+        _check(n, "unpark_all")
+        self._wake(t, n)
+        return n
+
+    def unpark_filter(self, key, filter, callback=None):
+        """Call ``filter(park_token) -> FilterOp`` for each thread parked on ``key`` in FIFO
+        order (under the bucket lock); unpark those it says UNPARK, all with the one token
+        ``callback(result)`` returns."""
+        check_u64(key, "key")
+        if not callable(filter):
+            raise TypeError("filter must be callable")
+        h = self._h()
+        t = self._tl()
+        ctx = _ctx().enter()
+        try:
+            ctx.filter = filter
+            ctx.callback = callback
+            n = lib.sl_unpark_filter(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
+                                     self._slots)
+        finally:
+            ctx.leave()
+        _check(n, "unpark_filter")
+        result = UnparkResult._from_c(t.res)
+        self._wake(t, n)
+        return result
+
+    def unpark_requeue(self, key_from, key_to, validate, callback=None):
+        """Lock both buckets (fixed order); ``validate() -> RequeueOp`` decides; threads move to
+        the tail of ``key_to``'s queue in order; ``callback(op, result) -> token`` runs under both
+        locks (not after ABORT)."""
+        check_u64(key_from, "key_from")
+        check_u64(key_to, "key_to")
+        if not callable(validate):
+            raise TypeError("validate must be callable")
+        h = self._h()
+        t = self._tl()
+        ctx = _ctx().enter()
+        try:
+            ctx.validate = validate
+            ctx.callback = callback
+            n = lib.sl_unpark_requeue(h, key_from, key_to, callback is not None, ctx.handle, 0,
+                                      t.res, t.op, t.woken, self._slots)
+        finally:
+            ctx.leave()
+        _check(n, "unpark_requeue")
+        result = UnparkResult._from_c(t.res)
+        self._wake(t, n)
+        return result
+
+    # -- housekeeping --
+
+    def reap(self):
+        """Free the slots and holds of dead processes; returns (slots, holds) freed."""
+        a = ffi.new("uint32_t *")
+        b = ffi.new("uint32_t *")
+        if _ctx().busy:
+            raise RuntimeError("reap cannot be called from a callback")
+        _check(lib.sl_reap(self._h(), a, b), "reap")
+        return a[0], b[0]
+
+    def info(self):
+        """Header and counters, as a dict."""
+        i = ffi.new("sl_lot_info *")
+        lib.sl_info(self._h(), i)
+        return {
+            "name": self._name, "version": i.version, "size": i.total_size,
+            "buckets": i.nbuckets, "slots": i.nslots, "slots_free": i.slots_free,
+            "objects": i.nobjects, "objects_used": i.objects_used, "holds": i.nholds,
+            "waiter": waiter_name(i.waiter), "created_ns": i.created_ns,
+            "creator_pid": i.creator_pid, "pidns": i.pidns, "lot_id": i.lot_id,
+            "counters": {name: i.counters[idx] for name, idx in COUNTERS.items()},
+        }
+
+
+COUNTERS = {
+    "parks": lib.SL_C_PARKS, "unparks": lib.SL_C_UNPARKS, "timeouts": lib.SL_C_TIMEOUTS,
+    "requeues": lib.SL_C_REQUEUES, "fair_handoffs": lib.SL_C_FAIR_HANDOFFS,
+    "owner_deaths": lib.SL_C_OWNER_DEATHS, "reaped": lib.SL_C_REAPED,
+    "full_waits": lib.SL_C_FULL_WAITS, "invalid_parks": lib.SL_C_INVALID,
+    "bucket_repairs": lib.SL_C_BUCKET_REPAIRS,
+}
+
+
+# ---- the default lot ---------------------------------------------------------------------------
+
+_default_lots = {}
+_default_lock = threading.Lock()
+
+
+def default_lot_name():
+    return os.environ.get("SHMLOT_LOT") or f"shmlot-{os.getuid()}"
+
+
+def default_lot():
+    """This process's handle on the default lot ($SHMLOT_LOT, else "shmlot-<uid>"), opened (or
+    created) on first use."""
+    name = default_lot_name()
+    lot = _default_lots.get(name)
+    if lot is None or lot._closed:
+        with _default_lock:
+            lot = _default_lots.get(name)
+            if lot is None or lot._closed:
+                lot = _default_lots[name] = ParkingLot.open(name)
+    return lot
