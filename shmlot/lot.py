@@ -522,6 +522,84 @@ class ParkingLot:
         self._wake(t, n)
         return result
 
+    # -- objects (the registry primitives live in) --
+
+    def _object_create(self, name, kind):
+        """Create-or-open a record; returns (index, created, kind it actually has)."""
+        idx = ffi.new("uint32_t *")
+        created = ffi.new("int *")
+        _check(lib.sl_object_create(self._h(), name.encode("utf-8"), kind, idx, created),
+               f"cannot create object {name!r}" if name else "cannot create object")
+        return idx[0], bool(created[0]), lib.sl_object_kind(self._l, idx[0])
+
+    def _object_offset(self, index):
+        return lib.sl_object_offset(self._l, index)
+
+    def _object_kind(self, index):
+        return lib.sl_object_kind(self._l, index)
+
+    def _object_ref(self, index, delta):
+        return _check(lib.sl_object_ref(self._l, index, delta), "object reference")
+
+    def unlink_object(self, name):
+        """Remove the name of a named object (handles already open keep working)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        rc = lib.sl_object_unlink(self._h(), name.encode("utf-8"))
+        if rc == -errno.ENOENT:
+            raise KeyError(name)
+        _check(rc, f"cannot unlink object {name!r}")
+
+    # -- holds: who holds which key (RWLock readers, deadlock.acquire_resource) --
+
+    def _hold_add(self, key, pid, tid, start, mode):
+        _check(lib.sl_hold_add(self._h(), key, pid, tid, start, mode), "hold")
+
+    def _hold_remove(self, key, pid, tid, mode):
+        return lib.sl_hold_remove(self._h(), key, pid, tid, mode) == 0
+
+    def _hold_take_dead(self, key):
+        """Clear the counted holds of dead processes on ``key``; return the count taken."""
+        return _check(lib.sl_hold_take_dead(self._h(), key), "hold")
+
+    def _holds_on(self, key):
+        """(pid, tid, start, count, mode) of every hold on ``key``."""
+        return [(h["pid"], h["tid"], h["start"], h["count"], h["mode"])
+                for h in self._snapshot_holds() if h["key"] == key]
+
+    def _snapshot_holds(self):
+        info = ffi.new("sl_lot_info *")
+        lib.sl_info(self._h(), info)
+        holds = ffi.new("sl_hold_info[]", max(1, info.nholds))
+        k = _check(lib.sl_snapshot_holds(self._l, holds, info.nholds), "snapshot")
+        return [{"index": e.index, "pid": e.pid, "tid": e.tid, "start": e.start, "key": e.key,
+                 "count": e.count, "mode": e.mode} for e in holds[0:k]]
+
+    # -- snapshots (for shmlot.stat and shmlot.deadlock) --
+
+    def _snapshot(self):
+        """Raw copies of the non-free slots, live objects and holds: three lists of dicts."""
+        h = self._h()
+        slots = ffi.new("sl_slot_info[]", self._slots)
+        n = _check(lib.sl_snapshot_slots(h, slots, self._slots), "snapshot")
+        info = ffi.new("sl_lot_info *")
+        lib.sl_info(h, info)
+        objects = ffi.new("sl_object_info[]", max(1, info.nobjects))
+        m = _check(lib.sl_snapshot_objects(h, objects, info.nobjects), "snapshot")
+        slot_list = [{
+            "index": s.index, "state": _SLOT_STATES.get(s.state, str(s.state)), "pid": s.pid,
+            "tid": s.tid, "start": s.start, "key": s.key, "park_token": s.park_token,
+            "parked_ns": s.parked_ns, "hint": s.hint, "bucket": s.bucket,
+        } for s in slots[0:n]]
+        object_list = [{
+            "index": o.index, "kind": o.kind, "refs": o.refs, "named": bool(o.flags & 1),
+            "data": list(o.data), "name": ffi.string(o.name).decode("utf-8", "replace"),
+            "offset": lib.sl_object_offset(h, o.index),
+        } for o in objects[0:m]]
+        for o in object_list:
+            o["key"] = self.key_at(o["offset"])
+        return slot_list, object_list, self._snapshot_holds()
+
     # -- housekeeping --
 
     def reap(self):
@@ -546,6 +624,8 @@ class ParkingLot:
             "counters": {name: i.counters[idx] for name, idx in COUNTERS.items()},
         }
 
+
+_SLOT_STATES = {0: "free", 1: "allocated", 2: "parked", 3: "unparked"}
 
 COUNTERS = {
     "parks": lib.SL_C_PARKS, "unparks": lib.SL_C_UNPARKS, "timeouts": lib.SL_C_TIMEOUTS,

@@ -181,6 +181,12 @@ int sl_object_kind(sl_lot *l, uint32_t index);
  * detection. */
 int sl_hold_add(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start, uint32_t mode);
 int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode);
+/* Holds whose mode has SL_HOLD_COUNTED are shares a primitive counts in its own word (RWLock
+ * readers): sl_reap leaves them alone; the primitive takes a dead holder's share with
+ * sl_hold_take_dead, which clears each dead entry exactly once and returns the total count
+ * taken, so the caller subtracts exactly that from its word. */
+#define SL_HOLD_COUNTED 256
+int sl_hold_take_dead(sl_lot *l, uint64_t key);
 
 /* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
 int sl_test_set_die_at(const char *step);

@@ -234,6 +234,29 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
     return 0;
 }
 
+int sl_hold_take_dead(sl_lot *l, uint64_t key)
+{
+    int taken = 0;
+    for (uint32_t i = 0; i < l->nholds; i++) {
+        sl_hold *e = HOLD(l, i);
+        uint32_t pid = LOAD(&e->pid);
+        if (LOAD(&e->key) != key || pid == 0 || sl_process_alive(pid, e->start, ~0ULL))
+            continue;
+        /* the CAS on count decides which of several reclaimers takes this share */
+        uint32_t count = LOAD(&e->count);
+        while (count && !CAS(&e->count, &count, 0))
+            ;
+        if (count == 0)
+            continue;
+        STORE(&e->pid, 0);
+        STORE(&e->key, 0);
+        taken += (int)count;
+    }
+    if (taken)
+        sl_count(l, SL_C_OWNER_DEATHS, 1);
+    return taken;
+}
+
 /* ---- snapshots ------------------------------------------------------------------------------ */
 
 static void copy_slot(sl_lot *l, uint32_t i, sl_slot_info *o)
@@ -371,7 +394,7 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
     for (uint32_t i = 0; i < l->nholds; i++) {
         sl_hold *e = HOLD(l, i);
         uint32_t pid = LOAD(&e->pid);
-        if (LOAD(&e->key) != 0 && dead(pid, e->start)) {
+        if (LOAD(&e->key) != 0 && !(e->mode & SL_HOLD_COUNTED) && dead(pid, e->start)) {
             STORE(&e->pid, 0);
             STORE(&e->key, 0);
             ++*holds_freed;

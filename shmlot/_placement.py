@@ -1,0 +1,160 @@
+"""Where a primitive's bytes live, and how a handle on them travels to other processes.
+
+Three placements:
+- named: a record in the lot's object registry, found by name (create-or-open);
+- anonymous: a registry record with no name, freed when its last handle goes; handles pickle to
+  (lot name, record index) and each unpickled handle counts as one more;
+- ``at``: bytes in the caller's own shared memory (a SharedMemory, or a buffer plus a key).
+
+Every primitive parks on the lot it was placed with (for ``at``: ``lot=`` or the default lot).
+"""
+import sys
+import threading
+import weakref
+
+from . import lot as _lot
+from .keys import key_for
+
+__all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
+
+# Kind codes stored in registry records (0 is "none").
+LOCK, RLOCK, CONDITION, SEMAPHORE, BOUNDED_SEMAPHORE, EVENT, BARRIER, RWLOCK = range(1, 9)
+KIND_NAMES = {LOCK: "Lock", RLOCK: "RLock", CONDITION: "Condition", SEMAPHORE: "Semaphore",
+              BOUNDED_SEMAPHORE: "BoundedSemaphore", EVENT: "Event", BARRIER: "Barrier",
+              RWLOCK: "RWLock"}
+RECORD_SIZE = 48  # six u64 words per registry record
+
+_lots = {}
+_lots_lock = threading.Lock()
+
+
+def lot_by_name(name):
+    """This process's handle on lot ``name`` (shared with default_lot's cache)."""
+    lot = _lot._default_lots.get(name)
+    if lot is None or lot.closed:
+        with _lots_lock:
+            lot = _lot._default_lots.get(name)
+            if lot is None or lot.closed:
+                lot = _lot._default_lots[name] = _lot.ParkingLot.attach(name)
+    return lot
+
+
+def _drop_ref(lot, index):
+    try:
+        lot._object_ref(index, -1)
+    except Exception:  # interpreter shutdown, lot unmapped: nothing useful to do
+        pass
+
+
+class Place:
+    """A primitive's storage: ``buffer[offset:offset+size]``, its ``key``, the ``lot`` it parks
+    on, and for registry records the ``index`` and ``name``."""
+    __slots__ = ("lot", "buffer", "offset", "key", "index", "name", "kind", "created", "shm",
+                 "_finalizer", "__weakref__")
+
+    def __init__(self, lot, buffer, offset, key, index=None, name=None, kind=0, created=True,
+                 shm=None):
+        self.lot = lot
+        self.buffer = buffer
+        self.offset = offset
+        self.key = key
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.created = created
+        self.shm = shm
+        self._finalizer = None
+        if index is not None:
+            # one registry reference per Place; dropped when the Place is collected
+            self._finalizer = weakref.finalize(self, _drop_ref, lot, index)
+
+    def reduce_args(self):
+        """What a pickled handle carries."""
+        if self.index is not None:
+            return ("record", self.lot.name, self.index, self.kind)
+        if self.shm is not None:
+            return ("shm", self.lot.name, self.shm.name, self.offset, self.kind)
+        raise TypeError("a primitive placed with .at() on a plain buffer cannot be pickled; place "
+                        "it in a multiprocessing.shared_memory.SharedMemory to share it")
+
+
+def _check_object_name(name):
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+    raw = name.encode("utf-8")
+    if not raw or len(raw) > 200 or "/" in name or "\0" in name:
+        raise ValueError(f"name must be 1 to 200 bytes with no '/' or NUL: {name!r}")
+    return name
+
+
+def new_place(kind, name=None, lot=None):
+    """A registry record for a new (or, by name, existing) object of ``kind``."""
+    if lot is None:
+        lot = _lot.default_lot()
+    elif not isinstance(lot, _lot.ParkingLot):
+        raise TypeError(f"lot must be a ParkingLot, not {type(lot).__name__}")
+    if name is not None:
+        _check_object_name(name)
+    index, created, actual = lot._object_create(name or "", kind)
+    if actual != kind:
+        _drop_ref(lot, index)
+        raise TypeError(f"object {name!r} in lot {lot.name!r} is a "
+                        f"{KIND_NAMES.get(actual, actual)}, not a {KIND_NAMES[kind]}")
+    offset = lot._object_offset(index)
+    return Place(lot, lot._buffer, offset, lot.key_at(offset), index, name, kind, created)
+
+
+def rebuild_place(args):
+    """The Place of an unpickled handle (see Place.reduce_args)."""
+    how = args[0]
+    if how == "record":
+        _, lot_name, index, kind = args
+        lot = lot_by_name(lot_name)
+        lot._object_ref(index, +1)
+        place = Place(lot, lot._buffer, lot._object_offset(index), 0, index, None, kind, False)
+        place.key = lot.key_at(place.offset)
+        if lot._object_kind(index) != kind:
+            raise RuntimeError(f"shmlot object {index} of lot {lot_name!r} no longer exists "
+                               "(its last handle was dropped before this one was unpickled)")
+        return place
+    _, lot_name, shm_name, offset, kind = args
+    shm = _attach_shm(shm_name)
+    return at_place(kind, shm, offset, 8, lot_by_name(lot_name))
+
+
+def _attach_shm(name):
+    from multiprocessing import shared_memory
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name, track=False)
+    shm = shared_memory.SharedMemory(name)
+    try:  # attaching must not make the resource tracker unlink it when we exit
+        from multiprocessing import resource_tracker
+        resource_tracker.unregister(shm._name, "shared_memory")
+    except Exception:
+        pass
+    return shm
+
+
+def at_place(kind, buffer, offset, size, lot=None, key=None):
+    """Storage in the caller's own shared memory: ``buffer`` is a SharedMemory (or anything with
+    ``.buf`` and ``.name``), or a writable buffer with ``key=`` (or an mmap shared by fork)."""
+    if isinstance(offset, bool) or not isinstance(offset, int):
+        raise TypeError(f"offset must be an int, not {type(offset).__name__}")
+    if offset < 0 or offset % 8:
+        raise ValueError(f"offset must be a non-negative multiple of 8, got {offset}")
+    if lot is None:
+        lot = _lot.default_lot()
+    shm = None
+    if hasattr(buffer, "buf") and hasattr(buffer, "name"):
+        shm = buffer
+        view = buffer.buf
+        if key is None:
+            key = key_for(buffer.name, offset)
+    else:
+        view = buffer
+        if key is None:
+            key = key_for(buffer, offset)
+    if offset + size > memoryview(view).nbytes:
+        raise ValueError(f"offset {offset} + size {size} is outside the buffer")
+    return Place(lot, view, offset, key, None, None, kind, False, shm)
+

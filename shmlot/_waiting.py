@@ -1,0 +1,79 @@
+"""The waiting loop shared by the counting primitives (Semaphore, Event, Barrier, RWLock).
+
+Their words hold the state; a separate waiter count says whether anyone may be parked, so the
+releasing side skips the lot entirely when nobody waits. No wake-up is lost: a waiter increments
+the count *before* parking with a ``validate`` that re-checks its condition under the bucket lock,
+and a releaser changes the state *before* reading the count, so either the waiter's validate sees
+the new state, or the releaser sees the count and its unpark (which takes the same bucket lock)
+finds the waiter queued.
+"""
+from ._core import lib
+from .lot import check_timeout, deadline_after
+from .spinwait import SpinWait
+
+__all__ = ["Deadline", "wait_until", "acquire_timeout"]
+
+
+class Deadline:
+    """A monotonic deadline from a checked timeout (None: never)."""
+    __slots__ = ("at",)
+
+    def __init__(self, timeout):
+        self.at = deadline_after(check_timeout(timeout)) if timeout is not None else 0
+
+    def remaining(self):
+        """Seconds left (None: no deadline)."""
+        if not self.at:
+            return None
+        return max(0.0, (self.at - lib.sl_now_ns()) / 1e9)
+
+    def passed(self):
+        return bool(self.at) and lib.sl_now_ns() >= self.at
+
+
+def acquire_timeout(blocking, timeout):
+    """threading's acquire(blocking, timeout=-1) rules; returns the timeout in seconds or None."""
+    if not blocking:
+        if timeout is not None and timeout != -1:
+            raise ValueError("can't specify a timeout for a non-blocking call")
+        return 0
+    if timeout is None or timeout == -1:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError("timeout value must be a non-negative number")
+    return timeout
+
+
+def wait_until(lot, key, try_take, blocked, waiters, deadline, poll=None, poll_ns=200_000_000,
+               park_token=0):
+    """Spin, then park on ``key`` until ``try_take()`` succeeds or the deadline passes.
+
+    ``try_take()`` attempts the operation (returns a true value on success), ``blocked()`` says
+    whether it would still block (checked under the bucket lock as park's validate), ``waiters`` is
+    the AtomicU64 waiter count. ``poll()`` runs every ``poll_ns`` while parked (reclaiming what
+    dead processes hold). Returns try_take()'s value, or None when the deadline passed.
+    """
+    got = try_take()
+    if got:
+        return got
+    spin = SpinWait()
+    while spin.spin():
+        got = try_take()
+        if got:
+            return got
+    if deadline.passed():
+        return None
+    waiters.fetch_add(1)
+    try:
+        while True:
+            got = try_take()
+            if got:
+                return got
+            remaining = deadline.remaining()
+            if remaining == 0.0:
+                return None
+            lot._park(key, blocked, None, None, park_token, remaining, poll, poll_ns if poll else 0)
+    finally:
+        waiters.fetch_sub(1)

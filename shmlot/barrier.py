@@ -1,0 +1,167 @@
+"""``Barrier``, as in ``threading``, across processes.
+
+Words: [0] parties, [1] the state: arrived count (bits 0-31) and generation (bits 32-62), bit 63
+BROKEN; [2] waiter count (see ``_waiting``). The last party to arrive runs the action and starts
+the next generation with +2; ``reset()`` starts it with +1, so a waiter woken by a generation change
+knows from the parity of the step whether its round completed or was reset. A waiting party
+records a hold on the barrier's key; a waiter that finds a dead party's hold breaks the barrier
+(rather than wait forever for a party that will never come).
+"""
+import threading
+
+from . import _fast
+from . import _placement as _pl
+from ._base import Primitive
+from ._core import lib
+from ._waiting import Deadline
+
+__all__ = ["Barrier", "BrokenBarrierError"]
+
+BrokenBarrierError = threading.BrokenBarrierError
+
+BROKEN = 1 << 63
+COUNT_MASK = 0xFFFFFFFF
+GEN_ONE = 1 << 32
+GEN_MASK = ((1 << 31) - 1) << 32
+# hold mode marking "waiting at this barrier"; counted (lib.SL_HOLD_COUNTED) so that the reaper
+# leaves it for the waiters, who turn a dead party's hold into a broken barrier
+HOLD_MODE = 3 | lib.SL_HOLD_COUNTED
+POLL_NS = 200_000_000   # how often a waiter checks that the other waiting parties are alive
+
+
+def _gen(state):
+    return (state & GEN_MASK) >> 32
+
+
+class Barrier(Primitive):
+    """``threading.Barrier(parties, action=None, timeout=None)``; ``name=`` / ``lot=`` as for
+    ``Lock``. A named barrier opened again takes its parties from the lot (a different ``parties``
+    raises ValueError)."""
+    KIND = _pl.BARRIER
+    WORDS = 3
+    SIZE = 24
+
+    def __init__(self, parties, action=None, timeout=None, *, name=None, lot=None):
+        if isinstance(parties, bool) or not isinstance(parties, int):
+            raise TypeError("parties must be an int")
+        if parties < 1:
+            raise ValueError("parties must be > 0")
+        self._bind(self._new(name, lot))
+        if self._created():
+            self._words[0].store(parties)
+        elif self._words[0].load() != parties:
+            raise ValueError(f"barrier {name!r} has {self._words[0].load()} parties, "
+                             f"not {parties}")
+        self._action = action
+        self._timeout = timeout
+
+    def _extra_state(self):
+        return (self._action, self._timeout)
+
+    def _set_extra_state(self, state):
+        self._action, self._timeout = state
+
+    @property
+    def parties(self):
+        return self._words[0].load()
+
+    @property
+    def n_waiting(self):
+        state = self._words[1].load()
+        return 0 if state & BROKEN else state & COUNT_MASK
+
+    @property
+    def broken(self):
+        return bool(self._words[1].load() & BROKEN)
+
+    def _break(self):
+        state = self._words[1]
+        s = state.load()
+        while not s & BROKEN:
+            ok, s = state.compare_exchange(s, s | BROKEN)
+            if ok:
+                break
+        self._place.lot.unpark_all(self._place.key)
+
+    def abort(self):
+        """Put the barrier into the broken state: waiters (now and later) get BrokenBarrierError
+        until reset()."""
+        self._break()
+
+    def reset(self):
+        """Return to the empty state; parties waiting now get BrokenBarrierError."""
+        state = self._words[1]
+        s = state.load()
+        while True:
+            ok, s = state.compare_exchange(s, ((_gen(s) + 1) << 32) & GEN_MASK)
+            if ok:
+                break
+        self._place.lot.unpark_all(self._place.key)
+
+    def wait(self, timeout=None):
+        """Wait for all parties; returns this party's arrival index (0 .. parties-1)."""
+        if timeout is None:
+            timeout = self._timeout
+        state = self._words[1]
+        parties = self._words[0].load()
+        s = state.load()
+        while True:
+            if s & BROKEN:
+                raise BrokenBarrierError
+            index = s & COUNT_MASK
+            if index + 1 >= parties:
+                # last to arrive: run the action, then release the round
+                if self._action is not None:
+                    try:
+                        self._action()
+                    except BaseException:
+                        self._break()
+                        raise
+                ok, s = state.compare_exchange(s, ((_gen(s) + 2) << 32) & GEN_MASK)
+                if not ok:
+                    continue
+                self._place.lot.unpark_all(self._place.key)
+                return index
+            ok, s = state.compare_exchange(s, s + 1)
+            if ok:
+                break
+        return self._wait_round(_gen(s), index, Deadline(timeout))
+
+    def _wait_round(self, gen, index, deadline):
+        lot, key = self._place.lot, self._place.key
+        state = self._words[1]
+        pid, tid, start = _fast.self_ident()
+        lot._hold_add(key, pid, tid, start, HOLD_MODE)
+
+        def same_round():
+            s = state.load()
+            return _gen(s) == gen and not s & BROKEN
+
+        def party_died():
+            return lot._hold_take_dead(key) > 0
+
+        try:
+            self._words[2].fetch_add(1)
+            try:
+                while same_round():
+                    remaining = deadline.remaining()
+                    if remaining == 0.0:
+                        self._break()  # threading: a timeout breaks the barrier
+                        raise BrokenBarrierError
+                    lot._park(key, same_round, None, None, 0, remaining, party_died, POLL_NS)
+                    if same_round() and party_died():
+                        self._break()
+            finally:
+                self._words[2].fetch_sub(1)
+        finally:
+            lot._hold_remove(key, pid, tid, HOLD_MODE)
+        s = state.load()
+        step = (_gen(s) - gen) % (1 << 31)
+        if step == 0 or step % 2 == 1:  # still this round (so broken), or it was reset
+            raise BrokenBarrierError
+        return index
+
+    def __repr__(self):
+        if self.broken:
+            return f"<shmlot.Barrier broken parties={self.parties}>"
+        return f"<shmlot.Barrier waiters={self.n_waiting}/{self.parties}>"

@@ -1,0 +1,194 @@
+"""``Condition``, as in ``threading``, across processes, after parking_lot's Condvar.
+
+A waiter parks on the condition's key and releases the lock in ``before_sleep`` (it is already
+queued, so no notify can be missed). ``notify`` moves waiters onto the lock's queue with
+``unpark_requeue`` while the lock is held, instead of waking them to fight for it: each then gets
+the lock when it is released, usually by direct hand-off. Dead waiters are dropped by the lot (their
+process no longer exists), so they never absorb a notification.
+
+Record layout (named/anonymous): bytes 0-15 the RLock created with the condition (when no lock is
+given), bytes 16-23 unused by the protocol (kept for the condition's own state).
+"""
+import time
+
+from . import _placement as _pl
+from . import locks as _locks
+from ._results import RequeueOp
+from .lot import check_timeout
+
+__all__ = ["Condition"]
+
+TOKEN_HANDOFF = _locks.TOKEN_HANDOFF
+LOCKED, PARKED = _locks.LOCKED, _locks.PARKED
+CV_OFFSET = 16
+
+
+class Condition:
+    """``threading.Condition(lock=None)``. ``lock`` must be a shmlot ``Lock`` or ``RLock``;
+    without one, an ``RLock`` is created with the condition (so a named condition carries its
+    lock: ``Condition(name="jobs")`` in any process is the same condition and the same lock)."""
+    SIZE = 24
+
+    def __init__(self, lock=None, *, name=None, lot=None):
+        if lock is not None and not isinstance(lock, (_locks.Lock, _locks.RLock)):
+            raise TypeError("Condition needs a shmlot Lock or RLock (a threading or "
+                            f"multiprocessing lock cannot be shared): got {type(lock).__name__}")
+        if lot is None and lock is not None:
+            lot = lock._place.lot
+        place = _pl.new_place(_pl.CONDITION, name, lot)
+        if lock is None:
+            lock = _locks.RLock.__new__(_locks.RLock)
+            lock._init_place(_pl.Place(place.lot, place.buffer, place.offset, place.key))
+            lock._keepalive = place  # the record lives as long as the lock is used
+        self._bind(place, lock)
+
+    def _bind(self, place, lock):
+        self._place = place
+        self._lock = lock
+        self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
+            else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
+        self.acquire = lock.acquire
+        self.release = lock.release
+
+    @property
+    def key(self):
+        """The key waiters park on."""
+        return self._cv_key
+
+    @property
+    def name(self):
+        return self._place.name
+
+    def __reduce__(self):
+        own_lock = getattr(self._lock, "_keepalive", None) is self._place
+        return (_rebuild, (self._place.reduce_args(), None if own_lock else self._lock))
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+    def __repr__(self):
+        return f"<shmlot.Condition({self._lock!r})>"
+
+    def _is_owned(self):
+        return self._lock._is_owned()
+
+    # -- waiting --
+
+    def wait(self, timeout=None):
+        """Release the lock, wait for a notify (or ``timeout`` seconds), re-acquire the lock.
+        Returns False if it timed out. As in threading, the lock is held again on return, also
+        when an exception propagates."""
+        if not self._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        check_timeout(timeout)
+        lock = self._lock
+        lot = self._place.lot
+        saved = []
+
+        def before_sleep():
+            saved.append(lock._release_save())
+
+        def lock_owner_dead():
+            # a waiter already requeued onto the lock must not wait forever for a dead holder:
+            # leave, and let acquire() below find the death and raise OwnerDiedError
+            word = lock._word()
+            return bool(word & LOCKED) and not _locks.owner_alive(word)
+
+        handed_off = False
+        try:
+            result = lot._park(self._cv_key, None, before_sleep, None, 0, timeout,
+                               lock_owner_dead, _locks.OWNER_POLL_NS, 0)
+            handed_off = result.is_unparked and result.token == TOKEN_HANDOFF
+            return result.is_unparked
+        except BaseException as exc:
+            r = getattr(exc, "shmlot_park_result", None)
+            handed_off = r is not None and r.token == TOKEN_HANDOFF
+            raise
+        finally:
+            if saved:
+                if handed_off:  # the unlocker wrote our identity into the lock word
+                    if isinstance(lock, _locks.RLock):
+                        lock._set_count(saved[0])
+                else:
+                    lock._acquire_restore(saved[0])
+
+    def wait_for(self, predicate, timeout=None):
+        """threading.Condition.wait_for: wait until ``predicate()`` is true."""
+        endtime = None
+        waittime = timeout
+        result = predicate()
+        while not result:
+            if waittime is not None:
+                if endtime is None:
+                    endtime = time.monotonic() + waittime
+                else:
+                    waittime = endtime - time.monotonic()
+                    if waittime <= 0:
+                        break
+            self.wait(waittime)
+            result = predicate()
+        return result
+
+    # -- notifying --
+
+    def _mark_lock_parked_if_locked(self):
+        lock = self._lock
+        word = lock._word()
+        while word & LOCKED:
+            ok, word = lock._cas_word(word, word | PARKED)
+            if ok:
+                return True
+        return False
+
+    def notify(self, n=1):
+        """Wake up to ``n`` waiters (moving them onto the lock's queue while it is held)."""
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+        lot = self._place.lot
+        lock_key = self._lock._place.key
+        for _ in range(n):
+            def validate():
+                if self._mark_lock_parked_if_locked():
+                    return RequeueOp.REQUEUE_ONE
+                return RequeueOp.UNPARK_ONE
+
+            r = lot.unpark_requeue(self._cv_key, lock_key, validate)
+            if not r.have_more_threads:
+                break
+
+    def notify_all(self):
+        """Wake every waiter: all move to the lock's queue in one step."""
+        if not self._is_owned():
+            raise RuntimeError("cannot notify on un-acquired lock")
+
+        def validate():
+            if self._mark_lock_parked_if_locked():
+                return RequeueOp.REQUEUE_ALL
+            return RequeueOp.UNPARK_ONE_REQUEUE_REST
+
+        def callback(op, result):
+            if op == RequeueOp.UNPARK_ONE_REQUEUE_REST and result.requeued_threads:
+                word = self._lock._word()
+                while not word & PARKED:
+                    ok, word = self._lock._cas_word(word, word | PARKED)
+                    if ok:
+                        break
+            return 0
+
+        self._place.lot.unpark_requeue(self._cv_key, self._lock._place.key, validate, callback)
+
+    notifyAll = notify_all
+
+
+def _rebuild(place_args, lock):
+    obj = Condition.__new__(Condition)
+    place = _pl.rebuild_place(place_args)
+    if lock is None:
+        lock = _locks.RLock.__new__(_locks.RLock)
+        lock._init_place(_pl.Place(place.lot, place.buffer, place.offset, place.key))
+        lock._keepalive = place
+    obj._bind(place, lock)
+    return obj

@@ -1,0 +1,252 @@
+"""``Lock`` and ``RLock``: parking_lot's RawMutex on a u64 word that also names its owner.
+
+The word (see ``_native/ident.h``): LOCKED and PARKED bits plus the owner's pid, tid and the low
+bits of its process start time. The uncontended acquire/release is C (``shmlot._fast``, keeping
+the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``unlock_slow``:
+
+- acquire: spin a little (SpinWait) while nobody is parked, then set PARKED and park with a
+  validate that re-checks LOCKED|PARKED under the bucket lock. While parked, poll the owner every
+  0.2 s: if its process is dead (pid plus start time), leave the queue, take the word over and
+  raise ``OwnerDiedError`` with the lock held.
+- release with PARKED set: unpark one thread; under the bucket lock, either hand the lock over
+  (``be_fair``: the word gets the woken thread's identity, token HANDOFF) or unlock and leave
+  PARKED set only if more threads wait.
+"""
+import os
+
+from . import _fast
+from . import _placement as _pl
+from .spinwait import SpinWait
+from .errors import OwnerDiedError
+from .lot import check_timeout, deadline_after
+from ._core import lib
+
+__all__ = ["Lock", "RLock", "OwnerDiedError"]
+
+LOCKED = _fast.LOCKED_BIT
+PARKED = _fast.PARKED_BIT
+FLAGS = LOCKED | PARKED
+TOKEN_NORMAL = 0
+TOKEN_HANDOFF = 1
+OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that the owner is alive
+
+
+def owner_alive(word):
+    """Is the process named in a lock word alive? (Our own process always is.)"""
+    pid, _tid, start = _fast.word_owner(word)
+    if pid == os.getpid():
+        return True
+    return _fast.process_alive(pid, start)
+
+
+def _timeout_arg(blocking, timeout):
+    """_fast passes timeout as a float, -1.0 for none; return seconds or None."""
+    if not blocking or timeout == -1.0:
+        return None
+    return check_timeout(timeout)
+
+
+class _WordLock:
+    """The slow paths shared by Lock and RLock (and anything with the same word)."""
+
+    def _acquire_slow(self, blocking, timeout):
+        place = self._place
+        lot, key = place.lot, place.key
+        timeout = _timeout_arg(blocking, timeout)
+        deadline = deadline_after(timeout) if timeout is not None else 0
+        me = _fast.self_owner_bits() | LOCKED
+        spin = SpinWait()
+        while True:
+            word = self._word()
+            if not word & LOCKED:
+                ok, _ = self._cas_word(word, me | (word & PARKED))
+                if ok:
+                    return True
+                continue
+            if not blocking or (deadline and lib.sl_now_ns() >= deadline):
+                return self._take_if_owner_dead(word, me)
+            if not word & PARKED:
+                if spin.spin():
+                    continue
+                ok, _ = self._cas_word(word, word | PARKED)
+                if not ok:
+                    continue
+                word |= PARKED
+
+            def validate(word=word):
+                return self._word() & FLAGS == FLAGS
+
+            def timed_out(_key, was_last):
+                if was_last:  # nobody else parked: clear PARKED (unless the word moved on)
+                    self._clear_parked()
+
+            owner_dead = []
+
+            def poll(word=word):
+                current = self._word()
+                if current & LOCKED and not owner_alive(current):
+                    owner_dead.append(current)
+                    return True
+                return False
+
+            remaining = None
+            if deadline:
+                remaining = max(0.0, (deadline - lib.sl_now_ns()) / 1e9)
+            try:
+                result = lot._park(key, validate, None, timed_out, TOKEN_NORMAL, remaining,
+                                   poll, OWNER_POLL_NS, word)
+            except BaseException as exc:
+                # Ctrl-C while parked: if the lock was handed to us meanwhile, give it back.
+                r = getattr(exc, "shmlot_park_result", None)
+                if r is not None and r.token == TOKEN_HANDOFF:
+                    self._release_handed_off()
+                raise
+            if result.is_unparked and result.token == TOKEN_HANDOFF:
+                return True  # the unlocker wrote our identity into the word
+            if owner_dead:
+                self._take_if_owner_dead(owner_dead[0], me)
+            spin.reset()
+
+    def _take_if_owner_dead(self, word, me):
+        """Non-blocking failure path: if the holder is dead, take the lock and say so."""
+        if not word & LOCKED or owner_alive(word):
+            return False
+        ok, _ = self._cas_word(word, me | (word & PARKED))
+        if not ok:
+            return False
+        self._place.lot._count(lib.SL_C_OWNER_DEATHS)
+        pid, tid, _ = _fast.word_owner(word)
+        raise OwnerDiedError(
+            f"the previous owner of this {type(self).__name__} (pid {pid}, tid {tid}) died "
+            "holding it; it is now held by the caller: repair the state it protects, then "
+            "release() it")
+
+    def _clear_parked(self):
+        word = self._word()
+        while word & PARKED:
+            ok, word = self._cas_word(word, word & ~PARKED)
+            if ok:
+                return
+
+    def _release_handed_off(self):
+        """We own the lock by hand-off but cannot use it (exception): release it normally."""
+        if hasattr(self, "_set_count"):
+            self._set_count(1)
+        self.release()
+
+    def _release_slow(self, force_fair=False):
+        place = self._place
+
+        def callback(result):
+            if result.unparked_threads and (force_fair or result.be_fair):
+                pid, tid, start = result._first_owner
+                new = _fast.owner_bits(pid, tid, start) | LOCKED
+                if result.have_more_threads:
+                    new |= PARKED
+                self._store_word(new)
+                lib.sl_count(place.lot._l, lib.SL_C_FAIR_HANDOFFS, 1)
+                return TOKEN_HANDOFF
+            self._store_word(PARKED if result.have_more_threads else 0)
+            return TOKEN_NORMAL
+
+        place.lot.unpark_one(place.key, callback)
+
+    # -- shared plumbing --
+
+    def _init_place(self, place):
+        self._place = place
+        self._CORE.__init__(self, place.buffer, place.offset)
+
+    @property
+    def key(self):
+        """The key this lock parks on (``shmlot.key_for(lock)``)."""
+        return self._place.key
+
+    @property
+    def name(self):
+        return self._place.name
+
+    def _owner(self):
+        """(pid, tid) of the holder, or None."""
+        word = self._word()
+        if not word & LOCKED:
+            return None
+        pid, tid, _ = _fast.word_owner(word)
+        return pid, tid
+
+    def __reduce__(self):
+        return (_rebuild, (type(self), self._place.reduce_args()))
+
+    def __repr__(self):
+        owner = self._owner()
+        state = f"locked by pid {owner[0]} tid {owner[1]}" if owner else "unlocked"
+        name = f" {self._place.name!r}" if self._place.name else ""
+        return f"<shmlot.{type(self).__name__}{name} {state}>"
+
+
+def _rebuild(cls, args):
+    obj = cls.__new__(cls)
+    obj._init_place(_pl.rebuild_place(args))
+    return obj
+
+
+class Lock(_WordLock, _fast.LockCore):
+    """``threading.Lock`` across processes.
+
+    ``Lock()`` is anonymous (pickles to children); ``Lock(name="jobs")`` creates or opens a named
+    lock in the lot; ``Lock.at(buffer, offset)`` places its 8 bytes in your own shared memory.
+    A holder that dies is detected by the next acquirer, which gets the lock and
+    ``OwnerDiedError``.
+    """
+    SIZE = 8
+    KIND = _pl.LOCK
+    _CORE = _fast.LockCore
+
+    def __init__(self, *, name=None, lot=None):
+        self._init_place(_pl.new_place(self.KIND, name, lot))
+
+    @classmethod
+    def at(cls, buffer, offset=0, *, lot=None, key=None):
+        """A lock in ``buffer[offset:offset+8]`` (all-zero bytes: unlocked)."""
+        obj = cls.__new__(cls)
+        obj._init_place(_pl.at_place(cls.KIND, buffer, offset, cls.SIZE, lot, key))
+        return obj
+
+    # threading.Condition's protocol for a Lock
+    def _is_owned(self):
+        return self._word() & ~PARKED == _fast.self_owner_bits() | LOCKED
+
+    def _release_save(self):
+        self.release()
+
+    def _acquire_restore(self, _state):
+        self.acquire()
+
+
+class RLock(_WordLock, _fast.RLockCore):
+    """``threading.RLock`` across processes (same placements as ``Lock``)."""
+    SIZE = 16
+    KIND = _pl.RLOCK
+    _CORE = _fast.RLockCore
+
+    def __init__(self, *, name=None, lot=None):
+        self._init_place(_pl.new_place(self.KIND, name, lot))
+
+    at = classmethod(Lock.at.__func__)
+
+    # threading.Condition's protocol for an RLock
+    def _release_save(self):
+        if not self._is_owned():
+            raise RuntimeError("cannot release un-acquired lock")
+        count = self._count()
+        self._set_count(1)
+        self.release()
+        return count
+
+    def _acquire_restore(self, count):
+        self.acquire()
+        self._set_count(count)
+
+    def __repr__(self):
+        base = super().__repr__()
+        return base[:-1] + f" count={self._count()}>" if self._owner() else base

@@ -1,0 +1,121 @@
+"""``Semaphore`` and ``BoundedSemaphore``, as in ``threading``, across processes.
+
+Words: [0] the value, [1] how many threads may be parked (see ``_waiting``), [2] the bound of a
+BoundedSemaphore. Acquire takes one unit by CAS (GIL kept); only a thread that finds the value 0
+parks, and release unparks only when the waiter count says someone may be parked.
+"""
+from . import _placement as _pl
+from ._base import Primitive
+from ._waiting import Deadline, wait_until
+
+__all__ = ["Semaphore", "BoundedSemaphore"]
+
+
+def _check_value(value):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"semaphore value must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError("semaphore initial value must be >= 0")
+    if value >= 2**63:
+        raise ValueError("semaphore initial value too large")
+    return value
+
+
+class Semaphore(Primitive):
+    """``threading.Semaphore(value=1)``; ``name=`` / ``lot=`` / ``.at()`` as for ``Lock``. A named
+    semaphore takes ``value`` only when this call creates it."""
+    KIND = _pl.SEMAPHORE
+    WORDS = 3
+    SIZE = 24
+
+    def __init__(self, value=1, *, name=None, lot=None):
+        _check_value(value)
+        self._bind(self._new(name, lot))
+        if self._created():
+            self._init_value(value)
+
+    def _init_value(self, value):
+        self._words[0].store(value)
+        self._words[2].store(value)
+
+    @classmethod
+    def at(cls, buffer, offset=0, *, init_value=None, lot=None, key=None):
+        """A semaphore in ``buffer[offset:offset+SIZE]``: all-zero bytes are value 0; with
+        ``init_value`` the value is set now (only do that before others use it)."""
+        obj = cls.__new__(cls)
+        obj._bind(cls._at_place(buffer, offset, lot, key))
+        if init_value is not None:
+            obj._init_value(_check_value(init_value))
+        return obj
+
+    def _try_take(self):
+        value = self._words[0]
+        v = value.load()
+        while v > 0:
+            ok, v = value.compare_exchange(v, v - 1)
+            if ok:
+                return True
+        return False
+
+    def acquire(self, blocking=True, timeout=None):
+        """Take one unit; block while the value is 0 (up to ``timeout`` seconds). Returns True
+        when taken, False on timeout or when non-blocking and nothing is available."""
+        if not blocking and timeout is not None:
+            raise ValueError("can't specify timeout for non-blocking acquire")
+        if self._try_take():
+            return True
+        if not blocking:
+            return False
+        value = self._words[0]
+        got = wait_until(self._place.lot, self._place.key, self._try_take,
+                         lambda: value.load() == 0, self._words[1], Deadline(timeout))
+        return bool(got)
+
+    __enter__ = acquire
+
+    def release(self, n=1):
+        """Add ``n`` units, waking up to ``n`` waiters."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise ValueError("n must be one or more")
+        self._add(n)
+        if self._words[1].load():
+            self._wake(n)
+
+    def _add(self, n):
+        self._words[0].fetch_add(n)
+
+    def _wake(self, n):
+        lot, key = self._place.lot, self._place.key
+        for _ in range(n):
+            if not lot.unpark_one(key).have_more_threads:
+                break
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def _value(self):
+        return self._words[0].load()
+
+    def __repr__(self):
+        name = f" {self._place.name!r}" if self._place.name else ""
+        return f"<shmlot.{type(self).__name__}{name} value={self._value()}>"
+
+
+class BoundedSemaphore(Semaphore):
+    """``threading.BoundedSemaphore``: release() beyond the initial value raises ValueError."""
+    KIND = _pl.BOUNDED_SEMAPHORE
+
+    def _add(self, n):
+        value, bound = self._words[0], self._words[2].load()
+        v = value.load()
+        while True:
+            if v + n > bound:
+                raise ValueError("Semaphore released too many times")
+            ok, v = value.compare_exchange(v, v + n)
+            if ok:
+                return
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f"/{self._words[2].load()}>"
