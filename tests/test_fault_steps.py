@@ -1,0 +1,322 @@
+"""Death inside the parking lot, made deterministic (issue 5).
+
+A child process attaches to the lot, arms the C core's test hook
+(``lib.sl_test_set_die_at(step)``, see ``sl_maybe_die`` in park.c) or kills itself from a callback
+that runs under a bucket lock, and performs the operation: it SIGKILLs itself at that exact point,
+most of the time while holding one or two bucket locks. The test process had threads parked on the
+same key and bucket before the death; afterwards:
+
+- the next operation on the bucket gets EOWNERDEAD from the robust mutex and repairs the queue
+  (``info()['counters']['bucket_repairs']`` grows by one per dead-held bucket);
+- every thread parked before the death is unparked exactly once, in FIFO order, with the token of
+  the unpark that took it (no thread lost, none woken twice);
+- nothing is left parked and, after ``reap()``, every slot is free again.
+"""
+import os
+import signal
+import threading
+
+import pytest
+
+from shmlot._core import lib
+
+from conftest import ParkerThread, parked, start_python, wait_parked, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+KEY = 0x5EED_F001
+
+# where sl_maybe_die is called, and whether the bucket lock is held there
+LOCKED_STEPS = ("park_before_enqueue", "park_after_enqueue", "unpark_locked", "requeue_mid",
+                "cancel_locked")
+UNLOCKED_STEPS = ("unpark_before_wake",)
+
+
+def bucket_of(lot, key):
+    """lot.c sl_bucket_of: Fibonacci hashing on the high half."""
+    return (((key * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> 32) % lot.buckets
+
+
+def key_in_bucket(lot, bucket, avoid=()):
+    """A key other than those in ``avoid`` that hashes to ``bucket``."""
+    k = 1
+    while bucket_of(lot, k) != bucket or k in avoid:
+        k += 1
+    return k
+
+
+def key_not_in_bucket(lot, bucket, start):
+    k = start
+    while bucket_of(lot, k) == bucket:
+        k += 1
+    return k
+
+
+def bucket_mutex_offset(lot, bucket):
+    """Offset of bucket ``bucket``'s mutex (lot.h: 4096-byte header, 64-byte bucket records with
+    the mutex first)."""
+    return 4096 + 64 * bucket
+
+
+def futex_addr(tid):
+    """The address a thread of this process is blocked on in futex(2), else None
+    (/proc/self/task/TID/syscall: number, then the arguments)."""
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            fields = f.read().split()
+    except OSError:
+        return None
+    futex_nr = {"x86_64": "202", "aarch64": "98"}.get(os.uname().machine)
+    if len(fields) < 2 or fields[0] != futex_nr:
+        return None
+    return int(fields[1], 16)
+
+
+def repairs(lot):
+    return lot.info()["counters"]["bucket_repairs"]
+
+
+def die_in_child(lot, op, step=None):
+    """Run ``op`` (Python source using ``lot``, ``KEY`` names etc. bound below) in a fresh process
+    attached to ``lot``; it must die by SIGKILL (at ``step`` if given). Returns once the child is
+    reaped, so its pid no longer exists."""
+    code = f"""
+import os, signal, sys
+import shmlot
+from shmlot._core import lib
+from shmlot import FilterOp, RequeueOp
+lot = shmlot.ParkingLot.attach({lot.name!r})
+def die(*args):
+    os.kill(os.getpid(), signal.SIGKILL)
+step = {step!r}
+if step:
+    lib.sl_test_set_die_at(step.encode())
+{op}
+print("survived", flush=True)
+sys.exit(3)
+"""
+    proc = start_python(code)
+    try:
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, f"child exit {proc.returncode}\n{out}\n{err}"
+
+
+def unpark_each(lot, key, threads, first_token):
+    """Unpark ``threads`` (queued on ``key`` in this order) one by one with distinct tokens and
+    check each got exactly its own; then nothing is left on ``key``."""
+    for i, t in enumerate(threads):
+        token = first_token + i
+        r = lot.unpark_one(key, lambda res, token=token: token)
+        assert r.unparked_threads == 1, f"thread {i} on {key:#x} was lost"
+        out = t.outcome()
+        assert out.is_unparked and out.token == token, (i, out)
+    r = lot.unpark_one(key)
+    assert r.unparked_threads == 0 and not r.have_more_threads
+
+
+def park_threads(lot, key, n, first=0):
+    threads = []
+    for i in range(n):
+        before = len(parked(lot, key))
+        threads.append(ParkerThread(lot, key, park_token=first + i).start())
+        wait_parked(lot, key, before + 1)
+    return threads
+
+
+def assert_clean(lot, expect_reaped_slot):
+    """Nothing parked; every slot free once dead processes are reaped."""
+    assert parked(lot) == []
+    slots, _holds = lot.reap()
+    assert slots == (1 if expect_reaped_slot else 0)
+    info = lot.info()
+    assert info["slots_free"] == lot.slots, info
+
+
+# ---- the test hook: every step ------------------------------------------------------------------
+
+@pytest.mark.parametrize("step", ["park_before_enqueue", "park_after_enqueue"])
+def test_death_while_parking(make_lot, step):
+    lot = make_lot()
+    other = key_in_bucket(lot, bucket_of(lot, KEY), avoid={KEY})
+    mine = park_threads(lot, KEY, 2)
+    neighbour = park_threads(lot, other, 1, first=10)
+    before = repairs(lot)
+
+    die_in_child(lot, "lot.park(%d, validate=lambda: True, timeout=30)" % KEY, step)
+
+    # the bucket's lock was held by the dead child: the next operation repairs it
+    unpark_each(lot, KEY, mine, 100)
+    assert repairs(lot) == before + 1
+    unpark_each(lot, other, neighbour, 200)
+    assert repairs(lot) == before + 1
+    # before the enqueue the child's slot was only allocated (the reaper frees it); after it, the
+    # slot was queued behind ours and the last unpark_one above dropped it as dead
+    assert_clean(lot, expect_reaped_slot=step == "park_before_enqueue")
+
+
+@pytest.mark.parametrize("step", ["unpark_locked", "unpark_before_wake"])
+def test_death_while_unparking(make_lot, step):
+    lot = make_lot()
+    other = key_in_bucket(lot, bucket_of(lot, KEY), avoid={KEY})
+    mine = park_threads(lot, KEY, 3)
+    neighbour = park_threads(lot, other, 1, first=10)
+    before = repairs(lot)
+
+    die_in_child(lot, "lot.unpark_one(%d, lambda r: 77)" % KEY, step)
+
+    # the first thread was dequeued with token 77 before the death; the wake-up never came, so it
+    # notices at the end of its sleep slice (no unpark from us may take it a second time)
+    out = mine[0].outcome(timeout=10)
+    assert out.is_unparked and out.token == 77
+    assert [p.park_token for p in parked(lot, KEY)] == [1, 2]
+    unpark_each(lot, KEY, mine[1:], 100)
+    unpark_each(lot, other, neighbour, 200)
+    # unpark_before_wake dies after unlocking: nothing to repair
+    assert repairs(lot) == before + (step == "unpark_locked")
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+@pytest.mark.parametrize("same_bucket", [False, True], ids=["two-buckets", "one-bucket"])
+def test_death_mid_requeue(make_lot, same_bucket):
+    lot = make_lot()
+    b_from = bucket_of(lot, KEY)
+    if same_bucket:
+        key_to = key_in_bucket(lot, b_from, avoid={KEY})
+    else:
+        key_to = key_not_in_bucket(lot, b_from, KEY + 1)
+    waiters = park_threads(lot, KEY, 3)
+    already = park_threads(lot, key_to, 1, first=10)
+    before = repairs(lot)
+
+    die_in_child(lot, "lot.unpark_requeue(%d, %d, lambda: RequeueOp.REQUEUE_ALL)"
+                 % (KEY, key_to), "requeue_mid")
+
+    # the first waiter had moved to key_to's tail when the child died; the others are still on KEY
+    assert [p.park_token for p in parked(lot, key_to)] == [10, 0]
+    assert [p.park_token for p in parked(lot, KEY)] == [1, 2]
+    unpark_each(lot, key_to, [already[0], waiters[0]], 100)
+    unpark_each(lot, KEY, waiters[1:], 200)
+    assert repairs(lot) == before + (1 if same_bucket else 2)
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+def test_death_while_cancelling_a_timed_out_park(make_lot):
+    lot = make_lot()
+    mine = park_threads(lot, KEY, 2)
+    before = repairs(lot)
+
+    die_in_child(lot, "lot.park(%d, timed_out=lambda key, last: None, timeout=0.05)" % KEY,
+                 "cancel_locked")
+
+    unpark_each(lot, KEY, mine, 100)
+    assert repairs(lot) == before + 1
+    # the child had dequeued its slot (allocated, owned by a dead process): the reaper frees it
+    assert_clean(lot, expect_reaped_slot=True)
+
+
+def test_every_step_is_covered():
+    """The steps this file kills at are exactly the ones park.c offers (a new step fails here
+    until a test kills at it)."""
+    src = open(os.path.join(os.path.dirname(__file__), "..", "shmlot", "_native",
+                            "park.c")).read()
+    import re
+    steps = set(re.findall(r'sl_maybe_die\("([a-z_]+)"\)', src))
+    assert steps == set(LOCKED_STEPS) | set(UNLOCKED_STEPS)
+
+
+# ---- death inside a callback that runs under the bucket lock ------------------------------------
+
+CALLBACK_DEATHS = {
+    # name: (child op, dies holding the lock of the bucket of these keys)
+    "validate": "lot.park(KEY, validate=die, timeout=30)",
+    "unpark_callback": "lot.unpark_one(KEY, die)",
+    "filter": "lot.unpark_filter(KEY, die)",
+    "filter_after_unpark_choice":
+        "lot.unpark_filter(KEY, lambda tok: FilterOp.UNPARK if tok == 0 else die())",
+    "filter_callback": "lot.unpark_filter(KEY, lambda tok: FilterOp.UNPARK, die)",
+    "requeue_validate": "lot.unpark_requeue(KEY, KEY2, die)",
+    "requeue_callback": "lot.unpark_requeue(KEY, KEY2, lambda: RequeueOp.UNPARK_ONE_REQUEUE_REST, "
+                        "die)",
+    "timed_out": "lot.park(KEY, timed_out=die, timeout=0.05)",
+}
+
+
+@pytest.mark.parametrize("where", sorted(CALLBACK_DEATHS))
+def test_death_inside_a_callback(make_lot, where):
+    """Callbacks choose before anything is dequeued: a death inside one leaves every waiter
+    queued, and the lock is repaired."""
+    lot = make_lot()
+    key2 = key_not_in_bucket(lot, bucket_of(lot, KEY), KEY + 1)
+    mine = park_threads(lot, KEY, 2)
+    before = repairs(lot)
+
+    op = CALLBACK_DEATHS[where].replace("KEY2", str(key2)).replace("KEY", str(KEY))
+    die_in_child(lot, op)
+
+    assert [p.park_token for p in parked(lot, KEY)] == [0, 1]
+    unpark_each(lot, KEY, mine, 100)
+    assert parked(lot, key2) == []
+    expected = 2 if where.startswith("requeue") else 1
+    assert repairs(lot) - before >= 1
+    # requeue locks both buckets; only the one we touched afterwards has been repaired so far
+    lot.unpark_one(key2)
+    assert repairs(lot) == before + expected
+    assert_clean(lot, expect_reaped_slot=where in ("validate", "timed_out"))
+
+
+# ---- other processes keep going while the dead bucket is contended -----------------------------
+
+def test_waiters_blocked_on_the_dead_bucket_lock_recover(make_lot):
+    """Threads already *waiting for the bucket lock* when its holder dies (not only later
+    callers) get it: one sees EOWNERDEAD and repairs, the others follow."""
+    lot = make_lot()
+    mine = park_threads(lot, KEY, 2)
+    before = repairs(lot)
+    # The child takes the bucket lock and sits in validate until told to die, so our threads can
+    # queue up on the mutex itself first.
+    code = f"""
+import os, signal, sys
+import shmlot
+lot = shmlot.ParkingLot.attach({lot.name!r})
+def validate():
+    print("holding", flush=True)
+    sys.stdin.readline()
+    os.kill(os.getpid(), signal.SIGKILL)
+lot.park({KEY}, validate=validate, timeout=30)
+"""
+    proc = start_python(code)
+    try:
+        assert proc.stdout.readline().strip() == "holding"
+        results, tids = [], []
+
+        def unparker(token):
+            tids.append(threading.get_native_id())
+            results.append(lot.unpark_one(KEY, lambda r: token).unparked_threads)
+
+        blocked = [threading.Thread(target=unparker, args=(100 + i,)) for i in range(2)]
+        for t in blocked:
+            t.start()
+        # both are asleep in the kernel on the bucket mutex's futex word
+        word = lib.sl_base_address(lot._l) + bucket_mutex_offset(lot, bucket_of(lot, KEY))
+        wait_until(lambda: len(tids) == 2 and all(futex_addr(tid) == word for tid in tids),
+                   message="unparkers blocked on the bucket mutex")
+        proc.stdin.write("die\n")
+        proc.stdin.flush()
+        proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL
+        for t in blocked:
+            t.join(10)
+            assert not t.is_alive()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+    assert sorted(results) == [1, 1]
+    tokens = sorted(t.outcome().token for t in mine)
+    assert tokens == [100, 101]
+    assert repairs(lot) == before + 1
+    assert_clean(lot, expect_reaped_slot=True)
