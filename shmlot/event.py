@@ -5,9 +5,12 @@ parking, so a two-process ping-pong usually completes without a system call.
 """
 from . import _placement as _pl
 from ._base import Primitive
-from ._waiting import Deadline, wait_until
+from ._waiting import Deadline
+from .spinwait import SpinWait
 
 __all__ = ["Event"]
+
+TOKEN_SET = 1  # the unpark token of a set(): "the flag was set while you waited"
 
 
 class Event(Primitive):
@@ -37,19 +40,49 @@ class Event(Primitive):
     def set(self):
         """Set the flag and wake every waiter."""
         if self._words[0].swap(1) == 0 and self._words[1].load():
-            self._place.lot.unpark_all(self._place.key)
+            self._place.lot.unpark_all(self._place.key, TOKEN_SET)
 
     def clear(self):
         self._words[0].store(0)
 
     def wait(self, timeout=None):
-        """Block until the flag is set or ``timeout`` seconds pass; return the flag."""
+        """Block until the flag is set or ``timeout`` seconds pass; return the flag.
+
+        As in threading, a waiter that a ``set()`` released returns True even if the flag was
+        cleared again before it ran: the wake-up says so (token TOKEN_SET), as does a park whose
+        validate found the flag set."""
         flag = self._words[0]
         if flag.load() == 1:
             return True
-        wait_until(self._place.lot, self._place.key, self.is_set, lambda: flag.load() == 0,
-                   self._words[1], Deadline(timeout))
-        return self.is_set()
+        deadline = Deadline(timeout)
+        spin = SpinWait()
+        while spin.spin():
+            if flag.load() == 1:
+                return True
+        if deadline.passed():
+            return flag.load() == 1
+        lot, key, waiters = self._place.lot, self._place.key, self._words[1]
+        saw_set = []
+
+        def blocked():
+            if flag.load() == 1:
+                saw_set.append(True)
+                return False
+            return True
+
+        waiters.fetch_add(1)  # before the re-check below: set() reads it after its swap
+        try:
+            while True:
+                if flag.load() == 1:
+                    return True
+                remaining = deadline.remaining()
+                if remaining == 0.0:
+                    return flag.load() == 1
+                r = lot._park(key, blocked, None, None, 0, remaining)
+                if saw_set or (r.is_unparked and r.token == TOKEN_SET):
+                    return True
+        finally:
+            waiters.fetch_sub(1)
 
     def __repr__(self):
         name = f" {self._place.name!r}" if self._place.name else ""
