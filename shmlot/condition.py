@@ -49,6 +49,9 @@ class Condition:
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
         self.acquire = lock.acquire
         self.release = lock.release
+        # threading.Condition exports its lock's protocol methods too
+        self._release_save = lock._release_save
+        self._acquire_restore = lock._acquire_restore
 
     @property
     def key(self):
