@@ -234,6 +234,11 @@ class RLock(_WordLock, _fast.RLockCore):
 
     at = classmethod(Lock.at.__func__)
 
+    def _recursion_count(self):
+        """How many times the calling thread holds the lock (0 if it does not), as
+        threading.RLock._recursion_count."""
+        return self._count() if self._is_owned() else 0
+
     # threading.Condition's protocol for an RLock
     def _release_save(self):
         if not self._is_owned():
