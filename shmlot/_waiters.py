@@ -102,11 +102,9 @@ class SemaphoreWaiter:
                 self._ipc.unlink_semaphore(self.sem_name(lot_id, slot))
             except self._ipc.ExistentialError:
                 pass
-        for sem in self._sems.values():
-            try:
-                sem.close()
-            except self._ipc.Error:
-                pass
+        # Forget the handles but do not close them: another thread of this process may be
+        # asleep in acquire() on one of them, and sem_close() unmaps it under that thread
+        # (SIGSEGV). The mappings (one page each) go when the process exits.
         self._sems = {}
 
 
