@@ -70,6 +70,12 @@ SHMLOT_LOT = None       # our ParkingLot, or None
 SHMLOT_REASON = ""      # why shmlot is not available
 _POSIX_NAMES = []       # posix_ipc semaphores we created (unlinked at the end)
 _file_counter = [0]
+SUBJECT_FILTER = []     # --subjects: substrings; empty = everything
+
+
+def wanted(subject):
+    s = subject.lower()
+    return not SUBJECT_FILTER or any(f in s for f in SUBJECT_FILTER)
 
 
 class Unavailable(Exception):
@@ -285,23 +291,38 @@ def _batch_with(lock, k):
     return pc() - t0
 
 
-def lock_loop(lock, budget_ns, max_batch=256):
-    """Median ns per `with lock:` over small batches filling `budget_ns`; also the mean."""
+def calibrate_batch(lock, max_batch=256, min_ns=20_000):
+    """Ops per batch so that one batch takes at least `min_ns` (at most `max_batch`)."""
     k = 1
     while k < max_batch:
-        if _batch_with(lock, k) >= 20_000:
+        if min(_batch_with(lock, k) for _ in range(3)) >= min_ns:
             break
         k *= 2
+    return k
+
+
+def lock_loop(lock, budget_ns, k=None):
+    """Time `with lock:` in batches of k ops for `budget_ns`.
+
+    Returns (median ns/op over batches, 90th-percentile ns/op over batches, mean ns/op over the
+    whole run, k).  Batches are ~20 us, so a rare event (a 5 ms GIL switch every 5 ms of running)
+    leaves the median and p90 alone, while a cost paid on every call, or on more than a few
+    calls in a thousand, moves them.
+    """
+    if k is None:
+        k = calibrate_batch(lock)
     per_op, total_t, total_n = [], 0, 0
     end = pc() + budget_ns
-    while len(per_op) < 5 or pc() < end:
+    while len(per_op) < 10 or pc() < end:
         t = _batch_with(lock, k)
         per_op.append(t / k)
         total_t += t
         total_n += k
         if len(per_op) > 200_000:
             break
-    return statistics.median(per_op), total_t / total_n
+    per_op.sort()
+    return (statistics.median(per_op), per_op[int(0.9 * (len(per_op) - 1))],
+            total_t / total_n, k)
 
 
 def weighted_quantile(pairs, q):
@@ -361,6 +382,14 @@ class Row:
     def median(self):
         return statistics.median(self.samples) if self.samples and self.status == "ok" else None
 
+    @property
+    def spread(self):
+        """Half the range of the repeats, relative to the median (None with < 2 repeats)."""
+        m = self.median
+        if m is None or len(self.samples) < 2 or not m:
+            return None
+        return (max(self.samples) - min(self.samples)) / 2 / m
+
     def extra_median(self, k):
         vals = self.extra.get(k)
         return statistics.median(vals) if vals and self.status == "ok" else None
@@ -376,6 +405,7 @@ class Row:
 class Scenario:
     def __init__(self, sid, title, unit, better="lower", reference=None, floor=None):
         self.id, self.title, self.unit, self.better = sid, title, unit, better
+        self.short = title if len(title) <= 60 else sid.replace("_", " ")
         self.reference = reference   # subject the "x mp" column divides by
         self.floor = floor           # subject name of the floor row, if any
         self.rows = {}
@@ -384,7 +414,10 @@ class Scenario:
 
     def row(self, subject, family):
         if subject not in self.rows:
-            self.rows[subject] = Row(subject, family)
+            row = Row(subject, family)
+            if not wanted(subject):
+                return row              # filtered out by --subjects: measured nowhere
+            self.rows[subject] = row
         return self.rows[subject]
 
     def median(self, subject):
@@ -419,6 +452,7 @@ class Scenario:
             rows.append({
                 "subject": r.subject, "family": r.family, "status": r.status,
                 "reason": r.reason or None, "median": r.median, "samples": r.samples,
+                "spread": r.spread,
                 "extra": {k: self.rows[r.subject].extra_median(k) for k in r.extra},
                 "extra_samples": r.extra,
                 "ratio_mp": self.ratio_mp(r.subject), "mp_reference": self.mp_ref(r.subject),
@@ -440,7 +474,7 @@ def rotate(seq, i):
 def run_repeats(sc, cfg, subjects, measure_one):
     """For each repeat, measure every subject once (order rotated per repeat)."""
     for rep in range(cfg.repeat):
-        for name in rotate(subjects, rep):
+        for name in rotate([n for n in subjects if n in sc.rows], rep):
             row = sc.rows[name]
             if row.status != "ok":
                 continue
@@ -473,7 +507,7 @@ def scenario_uncontended(cfg):
         s = LOCK_SUBJECTS[name]
         h = s.make()
         try:
-            med, mean = lock_loop(s.open(h), cfg.loop_budget)
+            med, _, mean, _ = lock_loop(s.open(h), cfg.loop_budget)
             row.add(med, mean_ns=mean)
         finally:
             s.cleanup(h)
@@ -489,8 +523,8 @@ def _busy_worker(stop):
 
 
 def scenario_busy(cfg):
-    sc = Scenario("busy", "`with lock:` while another thread runs pure-Python work",
-                  "ns/op", reference="mp.Lock")
+    sc = Scenario("busy", "`with lock:` while another thread runs pure-Python work "
+                  "(p90 of ~20 us batches)", "ns/op", reference="mp.Lock")
     names = list(LOCK_SUBJECTS)
     for n in names:
         sc.row(n, LOCK_SUBJECTS[n].family)
@@ -501,16 +535,19 @@ def scenario_busy(cfg):
         lock = None
         try:
             lock = s.open(h)
-            alone, _ = lock_loop(lock, cfg.loop_budget // 2)
+            # Same batch size with and without the busy thread (calibrated alone: with the
+            # thread, a GIL hand-off per call would make single-op batches look long enough).
+            _, alone, alone_mean, k = lock_loop(lock, cfg.loop_budget // 2)
             stop = [False]
             t = threading.Thread(target=_busy_worker, args=(stop,), daemon=True)
             t.start()
             try:
-                busy, mean = lock_loop(lock, cfg.loop_budget)
+                _, busy, mean, _ = lock_loop(lock, cfg.loop_budget, k)
             finally:
                 stop[0] = True
                 t.join()
-            row.add(busy, alone_ns=alone, x_alone=busy / alone, mean_ns=mean)
+            row.add(busy, alone_ns=alone, x_alone=busy / alone, mean_ns=mean,
+                    alone_mean_ns=alone_mean, batch=k)
         finally:
             del lock
             s.cleanup(h)
@@ -750,7 +787,7 @@ def scenario_notify(cfg):
     names = list(CONDITION_SUBJECTS)
     for n in names:
         sc.row(n, CONDITION_SUBJECTS[n].family)
-    rounds = cfg.notify_rounds
+    rounds = cfg.notify_rounds + 1   # the first round is a warm-up, not counted
 
     def wait_until(pred, timeout, what):
         end = time.monotonic() + timeout
@@ -787,10 +824,11 @@ def scenario_notify(cfg):
                 wait_until(lambda: all(stamps[i] != 0 for i in range(np_)), 60, "wake-ups")
                 if any(stamps[i] < 0 for i in range(np_)):
                     raise RuntimeError("a waiting child failed")
-                figures.append(max(stamps[i] for i in range(np_)) - t0)
+                if r:
+                    figures.append(max(stamps[i] for i in range(np_)) - t0)
             for p in procs:
                 p.join(30)
-            row.add(statistics.median(figures), rounds=rounds)
+            row.add(statistics.median(figures), rounds=len(figures))
         finally:
             _kill(procs)
             s.cleanup(h)
@@ -850,9 +888,27 @@ def _park_roundtrips(lot, key_a, key_b, budget_ns):
         t.join(10)
 
 
+def _pin_to_one_cpu():
+    """Pin the calling thread (and threads it starts) to one CPU; return the old mask."""
+    try:
+        old = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {max(old)})
+        return old
+    except (AttributeError, OSError):
+        return None
+
+
+def _restore_affinity(old):
+    if old is not None:
+        try:
+            os.sched_setaffinity(0, old)
+        except OSError:
+            pass
+
+
 def scenario_park(cfg):
-    sc = Scenario("park", "park + unpark_one round trip with N threads parked on distinct keys",
-                  "ns/rt", reference=None)
+    sc = Scenario("park", "park + unpark_one round trip between two threads pinned to one CPU, "
+                  "N threads parked on other keys", "ns/rt", reference=None)
     names = [f"shmlot park, {n} parked" for n in cfg.parked]
     for n in names:
         sc.row(n, "shmlot")
@@ -878,6 +934,10 @@ def scenario_park(cfg):
 
         old = threading.stack_size()
         threads = []
+        # Both ping-pong threads on one CPU: a hand-off is then a plain context switch, and
+        # the figure does not jump between "same core" and "other core" modes from sample to
+        # sample (2.5-3x apart on a 2-vCPU VM), which would drown the flatness being measured.
+        old_affinity = _pin_to_one_cpu()
         try:
             threading.stack_size(256 * 1024)
             for i in range(nparked):
@@ -901,6 +961,7 @@ def scenario_park(cfg):
                 lot.unpark_all(base + 2 + i)
             for th in threads:
                 th.join(10)
+            _restore_affinity(old_affinity)
             if any(th.is_alive() for th in threads):
                 raise RuntimeError("parked threads did not all wake on unpark_all")
 
@@ -1006,6 +1067,8 @@ def scenario_memory(cfg):
     sc.row(FLOOR, "floor")
     sc.row("shmlot lot (default size)", "shmlot")
     for n, fam, _ in MEMORY_KINDS:
+        if n not in sc.rows:
+            continue
         row = sc.rows[n]
         try:
             if fam == "posix_ipc":
@@ -1032,8 +1095,8 @@ def scenario_memory(cfg):
                 row.reason = note
         except Exception as e:
             row.fail(e)
-    sc.rows[FLOOR].add(4.0)   # one 32-bit futex word
-    lot_row = sc.rows["shmlot lot (default size)"]
+    sc.row(FLOOR, "floor").add(4.0)   # one 32-bit futex word
+    lot_row = sc.row("shmlot lot (default size)", "shmlot")
     try:
         _shmlot()
         if SHMLOT_LOT is None:
@@ -1144,6 +1207,8 @@ def fmt_value(v, unit):
 def fmt_ratio(r):
     if r is None:
         return ""
+    if 0 < r < 0.01:
+        return f"{r:.1g}x"
     if r >= 100:
         return f"{r:.0f}x"
     if r >= 10:
@@ -1159,8 +1224,10 @@ def _notes(sc, row):
         return row.reason
     if sc.id == "busy":
         a, x = row.extra_median("alone_ns"), row.extra_median("x_alone")
+        m, am = row.extra_median("mean_ns"), row.extra_median("alone_mean_ns")
         if a is not None:
-            out.append(f"alone {fmt_value(a, 'ns')}, busy/alone {x:.2f}x")
+            out.append(f"alone {fmt_value(a, 'ns')}, busy/alone {x:.2f}x; wall mean "
+                       f"{fmt_value(m, 'ns')} vs {fmt_value(am, 'ns')} alone")
     if sc.id.startswith("contended_"):
         s, p = row.extra_median("min_share"), row.extra_median("p99_ns")
         if s is not None:
@@ -1185,7 +1252,8 @@ def print_table(scs, meta, floor_lock, out=sys.stdout):
     for sc in scs:
         better = "lower is better" if sc.better == "lower" else "higher is better"
         w(f"\n== {sc.title}  [{sc.unit}, {better}] ==\n")
-        w(f"  {'subject':<28} {'median':>11} {'x mp':>8} {'x floor':>8}  {'target':<44} notes\n")
+        w(f"  {'subject':<28} {'median':>11} {'spread':>6} {'x mp':>8} {'x floor':>8}  "
+          f"{'target':<44} notes\n")
         tg = {}
         for t in sc.targets:
             tg.setdefault(t["subject"], []).append(t)
@@ -1209,14 +1277,16 @@ def print_table(scs, meta, floor_lock, out=sys.stdout):
                 if first:
                     mcol = fmt_value(med, sc.unit) if row.status == "ok" else row.status
                     rmp_s = fmt_ratio(rmp) if rmp is not None and row.subject != ref else ""
-                    w(f"  {row.subject:<28} {mcol:>11} {rmp_s:>8} {fmt_ratio(rf):>8}  "
+                    sp = row.spread
+                    sp_s = "" if sp is None else f"±{sp * 100:.0f}%"
+                    w(f"  {row.subject:<28} {mcol:>11} {sp_s:>6} {rmp_s:>8} {fmt_ratio(rf):>8}  "
                       f"{tcol:<44} {_notes(sc, row)}\n")
                     first = False
                 else:
-                    w(f"  {'':<28} {'':>11} {'':>8} {'':>8}  {tcol:<44}\n")
+                    w(f"  {'':<28} {'':>11} {'':>6} {'':>8} {'':>8}  {tcol:<44}\n")
         if sc.reference:
-            w(f"  (x mp: figure / multiprocessing twin, else / {sc.reference}; "
-              f"x floor: times the C floor's cost)\n")
+            w(f"  (spread: half the range of the repeats / median; x mp: figure / "
+              f"multiprocessing twin, else / {sc.reference}; x floor: times the C floor's cost)\n")
     targets = [t for sc in scs for t in sc.targets]
     npass = sum(1 for t in targets if t["pass"] is True)
     nfail = sum(1 for t in targets if t["pass"] is False)
@@ -1241,17 +1311,17 @@ def plot(scs, path):
     fig, axes = plt.subplots(rows, cols, figsize=(13, 3.2 * rows), squeeze=False)
     for ax, sc in zip(axes.flat, shown):
         items = [(r.subject, r.median, r.family) for r in sc.rows.values()]
-        labels = [f"{s}" if m else f"{s} (n/a)" for s, m, _ in items]
+        labels = [s if m is not None else f"{s} (n/a)" for s, m, _ in items]
         vals = [m or 0 for _, m, _ in items]
         ax.barh(labels, vals, color=[colors.get(f, "tab:gray") for _, _, f in items])
         ax.invert_yaxis()
         positive = [v for v in vals if v > 0]
         if positive and max(positive) / min(positive) > 20:
             ax.set_xscale("log")
-        ax.set_title(f"{sc.title} [{sc.unit}, {sc.better} is better]", fontsize=9)
+        ax.set_title(f"{sc.short} [{sc.unit}, {sc.better} is better]", fontsize=9)
         ax.tick_params(labelsize=8)
         for i, (s, m, _) in enumerate(items):
-            if m:
+            if m is not None:
                 ax.text(m, i, " " + fmt_value(m, sc.unit), va="center", fontsize=7)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
@@ -1269,11 +1339,11 @@ class Config:
         q = args.quick
         self.quick = q
         self.repeat = args.repeat or (3 if q else 5)
-        self.loop_budget = int((0.04 if q else 0.15) * 1e9)
-        self.pp_budget = int((0.04 if q else 0.15) * 1e9)
-        self.window = 0.1 if q else 0.4
-        self.notify_rounds = 2 if q else 4
-        self.park_budget = int((0.04 if q else 0.15) * 1e9)
+        self.loop_budget = int((0.04 if q else 0.25) * 1e9)
+        self.pp_budget = int((0.04 if q else 0.25) * 1e9)
+        self.window = 0.1 if q else 0.5
+        self.notify_rounds = 2 if q else 5
+        self.park_budget = int((0.04 if q else 0.25) * 1e9)
         self.mem_objects = 200 if q else 1000
         self.floor_lock_iters = 2_000_000 if q else 10_000_000
         self.floor_pp_iters = 20_000 if q else 100_000
@@ -1321,6 +1391,9 @@ def parse_args(argv):
                     help="process counts for 'contended' (default 2,8,32)")
     ap.add_argument("--parked", type=_int_list, default=[1, 100, 2000], metavar="N[,..]",
                     help="parked-thread counts for 'park' (default 1,100,2000)")
+    ap.add_argument("--subjects", metavar="TEXT[,..]",
+                    help="measure only subjects whose name contains one of these "
+                         "(case-insensitive), e.g. 'shmlot,mp.Lock,floor'")
     ap.add_argument("--start-method", choices=["fork", "spawn", "forkserver"], default="fork",
                     help="how child processes start (default fork)")
     ap.add_argument("--waiter", choices=["futex", "semaphore"],
@@ -1384,6 +1457,8 @@ def teardown_shmlot(lot, name):
 def main(argv=None):
     global CTX, TMP, FLOOR_BIN, FLOOR_REASON, SHMLOT_LOT, SHMLOT_REASON
     args = parse_args(argv)
+    if args.subjects:
+        SUBJECT_FILTER[:] = [x.strip().lower() for x in args.subjects.split(",") if x.strip()]
     cfg = Config(args)
     scenarios = args.only or SCENARIOS
     CTX = multiprocessing.get_context(args.start_method)

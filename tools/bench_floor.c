@@ -1,10 +1,10 @@
 /* bench_floor.c: the hardware floor for tools/bench.py.
  *
  * The same lock loop, two-process ping-pong and contended lock loop that bench.py runs through
- * shmlot and the peers, written directly in C on a shared (non-private) futex word with the
- * spin-then-park policy of parking_lot's SpinWait (3 rounds of 2^n cpu-relax, then up to 7
- * sched_yield, then futex wait).  bench.py builds it with gcc into a temp dir; it is not part of
- * the package.
+ * shmlot and the peers, written directly in C on shared (non-private) futex words, spin then park:
+ * the mutex with parking_lot's SpinWait (3 rounds of 2^n cpu-relax, then up to 7 sched_yield,
+ * then futex wait), the ping-pong spinning up to SPIN_NS on the word before futex wait.
+ * bench.py builds it with gcc into a temp dir; it is not part of the package.
  *
  *   bench_floor lock ITERS                  -> {"ns_per_op": X}         uncontended lock+unlock
  *   bench_floor pingpong ITERS              -> {"ns_per_op": X}         round trip between 2 procs
@@ -116,9 +116,32 @@ static inline void mutex_unlock(uint32_t *w)
 
 /* ---- binary event for ping-pong: 0 empty, 1 posted, 2 empty with a sleeper ---- */
 
+/* The hand-off spins on the word for up to SPIN_NS before it parks: the partner usually answers
+ * within a microsecond or two on another core, and a floor should not pay for a futex sleep that
+ * a spin would have avoided.  (The mutex keeps parking_lot's short SpinWait: there the holder may
+ * be preempted, and spinning longer only burns the CPU it needs.) */
+#define SPIN_NS 20000ull
+
+static inline int still_spinning(unsigned *n, uint64_t *spin_until)
+{
+    if (*spin_until == UINT64_MAX)
+        return 0;
+    if ((++*n & 63) == 0) {
+        uint64_t t = now_ns();
+        if (*spin_until == 0) {
+            *spin_until = t + SPIN_NS;
+        } else if (t >= *spin_until) {
+            *spin_until = UINT64_MAX;
+            return 0;
+        }
+    }
+    return 1;
+}
+
 static void event_wait(uint32_t *w)
 {
-    struct spinwait sw = {0};
+    uint64_t spin_until = 0;
+    unsigned n = 0;
     for (;;) {
         uint32_t v = __atomic_load_n(w, __ATOMIC_ACQUIRE);
         if (v == 1) {
@@ -127,8 +150,10 @@ static void event_wait(uint32_t *w)
                 return;
             continue;
         }
-        if (v == 0 && spin(&sw))
+        if (v == 0 && still_spinning(&n, &spin_until)) {
+            cpu_relax();
             continue;
+        }
         if (v == 0) {
             uint32_t exp = 0;
             if (!__atomic_compare_exchange_n(w, &exp, 2, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
