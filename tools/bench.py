@@ -769,7 +769,7 @@ def _notify_child(name, handle, idx, nprocs, rounds, ready, stamps):
     try:
         cond = CONDITION_SUBJECTS[name].open(handle)
         with cond:
-            for r in range(rounds):
+            for r in range(rounds + 1):
                 ready.value += 1          # under the condition's lock
                 cond.wait()
                 stamps[idx] = pc()
@@ -787,7 +787,10 @@ def scenario_notify(cfg):
     names = list(CONDITION_SUBJECTS)
     for n in names:
         sc.row(n, CONDITION_SUBJECTS[n].family)
-    rounds = cfg.notify_rounds + 1   # the first round is a warm-up, not counted
+    # Round 0 is a warm-up (children fault in their copy-on-write pages), and the children
+    # wait once more after the last measured round: a final notify_all lets them go, so that
+    # no round is timed while children exit (process teardown on 2 CPUs costs ~10 ms).
+    rounds = cfg.notify_rounds + 1
 
     def wait_until(pred, timeout, what):
         end = time.monotonic() + timeout
@@ -826,6 +829,9 @@ def scenario_notify(cfg):
                     raise RuntimeError("a waiting child failed")
                 if r:
                     figures.append(max(stamps[i] for i in range(np_)) - t0)
+            wait_until(lambda: ready.value >= np_ * (rounds + 1), 60, "waiters")
+            with cond:
+                cond.notify_all()        # let them go
             for p in procs:
                 p.join(30)
             row.add(statistics.median(figures), rounds=len(figures))
