@@ -32,10 +32,12 @@ OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that the owner i
 
 
 def owner_alive(word):
-    """Is the process named in a lock word alive? (Our own process always is.)"""
+    """Is the process named in a lock word alive (pid and start time)? Our own pid is alive
+    only with our own start time: a word left by an earlier process that had our pid is not."""
     pid, _tid, start = _fast.word_owner(word)
-    if pid == os.getpid():
-        return True
+    my_pid, _my_tid, my_start = _fast.self_ident()
+    if pid == my_pid:
+        return start == my_start & _fast.START_MASK
     return _fast.process_alive(pid, start)
 
 
@@ -104,7 +106,9 @@ class _WordLock:
             if result.is_unparked and result.token == TOKEN_HANDOFF:
                 return True  # the unlocker wrote our identity into the word
             if owner_dead:
-                self._take_if_owner_dead(owner_dead[0], me)
+                # the word as it is now: leaving the queue may have cleared PARKED (timed_out,
+                # when we were the last waiter), so the word seen by poll() is stale
+                self._take_if_owner_dead(self._word(), me)
             spin.reset()
 
     def _take_if_owner_dead(self, word, me):
