@@ -1,11 +1,13 @@
 """``Barrier``, as in ``threading``, across processes.
 
 Words: [0] parties, [1] the state: arrived count (bits 0-31) and generation (bits 32-62), bit 63
-BROKEN; [2] waiter count (see ``_waiting``). The last party to arrive runs the action and starts
-the next generation with +2; ``reset()`` starts it with +1, so a waiter woken by a generation change
-knows from the parity of the step whether its round completed or was reset. A waiting party
-records a hold on the barrier's key; a waiter that finds a dead party's hold breaks the barrier
-(rather than wait forever for a party that will never come).
+BROKEN; [2] waiter count (see ``_waiting``). The last party to arrive claims the round (the count
+reaches ``parties``, so no other thread can also think it is last; later arrivals wait for the next
+round), runs the action and starts the next generation with +2; ``reset()`` starts it with +1, so a
+waiter woken by a generation change knows from the parity of the step whether its round completed
+or was reset. A party records a hold on the barrier's key from before it arrives until it leaves;
+a waiter that finds a dead party's hold breaks the barrier (rather than wait forever for a party
+that will never come).
 """
 import threading
 
@@ -102,64 +104,82 @@ class Barrier(Primitive):
         """Wait for all parties; returns this party's arrival index (0 .. parties-1)."""
         if timeout is None:
             timeout = self._timeout
-        state = self._words[1]
-        parties = self._words[0].load()
-        s = state.load()
-        while True:
-            if s & BROKEN:
-                raise BrokenBarrierError
-            index = s & COUNT_MASK
-            if index + 1 >= parties:
-                # last to arrive: run the action, then release the round
-                if self._action is not None:
-                    try:
-                        self._action()
-                    except BaseException:
-                        self._break()
-                        raise
-                ok, s = state.compare_exchange(s, ((_gen(s) + 2) << 32) & GEN_MASK)
-                if not ok:
-                    continue
-                self._place.lot.unpark_all(self._place.key)
-                return index
-            ok, s = state.compare_exchange(s, s + 1)
-            if ok:
-                break
-        return self._wait_round(_gen(s), index, Deadline(timeout))
-
-    def _wait_round(self, gen, index, deadline):
+        deadline = Deadline(timeout)
         lot, key = self._place.lot, self._place.key
         state = self._words[1]
+        parties = self._words[0].load()
+        # The hold says "a party of this process is in the barrier" from before it arrives until
+        # it leaves, so a party killed at any point in between is seen by the others (who break
+        # the barrier instead of waiting for it forever).
         pid, tid, start = _fast.self_ident()
         lot._hold_add(key, pid, tid, start, HOLD_MODE)
-
-        def same_round():
-            s = state.load()
-            return _gen(s) == gen and not s & BROKEN
-
-        def party_died():
-            return lot._hold_take_dead(key) > 0
-
         try:
-            self._words[2].fetch_add(1)
-            try:
-                while same_round():
-                    remaining = deadline.remaining()
-                    if remaining == 0.0:
-                        self._break()  # threading: a timeout breaks the barrier
-                        raise BrokenBarrierError
-                    lot._park(key, same_round, None, None, 0, remaining, party_died, POLL_NS)
-                    if same_round() and party_died():
-                        self._break()
-            finally:
-                self._words[2].fetch_sub(1)
+            while True:
+                s = state.load()
+                if s & BROKEN:
+                    raise BrokenBarrierError
+                index = s & COUNT_MASK
+                if index >= parties:
+                    # the last party of this round is running the action: join the next round
+                    self._park_while(lambda s=s: state.load() == s, deadline)
+                    continue
+                ok, _ = state.compare_exchange(s, s + 1)
+                if not ok:
+                    continue
+                if index + 1 == parties:
+                    return self._release_round(s + 1, index)
+                self._park_while(lambda gen=_gen(s): self._same_round(gen), deadline)
+                step = (_gen(state.load()) - _gen(s)) % (1 << 31)
+                if step == 0 or step % 2 == 1:  # still this round (so broken), or it was reset
+                    raise BrokenBarrierError
+                return index
         finally:
             lot._hold_remove(key, pid, tid, HOLD_MODE)
-        s = state.load()
-        step = (_gen(s) - gen) % (1 << 31)
-        if step == 0 or step % 2 == 1:  # still this round (so broken), or it was reset
+
+    def _same_round(self, gen):
+        s = self._words[1].load()
+        return _gen(s) == gen and not s & BROKEN
+
+    def _release_round(self, claimed, index):
+        """The last party (it set the count to ``parties``, so no one else can claim the round):
+        run the action, then start the next generation, waking the round."""
+        if self._action is not None:
+            try:
+                self._action()
+            except BaseException:
+                self._break()
+                raise
+        ok, _ = self._words[1].compare_exchange(claimed, ((_gen(claimed) + 2) << 32) & GEN_MASK)
+        self._place.lot.unpark_all(self._place.key)
+        if not ok:  # aborted or reset while the action ran: the round did not complete
             raise BrokenBarrierError
         return index
+
+    def _park_while(self, waiting, deadline):
+        """Park on the barrier's key while ``waiting()``; break the barrier (and raise) when the
+        deadline passes or a party in the barrier died."""
+        lot, key = self._place.lot, self._place.key
+        died = []
+
+        def party_died():
+            # taking a dead party's hold consumes it: remember that we did
+            if lot._hold_take_dead(key) > 0:
+                died.append(True)
+            return bool(died)
+
+        self._words[2].fetch_add(1)
+        try:
+            while waiting():
+                if died:
+                    self._break()
+                    raise BrokenBarrierError
+                remaining = deadline.remaining()
+                if remaining == 0.0:
+                    self._break()  # threading: a timeout breaks the barrier
+                    raise BrokenBarrierError
+                lot._park(key, waiting, None, None, 0, remaining, party_died, POLL_NS)
+        finally:
+            self._words[2].fetch_sub(1)
 
     def __repr__(self):
         if self.broken:
