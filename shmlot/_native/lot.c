@@ -239,8 +239,11 @@ static int validate_header(sl_lot *l, const sl_header *h, uint64_t file_size)
     if (h->waiter != SL_WAITER_FUTEX && h->waiter != SL_WAITER_SEMAPHORE)
         return sl_fail(SL_ECORRUPT, "unknown waiter backend %u", h->waiter);
     int rc = compute_geometry(l, h->nbuckets, h->nslots, h->nobjects, h->nholds);
-    if (rc)
-        return sl_fail(SL_ECORRUPT, "bad sizes: %s", last_error);
+    if (rc) {
+        char why[sizeof last_error]; /* sl_fail writes last_error: it cannot also be an argument */
+        memcpy(why, last_error, sizeof why);
+        return sl_fail(SL_ECORRUPT, "bad sizes: %s", why);
+    }
     if (h->bucket_stride != l->bucket_stride || h->slot_stride != l->slot_stride ||
         h->object_stride != l->object_stride || h->hold_stride != l->hold_stride)
         return sl_fail(SL_ECORRUPT, "record sizes differ from this build's");
