@@ -287,8 +287,15 @@ int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64
             return rc;
         uint32_t state = LOAD(&s->state);
         if (state == SLOT_QUEUED && (s->bucket != b || LOAD(&s->key) != key)) {
+            uint32_t where = s->bucket;
+            int moved = LOAD(&s->key) != key;
             sl_bucket_unlock(l, b);
-            continue;
+            if (moved)
+                continue; /* requeued meanwhile: follow it */
+            /* Same key, yet not in its bucket: only a requeue (which needs this bucket's lock)
+             * moves a slot, so the record is corrupt. Retrying would spin forever. */
+            return sl_fail(SL_ECORRUPT, "parked slot %u says bucket %u, its key is in bucket %u",
+                           idx, where, b);
         }
         if (state == SLOT_UNPARKED) {
             sl_bucket_unlock(l, b);
