@@ -9,7 +9,9 @@ costs at most one slice, and signals reach the main thread promptly.
   futexes. Posts may outlive the park they were meant for; the sleeper always re-checks the word,
   so a stale post is only a spurious wake-up.
 """
+import errno
 import os
+import time
 
 from ._core import ffi, lib
 
@@ -75,10 +77,37 @@ class SemaphoreWaiter:
             self._pid = os.getpid()
         sem = self._sems.get(slot)
         if sem is None:
-            sem = self._ipc.Semaphore(self.sem_name(self._lot_id, slot), self._ipc.O_CREAT,
-                                      mode=self._mode, initial_value=0)
-            self._sems[slot] = sem
+            sem = self._sems[slot] = self._open(self.sem_name(self._lot_id, slot))
         return sem
+
+    def _open(self, name):
+        """Create the semaphore with the lot's mode, or open it. The umask takes bits off the
+        mode at creation, which would lock the other users of a shared (e.g. 0666) lot out, so
+        the creator puts the lot's mode back; an opener that comes in between retries."""
+        ipc = self._ipc
+        deadline = None
+        while True:
+            try:
+                sem = ipc.Semaphore(name, ipc.O_CREX, mode=self._mode, initial_value=0)
+            except ipc.ExistentialError:
+                pass
+            else:
+                try:
+                    os.chmod(f"/dev/shm/sem.{name[1:]}", self._mode)  # Linux's sem_open files
+                except OSError:
+                    pass
+                return sem
+            try:
+                return ipc.Semaphore(name)
+            except ipc.ExistentialError:
+                continue  # unlinked meanwhile: create it
+            except ipc.PermissionsError:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + 1.0
+                elif now > deadline:
+                    raise PermissionError(errno.EACCES, f"cannot open semaphore {name}") from None
+                time.sleep(0.001)
 
     def sleep(self, slot, deadline_ns):
         if lib.sl_park_is_unparked(self._l, slot):
