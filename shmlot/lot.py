@@ -231,6 +231,10 @@ class ParkingLot:
         # The mapping is released when this object is collected, not by close(): primitives and
         # atomics hold references into it, and unmapping under them would crash the process.
         self._finalizer = weakref.finalize(self, lib.sl_close, _handle)
+        # Not at interpreter exit: daemon threads may still be parked in (or working on) the
+        # lot then, and unmapping it under them crashes the exiting process (SIGSEGV). The
+        # mapping goes with the process.
+        self._finalizer.atexit = False
 
     @staticmethod
     def _segment_mode(name):
