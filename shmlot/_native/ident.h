@@ -46,13 +46,13 @@ static inline uint64_t sl_word_start(uint64_t w) { return (w >> SL_START_SHIFT) 
 
 static inline uint32_t sl_gettid(void) { return (uint32_t)syscall(SYS_gettid); }
 
-/* Read state and start time of a process from /proc. Returns 1 if found, 0 if there is no such
- * process, -1 if /proc could not be read for another reason (treat as alive: never steal from a
- * process we cannot see). */
-static inline int sl_proc_stat(uint32_t pid, char *state, uint64_t *start)
+/* Parse a /proc stat file (/proc/PID/stat or /proc/PID/task/TID/stat): state (field 3), flags
+ * (field 9, may be NULL) and start time (field 22). Returns 1 if read, 0 if there is no such
+ * process or thread, -1 if it could not be read for another reason. */
+static inline int sl_read_stat(const char *path, char *state, unsigned long *flags,
+                               uint64_t *start)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    char buf[1024];
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT || errno == ESRCH ? 0 : -1;
@@ -66,15 +66,27 @@ static inline int sl_proc_stat(uint32_t pid, char *state, uint64_t *start)
         return -1;
     p += 2;
     *state = *p;
-    /* p is at field 3 (state); starttime is field 22 */
+    /* p is at field 3 (state); flags is field 9, starttime field 22 */
     for (int field = 3; field < 22; field++) {
         p = strchr(p, ' ');
         if (!p)
             return -1;
         p++;
+        if (field + 1 == 9 && flags)
+            *flags = strtoul(p, NULL, 10);
     }
     *start = strtoull(p, NULL, 10);
     return 1;
+}
+
+/* Read state and start time of a process from /proc. Returns 1 if found, 0 if there is no such
+ * process, -1 if /proc could not be read for another reason (treat as alive: never steal from a
+ * process we cannot see). */
+static inline int sl_proc_stat(uint32_t pid, char *state, uint64_t *start)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    return sl_read_stat(path, state, NULL, start);
 }
 
 /* Start time (clock ticks since boot) of this process, or 0 if unreadable. */
@@ -107,10 +119,40 @@ static inline int sl_process_alive(uint32_t pid, uint64_t start, uint64_t start_
     return (actual & start_mask) == (start & start_mask);
 }
 
-/* Cheap check (one syscall) used on hot-ish paths: false only when the pid surely does not exist. */
+/* Cheap check (one syscall) used on hot-ish paths: false only when the pid surely does not exist.
+ * A zombie (killed, not yet waited for) still "exists" here: see sl_thread_gone. */
 static inline int sl_pid_exists(uint32_t pid)
 {
     return pid != 0 && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+}
+
+#define SL_PF_EXITING 0x4 /* include/linux/sched.h: the task is in do_exit() */
+
+/* Will thread `tid` of process `pid` (started at `start`) never run again? A SIGKILLed process
+ * lingers as a zombie until its parent reaps it (which may take any time), and meanwhile
+ * kill(pid, 0) still succeeds. A thread other than the main one is released the moment it exits,
+ * so one tgkill(pid, tid, 0) answers for it. The main thread stays as the zombie: for it read
+ * /proc (a few microseconds): gone if a zombie or exiting, or if the process start time differs
+ * (a reused pid). A thread we cannot see (/proc hidden) counts as alive. Used where a dead thread
+ * would otherwise absorb a wake-up meant for a live one. */
+static inline int sl_thread_gone(uint32_t pid, uint32_t tid, uint64_t start)
+{
+    if (pid == 0)
+        return 1;
+    if (tid != pid && tid != 0)
+        return syscall(SYS_tgkill, (pid_t)pid, (pid_t)tid, 0) != 0 && errno == ESRCH;
+    if (!sl_pid_exists(pid))
+        return 1;
+    char path[64], state;
+    unsigned long flags = 0;
+    uint64_t actual;
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int r = sl_read_stat(path, &state, &flags, &actual);
+    if (r <= 0)
+        return r == 0 && !sl_pid_exists(pid); /* ENOENT with a live pid: /proc is hidden */
+    if (state == 'Z' || state == 'X' || state == 'x' || (flags & SL_PF_EXITING))
+        return 1;
+    return start != 0 && actual != start;
 }
 
 #endif

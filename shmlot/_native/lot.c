@@ -402,7 +402,7 @@ static void repair_bucket(sl_lot *l, uint32_t b)
         sl_slot *s = SLOT(l, i);
         if (seen[i] || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
             continue;
-        if (sl_pid_exists(s->pid)) {
+        if (!sl_thread_gone(s->pid, s->tid, s->start)) {
             sl_queue_append(l, b, i);
         } else {
             STORE(&s->state, SLOT_ALLOCATED);

@@ -151,17 +151,32 @@ static void mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
     sl_count(l, SL_C_UNPARKS, 1);
 }
 
-/* Drop a queued slot whose process no longer exists (one syscall; a zombie is still "there" for
- * this check, the full reaper handles those). Returns 1 if it was dropped. */
-static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx)
+static int drop_slot(sl_lot *l, uint32_t b, uint32_t idx)
 {
-    sl_slot *s = SLOT(l, idx);
-    if (sl_pid_exists(LOAD(&s->pid)))
-        return 0;
     sl_queue_remove(l, b, idx);
     sl_slot_free(l, idx);
     sl_count(l, SL_C_REAPED, 1);
     return 1;
+}
+
+/* Drop a queued slot whose thread will never run again. With `exact`, a killed process that is
+ * not yet reaped (zombie, or still exiting) counts as dead too (sl_thread_gone reads /proc): used
+ * where the thread is about to be given a limited wake-up (unpark_one, a filter's choice, the
+ * thread a requeue unparks or moves alone), which a dead thread would absorb, leaving a live one
+ * asleep. Otherwise one syscall (the pid does not exist at all): enough where every thread is
+ * woken or moved anyway. Returns 1 if it was dropped. */
+static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
+{
+    sl_slot *s = SLOT(l, idx);
+    uint32_t pid = LOAD(&s->pid);
+    if (!exact)
+        return sl_pid_exists(pid) ? 0 : drop_slot(l, b, idx);
+    uint32_t me, tid;
+    uint64_t start;
+    identity(&me, &tid, &start);
+    if (pid == me || !sl_thread_gone(pid, s->tid, s->start))
+        return 0; /* our own process is running: its parked threads are alive */
+    return drop_slot(l, b, idx);
 }
 
 static int call_in_lock_validate(void *ctx)
@@ -278,6 +293,9 @@ int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64
     if (rc)
         return rc;
     sl_slot *s = SLOT(l, idx);
+    uint32_t me, my_tid;
+    uint64_t my_start;
+    identity(&me, &my_tid, &my_start);
     for (;;) {
         /* The key may change under us (a requeue); re-check once the bucket is locked. */
         uint64_t key = LOAD(&s->key);
@@ -286,6 +304,14 @@ int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64
         if (rc)
             return rc;
         uint32_t state = LOAD(&s->state);
+        /* Is it still this park's slot? An exception (a signal handler's) can strike after
+         * sl_park_finish freed it: then it is free, or already another thread's. Its owner was
+         * written before it was queued, so for QUEUED/UNPARKED it is settled here. */
+        if ((state != SLOT_QUEUED && state != SLOT_UNPARKED) || LOAD(&s->pid) != me ||
+            s->tid != my_tid) {
+            sl_bucket_unlock(l, b);
+            return SL_PARK_GONE;
+        }
         if (state == SLOT_QUEUED && (s->bucket != b || LOAD(&s->key) != key)) {
             uint32_t where = s->bucket;
             int moved = LOAD(&s->key) != key;
@@ -365,7 +391,7 @@ static int find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int 
         uint32_t idx = link - 1;
         if (SLOT(l, idx)->key == key) {
             if (*found == SL_NIL) {
-                if (!drop_if_dead(l, b, idx))
+                if (!drop_if_dead(l, b, idx, 1))
                     *found = link;
             } else {
                 *more = 1;
@@ -439,7 +465,8 @@ int sl_unpark_all(sl_lot *l, uint64_t key, uint64_t token, uint64_t deadline_ns,
             break;
         }
         uint32_t idx = link - 1;
-        if (SLOT(l, idx)->key == key && !drop_if_dead(l, b, idx) && (uint32_t)n < woken_cap) {
+        if (SLOT(l, idx)->key == key && !drop_if_dead(l, b, idx, 0) &&
+            (uint32_t)n < woken_cap) {
             mark_unparked(l, b, idx, token);
             woken[n++] = idx;
         }
@@ -476,7 +503,7 @@ int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint6
                 res->have_more = 1;
                 break;
             }
-            if (drop_if_dead(l, b, idx)) {
+            if (drop_if_dead(l, b, idx, 1)) {
                 link = (uint32_t)next;
                 continue;
             }
@@ -586,7 +613,10 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
             return (int)next;
         }
         uint32_t idx = link - 1;
-        if (SLOT(l, idx)->key == key_from && !drop_if_dead(l, b1, idx)) {
+        /* exact for the thread to unpark and for a lone requeue (Condition.notify); whole-queue
+         * moves take the cheap check, their dead are dropped wherever they end up */
+        int exact = (unpark_one && wake == SL_NIL) || max_requeue == 1;
+        if (SLOT(l, idx)->key == key_from && !drop_if_dead(l, b1, idx, exact)) {
             if (unpark_one && wake == SL_NIL)
                 wake = link;
             else if (nreq < max_requeue)
