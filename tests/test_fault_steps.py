@@ -18,6 +18,7 @@ import threading
 
 import pytest
 
+from shmlot import FilterOp, RequeueOp
 from shmlot._core import lib
 
 from conftest import ParkerThread, parked, start_python, wait_parked, wait_until
@@ -83,6 +84,7 @@ def die_in_child(lot, op, step=None):
     code = f"""
 import os, signal, sys
 import shmlot
+from shmlot import FilterOp, RequeueOp
 from shmlot._core import lib
 from shmlot import FilterOp, RequeueOp
 lot = shmlot.ParkingLot.attach({lot.name!r})
@@ -320,3 +322,66 @@ lot.park({KEY}, validate=validate, timeout=30)
     assert tokens == [100, 101]
     assert repairs(lot) == before + 1
     assert_clean(lot, expect_reaped_slot=True)
+
+
+# ---- a killed waiter that its parent has not reaped yet ----------------------------------------
+
+def zombie_parked_on(lot, key, main_thread=True):
+    """A child parked on ``key`` (in its main thread, or in a second thread), then SIGKILLed and
+    left unreaped: a zombie, for which kill(pid, 0) still succeeds. Returns the Popen."""
+    park = f"lot.park({key})"
+    if not main_thread:
+        park = (f"import threading; t = threading.Thread(target=lambda: lot.park({key})); "
+                "t.start(); t.join()")
+    proc = start_python(f"import shmlot\nlot = shmlot.ParkingLot.attach({lot.name!r})\n{park}\n")
+    wait_until(lambda: any(p.pid == proc.pid for p in parked(lot, key)),
+               message="child parked")
+    os.kill(proc.pid, signal.SIGKILL)
+
+    def zombie():
+        with open(f"/proc/{proc.pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+
+    wait_until(zombie, message="child is a zombie")
+    return proc
+
+
+@pytest.mark.parametrize("main_thread", [True, False], ids=["main-thread", "other-thread"])
+def test_unreaped_dead_waiter_does_not_absorb_unpark_one(make_lot, main_thread):
+    """A dead waiter ahead of a live one: unpark_one must wake the live one (a zombie must not
+    take the wake-up, leaving the live thread asleep with nobody to wake it)."""
+    lot = make_lot()
+    proc = zombie_parked_on(lot, KEY, main_thread)
+    live = park_threads(lot, KEY, 1)
+    r = lot.unpark_one(KEY, lambda res: 5)
+    assert (r.unparked_threads, r.have_more_threads) == (1, False)
+    assert live[0].outcome().token == 5
+    assert parked(lot) == []
+    proc.wait(10)
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+def test_unreaped_dead_waiter_does_not_absorb_a_lone_requeue(make_lot):
+    """Condition.notify() moves one waiter onto the lock (REQUEUE_ONE): not a dead one."""
+    lot = make_lot()
+    key_to = key_not_in_bucket(lot, bucket_of(lot, KEY), KEY + 1)
+    proc = zombie_parked_on(lot, KEY)
+    live = park_threads(lot, KEY, 1)
+    r = lot.unpark_requeue(KEY, key_to, lambda: RequeueOp.REQUEUE_ONE)
+    assert (r.requeued_threads, r.have_more_threads) == (1, False)
+    assert [p.pid for p in parked(lot, key_to)] == [os.getpid()]
+    unpark_each(lot, key_to, live, 100)
+    proc.wait(10)
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+def test_unreaped_dead_waiter_is_not_offered_to_a_filter(make_lot):
+    lot = make_lot()
+    proc = zombie_parked_on(lot, KEY)
+    live = park_threads(lot, KEY, 1, first=7)
+    seen = []
+    r = lot.unpark_filter(KEY, lambda tok: seen.append(tok) or FilterOp.UNPARK, lambda res: 9)
+    assert seen == [7] and r.unparked_threads == 1
+    assert live[0].outcome().token == 9
+    proc.wait(10)
+    assert_clean(lot, expect_reaped_slot=False)
