@@ -256,15 +256,21 @@ CONDITION_SUBJECTS = _condition_subjects()
 
 
 class watchdog:
-    """Raise BenchTimeout in the main thread if the block takes longer than `seconds`."""
+    """Raise BenchTimeout in the main thread if the block takes longer than `seconds`.
 
-    def __init__(self, seconds):
+    Nestable: an inner watchdog runs on the same timer and gives the outer one back its
+    remaining time on exit."""
+
+    def __init__(self, seconds, message=None):
         self.seconds = seconds
+        self.message = message or f"no result after {seconds:.0f} s (hung?)"
 
     def _fire(self, signum, frame):
-        raise BenchTimeout(f"no result after {self.seconds:.0f} s (hung?)")
+        raise BenchTimeout(self.message)
 
     def __enter__(self):
+        self.t0 = time.monotonic()
+        self.outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
         self.old = signal.signal(signal.SIGALRM, self._fire)
         signal.setitimer(signal.ITIMER_REAL, self.seconds)
         return self
@@ -272,6 +278,9 @@ class watchdog:
     def __exit__(self, *exc):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, self.old)
+        if self.outer_left:
+            left = self.outer_left - (time.monotonic() - self.t0)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
 
 
 def _kill(procs):
@@ -605,9 +614,9 @@ def _pp_parent(style, a, b, n):
     return pc() - t0
 
 
-def _expect(conn, what, timeout):
+def _expect(conn, what, timeout, stuck=None):
     if not conn.poll(timeout):
-        raise BenchTimeout(f"child did not answer within {timeout} s")
+        raise BenchTimeout(stuck or f"child did not answer within {timeout} s")
     msg = conn.recv()
     if isinstance(msg, tuple) and msg and msg[0] == "error":
         raise RuntimeError("in child: " + msg[1])
@@ -620,7 +629,7 @@ def scenario_pingpong(cfg):
     names = list(PINGPONG_SUBJECTS) + [FLOOR]
     for n in names:
         sc.row(n, "floor" if n == FLOOR else PINGPONG_SUBJECTS[n][1].family)
-    calibrated = {}
+    chunk_ns = max(cfg.pp_budget // 10, 2_000_000)
 
     def one(name, row, rep):
         if name == FLOOR:
@@ -635,19 +644,30 @@ def scenario_pingpong(cfg):
             proc = CTX.Process(target=_pp_child, args=(name, handles, child_conn), daemon=True)
             proc.start()
             _expect(parent_conn, "ready", 60)
-            n = calibrated.get(name)
-            warm = 50 if n is None else max(20, n // 10)
-            parent_conn.send(warm)
-            t = _pp_parent(style, a, b, warm)
-            _expect(parent_conn, warm, 60)
-            if n is None:
-                n = max(50, min(500_000, int(cfg.pp_budget / max(t / warm, 1))))
-                calibrated[name] = n
+            # Warm up, then timed chunks of ~chunk_ns until the budget is spent.  The chunk
+            # size follows the last chunk's speed, so a sudden slow-down (a spinning
+            # primitive on a loaded machine can get 100x slower) costs one chunk, not an hour.
+            n = 50
             parent_conn.send(n)
             t = _pp_parent(style, a, b, n)
             _expect(parent_conn, n, 60)
+            total_t = total_n = 0
+            while total_t < cfg.pp_budget or total_n < 100:
+                n = max(10, min(200_000, int(chunk_ns * n / max(t, 1))))
+                parent_conn.send(n)
+                # A chunk takes ~chunk_ns; if no answer comes for 10 s, the two processes are
+                # out of step: some wait()/acquire() returned with no matching set()/release()
+                # (a spurious or stale wake-up), and one side or both now wait forever.
+                with watchdog(10, f"out of step after <= {n} round trips: both sides waiting "
+                                  f"(a wait/acquire returned without a matching set/release?)"):
+                    t = _pp_parent(style, a, b, n)
+                _expect(parent_conn, n, 10, stuck=(
+                    f"out of step: this process finished {n} round trips, the other did not "
+                    f"(a wait/acquire returned without a matching set/release?)"))
+                total_t += t
+                total_n += n
             parent_conn.send(0)
-            row.add(t / n, iterations=n)
+            row.add(total_t / total_n, iterations=total_n)
         finally:
             if proc is not None:
                 proc.join(5)
