@@ -176,6 +176,13 @@ class FlockLock:
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
 
+    def close(self):
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    __del__ = close
+
 
 def _filelock_open(path):
     try:
@@ -1068,7 +1075,7 @@ def _mem_child(name, k, tmp, conn):
         conn.send(("ok", shared, (heap1 - heap0) / n, n, note))
         for o in objs:
             if name == "fcntl.flock":
-                os.close(o.fd)
+                o.close()
         del objs
         gc.collect()
         for c in cleanup:
