@@ -27,6 +27,7 @@
 #define SL_PARK_UNPARKED 0
 #define SL_PARK_INVALID 1
 #define SL_PARK_TIMED_OUT 2
+#define SL_PARK_GONE 3 /* sl_park_cancel: the slot is no longer this park's (already finished) */
 
 /* FilterOp */
 #define SL_FILTER_UNPARK 0
@@ -139,7 +140,9 @@ void sl_count(sl_lot *l, int which, uint64_t n);
  *   sl_park_is_unparked: 1 when the slot's wait word is 0.
  *   sl_park_cancel: on timeout or exception. Under the bucket lock: if still queued, dequeue, call
  *       timed_out (if has_timed_out) and free the slot: returns SL_PARK_TIMED_OUT. If an unparker
- *       got there first, returns SL_PARK_UNPARKED and *token (the slot is freed as well).
+ *       got there first, returns SL_PARK_UNPARKED and *token (the slot is freed as well). If
+ *       the slot is no longer the calling thread's (sl_park_finish already freed it), touches
+ *       nothing and returns SL_PARK_GONE.
  *   sl_park_finish: after the wait word went to 0: read the token and free the slot. */
 int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, int has_validate,
                   void *ctx, uint64_t deadline_ns, uint32_t *slot);
@@ -187,6 +190,20 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
  * taken, so the caller subtracts exactly that from its word. */
 #define SL_HOLD_COUNTED 256
 int sl_hold_take_dead(sl_lot *l, uint64_t key);
+
+/* Lock words (ident.h layout) handled inside the core: each contended path of Lock, RLock and
+ * Condition is one call with no Python callback. `word` is the word's address in this process.
+ *   sl_word_park: park on key if the word is still LOCKED|PARKED (else SL_PARK_INVALID).
+ *   sl_word_unlock: RawMutex::unlock_slow: unpark the first waiter; on be_fair (or force_fair)
+ *       hand the lock over (the word gets the waiter's identity, token 1), else unlock (token 0);
+ *       PARKED stays set while more wait. Returns how many were woken (0 or 1) into woken[].
+ *   sl_cond_park: park on cv_key, then release the lock word (as above): Condvar::wait's
+ *       enqueue-then-unlock. Returns how many the release woke (woken[]), *slot the park. */
+int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint32_t *slot);
+int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
+                   uint32_t woken_cap);
+int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word,
+                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap);
 
 /* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
 int sl_test_set_die_at(const char *step);

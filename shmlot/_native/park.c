@@ -97,7 +97,7 @@ void sl_wake_slot(sl_lot *l, uint32_t idx)
 
 /* After unlocking: wake what an unpark operation dequeued (futex backend only; with the
  * semaphore backend the Python caller posts the semaphores). */
-static void wake_all(sl_lot *l, const uint32_t *woken, int n)
+void sl_wake_slots(sl_lot *l, const uint32_t *woken, int n)
 {
     if (l->waiter != SL_WAITER_FUTEX)
         return;
@@ -106,7 +106,7 @@ static void wake_all(sl_lot *l, const uint32_t *woken, int n)
 }
 
 /* parking_lot's FairTimeout: true about once every 0.5 ms on average, at random. */
-static int fair_timeout(sl_bucket *bk)
+int sl_fair_timeout(sl_bucket *bk)
 {
     uint64_t now = sl_now_ns();
     if (now < bk->fair_timeout_ns)
@@ -139,7 +139,7 @@ static int64_t next_link(sl_lot *l, uint32_t b, uint32_t link, uint32_t *steps)
 }
 
 /* Dequeue slot idx as unparked with `token`; the caller wakes it after unlocking. */
-static void mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
+void sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
 {
     sl_slot *s = SLOT(l, idx);
     /* state stays QUEUED until the token is written: if we die in between, bucket repair finds
@@ -192,6 +192,17 @@ static int call_in_lock_validate(void *ctx)
 int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, int has_validate,
                   void *ctx, uint64_t deadline_ns, uint32_t *slot)
 {
+    return sl_park_begin_native(l, key, park_token, hint,
+                                has_validate ? call_in_lock_validate : NULL, ctx, deadline_ns,
+                                slot);
+}
+
+/* sl_park_begin with a C validate (NULL: always valid), run under the bucket lock; it returns
+ * 1 (park), 0 (invalid) or -1 (a Python callback raised). */
+int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint,
+                         int (*validate)(void *), void *arg, uint64_t deadline_ns,
+                         uint32_t *slot)
+{
     if (sl_in_callback)
         return sl_fail(SL_EREENTRANT, "park called from a callback under a bucket lock");
     uint32_t idx;
@@ -220,8 +231,8 @@ int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, i
         sl_slot_free(l, idx);
         return rc;
     }
-    if (has_validate) {
-        int v = call_in_lock_validate(ctx);
+    if (validate) {
+        int v = validate(arg);
         if (v <= 0) {
             sl_bucket_unlock(l, b);
             sl_slot_free(l, idx);
@@ -379,7 +390,7 @@ static void fill_first(sl_lot *l, sl_unpark_result *res, uint32_t idx)
 
 /* Find the first live slot parked on `key` in bucket b (dropping dead ones on the way) and
  * whether another follows. Returns 0 and *found = index+1 (or SL_NIL), or a negative error. */
-static int find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *more)
+int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *more)
 {
     uint32_t link = BUCKET(l, b)->head, steps = 0;
     *found = SL_NIL;
@@ -415,7 +426,7 @@ int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t
         return rc;
     uint32_t found;
     int more;
-    rc = find_first(l, b, key, &found, &more);
+    rc = sl_find_first(l, b, key, &found, &more);
     if (rc) {
         sl_bucket_unlock(l, b);
         return rc;
@@ -423,7 +434,7 @@ int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t
     if (found != SL_NIL) {
         res->unparked = 1;
         res->have_more = more;
-        res->be_fair = fair_timeout(BUCKET(l, b));
+        res->be_fair = sl_fair_timeout(BUCKET(l, b));
         fill_first(l, res, found - 1);
     }
     uint64_t token = 0;
@@ -438,13 +449,13 @@ int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t
     }
     int n = 0;
     if (found != SL_NIL) {
-        mark_unparked(l, b, found - 1, token);
+        sl_mark_unparked(l, b, found - 1, token);
         woken[n++] = found - 1;
     }
     sl_maybe_die("unpark_locked");
     sl_bucket_unlock(l, b);
     sl_maybe_die("unpark_before_wake");
-    wake_all(l, woken, n);
+    sl_wake_slots(l, woken, n);
     return n;
 }
 
@@ -467,14 +478,14 @@ int sl_unpark_all(sl_lot *l, uint64_t key, uint64_t token, uint64_t deadline_ns,
         uint32_t idx = link - 1;
         if (SLOT(l, idx)->key == key && !drop_if_dead(l, b, idx, 0) &&
             (uint32_t)n < woken_cap) {
-            mark_unparked(l, b, idx, token);
+            sl_mark_unparked(l, b, idx, token);
             woken[n++] = idx;
         }
         link = (uint32_t)next;
     }
     res->unparked = (uint32_t)n;
     sl_bucket_unlock(l, b);
-    wake_all(l, woken, n);
+    sl_wake_slots(l, woken, n);
     return rc ? rc : n;
 }
 
@@ -529,7 +540,7 @@ int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint6
     }
     res->unparked = (uint32_t)n;
     if (n > 0) {
-        res->be_fair = fair_timeout(BUCKET(l, b));
+        res->be_fair = sl_fair_timeout(BUCKET(l, b));
         fill_first(l, res, woken[0]);
     }
     uint64_t token = 0;
@@ -543,9 +554,9 @@ int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint6
         }
     }
     for (int i = 0; i < n; i++)
-        mark_unparked(l, b, woken[i], token);
+        sl_mark_unparked(l, b, woken[i], token);
     sl_bucket_unlock(l, b);
-    wake_all(l, woken, n);
+    sl_wake_slots(l, woken, n);
     return n;
 }
 
@@ -631,7 +642,7 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
     res->requeued = nreq;
     if (wake != SL_NIL) {
         res->unparked = 1;
-        res->be_fair = fair_timeout(BUCKET(l, b1));
+        res->be_fair = sl_fair_timeout(BUCKET(l, b1));
         fill_first(l, res, wake - 1);
     }
     uint64_t token = 0;
@@ -647,7 +658,7 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
     }
     int n = 0;
     if (wake != SL_NIL) {
-        mark_unparked(l, b1, wake - 1, token);
+        sl_mark_unparked(l, b1, wake - 1, token);
         woken[n++] = wake - 1;
     }
     for (uint32_t i = 0; i < nreq; i++) {
@@ -664,6 +675,6 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
     sl_count(l, SL_C_REQUEUES, nreq);
     free(requeue);
     unlock_pair(l, b1, b2);
-    wake_all(l, woken, n);
+    sl_wake_slots(l, woken, n);
     return n;
 }

@@ -1,0 +1,107 @@
+/* Lock-word operations done inside the core, so that each contended path of Lock, RLock and
+ * Condition is one cffi call with no Python callback (parking_lot's lock_slow / unlock_slow and
+ * Condvar::wait, specialised). The word is the u64 of ident.h: LOCKED, PARKED, owner bits.
+ *
+ * `word` points into this process's own mapping of the object (the Python object that owns the
+ * buffer passes its address), so it is trusted the way a local variable is; what the word holds
+ * comes from shared memory and is only ever compared and swapped, never used as an index.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <string.h>
+
+#include "ident.h"
+#include "lot.h"
+
+#define TOKEN_NORMAL 0
+#define TOKEN_HANDOFF 1
+
+static int word_is_parked(void *arg)
+{
+    uint64_t *word = arg;
+    return (LOAD(word) & (SL_LOCKED_BIT | SL_PARKED_BIT)) == (SL_LOCKED_BIT | SL_PARKED_BIT);
+}
+
+int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint32_t *slot)
+{
+    return sl_park_begin_native(l, key, 0, LOAD(word), word_is_parked, word, deadline_ns, slot);
+}
+
+/* Under bucket b's lock: dequeue the first live waiter on key and decide the word, as
+ * RawMutex::unlock_slow's callback does. Returns the slot index + 1, or 0 if nobody waits. */
+static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *word, int force_fair,
+                              int *rc)
+{
+    uint32_t found;
+    int more;
+    *rc = sl_find_first(l, b, key, &found, &more);
+    if (*rc)
+        return 0;
+    if (found == SL_NIL) {
+        STORE(word, 0);
+        return 0;
+    }
+    sl_slot *s = SLOT(l, found - 1);
+    uint64_t token = TOKEN_NORMAL;
+    if (force_fair || sl_fair_timeout(BUCKET(l, b))) {
+        /* hand the lock over: the word names the woken thread before it even wakes */
+        STORE(word, sl_owner_bits(s->pid, s->tid, s->start) | SL_LOCKED_BIT |
+                        (more ? SL_PARKED_BIT : 0));
+        token = TOKEN_HANDOFF;
+        sl_count(l, SL_C_FAIR_HANDOFFS, 1);
+    } else {
+        STORE(word, more ? SL_PARKED_BIT : 0);
+    }
+    sl_mark_unparked(l, b, found - 1, token);
+    return found;
+}
+
+int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
+                   uint32_t woken_cap)
+{
+    if (woken_cap < 1)
+        return sl_fail(-EINVAL, "woken array too small");
+    uint32_t b = sl_bucket_of(l, key);
+    int rc = sl_bucket_lock(l, b, 0);
+    if (rc)
+        return rc;
+    uint32_t found = unlock_locked(l, b, key, word, force_fair, &rc);
+    sl_bucket_unlock(l, b);
+    if (rc)
+        return rc;
+    if (found == SL_NIL)
+        return 0;
+    woken[0] = found - 1;
+    sl_wake_slots(l, woken, 1);
+    return 1;
+}
+
+/* Release a lock word held by the caller: the fast CAS if nobody is parked, else unlock_slow. */
+static int release_word(sl_lot *l, uint64_t key, uint64_t *word, uint32_t *woken,
+                        uint32_t woken_cap)
+{
+    uint64_t old = LOAD(word);
+    while (!(old & SL_PARKED_BIT)) {
+        if (!(old & SL_LOCKED_BIT))
+            return sl_fail(SL_EBADVALUE, "release unlocked lock");
+        if (CAS(word, &old, 0))
+            return 0;
+    }
+    return sl_word_unlock(l, key, word, 0, woken, woken_cap);
+}
+
+int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word,
+                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap)
+{
+    /* Enqueue first, then release the lock: a notify made once the lock is free finds us
+     * queued (Condvar::wait's before_sleep). */
+    int rc = sl_park_begin_native(l, cv_key, 0, 0, NULL, NULL, deadline_ns, slot);
+    if (rc)
+        return rc < 0 ? rc : sl_fail(SL_ECORRUPT, "condition park not enqueued (%d)", rc);
+    rc = release_word(l, lock_key, word, woken, woken_cap);
+    if (rc < 0) {
+        uint64_t token;
+        sl_park_cancel(l, *slot, 0, NULL, &token);
+    }
+    return rc;
+}
