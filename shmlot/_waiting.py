@@ -53,8 +53,14 @@ def wait_until(lot, key, try_take, blocked, waiters, deadline, poll=None, poll_n
     ``try_take()`` attempts the operation (returns a true value on success), ``blocked()`` says
     whether it would still block (checked under the bucket lock as park's validate), ``waiters`` is
     the AtomicU64 waiter count. ``poll()`` runs every ``poll_ns`` while parked (reclaiming what
-    dead processes hold). Returns try_take()'s value, or None when the deadline passed.
+    dead processes hold); without one, the waiter re-checks ``blocked()`` that often, so a waker
+    killed between changing the state and unparking costs at most one interval. Returns
+    try_take()'s value, or None when the deadline passed.
     """
+    if poll is None:
+        def poll():
+            return not blocked()
+
     got = try_take()
     if got:
         return got
@@ -74,6 +80,6 @@ def wait_until(lot, key, try_take, blocked, waiters, deadline, poll=None, poll_n
             remaining = deadline.remaining()
             if remaining == 0.0:
                 return None
-            lot._park(key, blocked, None, None, park_token, remaining, poll, poll_ns if poll else 0)
+            lot._park(key, blocked, None, None, park_token, remaining, poll, poll_ns)
     finally:
         waiters.fetch_sub(1)

@@ -162,10 +162,11 @@ class Barrier(Primitive):
         died = []
 
         def party_died():
-            # taking a dead party's hold consumes it: remember that we did
+            # taking a dead party's hold consumes it: remember that we did (and leave the queue
+            # if the state moved on, in case whoever moved it died before unparking us)
             if lot._hold_take_dead(key) > 0:
                 died.append(True)
-            return bool(died)
+            return bool(died) or not waiting()
 
         self._words[2].fetch_add(1)
         try:

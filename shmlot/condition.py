@@ -11,6 +11,7 @@ given), bytes 16-23 unused by the protocol (kept for the condition's own state).
 """
 import time
 
+from . import _fast
 from . import _placement as _pl
 from . import locks as _locks
 from ._results import RequeueOp
@@ -94,10 +95,15 @@ class Condition:
         def before_sleep():
             saved.append(lock._release_save())
 
+        me = _fast.self_owner_bits() | LOCKED
+
         def lock_owner_dead():
             # a waiter already requeued onto the lock must not wait forever for a dead holder:
-            # leave, and let acquire() below find the death and raise OwnerDiedError
+            # leave, and let acquire() below find the death and raise OwnerDiedError; nor for
+            # an unlocker that handed us the lock and died before waking us
             word = lock._word()
+            if word & ~PARKED == me:
+                return True
             return bool(word & LOCKED) and not _locks.owner_alive(word)
 
         handed_off = False
@@ -112,7 +118,8 @@ class Condition:
             raise
         finally:
             if saved:
-                if handed_off:  # the unlocker wrote our identity into the lock word
+                if handed_off or lock._word() & ~PARKED == me:
+                    # the unlocker wrote our identity into the lock word
                     if isinstance(lock, _locks.RLock):
                         lock._set_count(saved[0])
                 else:

@@ -11,6 +11,7 @@ from .spinwait import SpinWait
 __all__ = ["Event"]
 
 TOKEN_SET = 1  # the unpark token of a set(): "the flag was set while you waited"
+POLL_NS = 200_000_000
 
 
 class Event(Primitive):
@@ -64,6 +65,9 @@ class Event(Primitive):
         lot, key, waiters = self._place.lot, self._place.key, self._words[1]
         saw_set = []
 
+        def is_set():
+            return flag.load() == 1
+
         def blocked():
             if flag.load() == 1:
                 saw_set.append(True)
@@ -78,7 +82,9 @@ class Event(Primitive):
                 remaining = deadline.remaining()
                 if remaining == 0.0:
                     return flag.load() == 1
-                r = lot._park(key, blocked, None, None, 0, remaining)
+                # re-check the flag every POLL_NS: a set() killed between its swap and its
+                # unpark_all must not leave us asleep
+                r = lot._park(key, blocked, None, None, 0, remaining, is_set, POLL_NS)
                 if saw_set or (r.is_unparked and r.token == TOKEN_SET):
                     return True
         finally:

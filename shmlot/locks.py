@@ -57,6 +57,13 @@ class _WordLock:
         timeout = _timeout_arg(blocking, timeout)
         deadline = deadline_after(timeout) if timeout is not None else 0
         me = _fast.self_owner_bits() | LOCKED
+        # A Lock (not an RLock) may be acquired again by the thread that holds it (and block):
+        # then finding our identity in the word says nothing about a hand-off.
+        mine = self._word() & ~PARKED == me
+
+        def handed_to_us():
+            return not mine and self._word() & ~PARKED == me
+
         spin = SpinWait()
         while True:
             word = self._word()
@@ -84,9 +91,14 @@ class _WordLock:
 
             owner_dead = []
 
-            def poll(word=word):
+            def poll():
+                # Every OWNER_POLL_NS while parked: leave the queue if the owner died, and also
+                # if the lock is free or already ours (an unlocker killed between changing the
+                # word and waking us must not leave us asleep forever).
                 current = self._word()
-                if current & LOCKED and not owner_alive(current):
+                if not current & LOCKED or (not mine and current & ~PARKED == me):
+                    return True
+                if not owner_alive(current):
                     owner_dead.append(current)
                     return True
                 return False
@@ -100,11 +112,13 @@ class _WordLock:
             except BaseException as exc:
                 # Ctrl-C while parked: if the lock was handed to us meanwhile, give it back.
                 r = getattr(exc, "shmlot_park_result", None)
-                if r is not None and r.token == TOKEN_HANDOFF:
+                if (r is not None and r.token == TOKEN_HANDOFF) or handed_to_us():
                     self._release_handed_off()
                 raise
-            if result.is_unparked and result.token == TOKEN_HANDOFF:
-                return True  # the unlocker wrote our identity into the word
+            if (result.is_unparked and result.token == TOKEN_HANDOFF) or handed_to_us():
+                # the unlocker wrote our identity into the word (if it died before waking us,
+                # poll() found the word ours)
+                return True
             if owner_dead:
                 # the word as it is now: leaving the queue may have cleared PARKED (timed_out,
                 # when we were the last waiter), so the word seen by poll() is stale

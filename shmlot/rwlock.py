@@ -177,7 +177,9 @@ class RWLock(Primitive):
 
         def poll():
             try:
-                return self._reclaim()
+                # also leave when no longer blocked: whoever unblocked us may have been killed
+                # before it unparked us
+                return self._reclaim() or not blocked()
             except OwnerDiedError:
                 writer_died.append(True)  # took the write lock; raise after leaving the queue
                 return True
