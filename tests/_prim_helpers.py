@@ -105,3 +105,24 @@ def kill_and_reap(proc):
     else:
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)
+
+
+@pytest.fixture
+def shm():
+    """Factory: ``shm(size)`` -> a new ``multiprocessing.shared_memory.SharedMemory`` with a
+    unique name, unlinked after the test (children attach it by ``.name``)."""
+    from multiprocessing import shared_memory
+    made = []
+
+    def make(size=4096):
+        seg = shared_memory.SharedMemory(name=new_lot_name("seg-"), create=True, size=size)
+        made.append(seg)
+        return seg
+
+    yield make
+    for seg in made:
+        try:
+            seg.close()
+        except BufferError:  # a primitive placed in it is still alive somewhere: leave the map
+            pass
+        seg.unlink()
