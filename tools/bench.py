@@ -967,10 +967,7 @@ def scenario_park(cfg):
 
         old = threading.stack_size()
         threads = []
-        # Both ping-pong threads on one CPU: a hand-off is then a plain context switch, and
-        # the figure does not jump between "same core" and "other core" modes from sample to
-        # sample (2.5-3x apart on a 2-vCPU VM), which would drown the flatness being measured.
-        old_affinity = _pin_to_one_cpu()
+        old_affinity = None
         try:
             threading.stack_size(256 * 1024)
             for i in range(nparked):
@@ -987,16 +984,24 @@ def scenario_park(cfg):
                 time.sleep(0.002)
             if errors:
                 raise errors[0]
+            # Both ping-pong threads on one CPU (the parked ones stay where they are): a
+            # hand-off is then a plain context switch, and the figure does not jump between
+            # "same core" and "other core" modes from sample to sample (2.5-3x apart on a
+            # 2-vCPU VM), which would drown the flatness being measured.
+            old_affinity = _pin_to_one_cpu()
             row.add(_park_roundtrips(lot, base, base + 1, cfg.park_budget), parked=nparked)
         finally:
+            _restore_affinity(old_affinity)
             released[0] = True
             for i in range(nparked):
                 lot.unpark_all(base + 2 + i)
+            end = time.monotonic() + 30
             for th in threads:
-                th.join(10)
-            _restore_affinity(old_affinity)
-            if any(th.is_alive() for th in threads):
-                raise RuntimeError("parked threads did not all wake on unpark_all")
+                th.join(max(0.0, end - time.monotonic()))
+            stuck = sum(th.is_alive() for th in threads)
+            if stuck:
+                raise RuntimeError(f"{stuck} of {nparked} parked threads did not wake on "
+                                   f"unpark_all within 30 s")
 
     run_repeats(sc, cfg, names, one)
     return sc
