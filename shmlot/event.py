@@ -52,10 +52,10 @@ class Event(Primitive):
         As in threading, a waiter that a ``set()`` released returns True even if the flag was
         cleared again before it ran: the wake-up says so (token TOKEN_SET), as does a park whose
         validate found the flag set."""
+        deadline = Deadline(timeout)  # checks the timeout (ValueError/TypeError) up front
         flag = self._words[0]
         if flag.load() == 1:
             return True
-        deadline = Deadline(timeout)
         spin = SpinWait()
         while spin.spin():
             if flag.load() == 1:

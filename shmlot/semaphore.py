@@ -62,13 +62,14 @@ class Semaphore(Primitive):
         when taken, False on timeout or when non-blocking and nothing is available."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
+        deadline = Deadline(timeout)  # checks the timeout (ValueError/TypeError) up front
         if self._try_take():
             return True
         if not blocking:
             return False
         value = self._words[0]
         got = wait_until(self._place.lot, self._place.key, self._try_take,
-                         lambda: value.load() == 0, self._words[1], Deadline(timeout))
+                         lambda: value.load() == 0, self._words[1], deadline)
         return bool(got)
 
     __enter__ = acquire
