@@ -16,13 +16,15 @@ test_owner_death, test_rwlock, test_barrier, test_condition, test_placement).
 """
 import contextlib
 import os
+import threading
 
 import pytest
 
 import shmlot
 from shmlot import lot as _lotmod
 
-from conftest import BACKENDS, new_lot_name, parked, python_env, wait_until  # noqa: F401
+from conftest import (BACKENDS, Segment, attach_segment, new_lot_name, parked,  # noqa: F401
+                      python_env, wait_until)
 
 __all__ = ["default_lot_env", "plot", "child_env", "wait_parked_on", "run_procs", "BACKENDS",
            "kill_and_reap"]
@@ -126,3 +128,80 @@ def shm():
         except BufferError:  # a primitive placed in it is still alive somewhere: leave the map
             pass
         seg.unlink()
+
+
+@pytest.fixture
+def segment():
+    """Factory: ``segment(size)`` -> a conftest ``Segment`` (int64 atomics at byte offsets, no
+    resource tracker) with a unique name; children map it with ``attach_segment(name)``.
+    Unlinked after the test."""
+    import _posixshmem
+    made = []
+
+    def make(size=4096):
+        seg = Segment(new_lot_name("seg-"), create=True, size=size)
+        made.append(seg)
+        return seg
+
+    yield make
+    for seg in made:
+        seg.close()
+        try:
+            _posixshmem.shm_unlink("/" + seg.name)
+        except FileNotFoundError:
+            pass
+
+
+# ---- workers (module level: children started by spawn import them from here) -------------------
+
+def open_primitive(kind, obj):
+    """``obj`` itself, or, when it is a name, the named object of ``kind`` opened in this process
+    (a Semaphore takes value 1 if this call creates it)."""
+    if not isinstance(obj, str):
+        return obj
+    import shmlot
+    cls = getattr(shmlot, kind)
+    if kind in ("Semaphore", "BoundedSemaphore"):
+        return cls(1, name=obj)
+    return cls(name=obj)
+
+
+def critical(kind, obj):
+    """A context manager holding ``obj`` exclusively (RLock: twice, nested)."""
+    if kind == "RWLock":
+        return obj.write()
+    if kind == "RLock":
+        stack = contextlib.ExitStack()
+        stack.enter_context(obj)
+        stack.enter_context(obj)
+        return stack
+    return obj
+
+
+def locked_increments(kind, obj, seg_name, iters, nthreads=1, offset=0):
+    """In ``nthreads`` threads, ``iters`` times each: hold ``obj`` and increment the int64 at
+    ``offset`` of segment ``seg_name`` *non-atomically* (load, yield now and then, store), so
+    that any two holders at once lose an increment."""
+    obj = open_primitive(kind, obj)
+    seg = attach_segment(seg_name)
+    errors = []
+
+    def run():
+        try:
+            for i in range(iters):
+                with critical(kind, obj):
+                    v = seg.load(offset)
+                    if i % 16 == 0:
+                        os.sched_yield()
+                    seg.store(offset, v + 1)
+        except BaseException as exc:  # noqa: B902 - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seg.close()
+    if errors:
+        raise errors[0]
