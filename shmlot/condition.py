@@ -83,8 +83,9 @@ class Condition:
 
     def wait(self, timeout=None):
         """Release the lock, wait for a notify (or ``timeout`` seconds), re-acquire the lock.
-        Returns False if it timed out. As in threading, the lock is held again on return, also
-        when an exception propagates."""
+        Returns False if it timed out before a notify. As in threading, the lock is held again on
+        return, also when an exception propagates (OwnerDiedError included: the lock's holder
+        died, and the lock is now held by the caller)."""
         if not self._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
         check_timeout(timeout)
@@ -106,12 +107,24 @@ class Condition:
                 return True
             return bool(word & LOCKED) and not _locks.owner_alive(word)
 
+        cv_key = self._cv_key
+        requeued = []
+
+        def timed_out(key, was_last):
+            # leaving a queue (timeout, poll, exception): if it is the lock's, a notify had
+            # already moved us there, so the wait succeeded (as in threading, where a notified
+            # waiter returns True however long it then waits for the lock)
+            if key != cv_key:
+                requeued.append(True)
+                if was_last:
+                    lock._clear_parked()
+
         handed_off = False
         try:
-            result = lot._park(self._cv_key, None, before_sleep, None, 0, timeout,
+            result = lot._park(cv_key, None, before_sleep, timed_out, 0, timeout,
                                lock_owner_dead, _locks.OWNER_POLL_NS, 0)
             handed_off = result.is_unparked and result.token == TOKEN_HANDOFF
-            return result.is_unparked
+            return result.is_unparked or bool(requeued)
         except BaseException as exc:
             r = getattr(exc, "shmlot_park_result", None)
             handed_off = r is not None and r.token == TOKEN_HANDOFF
