@@ -1,0 +1,329 @@
+"""Condition (SPEC section 3): notify/notify_all move waiters onto the lock's queue
+(``unpark_requeue``) instead of waking them to fight for the lock; every waiter re-acquires; a
+dead waiter never absorbs a notification nor wakes anyone; a lock holder that dies while waiters
+are queued on the lock is recovered (OwnerDiedError for one of them). Threads and processes, both
+backends.
+"""
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+import shmlot
+
+from _prim_helpers import attach_segment, plot, segment, wait_parked_on  # noqa: F401 (fixtures)
+from conftest import parked, start_python, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+FORK = multiprocessing.get_context("fork")
+
+
+def requeues(lot):
+    return lot.info()["counters"]["requeues"]
+
+
+def _proc_waiter(cond, seg_name, slot, timeout=30):
+    """Wait once; record in the segment: 1 = notified and holding the lock, 2 = anything else."""
+    seg = attach_segment(seg_name)
+    with cond:
+        r = cond.wait(timeout)
+        seg.store(8 * slot, 1 if (r and cond._is_owned()) else 2)
+        seg.fetch_add(8 * 63, 1)  # how many re-acquired (under the lock)
+
+
+class ThreadWaiter(threading.Thread):
+    def __init__(self, cond, timeout=30, predicate=None):
+        super().__init__(daemon=True)
+        self.cond, self.timeout, self.predicate = cond, timeout, predicate
+        self.result = self.owned = self.error = None
+
+    def run(self):
+        try:
+            with self.cond:
+                if self.predicate is None:
+                    self.result = self.cond.wait(self.timeout)
+                else:
+                    self.result = self.cond.wait_for(self.predicate, self.timeout)
+                self.owned = self.cond._is_owned()
+        except BaseException as exc:  # noqa: B902
+            self.error = exc
+
+    def outcome(self, timeout=20):
+        self.join(timeout)
+        assert not self.is_alive(), "waiter still waiting"
+        if self.error:
+            raise self.error
+        return self.result, self.owned
+
+
+@pytest.mark.parametrize("lock_kind", ["RLock", "Lock"])
+def test_notify_all_requeues_threads_and_processes(plot, segment, lock_kind):
+    """notify_all with 6 threads and 3 processes waiting moves all 9 onto the lock's queue in one
+    step (the requeue counter grows by 9; nobody is woken while the notifier holds the lock);
+    after the release every one of them re-acquires and returns True."""
+    lock = None if lock_kind == "RLock" else shmlot.Lock()
+    cond = shmlot.Condition(lock)
+    seg = segment(8 * 64)
+    threads = [ThreadWaiter(cond) for _ in range(6)]
+    for t in threads:
+        t.start()
+    procs = [FORK.Process(target=_proc_waiter, args=(cond, seg.name, i)) for i in range(3)]
+    for p in procs:
+        p.start()
+    wait_parked_on(plot, cond.key, 9)
+    before = requeues(plot)
+    with cond:
+        cond.notify_all()
+        assert requeues(plot) - before == 9
+        assert len(parked(plot, cond.key)) == 0
+        assert len(parked(plot, cond._lock.key)) == 9  # on the lock's queue, none awake
+    for t in threads:
+        assert t.outcome() == (True, True)
+    for p in procs:
+        p.join(20)
+        assert p.exitcode == 0
+    assert [seg.load(8 * i) for i in range(3)] == [1, 1, 1]
+    assert seg.load(8 * 63) == 3
+    assert not parked(plot)
+    assert cond._lock._word() == 0
+
+
+def test_notify_all_requeues_32_processes(plot, segment):
+    """The benchmark's shape (SPEC 7): 32 waiting processes, one notify_all, all re-acquire."""
+    cond = shmlot.Condition()
+    seg = segment(8 * 64)
+    n = 32
+    procs = [FORK.Process(target=_proc_waiter, args=(cond, seg.name, i % 60)) for i in range(n)]
+    for p in procs:
+        p.start()
+    wait_parked_on(plot, cond.key, n)
+    before = requeues(plot)
+    with cond:
+        cond.notify_all()
+    assert requeues(plot) - before == n
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+    assert seg.load(8 * 63) == n
+
+
+def test_notify_n_wakes_exactly_n(plot):
+    """notify(n) moves exactly n waiters (the oldest) to the lock; the rest stay waiting."""
+    cond = shmlot.Condition()
+    waiters = []
+    for i in range(5):
+        w = ThreadWaiter(cond)
+        w.start()
+        waiters.append(w)
+        wait_parked_on(plot, cond.key, i + 1)
+    before = requeues(plot)
+    with cond:
+        cond.notify(2)
+    assert requeues(plot) - before == 2
+    for w in waiters[:2]:
+        assert w.outcome() == (True, True)
+    assert len(parked(plot, cond.key)) == 3
+    with cond:
+        cond.notify()  # n=1 by default
+    assert waiters[2].outcome() == (True, True)
+    with cond:
+        cond.notify(10)  # more than wait: all of them, no error
+    for w in waiters[3:]:
+        assert w.outcome() == (True, True)
+    with cond:
+        cond.notify()
+        cond.notify_all()  # nobody waits: nothing happens
+    assert not parked(plot)
+
+
+def test_notify_without_holding_nothing_requeued(plot):
+    """notify while the lock is free (impossible through the API, which checks ownership, but
+    exercised through the lock being released by the time the requeue runs): UNPARK_ONE wakes
+    directly. Here: a Condition on a Lock notified by its owner, then released at once."""
+    cond = shmlot.Condition(shmlot.Lock())
+    w = ThreadWaiter(cond)
+    w.start()
+    wait_parked_on(plot, cond.key, 1)
+    with cond:
+        cond.notify()
+    assert w.outcome() == (True, True)
+
+
+def test_notified_waiter_whose_timeout_passes_on_the_lock_queue(plot):
+    """Notified (moved onto the lock's queue) but the lock is held past the wait's timeout: the
+    waiter leaves the lock's queue at its deadline, still re-acquires before returning, and
+    returns True (it was notified, as threading would say)."""
+    cond = shmlot.Condition(shmlot.Lock())
+    w = ThreadWaiter(cond, timeout=0.3)
+    w.start()
+    wait_parked_on(plot, cond.key, 1)
+    with cond:
+        timeouts = plot.info()["counters"]["timeouts"]
+        cond.notify()
+        assert len(parked(plot, cond._lock.key)) == 1
+        # its deadline passes while it waits for the lock: it leaves the lock's queue (and
+        # queues again in a plain acquire)
+        wait_until(lambda: plot.info()["counters"]["timeouts"] > timeouts,
+                   message="timed out on the lock's queue")
+        wait_parked_on(plot, cond._lock.key, 1)
+        assert w.is_alive()  # it cannot return before it holds the lock
+    assert w.outcome() == (True, True)
+    assert not cond._lock.locked()
+
+
+def test_wait_restores_rlock_recursion(plot):
+    cond = shmlot.Condition()
+    out = []
+
+    def waiter():
+        with cond:
+            with cond:
+                with cond:
+                    r = cond.wait(10)
+                    out.append((r, cond._lock._recursion_count()))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_parked_on(plot, cond.key, 1)
+    assert not cond._lock.locked()  # fully released while waiting
+    with cond:
+        cond.notify()
+    t.join(10)
+    assert out == [(True, 3)]
+    assert not cond._lock.locked()
+
+
+def test_wait_for_across_processes(plot):
+    """A ``python -c`` producer opens the named condition (and its lock) by name and bumps a
+    named Semaphore used as a counter; the waiter here uses wait_for on it."""
+    name = f"cond-{os.getpid()}-{time.monotonic_ns()}"
+    cond = shmlot.Condition(name=name)
+    items = shmlot.Semaphore(0, name=name + "-items")
+    got = []
+
+    def predicate():
+        return items._value() >= 3
+
+    w = ThreadWaiter(cond, timeout=30, predicate=predicate)
+    w.start()
+    wait_parked_on(plot, cond.key, 1)
+    producer = start_python(f"""
+        import shmlot
+        cond = shmlot.Condition(name={name!r})
+        items = shmlot.Semaphore(0, name={name + '-items'!r})
+        for _ in range(3):
+            with cond:
+                items.release()
+                cond.notify_all()
+    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    out, err = producer.communicate(timeout=30)
+    assert producer.returncode == 0, err
+    assert w.outcome() == (True, True)
+    got.append(items._value())
+    assert got == [3]
+    shmlot.unlink_object(name)
+    shmlot.unlink_object(name + "-items")
+
+
+# ---- dead waiters -------------------------------------------------------------------------------
+
+def _wait_forever(cond):
+    with cond:
+        cond.wait()
+
+
+def kill(p):
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    assert p.exitcode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("notify", ["notify", "notify_all"])
+def test_killed_waiter_never_absorbs_notify(plot, notify):
+    """Two processes die while waiting, ahead of a live thread in the queue: notify() (n=1)
+    still reaches the live one, and the dead ones wake nobody and are gone from the lot."""
+    cond = shmlot.Condition()
+    dead = []
+    for i in range(2):
+        p = FORK.Process(target=_wait_forever, args=(cond,))
+        p.start()
+        dead.append(p)
+        wait_parked_on(plot, cond.key, i + 1)
+    live = ThreadWaiter(cond)
+    live.start()
+    wait_parked_on(plot, cond.key, 3)
+    for p in dead:
+        kill(p)
+    # a death is no notification: the live waiter is still waiting
+    assert live.is_alive() and live.result is None
+    assert len(parked(plot, cond.key)) >= 1
+    with cond:
+        getattr(cond, notify)()
+    t0 = time.monotonic()
+    assert live.outcome() == (True, True)
+    assert time.monotonic() - t0 < 1.0
+    assert not parked(plot)
+
+
+def _notified_then_wait_for_lock(cond, ready):
+    with cond:
+        ready.set()
+        cond.wait()
+
+
+def test_waiter_killed_on_lock_queue_after_requeue(plot):
+    """Waiters requeued onto the lock by notify_all; one of them (a process) is killed while
+    queued on the lock: the release skips it and every live waiter re-acquires."""
+    cond = shmlot.Condition()
+    victim = FORK.Process(target=_wait_forever, args=(cond,))
+    victim.start()
+    wait_parked_on(plot, cond.key, 1)
+    live = [ThreadWaiter(cond) for _ in range(2)]
+    for w in live:
+        w.start()
+    wait_parked_on(plot, cond.key, 3)
+    with cond:
+        cond.notify_all()
+        assert len(parked(plot, cond._lock.key)) == 3
+        kill(victim)
+    for w in live:
+        assert w.outcome() == (True, True)
+    assert not parked(plot)
+    assert cond._lock._word() == 0
+
+
+def _notify_all_then_die(cond, go):
+    with cond:
+        cond.notify_all()
+        go.wait(30)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_notifier_killed_holding_lock(plot):
+    """The notifier dies holding the lock after requeueing the waiters onto it: one waiter's
+    wait() raises OwnerDiedError within 1 s, holding the lock; once it releases, the others
+    return normally."""
+    cond = shmlot.Condition()
+    waiters = [ThreadWaiter(cond) for _ in range(3)]
+    for w in waiters:
+        w.start()
+    wait_parked_on(plot, cond.key, 3)
+    go = FORK.Event()
+    p = FORK.Process(target=_notify_all_then_die, args=(cond, go))
+    p.start()
+    wait_parked_on(plot, cond._lock.key, 3)
+    go.set()
+    p.join(10)
+    killed_at = time.monotonic()
+    outcomes = []
+    for w in waiters:
+        w.join(20)
+        assert not w.is_alive()
+        outcomes.append(type(w.error).__name__ if w.error else (w.result, w.owned))
+    assert sorted(map(str, outcomes)) == ["(True, True)", "(True, True)", "OwnerDiedError"]
+    assert time.monotonic() - killed_at < 2.0
+    assert not cond._lock.locked()
