@@ -7,6 +7,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/futex.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/random.h>
+#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -111,6 +113,16 @@ static int mutex_kind_of(pthread_mutex_t *m)
     (void)m;
     return 0;
 #endif
+}
+
+static void remember_file(sl_lot *l, int fd)
+{
+    struct stat st;
+    l->fd = fd;
+    if (fstat(fd, &st) == 0) {
+        l->dev = (uint64_t)st.st_dev;
+        l->ino = (uint64_t)st.st_ino;
+    }
 }
 
 static uint64_t pid_namespace(void)
@@ -212,7 +224,7 @@ int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nob
         free(l);
         return sl_fail(rc, "mmap: %s", strerror(-rc));
     }
-    l->fd = fd;
+    remember_file(l, fd);
     init_layout(l, name, waiter);
     l->mutex_kind = (int)HDR(l)->mutex_kind;
     /* publish: attachers wait for the magic, so everything above is visible first */
@@ -321,7 +333,7 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
         free(l);
         return rc;
     }
-    l->fd = fd;
+    remember_file(l, fd);
     *out = l;
     return 0;
 }
@@ -414,22 +426,101 @@ static void repair_bucket(sl_lot *l, uint32_t b)
     sl_count(l, SL_C_BUCKET_REPAIRS, 1);
 }
 
+/* Does process/thread `tid` have this lot's segment mapped (or can we not tell)? */
+static int maps_lot(sl_lot *l, uint32_t tid)
+{
+    char path[64], line[512];
+    snprintf(path, sizeof path, "/proc/%u/maps", tid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return 1; /* another user's process, or no /proc: it may well hold it */
+    int found = 0;
+    unsigned maj, min;
+    unsigned long long ino;
+    while (!found && fgets(line, sizeof line, f)) {
+        if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &ino) == 3)
+            found = ino == l->ino && maj == major(l->dev) && min == minor(l->dev);
+    }
+    fclose(f);
+    return found;
+}
+
+/* The state letter of thread `tid` in /proc (0 when it cannot be read). */
+static char thread_state(uint32_t tid)
+{
+    char path[64], state = 0;
+    uint64_t start;
+    snprintf(path, sizeof path, "/proc/%u/stat", tid);
+    return sl_read_stat(path, &state, NULL, &start) == 1 ? state : 0;
+}
+
+/* A robust mutex we have waited a slice for: could the thread its word names really hold it?
+ * A holder that dies makes the kernel set FUTEX_OWNER_DIED, and glibc copies the holder's tid
+ * into __owner right after taking the word (and clears it just before letting go), with no
+ * system call in between. So these are garbage written into the segment, and waiting for them
+ * would never end: a word with only the waiters bit; one naming a thread that does not exist, or
+ * whose process does not map the lot; one that disagrees with __owner while the thread it names
+ * sleeps in a system call (so it is not between the two stores), seen twice in a row (*seen
+ * keeps the previous disagreement). Returns the bogus holder's tid (UINT32_MAX for "none"), or 0
+ * when the wait may go on. */
+static uint32_t implausible_owner(sl_lot *l, pthread_mutex_t *m, uint64_t *seen)
+{
+#ifdef __GLIBC__
+    uint32_t word = (uint32_t)__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED);
+    uint32_t owner = (uint32_t)__atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED);
+    uint32_t tid = word & FUTEX_TID_MASK;
+    uint64_t pair = ((uint64_t)owner << 32) | word;
+    uint64_t before = *seen;
+    *seen = 0;
+    if (word == 0 || (word & FUTEX_OWNER_DIED))
+        return 0; /* free now, or the next attempt reports EOWNERDEAD */
+    if (tid == 0)
+        return UINT32_MAX;
+    if (!sl_pid_exists(tid))
+        return tid;
+    if (owner != tid && thread_state(tid) == 'S') {
+        if (before == pair)
+            return tid;
+        *seen = pair;
+    }
+    if (!maps_lot(l, tid))
+        return tid;
+#else
+    (void)l;
+    (void)m;
+    (void)seen;
+#endif
+    return 0;
+}
+
+#define SL_LOCK_SLICE_NS 100000000ULL /* how often a long wait for a mutex checks its holder */
+
 static int lock_mutex(sl_lot *l, pthread_mutex_t *m, uint64_t deadline_ns, int *owner_died)
 {
+    *owner_died = 0;
     if (sl_in_callback)
         return sl_fail(SL_EREENTRANT, "lot operation called from a callback that runs under a "
                        "bucket lock");
     if (l->mutex_kind && mutex_kind_of(m) != l->mutex_kind)
         return sl_fail(SL_ECORRUPT, "bucket mutex is corrupt (kind %d)", mutex_kind_of(m));
     int rc;
-    if (deadline_ns == 0) {
-        rc = pthread_mutex_lock(m);
-    } else {
-        struct timespec ts = {(time_t)(deadline_ns / 1000000000ULL),
-                              (long)(deadline_ns % 1000000000ULL)};
+    uint64_t seen = 0;
+    for (;;) {
+        /* in slices, so that a holder that cannot exist is noticed, deadline or not */
+        uint64_t until = sl_now_ns() + SL_LOCK_SLICE_NS;
+        if (deadline_ns && deadline_ns < until)
+            until = deadline_ns;
+        struct timespec ts = {(time_t)(until / 1000000000ULL), (long)(until % 1000000000ULL)};
         rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        if (rc != ETIMEDOUT || (deadline_ns && sl_now_ns() >= deadline_ns))
+            break;
+        uint32_t bad = implausible_owner(l, m, &seen);
+        if (bad == UINT32_MAX)
+            return sl_fail(SL_ECORRUPT, "lot mutex is corrupt (waiters bit set, no owner)");
+        if (bad)
+            return sl_fail(SL_ECORRUPT, "lot mutex names thread %u as its holder, which cannot "
+                           "hold it (corrupt segment)", bad);
     }
-    *owner_died = 0;
     switch (rc) {
     case 0:
         return 0;

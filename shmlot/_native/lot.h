@@ -101,6 +101,7 @@ struct sl_lot {
     uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
     uint32_t waiter;
     int mutex_kind;
+    uint64_t dev, ino;       /* the segment's file: a mutex holder must have it mapped */
 };
 
 static inline sl_header *HDR(sl_lot *l) { return (sl_header *)l->base; }
