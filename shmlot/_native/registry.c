@@ -364,6 +364,9 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
     int rc = sl_registry_lock(l);
     if (rc)
         return rc;
+    /* one second in all for bucket locks: a bucket that stays busy (or looks busy in a corrupt
+     * segment) keeps its dead slots until the next reap, and never costs a second per slot */
+    uint64_t deadline = sl_now_ns() + 1000000000ULL;
     for (uint32_t i = 0; i < l->nslots; i++) {
         sl_slot *s = SLOT(l, i);
         uint32_t state = LOAD(&s->state);
@@ -374,7 +377,7 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
             continue;
         if (state == SLOT_QUEUED) {
             uint32_t b = sl_bucket_of(l, LOAD(&s->key));
-            if (sl_bucket_lock(l, b, sl_now_ns() + 1000000000ULL) != 0)
+            if (sl_bucket_lock(l, b, deadline) != 0)
                 continue;
             if (LOAD(&s->state) == SLOT_QUEUED && s->bucket == b && LOAD(&s->pid) == pid &&
                 sl_queue_remove(l, b, i) == 0) {
