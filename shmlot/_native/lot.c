@@ -115,6 +115,20 @@ static int mutex_kind_of(pthread_mutex_t *m)
 #endif
 }
 
+/* The glibc kind of a mutex initialised as every lot mutex is (0 where it cannot be read). A lot
+ * whose header records another kind was made by another C library (musl's pthread_mutex_t has
+ * the same size on x86-64, so mutex_size alone cannot tell) or has been written over. */
+static int local_mutex_kind(void)
+{
+    static int kind = -1;
+    if (kind < 0) {
+        pthread_mutex_t m;
+        kind = init_robust_mutex(&m) == 0 ? mutex_kind_of(&m) : 0;
+        pthread_mutex_destroy(&m);
+    }
+    return kind;
+}
+
 static void remember_file(sl_lot *l, int fd)
 {
     struct stat st;
@@ -248,6 +262,11 @@ static int validate_header(sl_lot *l, const sl_header *h, uint64_t file_size)
         return sl_fail(SL_ECORRUPT,
                        "created by a C library with %u-byte mutexes, this one has %zu (glibc/musl "
                        "mismatch?)", h->mutex_size, sizeof(pthread_mutex_t));
+    if ((int)h->mutex_kind != local_mutex_kind())
+        return sl_fail(SL_ECORRUPT,
+                       "created by a C library whose robust mutexes differ from this one's "
+                       "(mutex kind %u, here %d: glibc/musl mismatch?)", h->mutex_kind,
+                       local_mutex_kind());
     if (h->waiter != SL_WAITER_FUTEX && h->waiter != SL_WAITER_SEMAPHORE)
         return sl_fail(SL_ECORRUPT, "unknown waiter backend %u", h->waiter);
     int rc = compute_geometry(l, h->nbuckets, h->nslots, h->nobjects, h->nholds);
@@ -269,7 +288,7 @@ static int validate_header(sl_lot *l, const sl_header *h, uint64_t file_size)
         return sl_fail(SL_ECORRUPT, "segment is %llu bytes, header says %llu",
                        (unsigned long long)file_size, (unsigned long long)l->size);
     l->waiter = h->waiter;
-    l->mutex_kind = (int)h->mutex_kind;
+    l->mutex_kind = local_mutex_kind();
     return 0;
 }
 
