@@ -14,6 +14,7 @@ import math
 import os
 import stat
 import threading
+import warnings
 import weakref
 
 from ._core import ffi, lib
@@ -195,6 +196,31 @@ def _check_name(name):
     return raw
 
 
+def _pid_namespace():
+    """Inode of this process's PID namespace (0 if /proc does not say)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return 0
+
+
+def _warn_other_pid_namespace(lot):
+    """Liveness (a dead lock owner, a dead waiter, reaping) is decided by pid and process start
+    time, so it is only sound between processes of one PID namespace: a pid from another one
+    names another process here, or none. Attaching still works (the lot is shared memory), but
+    say so, once per attach, when the creator's namespace (recorded in the header) is not ours."""
+    info = ffi.new("sl_lot_info *")
+    lib.sl_info(lot._l, info)
+    ours = _pid_namespace()
+    if info.pidns and ours and info.pidns != ours:
+        warnings.warn(
+            f"lot {lot.name!r} was created in another PID namespace (pid:[{info.pidns}], this "
+            f"process is in pid:[{ours}]): owner-death detection, dead-waiter removal and "
+            "reaping compare pids, which are only meaningful within one PID namespace; share a "
+            "lot only between processes of the same namespace (e.g. the same container)",
+            RuntimeWarning, stacklevel=3)
+
+
 def _check_count(value, what):
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
@@ -268,11 +294,14 @@ class ParkingLot:
     @classmethod
     def attach(cls, name):
         """Attach to an existing lot: ``LotNotFoundError`` if absent, ``LotCorruptError`` if it
-        is not a valid lot, ``PermissionError`` if not ours to open."""
+        is not a valid lot, ``PermissionError`` if not ours to open. A ``RuntimeWarning`` says
+        so when the lot was created in another PID namespace (see ``_warn_other_pid_namespace``)."""
         raw = _check_name(name)
         out = ffi.new("sl_lot **")
         _check(lib.sl_attach(raw, ATTACH_WAIT_NS, out), f"cannot attach lot {name!r}")
-        return cls(out[0], name)
+        lot = cls(out[0], name)
+        _warn_other_pid_namespace(lot)
+        return lot
 
     @classmethod
     def open(cls, name, **create_kwargs):
