@@ -128,13 +128,31 @@ class Barrier(Primitive):
                     continue
                 if index + 1 == parties:
                     return self._release_round(s + 1, index)
-                self._park_while(lambda gen=_gen(s): self._same_round(gen), deadline)
+                try:
+                    self._park_while(lambda gen=_gen(s): self._same_round(gen), deadline)
+                except BrokenBarrierError:
+                    raise
+                except BaseException:
+                    self._withdraw(_gen(s), parties)  # Ctrl-C: leave the round, as threading
+                    raise
                 step = (_gen(state.load()) - _gen(s)) % (1 << 31)
                 if step == 0 or step % 2 == 1:  # still this round (so broken), or it was reset
                     raise BrokenBarrierError
                 return index
         finally:
             lot._hold_remove(key, pid, tid, HOLD_MODE)
+
+    def _withdraw(self, gen, parties):
+        """An exception (Ctrl-C) took this party out of round ``gen`` before it completed:
+        un-count its arrival, as threading.Barrier does, so that the round still waits for
+        ``parties`` parties. Not once the round is claimed (the count reached ``parties``: the
+        last party is releasing it, with this one counted), broken or over."""
+        state = self._words[1]
+        s = state.load()
+        while _gen(s) == gen and not s & BROKEN and 0 < s & COUNT_MASK < parties:
+            ok, s = state.compare_exchange(s, s - 1)
+            if ok:
+                return
 
     def _same_round(self, gen):
         s = self._words[1].load()
