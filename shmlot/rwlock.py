@@ -6,8 +6,9 @@ Readers park on the key of word 0, writers on the key of word 1.
 
 Fairness: a new reader waits while a writer waits (writers are not starved by a stream of
 readers), unless this thread already holds a read share (re-entrant reads cannot deadlock).
-A writer's release wakes the waiting readers first with a READ_GRANT token that lets them in
-despite waiting writers (readers are not starved either); the last reader out wakes one writer.
+A writer's release hands the lock to the readers parked at that moment (the state goes straight from
+"written" to "read by n", so no writer barges in between: readers are not starved either); the
+last reader out wakes one writer.
 
 Each read share is recorded as a counted hold on the key, so a dead reader's share is reclaimed
 (by whoever waits on the lock); a dead writer is found through its lock word, as for ``Lock``, and
@@ -20,6 +21,7 @@ from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from ._core import lib
+from ._results import FilterOp
 from ._waiting import Deadline, acquire_timeout
 from .errors import OwnerDiedError
 from .locks import LOCKED, OWNER_POLL_NS, owner_alive
@@ -29,7 +31,12 @@ __all__ = ["RWLock"]
 
 READER = 4
 READ_HOLD = 1 | lib.SL_HOLD_COUNTED
-TOKEN_READ_GRANT = 2
+TOKEN_READ_GRANT = 2    # "you may read although writers wait" (the state was not changed for you)
+TOKEN_READ_HANDOFF = 3  # "you read now": the releasing writer added your share to the state
+
+
+def _unpark_every_reader(_park_token):
+    return FilterOp.UNPARK
 
 
 class RWLock(Primitive):
@@ -95,11 +102,15 @@ class RWLock(Primitive):
         while not s & LOCKED and (granted or self._my_reads() or not self._words[2].load()):
             ok, s = state.compare_exchange(s, s + READER)
             if ok:
-                pid, tid, start = _fast.self_ident()
-                self._place.lot._hold_add(self._place.key, pid, tid, start, READ_HOLD)
-                self._local.reads = self._my_reads() + 1
+                self._took_read()
                 return True
         return False
+
+    def _took_read(self):
+        """Record a read share this thread now has (counted in the state word)."""
+        pid, tid, start = _fast.self_ident()
+        self._place.lot._hold_add(self._place.key, pid, tid, start, READ_HOLD)
+        self._local.reads = self._my_reads() + 1
 
     def acquire_read(self, blocking=True, timeout=-1):
         """Take a read share; returns False on timeout / when non-blocking and unavailable."""
@@ -154,15 +165,27 @@ class RWLock(Primitive):
                 self._place.lot.unpark_all(self._place.key, TOKEN_READ_GRANT)
 
     def release_write(self):
+        """Release the write lock. Readers parked now get it directly: under their bucket lock
+        the state goes from "written by us" to "read by them" in one store, so no writer can
+        barge in between (readers are not starved by a stream of writers)."""
         state = self._words[0]
         me = _fast.self_owner_bits() | LOCKED
-        ok, _ = state.compare_exchange(me, 0)
-        if not ok:
+        if state.load() != me:
             raise RuntimeError("cannot release un-acquired write lock")
         lot = self._place.lot
         if self._words[1].load():
-            lot.unpark_all(self._place.key, TOKEN_READ_GRANT)
-        elif self._words[2].load():
+            def callback(result):
+                state.store(READER * result.unparked_threads)  # 0 when nobody was parked
+                return TOKEN_READ_HANDOFF
+
+            r = lot.unpark_filter(self._place.key, _unpark_every_reader, callback)
+            if r.unparked_threads or not self._words[2].load():
+                return
+        else:
+            ok, _ = state.compare_exchange(me, 0)
+            if not ok:
+                raise RuntimeError("cannot release un-acquired write lock")
+        if self._words[2].load():
             lot.unpark_one(self._wkey)
 
     # -- the shared waiting loop --
@@ -194,8 +217,18 @@ class RWLock(Primitive):
                 if remaining == 0.0:
                     self._reclaim()
                     return try_take(granted)
-                r = lot._park(key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
-                              self._words[0].load())
+                try:
+                    r = lot._park(key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
+                                  self._words[0].load())
+                except BaseException as exc:
+                    r = getattr(exc, "shmlot_park_result", None)
+                    if r is not None and r.token == TOKEN_READ_HANDOFF:
+                        self._took_read()  # handed a share as we were interrupted: give it back
+                        self.release_read()
+                    raise
+                if r.is_unparked and r.token == TOKEN_READ_HANDOFF:
+                    self._took_read()  # the writer counted our share for us
+                    return True
                 if writer_died:
                     self._raise_writer_died()
                 granted = r.is_unparked and r.token == TOKEN_READ_GRANT
