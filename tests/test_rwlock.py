@@ -1,0 +1,331 @@
+"""RWLock (SPEC section 3): many readers at once, one writer alone, writers not starved by a
+stream of readers, readers not starved by a stream of writers, re-entrant reads, timeouts, the
+``read()`` / ``write()`` context managers; across threads and processes, both backends.
+(Owner death of readers and writers: test_owner_death.py.)
+"""
+import multiprocessing
+import os
+import threading
+import time
+
+import pytest
+
+import shmlot
+
+from _prim_helpers import attach_segment, plot, segment, wait_parked_on  # noqa: F401 (fixtures)
+from conftest import parked, start_python, wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+FORK = multiprocessing.get_context("fork")
+READER = 4
+
+
+def readers(rw):
+    s = rw._words[0].load()
+    return 0 if s & 1 else s // READER
+
+
+# ---- sharing and exclusion -------------------------------------------------------------------
+
+def _read_together(rw, meet):
+    with rw.read():
+        meet.wait(20)  # every party must be inside its read section at once
+
+
+def test_many_readers_at_once_threads_and_processes(plot):
+    """Four threads and three processes all inside read() at the same moment (a Barrier inside
+    the read section only passes if they are)."""
+    rw = shmlot.RWLock()
+    meet = shmlot.Barrier(7)
+    procs = [FORK.Process(target=_read_together, args=(rw, meet)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    threads = [threading.Thread(target=_read_together, args=(rw, meet)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+        assert not t.is_alive()
+    for p in procs:
+        p.join(20)
+        assert p.exitcode == 0
+    assert not meet.broken
+    assert rw._words[0].load() == 0
+
+
+def _writer_pairs(rw, seg_name, iters):
+    seg = attach_segment(seg_name)
+    for i in range(iters):
+        with rw.write():
+            a = seg.load(0)
+            seg.store(0, a + 1)
+            os.sched_yield()
+            seg.store(8, a + 1)
+    seg.close()
+
+
+def _reader_checks(rw, seg_name, iters):
+    seg = attach_segment(seg_name)
+    bad = 0
+    for _ in range(iters):
+        with rw.read():
+            a = seg.load(0)
+            os.sched_yield()
+            if seg.load(8) != a:
+                bad += 1
+    seg.close()
+    assert bad == 0, f"{bad} torn reads"
+
+
+def test_writer_excludes_readers_and_writers(plot, segment):
+    """Writers (a thread here, a process) keep two words equal, updating them one at a time;
+    readers (threads, a process) never see them differ; the writers' count is exact."""
+    rw = shmlot.RWLock()
+    seg = segment(64)
+    iters = 300
+    procs = [FORK.Process(target=_writer_pairs, args=(rw, seg.name, iters)),
+             FORK.Process(target=_reader_checks, args=(rw, seg.name, iters))]
+    for p in procs:
+        p.start()
+    threads = [threading.Thread(target=_writer_pairs, args=(rw, seg.name, iters))]
+    threads += [threading.Thread(target=_reader_checks, args=(rw, seg.name, iters))
+                for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(40)
+        assert not t.is_alive()
+    for p in procs:
+        p.join(40)
+        assert p.exitcode == 0
+    assert seg.load(0) == seg.load(8) == 2 * iters
+    assert rw._words[0].load() == 0
+    assert not parked(plot)
+
+
+def test_writer_blocks_readers_until_released(plot):
+    rw = shmlot.RWLock()
+    rw.acquire_write()
+    got = []
+    t = threading.Thread(target=lambda: got.append(rw.acquire_read(timeout=20)))
+    t.start()
+    wait_parked_on(plot, rw.key, 1)
+    assert got == []
+    rw.release_write()
+    t.join(10)
+    assert got == [True]
+    assert readers(rw) == 1
+    assert rw.acquire_write(blocking=False) is False  # that thread still reads
+
+
+# ---- fairness ------------------------------------------------------------------------------------
+
+def _stream_of_readers(rw, stop, hold_s):
+    while not stop.is_set():
+        with rw.read():
+            time.sleep(hold_s)
+
+
+def test_writer_not_starved_by_stream_of_readers(plot):
+    """Readers in three threads and a process keep the lock read-held without a gap (their read
+    sections overlap); a writer still gets in within a bounded time, because new readers queue
+    behind a waiting writer."""
+    rw = shmlot.RWLock()
+    stop = shmlot.Event()
+    p = FORK.Process(target=_stream_of_readers, args=(rw, stop, 0.005))
+    p.start()
+    threads = [threading.Thread(target=_stream_of_readers, args=(rw, stop, 0.005))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: readers(rw) >= 2, message="readers overlapping")
+        for _ in range(3):
+            t0 = time.monotonic()
+            assert rw.acquire_write(timeout=5) is True
+            waited = time.monotonic() - t0
+            assert readers(rw) == 0
+            rw.release_write()
+            assert waited < 1.0, waited
+            wait_until(lambda: readers(rw) >= 1, message="readers back")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        p.join(10)
+    assert p.exitcode == 0
+
+
+def _stream_of_writers(rw, stop):
+    while not stop.is_set():
+        with rw.write():
+            time.sleep(0.002)
+
+
+def test_reader_not_starved_by_stream_of_writers(plot):
+    """Writers in two threads and a process take the write lock back to back; a reader still
+    gets in within a bounded time (a writer's release lets the waiting readers in first)."""
+    rw = shmlot.RWLock()
+    stop = shmlot.Event()
+    p = FORK.Process(target=_stream_of_writers, args=(rw, stop))
+    p.start()
+    threads = [threading.Thread(target=_stream_of_writers, args=(rw, stop)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: rw._words[2].load() >= 1, message="writers queueing")
+        for _ in range(5):
+            t0 = time.monotonic()
+            assert rw.acquire_read(timeout=5) is True
+            waited = time.monotonic() - t0
+            rw.release_read()
+            assert waited < 1.0, waited
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        p.join(10)
+    assert p.exitcode == 0
+
+
+def test_reentrant_read_while_writer_waits(plot):
+    """A thread holding a read share may take another even though a writer waits (refusing it
+    would deadlock); a new reader without a share queues behind the writer."""
+    rw = shmlot.RWLock()
+    rw.acquire_read()
+    writer = threading.Thread(target=lambda: (rw.acquire_write(timeout=20), rw.release_write()))
+    writer.start()
+    wait_parked_on(plot, rw._wkey, 1)
+    assert rw.acquire_read(timeout=2) is True  # re-entrant: granted at once
+    other = []
+    t = threading.Thread(target=lambda: other.append(rw.acquire_read(blocking=False)))
+    t.start()
+    t.join()
+    assert other == [False]  # a fresh reader waits for the writer
+    with rw.read():  # and the context manager re-enters too
+        assert readers(rw) == 3
+    rw.release_read()
+    rw.release_read()
+    writer.join(10)
+    assert not writer.is_alive()
+    assert rw._words[0].load() == 0
+
+
+# ---- timeouts and contexts -------------------------------------------------------------------------
+
+def test_timeouts(plot):
+    rw = shmlot.RWLock()
+    rw.acquire_write()
+    out = []
+
+    def timed(fn):
+        t0 = time.monotonic()
+        r = fn()
+        out.append((r, time.monotonic() - t0))
+
+    t = threading.Thread(target=timed, args=(lambda: rw.acquire_read(timeout=0.2),))
+    t.start()
+    t.join(10)
+    t = threading.Thread(target=timed, args=(lambda: rw.acquire_write(timeout=0.2),))
+    t.start()
+    t.join(10)
+    t = threading.Thread(target=timed, args=(lambda: rw.acquire_read(blocking=False),))
+    t.start()
+    t.join(10)
+    assert [r for r, _ in out] == [False, False, False]
+    assert all(0.18 <= dt < 1.5 for _, dt in out[:2]), out
+    assert out[2][1] < 0.2
+    assert not parked(plot)
+    assert rw._words[1].load() == rw._words[2].load() == 0  # no waiter counted any more
+    rw.release_write()
+    rw.acquire_read()
+    assert rw.acquire_write(timeout=0.2) is False
+    assert rw.acquire_write(timeout=0) is False
+    rw.release_read()
+    assert rw._words[0].load() == 0
+
+
+def test_writer_timeout_lets_queued_readers_in(plot):
+    """A reader holds; a writer waits (with a timeout); a second reader queues behind the
+    writer. When the writer gives up, the queued reader gets in at once."""
+    rw = shmlot.RWLock()
+    rw.acquire_read()
+    wout, rout = [], []
+    w = threading.Thread(target=lambda: wout.append(rw.acquire_write(timeout=0.5)))
+    w.start()
+    wait_parked_on(plot, rw._wkey, 1)
+    r = threading.Thread(target=lambda: rout.append((rw.acquire_read(timeout=10),
+                                                     time.monotonic())))
+    r.start()
+    wait_parked_on(plot, rw.key, 1)
+    w.join(10)
+    gave_up = time.monotonic()
+    r.join(10)
+    assert wout == [False]
+    assert rout[0][0] is True
+    assert rout[0][1] - gave_up < 0.5
+    assert readers(rw) == 2
+
+
+def test_context_managers(plot):
+    rw = shmlot.RWLock()
+    with rw.read() as same:
+        assert same is rw
+        assert readers(rw) == 1
+    with rw.write():
+        assert rw._words[0].load() & 1
+        out = []
+        t = threading.Thread(target=lambda: out.append(pytest.raises(TimeoutError,
+                                                                     _enter, rw.read, 0.1)))
+        t.start()
+        t.join(10)
+        assert len(out) == 1
+    with pytest.raises(KeyError):
+        with rw.write():
+            raise KeyError
+    with pytest.raises(KeyError):
+        with rw.read():
+            raise KeyError
+    assert rw._words[0].load() == 0
+    rw.acquire_read()
+    t = threading.Thread(target=lambda: out.append(pytest.raises(TimeoutError,
+                                                                 _enter, rw.write, 0.1)))
+    t.start()
+    t.join(10)
+    assert len(out) == 2
+    rw.release_read()
+
+
+def _enter(cm, timeout):
+    with cm(timeout=timeout):
+        pass
+
+
+def test_named_rwlock_across_unrelated_processes(plot):
+    """A ``python -c`` process holds the write lock by name; readers here wait for it."""
+    name = f"rw-{os.getpid()}-{time.monotonic_ns()}"
+    rw = shmlot.RWLock(name=name)
+    child = start_python(f"""
+        import sys, shmlot
+        rw = shmlot.RWLock(name={name!r})
+        rw.acquire_write()
+        print("writing", flush=True)
+        sys.stdin.readline()
+        rw.release_write()
+        print(rw.acquire_read(timeout=5), flush=True)
+        rw.release_read()
+    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    assert child.stdout.readline().strip() == "writing"
+    assert rw.acquire_read(blocking=False) is False
+    got = []
+    t = threading.Thread(target=lambda: got.append(rw.acquire_read(timeout=20)))
+    t.start()
+    wait_parked_on(plot, rw.key, 1)
+    child.stdin.write("\n")
+    child.stdin.flush()
+    t.join(20)
+    assert got == [True]
+    out, err = child.communicate(timeout=20)
+    assert out.strip() == "True", err
+    shmlot.unlink_object(name)
