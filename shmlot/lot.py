@@ -35,6 +35,8 @@ DEFAULT_OBJECTS = 4096
 DEFAULT_HOLDS = 4096
 ATTACH_WAIT_NS = 2_000_000_000  # how long attach waits for a creator to finish initialising
 
+_NO_SLOT = 0xFFFFFFFF            # "no slot" in the per-thread out-parameter of sl_park_begin
+
 # A sleeping thread wakes at least this often to re-check its slot and let signals in.
 SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
 SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lost to a death
@@ -94,7 +96,12 @@ def _check(rc, what=""):
 class _Ctx:
     """The calling thread's callbacks for the operation under way. ``busy`` is set for the
     whole operation, so an operation started from inside a callback is refused (RuntimeError)
-    before it can disturb the outer one's callbacks."""
+    before it can disturb the outer one's callbacks.
+
+    Operations reset it in ``finally`` with plain attribute stores rather than by calling
+    ``leave()``: a signal handler's exception (Ctrl-C) can be raised on entry to any Python
+    function, and one raised there would leave ``busy`` set for good, after which every lot
+    operation of the thread failed with RuntimeError."""
     __slots__ = ("validate", "timed_out", "callback", "filter", "handle", "busy",
                  "__weakref__")
 
@@ -408,28 +415,38 @@ class ParkingLot:
         deadline = deadline_after(check_timeout(timeout))
         h = self._h()
         t = self._tl()
+        # sl_park_begin writes the slot once the thread is queued: from then on, any exception
+        # (a signal handler's may strike between any two bytecodes) must take it out of the
+        # queue again, or it stays there as a ghost that absorbs a wake-up meant for another.
+        t.slot[0] = _NO_SLOT
+        slot = _NO_SLOT
         ctx = _ctx().enter()
         try:
-            ctx.validate = validate
-            rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None, ctx.handle,
-                                   deadline, t.slot)
-            if rc == lib.SL_EFULL:
-                lib.sl_reap(h, t.reaped, t.reaped + 1)  # free dead processes' slots, retry
+            try:
+                ctx.validate = validate
                 rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
                                        ctx.handle, deadline, t.slot)
-        finally:
-            ctx.leave()
-        if rc == lib.SL_PARK_INVALID:
-            return PARK_INVALID
-        if rc == lib.SL_ETIMEDOUT:
-            return PARK_TIMED_OUT  # the bucket lock itself stayed busy past the deadline
-        _check(rc, "park")
-        slot = t.slot[0]
-        try:
+                if rc == lib.SL_EFULL:
+                    lib.sl_reap(h, t.reaped, t.reaped + 1)  # free dead processes' slots, retry
+                    rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
+                                           ctx.handle, deadline, t.slot)
+            finally:
+                ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
+                ctx.busy = False  # stores, not a call: see _Ctx
+            if rc == lib.SL_PARK_INVALID:
+                return PARK_INVALID
+            if rc == lib.SL_ETIMEDOUT:
+                return PARK_TIMED_OUT  # the bucket lock itself stayed busy past the deadline
+            _check(rc, "park")
+            slot = t.slot[0]
             if before_sleep is not None:
                 before_sleep()
             result = self._sleep(slot, deadline, poll, poll_ns)
         except BaseException as exc:
+            if slot == _NO_SLOT:
+                slot = t.slot[0]
+                if slot == _NO_SLOT:
+                    raise  # nothing was queued
             result = self._cancel(slot, timed_out)
             if result.is_unparked:
                 exc.shmlot_park_result = result
@@ -472,6 +489,10 @@ class ParkingLot:
             ctx.busy = busy
         if rc == lib.SL_PARK_UNPARKED:
             return ParkResult(ParkResult._UNPARKED, t.token[0])
+        if rc == lib.SL_PARK_GONE:
+            # the exception struck after _sleep finished the park (and freed the slot, which
+            # may be another thread's by now): it was unparked, with the token finish read
+            return ParkResult(ParkResult._UNPARKED, t.token[0])
         _check(rc, "park")
         return PARK_TIMED_OUT
 
@@ -489,7 +510,8 @@ class ParkingLot:
             n = lib.sl_unpark_one(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
                                   self._slots)
         finally:
-            ctx.leave()
+            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
+            ctx.busy = False  # stores, not a call: see _Ctx
         _check(n, "unpark_one")
         result = UnparkResult._from_c(t.res)
         self._wake(t, n)
@@ -505,7 +527,8 @@ class ParkingLot:
         try:
             n = lib.sl_unpark_all(h, key, unpark_token, 0, t.res, t.woken, self._slots)
         finally:
-            ctx.leave()
+            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
+            ctx.busy = False  # stores, not a call: see _Ctx
         _check(n, "unpark_all")
         self._wake(t, n)
         return n
@@ -526,7 +549,8 @@ class ParkingLot:
             n = lib.sl_unpark_filter(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
                                      self._slots)
         finally:
-            ctx.leave()
+            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
+            ctx.busy = False  # stores, not a call: see _Ctx
         _check(n, "unpark_filter")
         result = UnparkResult._from_c(t.res)
         self._wake(t, n)
@@ -549,7 +573,8 @@ class ParkingLot:
             n = lib.sl_unpark_requeue(h, key_from, key_to, callback is not None, ctx.handle, 0,
                                       t.res, t.op, t.woken, self._slots)
         finally:
-            ctx.leave()
+            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
+            ctx.busy = False  # stores, not a call: see _Ctx
         _check(n, "unpark_requeue")
         result = UnparkResult._from_c(t.res)
         self._wake(t, n)
