@@ -26,7 +26,7 @@ before a crash names the culprit.
     python tools/fuzz_lot.py --examples 300                 # hypothesis, random
     python tools/fuzz_lot.py --examples 60 --derandomize    # reproducible (CI)
     python tools/fuzz_lot.py --waiter semaphore --examples 100
-    python tools/fuzz_lot.py --atheris -- -runs=2000         # coverage-guided, if atheris exists
+    python tools/fuzz_lot.py --atheris -- -runs=5000 -max_len=300   # coverage-guided (atheris)
 
 Exit status: 0 clean, 1 a failing example (printed) or a hang ("Timeout" and the stacks), or the
 signal of a crash.
@@ -407,6 +407,8 @@ def run_atheris(args, rest):
         finally:
             faulthandler.cancel_dump_traceback_later()
 
+    if hasattr(atheris, "instrument_all"):
+        atheris.instrument_all()   # coverage feedback from shmlot's Python layer
     atheris.Setup([sys.argv[0], *rest], one)
     atheris.Fuzz()
 
