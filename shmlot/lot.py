@@ -447,12 +447,30 @@ class ParkingLot:
                 slot = t.slot[0]
                 if slot == _NO_SLOT:
                     raise  # nothing was queued
-            result = self._cancel(slot, timed_out)
+            # Leave the queue. Inline, with no Python call before the C call: a further
+            # exception must not strike before the slot is out of the queue.
+            busy, ctx.busy = ctx.busy, True
+            ctx.timed_out = timed_out
+            try:
+                rc = lib.sl_park_cancel(self._l, slot, timed_out is not None, ctx.handle,
+                                        t.token)
+            finally:
+                ctx.timed_out = None
+                ctx.busy = busy
+            result = self._cancelled(rc, t)
             if result.is_unparked:
                 exc.shmlot_park_result = result
             raise
-        if result is None:
-            result = self._cancel(slot, timed_out)
+        if result is None:  # timed out (or poll said so): leave the queue, inline as above
+            busy, ctx.busy = ctx.busy, True
+            ctx.timed_out = timed_out
+            try:
+                rc = lib.sl_park_cancel(self._l, slot, timed_out is not None, ctx.handle,
+                                        t.token)
+            finally:
+                ctx.timed_out = None
+                ctx.busy = busy
+            result = self._cancelled(rc, t)
         return result
 
     def _sleep(self, slot, deadline, poll, poll_ns):
@@ -477,16 +495,9 @@ class ParkingLot:
             if r != INTERRUPTED and poll is not None and poll():
                 return None
 
-    def _cancel(self, slot, timed_out):
-        t = self._tl()
-        ctx = _ctx()
-        busy, ctx.busy = ctx.busy, True
-        ctx.timed_out = timed_out
-        try:
-            rc = lib.sl_park_cancel(self._l, slot, timed_out is not None, ctx.handle, t.token)
-        finally:
-            ctx.timed_out = None
-            ctx.busy = busy
+    @staticmethod
+    def _cancelled(rc, t):
+        """The ParkResult of sl_park_cancel's return code."""
         if rc == lib.SL_PARK_UNPARKED:
             return ParkResult(ParkResult._UNPARKED, t.token[0])
         if rc == lib.SL_PARK_GONE:
