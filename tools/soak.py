@@ -18,9 +18,9 @@ microseconds, producers never stop, all parties come to the barrier...) gets a g
 gave up (the lock free, a unit available, the event set, an item queued), a *stall* otherwise.
 
 Resources are sampled every second: slots in use, registry objects and holds, each worker's open
-file descriptors (/proc/PID/fd), and the entries in /dev/shm (the semaphore backend's per-slot
-semaphores of this lot counted apart: one per slot index ever used, bounded by the peak of
-concurrent parks). After a warm-up, none may grow: descriptors and /dev/shm entries at the last
+file descriptors (/proc/PID/fd), and this run's entries in /dev/shm (the semaphore backend's
+per-slot semaphores of this lot counted apart: one per slot index ever used, bounded by the peak
+of concurrent parks; entries of other users of the machine are only reported). After a warm-up, none may grow: descriptors and /dev/shm entries at the last
 sample must not exceed those at the first sample after warm-up; once the workers are gone no slot
 may be in use, no hold left, and only the named objects remain in the registry.
 
@@ -277,14 +277,15 @@ class Worker:
 
 # ---- coordinator -----------------------------------------------------------------------------------
 
-def shm_entries(lot_id):
-    """(entries in /dev/shm other than this lot's semaphores, this lot's semaphores). The
-    semaphore backend makes one per slot index ever used: bounded by the peak of concurrent
-    parks, reported apart."""
-    mine = f"sem.sl{lot_id:016x}."
+def shm_entries(name, lot_id):
+    """(entries of this run in /dev/shm: the lot, its stats segment and anything else named after
+    it; this lot's semaphores; all entries). The semaphore backend makes one semaphore per slot
+    index ever used, bounded by the peak of concurrent parks. Other entries belong to whoever
+    else uses this machine, and are only reported."""
+    sems = f"sem.sl{lot_id:016x}."
     entries = os.listdir("/dev/shm")
-    sems = sum(1 for e in entries if e.startswith(mine))
-    return len(entries) - sems, sems
+    ours = sum(1 for e in entries if e.startswith(name))
+    return ours, sum(1 for e in entries if e.startswith(sems)), len(entries)
 
 
 def fd_count(pid):
@@ -297,10 +298,10 @@ def fd_count(pid):
 def sample(lot, procs):
     info = lot.info()
     holds = len(lot._snapshot_holds())
-    shm, sems = shm_entries(info["lot_id"])
+    shm, sems, total = shm_entries(lot.name, info["lot_id"])
     return {"t": time.monotonic(), "slots_in_use": info["slots"] - info["slots_free"],
             "objects": info["objects_used"], "holds": holds, "shm": shm, "lot_semaphores": sems,
-            "fds": [fd_count(p.pid) for p in procs]}
+            "shm_total": total, "fds": [fd_count(p.pid) for p in procs]}
 
 
 def coordinator(args):
@@ -360,6 +361,7 @@ def coordinator(args):
                                 "end": end["shm"]},
             "lot_semaphores": {"after_warmup": base["lot_semaphores"],
                                "end": end["lot_semaphores"]},
+            "dev_shm_all_users": {"after_warmup": base["shm_total"], "end": end["shm_total"]},
         }
         if summary["lost_wakeups"]:
             failures.append(f"{summary['lost_wakeups']} lost wake-ups")
@@ -378,6 +380,9 @@ def coordinator(args):
             failures.append(f"file descriptors grew: {summary['fds']}")
         if last["shm"] > base["shm"]:
             failures.append(f"/dev/shm entries grew: {summary['dev_shm_entries']}")
+        if end["lot_semaphores"] > max(x["slots_in_use"] for x in samples + [end]) + WORKERS:
+            failures.append(f"this lot's semaphores outgrew its peak of parked threads: "
+                            f"{summary['lot_semaphores']}")
         log.seek(0)
         summary["log"] = [line.rstrip() for line in log.readlines()[-20:]]
         summary["failures"] = failures
