@@ -40,12 +40,15 @@ def check_run(rc, s):
 
 
 @pytest.mark.timeout(100)
-@pytest.mark.parametrize("waiter", ["futex", "semaphore"])
-def test_torture_lock_condition_semaphore_barrier(waiter):
-    rc, s = torture("--duration", "4", "--workers", "9", "--waiter", waiter,
+@pytest.mark.parametrize("waiter,spawn", [("futex", "exec"), ("futex", "zygote"),
+                                          ("semaphore", "zygote")])
+def test_torture_lock_condition_semaphore_barrier(waiter, spawn):
+    rc, s = torture("--duration", "4", "--workers", "9", "--waiter", waiter, "--spawn", spawn,
                     "--groups", "lock,cond,sem,barrier")
     check_run(rc, s)
-    assert s["waiter"] == waiter
+    assert (s["waiter"], s["spawn"]) == (waiter, spawn)
+    if spawn == "zygote":   # kills every few ms: some of them while holding a lock
+        assert s["kills_per_second"] >= 20 and sum(s["deaths_holding"].values()) > 0, s
 
 
 RWLOCK_READER_DEATH = (
@@ -57,7 +60,8 @@ RWLOCK_READER_DEATH = (
 @pytest.mark.timeout(100)
 @pytest.mark.xfail(reason=RWLOCK_READER_DEATH, strict=False)
 def test_torture_rwlock():
-    rc, s = torture("--duration", "4", "--workers", "8", "--groups", "rw,lock")
+    rc, s = torture("--duration", "4", "--workers", "8", "--groups", "rw,lock", "--spawn",
+                    "zygote")
     check_run(rc, s)
 
 

@@ -38,10 +38,17 @@ Checked at the end (exit status 1 and a FAIL line otherwise):
 - no worker hung (all stop within a few seconds of the stop flag) or failed unexpectedly;
 - after ``reap()`` no slot is left in use, and the lot's primitives still work.
 
+Replacements are new interpreters (``--spawn exec``, the default) or children forked from a
+zygote process that has shmlot imported and never attaches (``--spawn zygote``): they attach by
+name just the same, but start in a millisecond, so kills come every few milliseconds instead of
+as fast as interpreters start (about 20 per second on two cores). One replacement per group is
+in flight at a time, so no group is ever left without a live worker.
+
 Usage::
 
     python tools/torture.py --duration 30 --workers 10 --waiter futex
-    python tools/torture.py --duration 30 --workers 10 --waiter semaphore --kill-every 0.005
+    python tools/torture.py --duration 30 --workers 10 --waiter semaphore --spawn zygote
+    python tools/torture.py --groups lock,cond --kill-every 0.002 --spawn zygote --debug
 
 The last line printed is a JSON summary (also with ``--json`` only that line).
 """
@@ -397,6 +404,122 @@ class Worker:
         self.phase(OUT)
 
 
+# ---- zygote: fast replacements -------------------------------------------------------------------
+#
+# With --spawn zygote, one process started like any worker imports shmlot once and forks each
+# worker on request; the child attaches to the lot by name like an exec'd worker (the zygote never
+# attaches), so replacements take a millisecond instead of an interpreter start-up, and the kill
+# rate is no longer bounded by exec. Protocol on its stdin/stdout: "spawn W ROLE" -> "pid W PID";
+# "exit PID CODE" whenever a child ends (the zygote reaps them).
+
+def zygote_main(args):
+    import threading as _threading
+    out_lock = _threading.Lock()
+
+    def say(line):
+        with out_lock:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    def reaper():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                time.sleep(0.005)
+                continue
+            say(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+
+    _threading.Thread(target=reaper, daemon=True).start()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for line in sys.stdin:
+        _, w, role = line.split()
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(devnull, 0)
+            os.dup2(devnull, 1)
+            args.index, args.role = int(w), role
+            code = 0
+            try:
+                Worker(args).run()
+            except BaseException:  # noqa: B902 - reported on stderr, exit 1
+                import traceback
+                traceback.print_exc()
+                code = 1
+            os._exit(code)
+        say(f"pid {w} {pid}")
+    return 0
+
+
+class ZygoteChild:
+    """What the coordinator needs of a Popen, for a child of the zygote."""
+
+    def __init__(self, zygote, pid):
+        self.zygote, self.pid, self.returncode = zygote, pid, None
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = self.zygote.exits.get(self.pid)
+        return self.returncode
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() > end:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.0005)
+        return self.returncode
+
+    def kill(self):
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+class Zygote:
+    def __init__(self, cmd, env, log):
+        import queue
+        import threading as _threading
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=log, env=env, text=True, bufsize=1)
+        self.exits = {}
+        self.pids = queue.Queue()
+        _threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            kind, a, b = line.split()
+            if kind == "pid":
+                self.pids.put(int(b))
+            else:
+                self.exits[int(a)] = int(b)
+
+    def spawn(self, w, role):
+        self.proc.stdin.write(f"spawn {w} {role}\n")
+        self.proc.stdin.flush()
+        return ZygoteChild(self, self.pids.get(timeout=30))
+
+    def close(self):
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def proc_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 # ---- coordinator ----------------------------------------------------------------------------------
 
 def assign_roles(n, groups=GROUPS):
@@ -439,6 +562,10 @@ class Coordinator:
         self.spawned = 0
         self.exits = []             # unexpected exits: (position, role, returncode)
         self.slot_buf = ffi.new("sl_slot_info[]", self.lot.slots)
+        self.env = dict(os.environ, SHMLOT_WAITER=args.waiter)
+        self.zygote = None
+        if args.spawn == "zygote":
+            self.zygote = Zygote(self.worker_cmd("--zygote"), self.env, self.log)
 
     # -- processes --
 
@@ -446,13 +573,36 @@ class Coordinator:
         self.st[W_READY + w].store(0)
         self.st[W_PHASE + w].store(OUT)
         self.st[W_RFLAG + w].store(0)
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--lot", self.lot_name,
-               "--stats", self.stats_name, "--index", str(w), "--role", self.roles[w],
-               "--parties", str(self.parties)]
-        env = dict(os.environ, SHMLOT_WAITER=self.args.waiter)
-        self.procs[w] = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=self.log, env=env)
+        if self.zygote is not None:
+            self.procs[w] = self.zygote.spawn(w, self.roles[w])
+        else:
+            self.procs[w] = subprocess.Popen(
+                self.worker_cmd("--worker", "--index", str(w), "--role", self.roles[w]),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+                env=self.env)
         self.spawned += 1
+
+    def worker_cmd(self, *extra):
+        return [sys.executable, os.path.abspath(__file__), *extra, "--lot", self.lot_name,
+                "--stats", self.stats_name, "--parties", str(self.parties)]
+
+    def stop_and_wait(self, proc):
+        """SIGSTOP ``proc`` and wait until it is stopped: True, or False if it exited."""
+        os.kill(proc.pid, signal.SIGSTOP)
+        if self.zygote is None:
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)
+            if os.WIFSTOPPED(status):
+                return True
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return False
+        while True:
+            state = proc_state(proc.pid)
+            if state in ("T", "t"):
+                return True
+            if state in (None, "Z", "X") or proc.poll() is not None:
+                proc.wait(10)
+                return False
+            time.sleep(0.0001)
 
     def ready(self):
         return [w for w, p in self.procs.items()
@@ -475,10 +625,7 @@ class Coordinator:
         w = self.rng.choice(candidates)
         proc = self.procs[w]
         role = self.roles[w]
-        os.kill(proc.pid, signal.SIGSTOP)
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)
-        if not os.WIFSTOPPED(status):   # it exited by itself
-            proc.returncode = os.waitstatus_to_exitcode(status)
+        if not self.stop_and_wait(proc):   # it exited by itself
             self.exits.append((w, role, proc.returncode))
             self.spawn(w)
             return
@@ -585,7 +732,8 @@ class Coordinator:
             reports = {k: sorted(e & 0xFFFFFFFF for e in ledger if e >> 32 == i)
                        for i, k in enumerate(LOCKABLES)}
             summary = {
-                "waiter": args.waiter, "workers": len(self.roles), "seconds": round(elapsed, 2),
+                "waiter": args.waiter, "spawn": args.spawn, "workers": len(self.roles),
+                "seconds": round(elapsed, 2),
                 "kills": self.kills, "kills_per_second": round(self.kills / elapsed, 1),
                 "deferred": self.deferred, "spawned": self.spawned,
                 "kills_by_role": self.kills_by_role,
@@ -636,6 +784,8 @@ class Coordinator:
                         pass
                     p.kill()
                     p.wait()
+            if self.zygote is not None:
+                self.zygote.close()
             self.st.unlink()
             self.lot.unlink()
 
@@ -735,12 +885,17 @@ def main(argv=None):
                    help="every group must progress in each window of this many seconds (1.0)")
     p.add_argument("--groups", default=",".join(GROUPS),
                    help="comma-separated primitives to torture (default: all: %(default)s)")
+    p.add_argument("--spawn", choices=("exec", "zygote"), default="exec",
+                   help="start each worker as a new interpreter (exec, default) or fork it from "
+                   "a zygote process that has shmlot imported (replacements in about 1 ms, so "
+                   "the kill rate is not bounded by interpreter start-up)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--lot", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print only the JSON summary")
     p.add_argument("--debug", action="store_true", help="dump the lot's state on each stall")
     # worker mode (started by the coordinator)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--zygote", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--stats", help=argparse.SUPPRESS)
     p.add_argument("--index", type=int, help=argparse.SUPPRESS)
     p.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
@@ -749,6 +904,8 @@ def main(argv=None):
     if args.worker:
         Worker(args).run()
         return 0
+    if args.zygote:
+        return zygote_main(args)
     if not 2 <= args.workers <= MAXW:
         p.error(f"--workers must be in [2, {MAXW}]")
     args.groups = args.groups.split(",")
