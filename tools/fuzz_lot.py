@@ -40,6 +40,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -432,6 +433,8 @@ def main(argv=None):
     if args.prefix:
         PREFIX = args.prefix
     faulthandler.enable()
+    # a scribbled header may name another PID namespace: attach then warns, which is right
+    warnings.filterwarnings("ignore", message=".*another PID namespace", category=RuntimeWarning)
     if args.atheris:
         run_atheris(args, rest)
         return 0
