@@ -8,6 +8,7 @@ Three placements:
 
 Every primitive parks on the lot it was placed with (for ``at``: ``lot=`` or the default lot).
 """
+import os
 import sys
 import threading
 import weakref
@@ -39,11 +40,98 @@ def lot_by_name(name):
     return lot
 
 
-def _drop_ref(lot, index):
+# ---- registry references held by this process ------------------------------------------------
+#
+# Every Place on a registry record holds one reference to it (sl_object_ref), given back when the
+# Place is collected. Whatever this process still holds when it exits is given back by an exit
+# hook, because weakref finalizers do not run in multiprocessing's fork and forkserver children
+# (they leave through os._exit) and a record would never be freed. A fork child inherits its
+# parent's handles without references of its own (the parent's objects keep the record alive),
+# so it must never give those back: that would free the record under the parent, and the record
+# would be reused for another object.
+
+_taken = {}                 # (lot, index) -> references this process holds
+_taken_lock = threading.Lock()
+_hook_pid = None            # the process the exit hooks are registered in
+
+
+def _take(lot, index):
+    """Count one reference (already taken in the lot) as this process's."""
+    if _hook_pid != os.getpid():
+        _register_exit_hooks()
+    key = (lot, index)
+    with _taken_lock:
+        _taken[key] = _taken.get(key, 0) + 1
+
+
+def _drop_ref(lot, index, pid=None):
+    """Give back one reference taken by process ``pid`` (see above)."""
+    if pid is not None and pid != os.getpid():
+        return
+    key = (lot, index)
+    with _taken_lock:
+        n = _taken.get(key, 0)
+        if n <= 0:
+            return  # already given back by the exit hook
+        if n == 1:
+            del _taken[key]
+        else:
+            _taken[key] = n - 1
     try:
         lot._object_ref(index, -1)
     except Exception:  # interpreter shutdown, lot unmapped: nothing useful to do
         pass
+
+
+def _release_all():
+    """Exit hook: give back every reference this process still holds."""
+    if _hook_pid != os.getpid():
+        return
+    with _taken_lock:
+        items = list(_taken.items())
+        _taken.clear()
+    for (lot, index), n in items:
+        try:
+            lot._object_ref(index, -n)
+        except Exception:
+            pass
+
+
+def _forget_inherited():
+    """In a fork child: the parent's references are not ours."""
+    global _hook_pid
+    _taken.clear()
+    _hook_pid = None
+
+
+class _Anchor:
+    """What multiprocessing's after-fork registry holds on to (it keeps weak references)."""
+
+
+_anchor = _Anchor()
+
+
+def _register_exit_hooks():
+    global _hook_pid
+    import atexit
+    from multiprocessing import util
+    _hook_pid = os.getpid()
+    atexit.register(_release_all)  # a normal interpreter exit (spawn children, scripts)
+    # multiprocessing children run util._exit_function() before os._exit (fork, forkserver);
+    # their bootstrap clears the finalizers registered so far (a forkserver child unpickles its
+    # arguments, taking references, before that), then runs the after-fork hooks
+    util.Finalize(None, _release_all, exitpriority=-100)
+    util.register_after_fork(_anchor, _reregister_in_child)
+
+
+def _reregister_in_child(_anchor):
+    if _hook_pid == os.getpid():
+        from multiprocessing import util
+        util.Finalize(None, _release_all, exitpriority=-100)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited)
 
 
 class Place:
@@ -65,8 +153,11 @@ class Place:
         self.shm = shm
         self._finalizer = None
         if index is not None:
-            # one registry reference per Place; dropped when the Place is collected
-            self._finalizer = weakref.finalize(self, _drop_ref, lot, index)
+            # one registry reference per Place (taken by the caller); given back when the Place
+            # is collected, or at exit
+            _take(lot, index)
+            self._finalizer = weakref.finalize(self, _drop_ref, lot, index, os.getpid())
+            self._finalizer.atexit = False  # the exit hook gives back what is left
 
     def reduce_args(self):
         """What a pickled handle carries."""
@@ -97,7 +188,7 @@ def new_place(kind, name=None, lot=None):
         _check_object_name(name)
     index, created, actual = lot._object_create(name or "", kind)
     if actual != kind:
-        _drop_ref(lot, index)
+        lot._object_ref(index, -1)  # taken by _object_create, not yet counted as ours
         raise TypeError(f"object {name!r} in lot {lot.name!r} is a "
                         f"{KIND_NAMES.get(actual, actual)}, not a {KIND_NAMES[kind]}")
     offset = lot._object_offset(index)
