@@ -9,10 +9,14 @@ Nothing else is skipped.
 """
 import unittest
 
+import pytest
+
 import shmlot
 
 import lock_tests_shmlot as lt
 from _prim_helpers import BACKENDS, default_lot_env
+
+pytestmark = pytest.mark.timeout(120)
 
 REPR = "repr text: shmlot's reprs show the object's name and shared state, not threading's format"
 FORK_REINIT = ("fork re-init internals: shmlot objects live in shared memory and must survive "

@@ -18,6 +18,8 @@ from _prim_helpers import (child_env, locked_increments, plot, segment,  # noqa:
                            wait_parked_on)
 from conftest import parked, start_python, wait_until
 
+pytestmark = pytest.mark.timeout(60)
+
 FORK = multiprocessing.get_context("fork")
 SPAWN = multiprocessing.get_context("spawn")
 PARKED = _fast.PARKED_BIT
@@ -38,7 +40,6 @@ def uniq(tag):
 
 # ---- mutual exclusion ------------------------------------------------------------------------
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", MUTEX_KINDS)
 def test_mutual_exclusion_threads_fork_spawn_and_unrelated(plot, segment, kind):
     """Two threads here, a fork child (two threads), a spawn child and a ``python -c`` process
@@ -71,7 +72,6 @@ def locked_open(kind, name):
     return getattr(shmlot, kind)(name=name)
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_mutual_exclusion_many_threads_contended(plot, segment, kind):
     """Eight threads of one process hammering one lock: exact count, nobody left parked, the
@@ -89,7 +89,6 @@ def _lock_in_child_released_by_parent(lock, done):
     done.set()
 
 
-@pytest.mark.timeout(60)
 def test_lock_released_by_another_process(plot):
     """threading.Lock may be released by any thread: a shmlot Lock by any process too."""
     lock = shmlot.Lock()
@@ -111,7 +110,6 @@ def _rlock_release_from_child(rlock, q):
         q.put(f"RuntimeError: {exc}")
 
 
-@pytest.mark.timeout(60)
 def test_rlock_release_from_other_process_is_refused(plot):
     rlock = shmlot.RLock()
     rlock.acquire()
@@ -132,7 +130,6 @@ def _consume(sem, counter_sem, n):
         counter_sem.release()
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("ctx", [FORK, SPAWN], ids=["fork", "spawn"])
 def test_semaphore_tokens_across_processes(plot, ctx):
     """Tokens released here are consumed by two child processes, exactly: every release lets
@@ -164,7 +161,6 @@ def _pong(ping, pong, rounds):
         pong.set()
 
 
-@pytest.mark.timeout(60)
 def test_event_ping_pong_between_processes(plot):
     ping, pong = shmlot.Event(), shmlot.Event()
     rounds = 300
@@ -178,7 +174,6 @@ def test_event_ping_pong_between_processes(plot):
     assert p.exitcode == 0
 
 
-@pytest.mark.timeout(60)
 def test_event_set_wakes_waiters_in_other_processes(plot):
     """``python -c`` processes wait on a named Event; one set() here releases them all."""
     name = uniq("ev")
@@ -236,7 +231,6 @@ def assert_timed(fn, timeout, expect=False):
     assert timeout * 0.9 <= dt < timeout + 1.0, dt
 
 
-@pytest.mark.timeout(60)
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
 def test_lock_timeouts(plot, held_elsewhere, kind):
     """Held by another process: timeout -> False after about that long (main thread and another
@@ -259,7 +253,6 @@ def test_lock_timeouts(plot, held_elsewhere, kind):
     assert not lock._word() & PARKED
 
 
-@pytest.mark.timeout(60)
 def test_lock_timeout_with_two_waiters_keeps_parked_bit(plot, held_elsewhere):
     """One of two waiters times out: the other is still parked, PARKED stays set, and the
     release (by the other process) reaches it."""
@@ -280,7 +273,6 @@ def test_lock_timeout_with_two_waiters_keeps_parked_bit(plot, held_elsewhere):
     assert lock._word() == 0
 
 
-@pytest.mark.timeout(60)
 def test_semaphore_event_condition_timeouts(plot):
     sem = shmlot.Semaphore(0)
     assert_timed(lambda: sem.acquire(timeout=0.2), 0.2)
@@ -307,7 +299,6 @@ def test_semaphore_event_condition_timeouts(plot):
     assert not parked(plot)
 
 
-@pytest.mark.timeout(60)
 def test_condition_wait_timeout_while_other_process_holds_lock(plot, held_elsewhere):
     """A Condition waiter times out, then must re-acquire a lock another process holds: wait()
     returns (False) only once it holds the lock again."""
@@ -323,12 +314,14 @@ def test_condition_wait_timeout_while_other_process_holds_lock(plot, held_elsewh
     t = threading.Thread(target=waiter)
     t.start()
     wait_parked_on(plot, cond.key, 1)
-    # now hold the condition's lock in another process for a while
+    # now hold the condition's lock in another process
     held, release = FORK.Event(), FORK.Event()
     p = FORK.Process(target=_hold, args=(cond._lock, "Lock", held, release))
     p.start()
     assert held.wait(20)
-    time.sleep(0.4)  # past the waiter's timeout: it is now blocked on the lock
+    # past its timeout the waiter leaves the condition's queue and blocks on the lock
+    wait_parked_on(plot, cond._lock.key, 1)
+    assert not parked(plot, cond.key)
     assert len(out) == 1
     release.set()
     p.join(20)
