@@ -130,29 +130,30 @@ static inline int sl_pid_exists(uint32_t pid)
 
 /* Will thread `tid` of process `pid` (started at `start`) never run again? A SIGKILLed process
  * lingers as a zombie until its parent reaps it (which may take any time), and meanwhile
- * kill(pid, 0) still succeeds. A thread other than the main one is released the moment it exits,
- * so one tgkill(pid, tid, 0) answers for it. The main thread stays as the zombie: for it read
- * /proc (a few microseconds): gone if a zombie or exiting, or if the process start time differs
- * (a reused pid). A thread we cannot see (/proc hidden) counts as alive. Used where a dead thread
+ * kill(pid, 0) still succeeds; its threads also take a while to exit, during which they still
+ * exist. So read /proc/PID/task/TID/stat (a few microseconds): gone if the thread is gone, a
+ * zombie or exiting (PF_EXITING), or for the main thread if the process start time differs (a
+ * reused pid). A thread we cannot see (/proc hidden) counts as alive. Used where a dead thread
  * would otherwise absorb a wake-up meant for a live one. */
 static inline int sl_thread_gone(uint32_t pid, uint32_t tid, uint64_t start)
 {
-    if (pid == 0)
+    if (pid == 0 || !sl_pid_exists(pid))
         return 1;
-    if (tid != pid && tid != 0)
-        return syscall(SYS_tgkill, (pid_t)pid, (pid_t)tid, 0) != 0 && errno == ESRCH;
-    if (!sl_pid_exists(pid))
-        return 1;
-    char path[64], state;
+    char path[80], state;
     unsigned long flags = 0;
     uint64_t actual;
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    snprintf(path, sizeof path, "/proc/%u/task/%u/stat", pid, tid ? tid : pid);
     int r = sl_read_stat(path, &state, &flags, &actual);
-    if (r <= 0)
-        return r == 0 && !sl_pid_exists(pid); /* ENOENT with a live pid: /proc is hidden */
+    if (r < 0)
+        return 0;
+    if (r == 0) {
+        /* no such thread, unless the whole process is hidden from us (hidepid) */
+        snprintf(path, sizeof path, "/proc/%u/stat", pid);
+        return access(path, F_OK) == 0 || !sl_pid_exists(pid);
+    }
     if (state == 'Z' || state == 'X' || state == 'x' || (flags & SL_PF_EXITING))
         return 1;
-    return start != 0 && actual != start;
+    return (tid == pid || tid == 0) && start != 0 && actual != start;
 }
 
 #endif
