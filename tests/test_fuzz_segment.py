@@ -22,7 +22,6 @@ from conftest import NAME_PREFIX, REPO_ROOT, _remove_name, python_env, run_pytho
 
 FUZZ = os.path.join(REPO_ROOT, "tools", "fuzz_lot.py")
 BUCKETS_OFF = 4096      # lot.h: the buckets follow the 4 KiB header
-BUCKET_STRIDE = 64
 REGISTRY_MUTEX = 488    # offsetof(sl_header, registry_mutex) on x86-64 glibc
 
 
@@ -59,7 +58,7 @@ def test_fuzzed_segments_never_crash_or_hang(waiter, examples):
 SCRIBBLED_MUTEX_CHILD = """
 import json, mmap, struct, sys, threading, time
 import shmlot
-from shmlot._core import lib
+
 name, pos, word, waiter = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 lot = shmlot.ParkingLot.create(name, buckets=1, slots=8, waiter=waiter)
 lock = shmlot.Lock(name="l", lot=lot)

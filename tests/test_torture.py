@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from conftest import REPO_ROOT, python_env, start_python, wait_until
+from conftest import REPO_ROOT, python_env, start_python
 
 TORTURE = os.path.join(REPO_ROOT, "tools", "torture.py")
 

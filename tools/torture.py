@@ -146,6 +146,16 @@ class Stats:
         n = min(self.get(W_LEDGER_HEAD), LEDGER_CAP)
         return [self.get(W_LEDGER + i) for i in range(n)]
 
+    def record_death(self, lockable, exc):
+        """Append the dead owner an OwnerDiedError about ``lockable`` names to the ledger;
+        return its pid."""
+        m = DIED_PID.search(str(exc))
+        pid = int(m.group(1)) if m else 0
+        i = self.add(W_LEDGER_HEAD)
+        if i < LEDGER_CAP:
+            self[W_LEDGER + i].store(LOCKABLES.index(lockable) << 32 | pid)
+        return pid
+
     def unlink(self):
         try:
             _posixshmem.shm_unlink("/" + self.name)
@@ -208,12 +218,7 @@ class Worker:
     def report_death(self, lockable, exc):
         """Record the OwnerDiedError (still in phase ACQUIRING: the killer never kills a holder in
         that phase, so this record cannot be lost) and return the dead owner's pid."""
-        m = DIED_PID.search(str(exc))
-        pid = int(m.group(1)) if m else 0
-        i = self.st.add(W_LEDGER_HEAD)
-        if i < LEDGER_CAP:
-            self.st[W_LEDGER + i].store(LOCKABLES.index(lockable) << 32 | pid)
-        return pid
+        return self.st.record_death(lockable, exc)
 
     def enter(self, lockable, died):
         """Now holding ``lockable``: check and set its owner mark."""
@@ -837,19 +842,17 @@ class Coordinator:
             for k, lock in (("lock", o["lock"]), ("cond", o["cond"])):
                 try:
                     ok = lock.acquire(timeout=3)
-                    died = None
                 except OwnerDiedError as exc:
-                    ok, died = True, int(DIED_PID.search(str(exc)).group(1))
+                    ok = True
+                    self.st.record_death(k, exc)
                 if not ok:
                     raise RuntimeError(f"{k} cannot be acquired after the run")
-                if died is not None:
-                    self._ledger_add(k, died)
                 lock.release()
             try:
                 ok = o["rw"].acquire_write(timeout=3)
             except OwnerDiedError as exc:
                 ok = True
-                self._ledger_add("rw", int(DIED_PID.search(str(exc)).group(1)))
+                self.st.record_death("rw", exc)
             if not ok:
                 raise RuntimeError("RWLock write side cannot be acquired after the run "
                                    f"(state word {o['rw']._words[0].load():#x})")
@@ -867,11 +870,6 @@ class Coordinator:
         except Exception as exc:  # noqa: BLE001
             out["error"] = f"{type(exc).__name__}: {exc}"
         return out
-
-    def _ledger_add(self, lockable, pid):
-        i = self.st.add(W_LEDGER_HEAD)
-        if i < LEDGER_CAP:
-            self.st[W_LEDGER + i].store(LOCKABLES.index(lockable) << 32 | pid)
 
 
 def main(argv=None):
