@@ -400,7 +400,7 @@ def test_timed_out_after_requeue_gets_new_key(qlot, company):
         on_b = ParkerThread(qlot, B).start()
         wait_parked(qlot, B, 1)
     t = ParkerThread(qlot, A, timed_out=lambda k, last: calls.append((k, last)),
-                     timeout=1.0).start()
+                     timeout=1.5).start()
     wait_parked(qlot, A, 1)
     r = qlot.unpark_requeue(A, B, lambda: RequeueOp.REQUEUE_ALL)
     assert res_tuple(r) == (0, 1, False), "the requeue came after the parker's timeout"

