@@ -7,11 +7,49 @@ and a releaser changes the state *before* reading the count, so either the waite
 the new state, or the releaser sees the count and its unpark (which takes the same bucket lock)
 finds the waiter queued.
 """
+import random
+import threading
+import time
+
 from ._core import lib
+from ._results import PARK_TIMED_OUT
+from .errors import LotFullError
 from .lot import check_timeout, deadline_after
 from .spinwait import SpinWait
 
-__all__ = ["Deadline", "wait_until", "acquire_timeout"]
+__all__ = ["Deadline", "wait_until", "acquire_timeout", "park", "full_backoff"]
+
+FULL_BACKOFF_MIN = 0.0005  # seconds; doubles per consecutive full park, up to FULL_BACKOFF_MAX
+FULL_BACKOFF_MAX = 0.05
+_full = threading.local()
+
+
+def park(lot, key, validate, before_sleep, timed_out, park_token, timeout, poll=None, poll_ns=0,
+         hint=0):
+    """``lot._park`` for the primitives, which never raise LotFullError (SPEC section 6): when
+    every slot of the lot is taken, wait a little (``full_backoff``) and return a *timed out*
+    result, so that the caller re-checks its condition and parks again. Nothing was queued and
+    ``before_sleep`` did not run."""
+    try:
+        result = lot._park(key, validate, before_sleep, timed_out, park_token, timeout, poll,
+                           poll_ns, hint)
+    except LotFullError:
+        full_backoff(lot, timeout)
+        return PARK_TIMED_OUT
+    _full.n = 0
+    return result
+
+
+def full_backoff(lot, timeout=None):
+    """No free slot: count it (counter ``full_waits``) and sleep a randomised, growing interval
+    (never past ``timeout`` seconds), so that parked threads get to leave and free theirs."""
+    lot._count(lib.SL_C_FULL_WAITS)
+    n = getattr(_full, "n", 0)
+    _full.n = min(n + 1, 8)
+    delay = min(FULL_BACKOFF_MIN * (1 << n), FULL_BACKOFF_MAX) * (0.5 + random.random())
+    if timeout is not None:
+        delay = min(delay, timeout)
+    time.sleep(delay)
 
 
 class Deadline:
@@ -80,6 +118,6 @@ def wait_until(lot, key, try_take, blocked, waiters, deadline, poll=None, poll_n
             remaining = deadline.remaining()
             if remaining == 0.0:
                 return None
-            lot._park(key, blocked, None, None, park_token, remaining, poll, poll_ns)
+            park(lot, key, blocked, None, None, park_token, remaining, poll, poll_ns)
     finally:
         waiters.fetch_sub(1)

@@ -15,7 +15,7 @@ from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from ._core import lib
-from ._waiting import Deadline
+from ._waiting import Deadline, park
 
 __all__ = ["Barrier", "BrokenBarrierError"]
 
@@ -196,7 +196,7 @@ class Barrier(Primitive):
                 if remaining == 0.0:
                     self._break()  # threading: a timeout breaks the barrier
                     raise BrokenBarrierError
-                lot._park(key, waiting, None, None, 0, remaining, party_died, POLL_NS)
+                park(lot, key, waiting, None, None, 0, remaining, party_died, POLL_NS)
         finally:
             self._words[2].fetch_sub(1)
 

@@ -13,7 +13,9 @@ import time
 
 from . import _fast
 from . import _placement as _pl
+from . import _waiting
 from . import locks as _locks
+from .errors import LotFullError
 from ._results import RequeueOp
 from .lot import check_timeout
 
@@ -125,6 +127,16 @@ class Condition:
                                lock_owner_dead, _locks.OWNER_POLL_NS, 0)
             handed_off = result.is_unparked and result.token == TOKEN_HANDOFF
             return result.is_unparked or bool(requeued)
+        except LotFullError:
+            # No slot to wait in (never queued, the lock still held). The primitives do not
+            # raise LotFullError: back off with the lock released (whoever would notify us, or
+            # free a slot, may need it), take it back, and return as from a spurious wake-up.
+            state = lock._release_save()
+            try:
+                _waiting.full_backoff(lot, timeout)
+            finally:
+                lock._acquire_restore(state)
+            return True
         except BaseException as exc:
             r = getattr(exc, "shmlot_park_result", None)
             handed_off = r is not None and r.token == TOKEN_HANDOFF

@@ -5,7 +5,7 @@ parking, so a two-process ping-pong usually completes without a system call.
 """
 from . import _placement as _pl
 from ._base import Primitive
-from ._waiting import Deadline
+from ._waiting import Deadline, park
 from .spinwait import SpinWait
 
 __all__ = ["Event"]
@@ -84,7 +84,7 @@ class Event(Primitive):
                     return flag.load() == 1
                 # re-check the flag every POLL_NS: a set() killed between its swap and its
                 # unpark_all must not leave us asleep
-                r = lot._park(key, blocked, None, None, 0, remaining, is_set, POLL_NS)
+                r = park(lot, key, blocked, None, None, 0, remaining, is_set, POLL_NS)
                 if saw_set or (r.is_unparked and r.token == TOKEN_SET):
                     return True
         finally:

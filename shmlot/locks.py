@@ -12,10 +12,10 @@ the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``un
   (``be_fair``: the word gets the woken thread's identity, token HANDOFF) or unlock and leave
   PARKED set only if more threads wait.
 """
-import os
 
 from . import _fast
 from . import _placement as _pl
+from . import _waiting
 from .spinwait import SpinWait
 from .errors import OwnerDiedError
 from .lot import check_timeout, deadline_after
@@ -107,8 +107,8 @@ class _WordLock:
             if deadline:
                 remaining = max(0.0, (deadline - lib.sl_now_ns()) / 1e9)
             try:
-                result = lot._park(key, validate, None, timed_out, TOKEN_NORMAL, remaining,
-                                   poll, OWNER_POLL_NS, word)
+                result = _waiting.park(lot, key, validate, None, timed_out, TOKEN_NORMAL,
+                                       remaining, poll, OWNER_POLL_NS, word)
             except BaseException as exc:
                 # Ctrl-C while parked: if the lock was handed to us meanwhile, give it back.
                 r = getattr(exc, "shmlot_park_result", None)

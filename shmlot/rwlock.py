@@ -22,7 +22,7 @@ from . import _placement as _pl
 from ._base import Primitive
 from ._core import lib
 from ._results import FilterOp
-from ._waiting import Deadline, acquire_timeout
+from ._waiting import Deadline, acquire_timeout, park
 from .errors import OwnerDiedError
 from .locks import LOCKED, OWNER_POLL_NS, owner_alive
 from .spinwait import SpinWait
@@ -218,8 +218,8 @@ class RWLock(Primitive):
                     self._reclaim()
                     return try_take(granted)
                 try:
-                    r = lot._park(key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
-                                  self._words[0].load())
+                    r = park(lot, key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
+                             self._words[0].load())
                 except BaseException as exc:
                     r = getattr(exc, "shmlot_park_result", None)
                     if r is not None and r.token == TOKEN_READ_HANDOFF:
