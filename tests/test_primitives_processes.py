@@ -14,8 +14,8 @@ import pytest
 import shmlot
 from shmlot import _fast
 
-from _prim_helpers import (child_env, locked_increments, plot, segment,  # noqa: F401 (fixtures)
-                           wait_parked_on)
+from _prim_helpers import (child_env, default_lot_env, locked_increments, plot,  # noqa: F401
+                           segment, wait_parked_on)
 from conftest import parked, start_python, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -484,3 +484,94 @@ def test_bad_names(plot):
         shmlot.Event(name=3)
     with pytest.raises(TypeError):
         shmlot.Lock(lot="not a lot")
+
+
+# ---- a full lot ------------------------------------------------------------------------------
+
+@pytest.fixture
+def tiny_lot(waiter):
+    """A default lot with only two slots: a third thread cannot park."""
+    with default_lot_env(waiter, slots=2) as lot:
+        yield lot
+
+
+def full_waits(lot):
+    return lot.info()["counters"]["full_waits"]
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Semaphore", "Event", "Condition", "RWLock",
+                                  "Barrier"])
+def test_full_lot_primitives_wait_instead_of_raising(tiny_lot, kind):
+    """Five threads block on a primitive in a lot with two slots: the three without a slot back
+    off and retry (counted in full_waits) instead of raising LotFullError; all five get through
+    once the primitive is released. SPEC section 6."""
+    objs = {"Lock": shmlot.Lock, "RLock": shmlot.RLock, "Semaphore": lambda: shmlot.Semaphore(0),
+            "Event": shmlot.Event, "Condition": shmlot.Condition, "RWLock": shmlot.RWLock,
+            "Barrier": lambda: shmlot.Barrier(6)}
+    obj = objs[kind]()
+    if kind in ("Lock", "RLock"):
+        obj.acquire()
+    elif kind == "RWLock":
+        obj.acquire_write()
+    errors, done = [], []
+
+    def work():
+        try:
+            if kind in ("Lock", "RLock"):
+                with obj:
+                    pass
+            elif kind == "Semaphore":
+                assert obj.acquire(timeout=30)
+            elif kind == "Event":
+                assert obj.wait(30)
+            elif kind == "Condition":
+                with obj:
+                    obj.wait_for(lambda: flag, 30)
+            elif kind == "RWLock":
+                with obj.read():
+                    pass
+            elif kind == "Barrier":
+                obj.wait(30)
+            done.append(True)
+        except BaseException as exc:  # noqa: B902
+            errors.append(exc)
+
+    flag = False
+    threads = [threading.Thread(target=work) for _ in range(5)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: full_waits(tiny_lot) > 0 and len(parked(tiny_lot)) == 2,
+               message="lot full, two parked")
+    if kind in ("Lock", "RLock"):
+        obj.release()
+    elif kind == "RWLock":
+        obj.release_write()
+    elif kind == "Semaphore":
+        obj.release(5)
+    elif kind == "Event":
+        obj.set()
+    elif kind == "Condition":
+        with obj:
+            flag = True
+            obj.notify_all()
+    elif kind == "Barrier":
+        obj.wait(30)
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert errors == [] and len(done) == 5
+    assert not parked(tiny_lot)
+
+
+def test_public_park_still_raises_lot_full(tiny_lot):
+    """The low-level park() does raise LotFullError (SPEC section 6); only primitives wait."""
+    ts = [threading.Thread(target=tiny_lot.park, args=(1,), kwargs={"timeout": 10})
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    wait_until(lambda: len(parked(tiny_lot)) == 2, message="two parked")
+    with pytest.raises(shmlot.LotFullError):
+        tiny_lot.park(1, timeout=5)
+    tiny_lot.unpark_all(1)
+    for t in ts:
+        t.join(10)
