@@ -267,7 +267,11 @@ class RLock(_WordLock, _fast.RLockCore):
         return count
 
     def _acquire_restore(self, count):
-        self.acquire()
+        try:
+            self.acquire()
+        except OwnerDiedError:
+            self._set_count(count)  # held again, at the depth the caller expects
+            raise
         self._set_count(count)
 
     def __repr__(self):
