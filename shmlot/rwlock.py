@@ -35,6 +35,9 @@ TOKEN_READ_GRANT = 2    # "you may read although writers wait" (the state was no
 TOKEN_READ_HANDOFF = 3  # "you read now": the releasing writer added your share to the state
 
 
+_reads = threading.local()
+
+
 def _unpark_every_reader(_park_token):
     return FilterOp.UNPARK
 
@@ -57,10 +60,22 @@ class RWLock(Primitive):
     def _bind(self, place):
         super()._bind(place)
         self._wkey = (place.key + 8) & 0xFFFFFFFFFFFFFFFF
-        self._local = threading.local()
+        self._rkey = (place.lot.name, place.key)
 
+    # Read shares of the calling thread, per lock (not per handle: two handles on one RWLock,
+    # e.g. a named one opened twice, are the same lock for re-entrant reads).
     def _my_reads(self):
-        return getattr(self._local, "reads", 0)
+        return getattr(_reads, "d", {}).get(self._rkey, 0)
+
+    def _add_my_reads(self, n):
+        d = getattr(_reads, "d", None)
+        if d is None:
+            d = _reads.d = {}
+        left = d.get(self._rkey, 0) + n
+        if left:
+            d[self._rkey] = left
+        else:
+            d.pop(self._rkey, None)
 
     # -- dead holders --
 
@@ -110,7 +125,7 @@ class RWLock(Primitive):
         """Record a read share this thread now has (counted in the state word)."""
         pid, tid, start = _fast.self_ident()
         self._place.lot._hold_add(self._place.key, pid, tid, start, READ_HOLD)
-        self._local.reads = self._my_reads() + 1
+        self._add_my_reads(1)
 
     def acquire_read(self, blocking=True, timeout=-1):
         """Take a read share; returns False on timeout / when non-blocking and unavailable."""
@@ -132,7 +147,7 @@ class RWLock(Primitive):
             raise RuntimeError("cannot release un-acquired read lock")
         pid, tid, _ = _fast.self_ident()
         self._place.lot._hold_remove(self._place.key, pid, tid, READ_HOLD)
-        self._local.reads -= 1
+        self._add_my_reads(-1)
         s = self._words[0].fetch_sub(READER) - READER
         self._after_reader_exit(s)
 
