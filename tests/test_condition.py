@@ -327,3 +327,31 @@ def test_notifier_killed_holding_lock(plot):
     assert sorted(map(str, outcomes)) == ["(True, True)", "(True, True)", "OwnerDiedError"]
     assert time.monotonic() - killed_at < 2.0
     assert not cond._lock.locked()
+
+
+def test_owner_died_in_wait_restores_rlock_depth(plot):
+    """wait() at recursion depth 2 whose re-acquire finds the notifier dead: OwnerDiedError, and
+    the RLock is held at depth 2 again, so the caller's two releases balance."""
+    cond = shmlot.Condition()
+    out = []
+
+    def waiter():
+        with cond:
+            with cond:
+                try:
+                    cond.wait(30)
+                except shmlot.OwnerDiedError:
+                    out.append(("died", cond._lock._recursion_count()))
+        out.append(("after", cond._lock._recursion_count(), cond._lock.locked()))
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_parked_on(plot, cond.key, 1)
+    go = FORK.Event()
+    p = FORK.Process(target=_notify_all_then_die, args=(cond, go))
+    p.start()
+    wait_parked_on(plot, cond._lock.key, 1)
+    go.set()
+    p.join(10)
+    t.join(10)
+    assert out == [("died", 2), ("after", 0, False)]

@@ -329,3 +329,21 @@ def test_named_rwlock_across_unrelated_processes(plot):
     out, err = child.communicate(timeout=20)
     assert out.strip() == "True", err
     shmlot.unlink_object(name)
+
+
+def test_reentrant_read_through_another_handle(plot):
+    """Re-entrancy is per lock, not per handle: a second handle on the same named RWLock (or an
+    unpickled copy) may re-read while a writer waits."""
+    name = f"rw2-{os.getpid()}-{time.monotonic_ns()}"
+    a = shmlot.RWLock(name=name)
+    b = shmlot.RWLock(name=name)
+    a.acquire_read()
+    writer = threading.Thread(target=lambda: (b.acquire_write(timeout=20), b.release_write()))
+    writer.start()
+    wait_parked_on(plot, a._wkey, 1)
+    assert b.acquire_read(timeout=2) is True
+    b.release_read()
+    a.release_read()
+    writer.join(10)
+    assert not writer.is_alive()
+    shmlot.unlink_object(name)
