@@ -242,10 +242,12 @@ def kill(p):
     assert p.exitcode == -signal.SIGKILL
 
 
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
 @pytest.mark.parametrize("notify", ["notify", "notify_all"])
-def test_killed_waiter_never_absorbs_notify(plot, notify):
+def test_killed_waiter_never_absorbs_notify(plot, notify, reaped):
     """Two processes die while waiting, ahead of a live thread in the queue: notify() (n=1)
-    still reaches the live one, and the dead ones wake nobody and are gone from the lot."""
+    still reaches the live one, and the dead ones wake nobody and are gone from the lot; also
+    while the dead are zombies (killed, not yet waited for by their parent)."""
     cond = shmlot.Condition()
     dead = []
     for i in range(2):
@@ -257,7 +259,11 @@ def test_killed_waiter_never_absorbs_notify(plot, notify):
     live.start()
     wait_parked_on(plot, cond.key, 3)
     for p in dead:
-        kill(p)
+        if reaped:
+            kill(p)
+        else:
+            os.kill(p.pid, signal.SIGKILL)
+            wait_until(lambda: zombie(p.pid), message="a zombie")
     # a death is no notification: the live waiter is still waiting
     assert live.is_alive() and live.result is None
     assert len(parked(plot, cond.key)) >= 1
@@ -267,6 +273,16 @@ def test_killed_waiter_never_absorbs_notify(plot, notify):
     assert live.outcome() == (True, True)
     assert time.monotonic() - t0 < 1.0
     assert not parked(plot)
+    for p in dead:
+        p.join(10)
+
+
+def zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
 
 
 def _notified_then_wait_for_lock(cond, ready):

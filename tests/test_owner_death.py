@@ -136,10 +136,12 @@ def deaths(lot):
 
 # ---- killed while holding ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_holder_killed_blocked_waiter_gets_it(plot, kind):
+def test_holder_killed_blocked_waiter_gets_it(plot, kind, reaped):
     """A waiter already blocked when the holder is SIGKILLed gets the lock within 1 s, with
-    OwnerDiedError, holding it; it can release it; a later acquire is normal."""
+    OwnerDiedError, holding it; it can release it; a later acquire is normal. The same while
+    the dead holder is a zombie (its parent has not waited for it yet)."""
     obj = make(kind)
     child = start_child(_hold_forever, obj)
     wait_until(lambda: word(obj) & LOCKED and word_pid(obj) == child.pid, message="child holds")
@@ -147,8 +149,13 @@ def test_holder_killed_blocked_waiter_gets_it(plot, kind):
     waiter = Acquirer(obj)
     waiter.start()
     wait_parked_on(plot, park_key(obj), 1)
-    killed_at = kill(child)
+    if reaped:
+        killed_at = kill(child)
+    else:
+        os.kill(child.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
     assert waiter.result() == "died"
+    child.join(10)
     assert waiter.when - killed_at < DEATH_BOUND
     assert waiter.held, "OwnerDiedError must leave the lock held by the caller"
     if kind == "RLock":
