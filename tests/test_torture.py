@@ -13,18 +13,35 @@ import textwrap
 
 import pytest
 
-from conftest import REPO_ROOT, python_env, start_python
+from conftest import REPO_ROOT, _remove_name, new_lot_name, python_env, start_python
 
 TORTURE = os.path.join(REPO_ROOT, "tools", "torture.py")
 
 
 def torture(*args, timeout=90):
-    proc = subprocess.run([sys.executable, TORTURE, "--json", *args], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO_ROOT, env=python_env())
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"no summary (exit {proc.returncode})\n{proc.stderr}"
-    summary = json.loads(lines[-1])
-    return proc.returncode, summary
+    """Run the tool on a lot named under this session's prefix (so the leak check covers it);
+    on a timeout, SIGTERM lets it kill its workers and unlink its lot before we give up."""
+    name = new_lot_name("torture-")
+    proc = subprocess.Popen([sys.executable, TORTURE, "--json", "--lot", name, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=REPO_ROOT, env=python_env())
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        pytest.fail(f"torture did not finish in {timeout} s\n{err[-3000:]}")
+    finally:
+        for entry in os.listdir("/dev/shm"):
+            if entry.startswith(name):
+                _remove_name(entry)
+    lines = out.strip().splitlines()
+    assert lines, f"no summary (exit {proc.returncode})\n{err}"
+    return proc.returncode, json.loads(lines[-1])
 
 
 def check_run(rc, s):

@@ -42,7 +42,7 @@ for p in (REPO, HERE):
         sys.path.insert(0, p)
 
 import shmlot  # noqa: E402
-from torture import Stats  # noqa: E402  (a segment of u64 atomics by index)
+from torture import Stats, die_with_parent, on_termination_signals_exit  # noqa: E402
 
 GENEROUS = 5.0        # seconds: a wait that must not time out
 TINY = 0.0005         # seconds: a wait that may
@@ -409,8 +409,10 @@ def main(argv=None):
     p.add_argument("--index", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        die_with_parent()
         Worker(args).run()
         return 0
+    on_termination_signals_exit()
     s = coordinator(args)
     for k, v in s.items():
         if k != "log":

@@ -186,6 +186,28 @@ def word_holder(word):
     return _fast.word_owner(word)[0]
 
 
+def die_with_parent():
+    """A worker or the zygote must not outlive the process that started it (a coordinator killed
+    by a timeout would otherwise leave its workers hammering the lot forever)."""
+    import ctypes
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent or parent == 1:
+        os._exit(1)
+
+
+def on_termination_signals_exit():
+    """SIGTERM/SIGHUP unwind the coordinator (its finally kills the workers and unlinks the
+    lot) instead of killing it on the spot."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 # ---- worker ---------------------------------------------------------------------------------------
 
 DIED_PID = re.compile(r"pid (\d+)")
@@ -441,6 +463,7 @@ def zygote_main(args):
         _, w, role = line.split()
         pid = os.fork()
         if pid == 0:
+            die_with_parent()
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
             args.index, args.role = int(w), role
@@ -900,10 +923,13 @@ def main(argv=None):
     p.add_argument("--parties", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
+        die_with_parent()
         Worker(args).run()
         return 0
     if args.zygote:
+        die_with_parent()
         return zygote_main(args)
+    on_termination_signals_exit()
     if not 2 <= args.workers <= MAXW:
         p.error(f"--workers must be in [2, {MAXW}]")
     args.groups = args.groups.split(",")
