@@ -112,14 +112,15 @@ class SemaphoreWaiter:
     def sleep(self, slot, deadline_ns):
         if lib.sl_park_is_unparked(self._l, slot):
             return UNPARKED
-        timeout = max(0, deadline_ns - lib.sl_now_ns()) / 1e9
-        try:
-            self._sem(slot).acquire(timeout)
-        except self._ipc.BusyError:
-            pass
-        except self._ipc.SignalError:
-            return INTERRUPTED
-        return UNPARKED if lib.sl_park_is_unparked(self._l, slot) else SLICE_OVER
+        self._sem(slot)  # make sure it exists (created through posix_ipc, with the lot's mode)
+        # The blocking wait is the core's sem_clockwait: posix_ipc's acquire() would turn the
+        # exception of a Python signal handler (other than SIGINT's) into its SignalError.
+        r = lib.sl_sem_wait(self._l, slot, self._lot_id, deadline_ns)
+        if r < 0:
+            return SLICE_OVER
+        if lib.sl_park_is_unparked(self._l, slot):
+            return UNPARKED
+        return INTERRUPTED if r == 2 else SLICE_OVER
 
     def wake(self, woken, n):
         for i in range(n):

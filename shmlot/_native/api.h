@@ -205,6 +205,12 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
 int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word,
                  uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap);
 
+/* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc,
+ * named as _waiters.SemaphoreWaiter.sem_name) until posted (0), deadline (1) or a signal (2).
+ * The wait is here rather than in posix_ipc because posix_ipc replaces the exception of any
+ * Python signal handler but SIGINT's by its own SignalError, losing it. */
+int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);
+
 /* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
 int sl_test_set_die_at(const char *step);
 /* CDEF END */

@@ -361,6 +361,7 @@ void sl_close(sl_lot *l)
 {
     if (!l)
         return;
+    sl_sem_close_all(l);
     munmap(l->base, l->size);
     close(l->fd);
     free(l);

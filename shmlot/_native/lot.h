@@ -102,6 +102,7 @@ struct sl_lot {
     uint32_t waiter;
     int mutex_kind;
     uint64_t dev, ino;       /* the segment's file: a mutex holder must have it mapped */
+    void **sems;             /* semaphore backend: sem_t * per slot, opened on first wait */
 };
 
 static inline sl_header *HDR(sl_lot *l) { return (sl_header *)l->base; }
@@ -153,6 +154,8 @@ int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *mor
 int sl_fair_timeout(sl_bucket *bk);
 void sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token);
 void sl_wake_slots(sl_lot *l, const uint32_t *woken, int n);
+
+void sl_sem_close_all(sl_lot *l);
 
 extern __thread int sl_in_callback;
 
