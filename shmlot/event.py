@@ -1,7 +1,13 @@
 """``Event``, as in ``threading``, across processes.
 
-Words: [0] the flag (0 or 1), [1] how many threads may be parked. ``wait`` spins briefly before
-parking, so a two-process ping-pong usually completes without a system call.
+Words: [0] bit 0 the flag, bits 1-63 a generation that every set() of an unset event advances;
+[1] how many threads may be parked. ``wait`` spins briefly before parking, so a two-process
+ping-pong usually completes without a system call.
+
+As in threading, a waiter released by a ``set()`` returns True even if the flag was cleared again
+before it ran. It knows from the generation: one that moved since the wait began means a set()
+happened during the wait. (A wake-up token could not say this: a late wake-up from an earlier
+set() would release a later wait that no set() answered.)
 """
 from . import _placement as _pl
 from ._base import Primitive
@@ -10,7 +16,9 @@ from .spinwait import SpinWait
 
 __all__ = ["Event"]
 
-TOKEN_SET = 1  # the unpark token of a set(): "the flag was set while you waited"
+FLAG = 1
+GEN_ONE = 2
+GEN_MASK = (1 << 64) - 2
 POLL_NS = 200_000_000
 
 
@@ -30,63 +38,60 @@ class Event(Primitive):
         obj = cls.__new__(cls)
         obj._bind(cls._at_place(buffer, offset, lot, key))
         if init_value:
-            obj._words[0].store(1)
+            obj._words[0].fetch_or(FLAG)
         return obj
 
     def is_set(self):
-        return self._words[0].load() == 1
+        return bool(self._words[0].load() & FLAG)
 
     isSet = is_set  # threading keeps the old spelling too
 
     def set(self):
         """Set the flag and wake every waiter."""
-        if self._words[0].swap(1) == 0 and self._words[1].load():
-            self._place.lot.unpark_all(self._place.key, TOKEN_SET)
+        word = self._words[0]
+        w = word.load()
+        while not w & FLAG:
+            ok, w = word.compare_exchange(w, ((w + GEN_ONE) & GEN_MASK) | FLAG)
+            if ok:
+                if self._words[1].load():
+                    self._place.lot.unpark_all(self._place.key)
+                return
 
     def clear(self):
-        self._words[0].store(0)
+        self._words[0].fetch_and(GEN_MASK)
 
     def wait(self, timeout=None):
-        """Block until the flag is set or ``timeout`` seconds pass; return the flag.
-
-        As in threading, a waiter that a ``set()`` released returns True even if the flag was
-        cleared again before it ran: the wake-up says so (token TOKEN_SET), as does a park whose
-        validate found the flag set."""
+        """Block until the flag is set or ``timeout`` seconds pass; return the flag (True also
+        when a set() released this wait and a clear() followed before it ran, as in threading)."""
         deadline = Deadline(timeout)  # checks the timeout (ValueError/TypeError) up front
-        flag = self._words[0]
-        if flag.load() == 1:
+        word = self._words[0]
+        start = word.load()
+        if start & FLAG:
             return True
+        gen = start & GEN_MASK
+
+        def done():  # set now, or set (and maybe cleared) since this wait began
+            w = word.load()
+            return bool(w & FLAG) or (w & GEN_MASK) != gen
+
         spin = SpinWait()
         while spin.spin():
-            if flag.load() == 1:
+            if done():
                 return True
         if deadline.passed():
-            return flag.load() == 1
+            return done()
         lot, key, waiters = self._place.lot, self._place.key, self._words[1]
-        saw_set = []
-
-        def is_set():
-            return flag.load() == 1
-
-        def blocked():
-            if flag.load() == 1:
-                saw_set.append(True)
-                return False
-            return True
-
-        waiters.fetch_add(1)  # before the re-check below: set() reads it after its swap
+        waiters.fetch_add(1)  # before the re-check below: set() reads it after its CAS
         try:
             while True:
-                if flag.load() == 1:
+                if done():
                     return True
                 remaining = deadline.remaining()
                 if remaining == 0.0:
-                    return flag.load() == 1
-                # re-check the flag every POLL_NS: a set() killed between its swap and its
-                # unpark_all must not leave us asleep
-                r = park(lot, key, blocked, None, None, 0, remaining, is_set, POLL_NS)
-                if saw_set or (r.is_unparked and r.token == TOKEN_SET):
-                    return True
+                    return done()
+                # re-check every POLL_NS: a set() killed between its CAS and its unpark_all
+                # must not leave us asleep
+                park(lot, key, lambda: not done(), None, None, 0, remaining, done, POLL_NS)
         finally:
             waiters.fetch_sub(1)
 

@@ -349,8 +349,8 @@ def _decode(kind, data, live, holds):
             return f"value {data[0]}/{data[2]}", details, None
         return f"value {data[0]}", details, None
     if kind == _pl.EVENT:
-        details["set"] = data[0] == 1
-        return ("set" if data[0] == 1 else "unset"), details, None
+        details["set"] = bool(data[0] & 1)  # bit 0 the flag, the rest a generation
+        return ("set" if data[0] & 1 else "unset"), details, None
     if kind == _pl.BARRIER:
         s = data[1]
         details["parties"] = data[0]
