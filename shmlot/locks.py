@@ -19,7 +19,7 @@ from . import _waiting
 from .spinwait import SpinWait
 from .errors import OwnerDiedError
 from .lot import check_timeout, deadline_after
-from ._core import lib
+from ._core import ffi, lib
 
 __all__ = ["Lock", "RLock", "OwnerDiedError"]
 
@@ -153,27 +153,18 @@ class _WordLock:
         self.release()
 
     def _release_slow(self, force_fair=False):
-        place = self._place
-
-        def callback(result):
-            if result.unparked_threads and (force_fair or result.be_fair):
-                pid, tid, start = result._first_owner
-                new = _fast.owner_bits(pid, tid, start) | LOCKED
-                if result.have_more_threads:
-                    new |= PARKED
-                self._store_word(new)
-                lib.sl_count(place.lot._l, lib.SL_C_FAIR_HANDOFFS, 1)
-                return TOKEN_HANDOFF
-            self._store_word(PARKED if result.have_more_threads else 0)
-            return TOKEN_NORMAL
-
-        place.lot.unpark_one(place.key, callback)
+        """RawMutex::unlock_slow, in the core (one call, no Python callback): unpark the first
+        waiter; on be_fair (or ``force_fair``) hand the lock over with the waiter's identity
+        already in the word, else unlock; PARKED stays set while more wait."""
+        self._place.lot._word_unlock(self._place.key, self._word_ptr, force_fair)
 
     # -- shared plumbing --
 
     def _init_place(self, place):
         self._place = place
         self._CORE.__init__(self, place.buffer, place.offset)
+        # the word's address in this process, for the core's lock-word operations
+        self._word_ptr = ffi.cast("uint64_t *", self._address)
 
     @property
     def key(self):

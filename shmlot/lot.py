@@ -591,6 +591,17 @@ class ParkingLot:
         self._wake(t, n)
         return result
 
+    # -- lock words (Lock, RLock): the core's unlock_slow --
+
+    def _word_unlock(self, key, word_ptr, force_fair=False):
+        """Unlock a LOCKED|PARKED lock word (see sl_word_unlock); returns how many were woken."""
+        h = self._h()
+        t = self._tl()
+        n = _check(lib.sl_word_unlock(h, key, word_ptr, bool(force_fair), t.woken, self._slots),
+                   "unlock")
+        self._wake(t, n)
+        return n
+
     # -- objects (the registry primitives live in) --
 
     def _object_create(self, name, kind):

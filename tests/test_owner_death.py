@@ -292,13 +292,9 @@ def _release_and_die(obj, go, how):
     if how in ("unpark_locked", "unpark_before_wake"):
         lib.sl_test_set_die_at(how.encode())
     elif how.startswith("in_callback"):
-        # inside the unpark callback, under the bucket lock, right after the word is changed
-        real_store = obj._store_word
-
-        def store_and_die(value):
-            real_store(value)
-            die()
-        obj._store_word = store_and_die
+        # inside unlock_slow, under the bucket lock, right after the word is changed (hand-off
+        # or unlock) and before the waiter is dequeued and woken
+        lib.sl_test_set_die_at(b"word_unlock_locked")
         if how == "in_callback_fair":
             obj._release_slow = lambda: type(obj)._release_slow(obj, force_fair=True)
     elif how == "before_unpark":
@@ -527,3 +523,64 @@ def test_own_pid_with_other_start_time_is_dead(plot, shm):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def _wait_to_write_forever(rw):
+    rw.acquire_write()
+    time.sleep(120)
+
+
+def test_rwlock_waiting_writer_killed_does_not_keep_readers_out(plot):
+    """A writer killed while waiting (behind a reader) must not keep new readers out forever
+    (a waiting writer makes new readers queue behind it): its wait is taken back within 1 s."""
+    rw = shmlot.RWLock()
+    rw.acquire_read()
+    child = start_child(_wait_to_write_forever, rw)
+    wait_parked_on(plot, rw._wkey, 1)
+    got = []
+    t = threading.Thread(target=lambda: got.append((rw.acquire_read(timeout=10),
+                                                    time.monotonic())))
+    t.start()
+    wait_parked_on(plot, rw.key, 1)  # queued behind the waiting writer
+    killed_at = kill(child)
+    t.join(10)
+    assert got and got[0][0] is True
+    assert got[0][1] - killed_at < DEATH_BOUND
+    assert rw._words[2].load() == 0
+    rw.release_read()  # (the other thread's share is still in: the lock is read, not free)
+    assert rw.acquire_write(blocking=False) is False
+    assert rw.acquire_read(blocking=False) is True  # no writer is waiting any more
+    rw.release_read()
+
+
+def _read_and_die_mid_update(rw, step):
+    """Take a read share (or give one back) and SIGKILL ourselves in the middle of it: between
+    the hold and the count, with the RWLock's internal mutex held."""
+    lot = rw._place.lot
+    die = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+    if step == "acquire":
+        lot._hold_add = lambda *a: (type(lot)._hold_add(lot, *a), die())
+        rw.acquire_read()
+    else:
+        rw.acquire_read()
+        lot._hold_remove = lambda *a: (type(lot)._hold_remove(lot, *a), die())
+        rw.release_read()
+    time.sleep(120)
+
+
+@pytest.mark.parametrize("step", ["acquire", "release"])
+def test_rwlock_reader_killed_mid_update(plot, step):
+    """A reader killed between recording its hold and changing the count (taking or giving back
+    a share): the next user of the lock finds the internal mutex's holder dead, recounts from the
+    holds of the living, and a writer gets in within 1 s of the death."""
+    rw = shmlot.RWLock()
+    child = start_child(_read_and_die_mid_update, rw, step)
+    child.join(20)
+    killed_at = time.monotonic()
+    assert child.exitcode == -signal.SIGKILL
+    assert rw.acquire_write(timeout=5) is True
+    assert time.monotonic() - killed_at < DEATH_BOUND
+    rw.release_write()
+    assert rw._words[0].load() == 0
+    assert rw.acquire_read(blocking=False)
+    rw.release_read()

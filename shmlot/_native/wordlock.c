@@ -52,6 +52,7 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
     } else {
         STORE(word, more ? SL_PARKED_BIT : 0);
     }
+    sl_maybe_die("word_unlock_locked"); /* test hook: the word changed, the waiter not woken */
     sl_mark_unparked(l, b, found - 1, token);
     return found;
 }
@@ -66,11 +67,14 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
     if (rc)
         return rc;
     uint32_t found = unlock_locked(l, b, key, word, force_fair, &rc);
+    if (found != SL_NIL)
+        sl_maybe_die("unpark_locked"); /* the same test steps as sl_unpark_one */
     sl_bucket_unlock(l, b);
     if (rc)
         return rc;
     if (found == SL_NIL)
         return 0;
+    sl_maybe_die("unpark_before_wake");
     woken[0] = found - 1;
     sl_wake_slots(l, woken, 1);
     return 1;
