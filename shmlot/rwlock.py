@@ -1,18 +1,23 @@
 """``RWLock``: many readers or one writer, across threads and processes.
 
 Words: [0] the state: 0 free; a writer's lock word (owner bits | LOCKED, as in ``Lock``); or
-readers << 2 (LOCKED clear). [1] readers that may be parked, [2] writers that may be parked.
-Readers park on the key of word 0, writers on the key of word 1.
+readers << 2, plus READ_PHASE (bit 1) while the readers a writer let in go first. [1] readers that
+may be parked, [2] writers waiting, [3] the readers' mutex (a ``Lock`` word). Readers park on the
+key of word 0, writers on the key of word 1.
 
 Fairness: a new reader waits while a writer waits (writers are not starved by a stream of
 readers), unless this thread already holds a read share (re-entrant reads cannot deadlock).
-A writer's release hands the lock to the readers parked at that moment (the state goes straight from
-"written" to "read by n", so no writer barges in between: readers are not starved either); the
-last reader out wakes one writer.
+A writer's release lets the readers parked at that moment in first: the state goes from "written"
+to READ_PHASE under their bucket lock, which no writer can take, and they enter although writers
+wait (readers are not starved either); the last of them out ends the phase and wakes one writer.
 
-Each read share is recorded as a counted hold on the key, so a dead reader's share is reclaimed
-(by whoever waits on the lock); a dead writer is found through its lock word, as for ``Lock``, and
-the next acquirer gets ``OwnerDiedError``.
+Owner death. A dead writer is found through its lock word, as for ``Lock``: the next acquirer
+gets ``OwnerDiedError``. Every read share and every waiting writer is also recorded as a counted
+hold (on the key of word 0, resp. word 1), and the count and the hold change together under the
+readers' mutex. So: a dead reader's share, or a dead waiting writer, is found by its hold and
+taken back by whoever waits on the lock (every OWNER_POLL_NS); a process killed in the middle of
+such a change dies holding the mutex, and the next thread to take the mutex (OwnerDiedError on the
+mutex) recomputes the counts from the holds of the living.
 """
 import contextlib
 import threading
@@ -24,16 +29,17 @@ from ._core import lib
 from ._results import FilterOp
 from ._waiting import Deadline, acquire_timeout, park
 from .errors import OwnerDiedError
-from .locks import LOCKED, OWNER_POLL_NS, owner_alive
+from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive
 from .spinwait import SpinWait
 
 __all__ = ["RWLock"]
 
 READER = 4
-READ_HOLD = 1 | lib.SL_HOLD_COUNTED
-TOKEN_READ_GRANT = 2    # "you may read although writers wait" (the state was not changed for you)
-TOKEN_READ_HANDOFF = 3  # "you read now": the releasing writer added your share to the state
-
+READ_PHASE = 2
+READ_HOLD = 1 | lib.SL_HOLD_COUNTED    # a read share (on the key of word 0)
+WRITE_WAIT = 2 | lib.SL_HOLD_COUNTED   # a waiting writer (on the key of word 1)
+TOKEN_READ_GRANT = 2  # "you may read although writers wait"
+ALL_START_BITS = 2**64 - 1
 
 _reads = threading.local()
 
@@ -45,8 +51,8 @@ def _unpark_every_reader(_park_token):
 class RWLock(Primitive):
     """A reader-writer lock; ``name=`` / ``lot=`` / ``.at()`` as for ``Lock``."""
     KIND = _pl.RWLOCK
-    WORDS = 3
-    SIZE = 24
+    WORDS = 4
+    SIZE = 32
 
     def __init__(self, *, name=None, lot=None):
         self._bind(self._new(name, lot))
@@ -61,6 +67,8 @@ class RWLock(Primitive):
         super()._bind(place)
         self._wkey = (place.key + 8) & 0xFFFFFFFFFFFFFFFF
         self._rkey = (place.lot.name, place.key)
+        self._mutex = Lock.at(place.buffer, place.offset + 24, lot=place.lot,
+                              key=(place.key + 24) & 0xFFFFFFFFFFFFFFFF)
 
     # Read shares of the calling thread, per lock (not per handle: two handles on one RWLock,
     # e.g. a named one opened twice, are the same lock for re-entrant reads).
@@ -77,17 +85,60 @@ class RWLock(Primitive):
         else:
             d.pop(self._rkey, None)
 
+    # -- the readers' mutex --
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """Hold the mutex that makes a count change and its hold one step. If its holder died
+        (mid-step), recompute the counts from the holds before going on."""
+        try:
+            self._mutex.acquire()
+        except OwnerDiedError:
+            try:
+                self._recount()
+            except BaseException:
+                self._mutex.release()
+                raise
+        try:
+            yield
+        finally:
+            self._mutex.release()
+
+    def _recount(self):
+        """(Mutex held.) Readers := the read shares of living holders; writers waiting := the
+        living waiting writers. Dead holders' holds are dropped."""
+        lot, key, wkey = self._place.lot, self._place.key, self._wkey
+        readers = sum(h[3] for h in lot._holds_on(key)
+                      if h[4] == READ_HOLD and _fast.process_alive(h[0], h[2], ALL_START_BITS))
+        writers = sum(h[3] for h in lot._holds_on(wkey)
+                      if h[4] == WRITE_WAIT and _fast.process_alive(h[0], h[2], ALL_START_BITS))
+        lot._hold_take_dead(key)
+        lot._hold_take_dead(wkey)
+        self._words[2].store(writers)
+        state = self._words[0]
+        s = state.load()
+        while not s & LOCKED:  # a writer in: there are no readers to count
+            new = READER * readers
+            if new and s & READ_PHASE:
+                new |= READ_PHASE
+            ok, s = state.compare_exchange(s, new)
+            if ok:
+                if new == 0:
+                    self._after_reader_exit(0)
+                break
+        lot._count(lib.SL_C_OWNER_DEATHS)
+
     # -- dead holders --
 
     def _reclaim(self):
         """Take back what dead processes hold. Returns True if something changed; raises
         OwnerDiedError (write lock now ours) if the writer died."""
-        lot, key = self._place.lot, self._place.key
+        lot = self._place.lot
         state = self._words[0]
         s = state.load()
         if s & LOCKED:
             if owner_alive(s):
-                return False
+                return self._reclaim_waiting_writers()
             me = _fast.self_owner_bits() | LOCKED
             ok, _ = state.compare_exchange(s, me)
             if not ok:
@@ -95,13 +146,36 @@ class RWLock(Primitive):
             lot._count(lib.SL_C_OWNER_DEATHS)
             self._dead_writer = _fast.word_owner(s)[:2]
             self._raise_writer_died()
-        if s:
+        changed = self._reclaim_waiting_writers()
+        mutex = self._mutex._word()
+        if s or (mutex & LOCKED and not owner_alive(mutex)):
+            changed = self._reclaim_readers() or changed
+        return changed
+
+    def _reclaim_readers(self):
+        """The read shares of dead readers (and whatever a death under the mutex left)."""
+        lot, key = self._place.lot, self._place.key
+        with self._locked():
             shares = lot._hold_take_dead(key)
-            if shares:
-                state.fetch_sub(READER * shares)
-                self._after_reader_exit(state.load())
-                return True
-        return False
+            if not shares:
+                return False
+            s = self._words[0].fetch_sub(READER * shares) - READER * shares
+            if s == READ_PHASE:
+                self._end_read_phase()
+            elif s == 0:
+                self._after_reader_exit(0)
+        return True
+
+    def _reclaim_waiting_writers(self):
+        """Waiting writers that died: they no longer keep new readers out."""
+        if not self._words[2].load():
+            return False
+        lot = self._place.lot
+        with self._locked():
+            dead = lot._hold_take_dead(self._wkey)
+            if dead:
+                self._words[2].fetch_sub(min(dead, self._words[2].load()))
+        return bool(dead)
 
     def _raise_writer_died(self):
         pid, tid = self._dead_writer
@@ -112,20 +186,24 @@ class RWLock(Primitive):
     # -- read side --
 
     def _try_read(self, granted=False):
+        if self._my_reads():
+            granted = True  # re-entrant: never waits for writers
         state = self._words[0]
         s = state.load()
-        while not s & LOCKED and (granted or self._my_reads() or not self._words[2].load()):
-            ok, s = state.compare_exchange(s, s + READER)
-            if ok:
-                self._took_read()
-                return True
-        return False
-
-    def _took_read(self):
-        """Record a read share this thread now has (counted in the state word)."""
+        if s & LOCKED or not (granted or not self._words[2].load()):
+            return False
+        lot, key = self._place.lot, self._place.key
         pid, tid, start = _fast.self_ident()
-        self._place.lot._hold_add(self._place.key, pid, tid, start, READ_HOLD)
-        self._add_my_reads(1)
+        with self._locked():
+            lot._hold_add(key, pid, tid, start, READ_HOLD)
+            s = state.load()
+            while not s & LOCKED and (granted or not self._words[2].load()):
+                ok, s = state.compare_exchange(s, s + READER)
+                if ok:
+                    self._add_my_reads(1)
+                    return True
+            lot._hold_remove(key, pid, tid, READ_HOLD)
+        return False
 
     def acquire_read(self, blocking=True, timeout=-1):
         """Take a read share; returns False on timeout / when non-blocking and unavailable."""
@@ -135,8 +213,7 @@ class RWLock(Primitive):
         if timeout == 0:
             self._reclaim()
             return self._try_read()
-        return self._wait(self._place.key, self._words[1], self._read_blocked, self._try_read,
-                          Deadline(timeout))
+        return self._wait(self._place.key, self._read_blocked, self._try_read, Deadline(timeout))
 
     def _read_blocked(self):
         s = self._words[0].load()
@@ -145,11 +222,20 @@ class RWLock(Primitive):
     def release_read(self):
         if not self._my_reads():
             raise RuntimeError("cannot release un-acquired read lock")
+        lot, key = self._place.lot, self._place.key
         pid, tid, _ = _fast.self_ident()
-        self._place.lot._hold_remove(self._place.key, pid, tid, READ_HOLD)
-        self._add_my_reads(-1)
-        s = self._words[0].fetch_sub(READER) - READER
+        with self._locked():
+            lot._hold_remove(key, pid, tid, READ_HOLD)
+            self._add_my_reads(-1)
+            s = self._words[0].fetch_sub(READER) - READER
+            if s == READ_PHASE:
+                self._end_read_phase()
+                s = 0
         self._after_reader_exit(s)
+
+    def _end_read_phase(self):
+        """The readers let in by a writer's release are all out: writers may come in again."""
+        self._words[0].compare_exchange(READ_PHASE, 0)
 
     def _after_reader_exit(self, s):
         if s == 0 and self._words[2].load():
@@ -170,19 +256,28 @@ class RWLock(Primitive):
         if timeout == 0:
             self._reclaim()
             return self._try_write()
+        lot = self._place.lot
+        pid, tid, start = _fast.self_ident()
+        with self._locked():  # from here on, new readers wait for us
+            lot._hold_add(self._wkey, pid, tid, start, WRITE_WAIT)
+            self._words[2].fetch_add(1)
         try:
-            return self._wait(self._wkey, self._words[2], lambda: self._words[0].load() != 0,
-                              self._try_write, Deadline(timeout))
+            return self._wait(self._wkey, lambda: self._words[0].load() != 0, self._try_write,
+                              Deadline(timeout))
         finally:
+            with self._locked():
+                lot._hold_remove(self._wkey, pid, tid, WRITE_WAIT)
+                left = self._words[2].load()
+                if left:
+                    self._words[2].fetch_sub(1)
             # a writer leaving the queue (timeout, error) may be what kept readers out
-            if not self._words[2].load() and self._words[1].load() and \
-                    not self._words[0].load() & LOCKED:
+            if left <= 1 and self._words[1].load() and not self._words[0].load() & LOCKED:
                 self._place.lot.unpark_all(self._place.key, TOKEN_READ_GRANT)
 
     def release_write(self):
-        """Release the write lock. Readers parked now get it directly: under their bucket lock
-        the state goes from "written by us" to "read by them" in one store, so no writer can
-        barge in between (readers are not starved by a stream of writers)."""
+        """Release the write lock. The readers parked now go first: under their bucket lock the
+        state goes from "written by us" to READ_PHASE, which keeps writers out until they are
+        done (readers are not starved by a stream of writers)."""
         state = self._words[0]
         me = _fast.self_owner_bits() | LOCKED
         if state.load() != me:
@@ -190,11 +285,11 @@ class RWLock(Primitive):
         lot = self._place.lot
         if self._words[1].load():
             def callback(result):
-                state.store(READER * result.unparked_threads)  # 0 when nobody was parked
-                return TOKEN_READ_HANDOFF
+                state.store(READ_PHASE if result.unparked_threads else 0)
+                return TOKEN_READ_GRANT
 
             r = lot.unpark_filter(self._place.key, _unpark_every_reader, callback)
-            if r.unparked_threads or not self._words[2].load():
+            if r.unparked_threads:
                 return
         else:
             ok, _ = state.compare_exchange(me, 0)
@@ -205,16 +300,24 @@ class RWLock(Primitive):
 
     # -- the shared waiting loop --
 
-    def _wait(self, key, waiters, blocked, try_take, deadline):
+    def _wait(self, key, blocked, try_take, deadline):
         lot = self._place.lot
+        writer = key == self._wkey
         spin = SpinWait()
         while spin.spin():
             if try_take():
                 return True
         writer_died = []
+        phase_seen = []
 
         def poll():
             try:
+                if writer and self._words[0].load() == READ_PHASE:
+                    # readers let in first that never came (killed, timed out): end their turn
+                    if phase_seen:
+                        self._end_read_phase()
+                        return True
+                    phase_seen.append(True)
                 # also leave when no longer blocked: whoever unblocked us may have been killed
                 # before it unparked us
                 return self._reclaim() or not blocked()
@@ -222,7 +325,8 @@ class RWLock(Primitive):
                 writer_died.append(True)  # took the write lock; raise after leaving the queue
                 return True
 
-        waiters.fetch_add(1)
+        if not writer:
+            self._words[1].fetch_add(1)
         granted = False
         try:
             while True:
@@ -232,23 +336,14 @@ class RWLock(Primitive):
                 if remaining == 0.0:
                     self._reclaim()
                     return try_take(granted)
-                try:
-                    r = park(lot, key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
-                             self._words[0].load())
-                except BaseException as exc:
-                    r = getattr(exc, "shmlot_park_result", None)
-                    if r is not None and r.token == TOKEN_READ_HANDOFF:
-                        self._took_read()  # handed a share as we were interrupted: give it back
-                        self.release_read()
-                    raise
-                if r.is_unparked and r.token == TOKEN_READ_HANDOFF:
-                    self._took_read()  # the writer counted our share for us
-                    return True
+                r = park(lot, key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
+                         self._words[0].load())
                 if writer_died:
                     self._raise_writer_died()
                 granted = r.is_unparked and r.token == TOKEN_READ_GRANT
         finally:
-            waiters.fetch_sub(1)
+            if not writer:
+                self._words[1].fetch_sub(1)
 
     # -- context managers --
 
@@ -277,7 +372,7 @@ class RWLock(Primitive):
         if s & LOCKED:
             pid, tid, _ = _fast.word_owner(s)
             state = f"write-locked by pid {pid} tid {tid}"
-        elif s:
+        elif s >= READER:
             state = f"{s // READER} readers"
         else:
             state = "unlocked"
