@@ -82,9 +82,6 @@ class _WordLock:
                     continue
                 word |= PARKED
 
-            def validate(word=word):
-                return self._word() & FLAGS == FLAGS
-
             def timed_out(_key, was_last):
                 if was_last:  # nobody else parked: clear PARKED (unless the word moved on)
                     self._clear_parked()
@@ -107,8 +104,9 @@ class _WordLock:
             if deadline:
                 remaining = max(0.0, (deadline - lib.sl_now_ns()) / 1e9)
             try:
-                result = _waiting.park(lot, key, validate, None, timed_out, TOKEN_NORMAL,
-                                       remaining, poll, OWNER_POLL_NS, word)
+                # validate (in the core): the word is still LOCKED|PARKED
+                result = _waiting.park(lot, key, None, None, timed_out, TOKEN_NORMAL,
+                                       remaining, poll, OWNER_POLL_NS, word, self._word_ptr)
             except BaseException as exc:
                 # Ctrl-C while parked: if the lock was handed to us meanwhile, give it back.
                 r = getattr(exc, "shmlot_park_result", None)

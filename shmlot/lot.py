@@ -404,11 +404,13 @@ class ParkingLot:
         return self._park(key, validate, before_sleep, timed_out, park_token, timeout)
 
     def _park(self, key, validate, before_sleep, timed_out, park_token, timeout,
-              poll=None, poll_ns=0, hint=0):
+              poll=None, poll_ns=0, hint=0, word_ptr=None):
         """park() plus what primitives need: ``poll()`` is called every ``poll_ns`` while asleep;
         if it returns True the thread leaves the queue as on a timeout (TimedOut result, unless an
         unpark won), which is how a lock waiter notices a dead owner. ``hint`` is stored in the
-        slot for introspection (the lock word it waits on)."""
+        slot for introspection (the lock word it waits on). With ``word_ptr`` (a lock word's
+        address) and no ``validate``, the core validates LOCKED|PARKED itself (sl_word_park): no
+        Python callback under the bucket lock, and the hint is the word."""
         check_u64(key, "key")
         check_u64(park_token, "park token")
         check_u64(hint, "hint")
@@ -424,12 +426,15 @@ class ParkingLot:
         try:
             try:
                 ctx.validate = validate
-                rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
-                                       ctx.handle, deadline, t.slot)
-                if rc == lib.SL_EFULL:
+                for attempt in (0, 1):
+                    if word_ptr is not None and validate is None:
+                        rc = lib.sl_word_park(h, key, word_ptr, deadline, t.slot)
+                    else:
+                        rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
+                                               ctx.handle, deadline, t.slot)
+                    if rc != lib.SL_EFULL or attempt:
+                        break
                     lib.sl_reap(h, t.reaped, t.reaped + 1)  # free dead processes' slots, retry
-                    rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
-                                           ctx.handle, deadline, t.slot)
             finally:
                 ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
                 ctx.busy = False  # stores, not a call: see _Ctx

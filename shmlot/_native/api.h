@@ -191,19 +191,15 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
 #define SL_HOLD_COUNTED 256
 int sl_hold_take_dead(sl_lot *l, uint64_t key);
 
-/* Lock words (ident.h layout) handled inside the core: each contended path of Lock, RLock and
- * Condition is one call with no Python callback. `word` is the word's address in this process.
+/* Lock words (ident.h layout) handled inside the core: the contended paths of Lock and RLock
+ * are one call with no Python callback. `word` is the word's address in this process.
  *   sl_word_park: park on key if the word is still LOCKED|PARKED (else SL_PARK_INVALID).
  *   sl_word_unlock: RawMutex::unlock_slow: unpark the first waiter; on be_fair (or force_fair)
  *       hand the lock over (the word gets the waiter's identity, token 1), else unlock (token 0);
- *       PARKED stays set while more wait. Returns how many were woken (0 or 1) into woken[].
- *   sl_cond_park: park on cv_key, then release the lock word (as above): Condvar::wait's
- *       enqueue-then-unlock. Returns how many the release woke (woken[]), *slot the park. */
+ *       PARKED stays set while more wait. Returns how many were woken (0 or 1) into woken[]. */
 int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint32_t *slot);
 int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
                    uint32_t woken_cap);
-int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word,
-                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap);
 
 /* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc,
  * named as _waiters.SemaphoreWaiter.sem_name) until posted (0), deadline (1) or a signal (2).

@@ -1,6 +1,6 @@
-/* Lock-word operations done inside the core, so that each contended path of Lock, RLock and
- * Condition is one cffi call with no Python callback (parking_lot's lock_slow / unlock_slow and
- * Condvar::wait, specialised). The word is the u64 of ident.h: LOCKED, PARKED, owner bits.
+/* Lock-word operations done inside the core, so that each contended path of Lock and RLock
+ * is one cffi call with no Python callback (parking_lot's lock_slow / unlock_slow,
+ * specialised). The word is the u64 of ident.h: LOCKED, PARKED, owner bits.
  *
  * `word` points into this process's own mapping of the object (the Python object that owns the
  * buffer passes its address), so it is trusted the way a local variable is; what the word holds
@@ -78,34 +78,4 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
     woken[0] = found - 1;
     sl_wake_slots(l, woken, 1);
     return 1;
-}
-
-/* Release a lock word held by the caller: the fast CAS if nobody is parked, else unlock_slow. */
-static int release_word(sl_lot *l, uint64_t key, uint64_t *word, uint32_t *woken,
-                        uint32_t woken_cap)
-{
-    uint64_t old = LOAD(word);
-    while (!(old & SL_PARKED_BIT)) {
-        if (!(old & SL_LOCKED_BIT))
-            return sl_fail(SL_EBADVALUE, "release unlocked lock");
-        if (CAS(word, &old, 0))
-            return 0;
-    }
-    return sl_word_unlock(l, key, word, 0, woken, woken_cap);
-}
-
-int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word,
-                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap)
-{
-    /* Enqueue first, then release the lock: a notify made once the lock is free finds us
-     * queued (Condvar::wait's before_sleep). */
-    int rc = sl_park_begin_native(l, cv_key, 0, 0, NULL, NULL, deadline_ns, slot);
-    if (rc)
-        return rc < 0 ? rc : sl_fail(SL_ECORRUPT, "condition park not enqueued (%d)", rc);
-    rc = release_word(l, lock_key, word, woken, woken_cap);
-    if (rc < 0) {
-        uint64_t token;
-        sl_park_cancel(l, *slot, 0, NULL, &token);
-    }
-    return rc;
 }
