@@ -25,7 +25,6 @@ __all__ = ["Lock", "RLock", "OwnerDiedError"]
 
 LOCKED = _fast.LOCKED_BIT
 PARKED = _fast.PARKED_BIT
-FLAGS = LOCKED | PARKED
 TOKEN_NORMAL = 0
 TOKEN_HANDOFF = 1
 OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that the owner is alive
