@@ -521,9 +521,6 @@ def test_own_pid_with_other_start_time_is_dead(plot, shm):
     del lock
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
-
 
 def _wait_to_write_forever(rw):
     rw.acquire_write()
@@ -584,3 +581,7 @@ def test_rwlock_reader_killed_mid_update(plot, step):
     assert rw._words[0].load() == 0
     assert rw.acquire_read(blocking=False)
     rw.release_read()
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
