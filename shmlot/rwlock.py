@@ -153,18 +153,19 @@ class RWLock(Primitive):
         return changed
 
     def _reclaim_readers(self):
-        """The read shares of dead readers (and whatever a death under the mutex left)."""
+        """Take back the read shares of dead readers (and whatever a death under the mutex
+        left); returns how many shares were taken (0: none)."""
         lot, key = self._place.lot, self._place.key
         with self._locked():
             shares = lot._hold_take_dead(key)
             if not shares:
-                return False
+                return 0
             s = self._words[0].fetch_sub(READER * shares) - READER * shares
             if s == READ_PHASE:
                 self._end_read_phase()
             elif s == 0:
                 self._after_reader_exit(0)
-        return True
+        return shares
 
     def _reclaim_waiting_writers(self):
         """Waiting writers that died: they no longer keep new readers out."""

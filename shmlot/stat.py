@@ -379,24 +379,17 @@ def reap_lot(lot):
 
 
 def _reclaim_read_shares(lot, obj):
-    """Take the read shares of dead readers back from a registry RWLock (its reader part of
-    RWLock._reclaim: never touches a writer)."""
+    """Take the read shares of dead readers back from a registry RWLock (the reader part of its
+    own reclaim, under the RWLock's mutex: never touches a writer). Returns the shares taken."""
     from . import _placement as _pl
-    from .rwlock import READER, RWLock
+    from .rwlock import RWLock
     try:
         place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.RWLOCK))
     except Exception:
         return 0  # freed meanwhile
     rw = RWLock.__new__(RWLock)
     rw._bind(place)
-    state = rw._words[0]
-    if state.load() & 1:  # write-locked: no reader shares can be outstanding
-        return 0
-    taken = lot._hold_take_dead(place.key)
-    if taken:
-        state.fetch_sub(READER * taken)
-        rw._after_reader_exit(state.load())
-    return taken
+    return rw._reclaim_readers()
 
 
 def _label_of(p):

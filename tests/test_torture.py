@@ -68,14 +68,7 @@ def test_torture_lock_condition_semaphore_barrier(waiter, spawn):
         assert s["kills_per_second"] >= 20 and sum(s["deaths_holding"].values()) > 0, s
 
 
-RWLOCK_READER_DEATH = (
-    "RWLock: a reader killed between taking its share (state word += READER) and recording its "
-    "hold, or between removing the hold and giving the share back, leaks the share: writers wait "
-    "forever (found by tools/torture.py --groups rw)")
-
-
 @pytest.mark.timeout(100)
-@pytest.mark.xfail(reason=RWLOCK_READER_DEATH, strict=False)
 def test_torture_rwlock():
     rc, s = torture("--duration", "4", "--workers", "8", "--groups", "rw,lock", "--spawn",
                     "zygote")
@@ -115,7 +108,6 @@ def kill_reader_at(lot, step):
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(reason=RWLOCK_READER_DEATH, strict=False)
 @pytest.mark.parametrize("step", ["after_share", "before_unshare"])
 def test_rwlock_reader_killed_between_share_and_hold(make_lot, step):
     import shmlot

@@ -164,13 +164,16 @@ class Stats:
 
 
 def open_objects(lot, barrier_parties, action=None):
-    return {
+    objs = {
         "lock": shmlot.Lock(name="torture-lock", lot=lot),
         "cond": shmlot.Condition(name="torture-cond", lot=lot),
         "sem": shmlot.Semaphore(SEM_UNITS, name="torture-sem", lot=lot),
         "rw": shmlot.RWLock(name="torture-rw", lot=lot),
-        "barrier": shmlot.Barrier(barrier_parties, action, name="torture-barrier", lot=lot),
     }
+    if barrier_parties:  # no barrier group: no barrier (Barrier(0) is rightly refused)
+        objs["barrier"] = shmlot.Barrier(barrier_parties, action, name="torture-barrier",
+                                         lot=lot)
+    return objs
 
 
 def lock_words(objs):
