@@ -189,7 +189,8 @@ def test_wait_restores_rlock_recursion(plot):
     t = threading.Thread(target=waiter)
     t.start()
     wait_parked_on(plot, cond.key, 1)
-    assert not cond._lock.locked()  # fully released while waiting
+    # fully released while waiting (the release follows the enqueue, in before_sleep)
+    wait_until(lambda: not cond._lock.locked(), message="the RLock was not fully released")
     with cond:
         cond.notify()
     t.join(10)
