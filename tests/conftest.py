@@ -132,17 +132,26 @@ def run_python_fixture():
     return run_python
 
 
+def kill_procs(*procs):
+    """SIGKILL every still-running Popen in ``procs`` (None entries are skipped), then reap them
+    all; for finally blocks, so a failing test leaves no child behind."""
+    for p in procs:
+        if p is not None and p.poll() is None:
+            p.kill()
+    for p in procs:
+        if p is not None:
+            try:
+                p.communicate(timeout=10)
+            except (subprocess.TimeoutExpired, ValueError, OSError):
+                pass
+
+
 @pytest.fixture(autouse=True)
 def _kill_leftover_children():
     yield
-    while _children:
-        proc = _children.pop()
-        if proc.poll() is None:
-            proc.kill()
-        try:
-            proc.communicate(timeout=10)
-        except (subprocess.TimeoutExpired, ValueError, OSError):
-            pass
+    procs = list(reversed(_children))
+    _children.clear()
+    kill_procs(*procs)
 
 
 # ---- waiting for observable conditions --------------------------------------------------------
@@ -405,6 +414,13 @@ def lot_name():
     yield make
     for name in issued:
         _remove_name(name)
+
+
+@pytest.fixture
+def flot(lot_name):
+    """A small futex lot, for tests whose subject does not depend on the waiter backend
+    (introspection, deadlock detection)."""
+    return ParkingLot.create(lot_name(), buckets=256, slots=256, waiter="futex")
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from conftest import python_env, start_python, wait_until, REPO_ROOT
 
 import shmlot
-from shmlot import ParkingLot, deadlock
+from shmlot import deadlock
 from shmlot.snapshot import snapshot
 
 # A child runs the steps given on its command line, in order:
@@ -72,12 +72,6 @@ for step in sys.argv[2:]:
 print("done", flush=True)
 sys.stdin.readline()
 """
-
-
-@pytest.fixture
-def flot(lot_name):
-    """A futex lot (deadlock detection does not depend on the waiter backend)."""
-    return ParkingLot.create(lot_name(), buckets=256, slots=256, waiter="futex")
 
 
 class Children:

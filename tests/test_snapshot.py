@@ -9,38 +9,21 @@ park would raise LotFullError, and never waking or unqueueing a live waiter.
 import json
 import os
 import struct
-import subprocess
 import threading
 import time
 
 import pytest
 
-from conftest import (ParkerThread, park_in_order, start_python, wait_parked, wait_until)
+from conftest import (ParkerThread, kill_procs, park_in_order, start_python, wait_parked,
+                      wait_until)
 
 import shmlot
-from shmlot import LotCorruptError, LotFullError, LotNotFoundError, ParkingLot
+from shmlot import LotCorruptError, LotFullError, LotNotFoundError
 from shmlot.snapshot import ParkedThread, Snapshot, resolve_lot, snapshot
 
 
 def tid():
     return threading.get_native_id()
-
-
-@pytest.fixture
-def flot(lot_name):
-    return ParkingLot.create(lot_name(), buckets=256, slots=256, waiter="futex")
-
-
-def _kill(*procs):
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.kill()
-    for p in procs:
-        if p is not None:
-            try:
-                p.communicate(timeout=10)
-            except (subprocess.TimeoutExpired, ValueError, OSError):
-                pass
 
 
 # ---- header, counters, parked threads -----------------------------------------------------------
@@ -361,7 +344,7 @@ def test_other_process_shown_alive_then_dead(lot):
         assert lot.reap() == (1, 0)
         assert snapshot(lot).parked == []
     finally:
-        _kill(p)
+        kill_procs(p)
 
 
 @pytest.mark.timeout(60)
@@ -391,7 +374,7 @@ def test_reap_never_wakes_or_unqueues_a_live_waiter(lot):
         assert lot.unpark_one(key).unparked_threads == 1
         assert me.outcome().is_unparked
     finally:
-        _kill(dead, live)
+        kill_procs(dead, live)
 
 
 @pytest.mark.timeout(60)
@@ -412,7 +395,7 @@ def test_park_reaps_dead_slots_before_lot_full(make_lot):
         assert s.parked == [] and s.header["slots_free"] == 4
         assert s.counters["reaped"] == before + 4
     finally:
-        _kill(child)
+        kill_procs(child)
 
 
 @pytest.mark.timeout(60)
@@ -431,4 +414,4 @@ def test_reap_python_call_frees_dead_slots_only(flot):
         left = snapshot(flot).parked
         assert [(p.pid, p.alive) for p in left] == [(b.pid, True)]
     finally:
-        _kill(a, b)
+        kill_procs(a, b)

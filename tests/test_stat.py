@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, python_env, start_python, wait_until
+from conftest import REPO_ROOT, kill_procs, python_env, start_python, wait_until
 
 import shmlot
 from shmlot import ParkingLot
@@ -49,23 +49,6 @@ def assert_one_line_error(r, status=1, *fragments):
     for f in fragments:
         assert f in lines[0], lines[0]
     assert r.stdout == ""
-
-
-@pytest.fixture
-def flot(lot_name):
-    return ParkingLot.create(lot_name(), buckets=256, slots=256, waiter="futex")
-
-
-def _kill(*procs):
-    for p in procs:
-        if p is not None and p.poll() is None:
-            p.kill()
-    for p in procs:
-        if p is not None:
-            try:
-                p.communicate(timeout=10)
-            except (subprocess.TimeoutExpired, ValueError, OSError):
-                pass
 
 
 # Holds Lock 'held', a read share of RWLock 'rw' and resource 0xFEED; two threads (the main one
@@ -162,7 +145,7 @@ def test_default_view_with_parked_and_holding_processes(lot):
         assert r.returncode == 0 and "PARKED THREADS: none" in r.stdout
         assert "DEADLOCKS: none" in r.stdout and "OBJECTS: 3 of" in r.stdout
     finally:
-        _kill(holder, waiter)
+        kill_procs(holder, waiter)
 
 
 # ---- --json ----------------------------------------------------------------------------------------
@@ -241,7 +224,7 @@ def test_json_document_has_the_documented_keys(flot):
         assert doc["deadlocks"] == []
         del anon
     finally:
-        _kill(holder)
+        kill_procs(holder)
 
 
 # ---- a dead process: shown dead, then reaped ------------------------------------------------------
@@ -290,7 +273,7 @@ def test_dead_parked_process_shown_dead_then_reaped(lot):
         assert r.returncode == 0 and r.stdout.startswith(
             f"reaped lot {lot.name!r}: 0 slots and 0 holds")
     finally:
-        _kill(holder)
+        kill_procs(holder)
 
 
 @pytest.mark.timeout(60)
@@ -316,7 +299,7 @@ def test_reap_json(flot):
                                             ["index"], "label": "Lock 'held'", "kind": "Lock",
                                             "pid": holder.pid, "tid": holder.pid}]
     finally:
-        _kill(holder)
+        kill_procs(holder)
 
 
 # ---- --list and --unlink ---------------------------------------------------------------------------
@@ -510,7 +493,7 @@ def test_watch_in_a_pty_until_ctrl_c(flot):
             proc.kill()
         proc.wait(10)
         os.close(master)
-        _kill(holder)
+        kill_procs(holder)
 
 
 @pytest.mark.timeout(60)
