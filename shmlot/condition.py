@@ -48,6 +48,7 @@ class Condition:
     def _bind(self, place, lock):
         self._place = place
         self._lock = lock
+        self._rlock = isinstance(lock, _locks.RLock)
         self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
         self.acquire = lock.acquire
@@ -88,22 +89,20 @@ class Condition:
         Returns False if it timed out before a notify. As in threading, the lock is held again on
         return, also when an exception propagates (OwnerDiedError included: the lock's holder
         died, and the lock is now held by the caller)."""
-        if not self._is_owned():
-            raise RuntimeError("cannot wait on un-acquired lock")
-        check_timeout(timeout)
         lock = self._lock
-        lot = self._place.lot
-        saved = []
-
-        def before_sleep():
-            saved.append(lock._release_save())
-
+        if not lock._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
+        if timeout is not None:
+            check_timeout(timeout)
+        # The core parks us on the condition's key and then releases the lock (count and all,
+        # for an RLock) in one call, so no notify can fall between the two.
+        saved = lock._count() if self._rlock else 1
         me = _fast.self_owner_bits() | LOCKED
 
         def lock_owner_dead():
             # a waiter already requeued onto the lock must not wait forever for a dead holder:
-            # leave, and let acquire() below find the death and raise OwnerDiedError; nor for
-            # an unlocker that handed us the lock and died before waking us
+            # leave, and let the re-acquire below find the death and raise OwnerDiedError; nor
+            # for an unlocker that handed us the lock and died before waking us
             word = lock._word()
             if word & ~PARKED == me:
                 return True
@@ -121,11 +120,10 @@ class Condition:
                 if was_last:
                     lock._clear_parked()
 
-        handed_off = False
         try:
-            result = lot._park(cv_key, None, before_sleep, timed_out, 0, timeout,
-                               lock_owner_dead, _locks.OWNER_POLL_NS, 0)
-            handed_off = result.is_unparked and result.token == TOKEN_HANDOFF
+            result = self._place.lot._park(cv_key, None, None, timed_out, 0, timeout,
+                                           lock_owner_dead, _locks.OWNER_POLL_NS,
+                                           release=lock._release_args)
             return result.is_unparked or bool(requeued)
         except LotFullError:
             # No slot to wait in (never queued, the lock still held). The primitives do not
@@ -133,22 +131,18 @@ class Condition:
             # free a slot, may need it), take it back, and return as from a spurious wake-up.
             state = lock._release_save()
             try:
-                _waiting.full_backoff(lot, timeout)
+                _waiting.full_backoff(self._place.lot, timeout)
             finally:
                 lock._acquire_restore(state)
             return True
-        except BaseException as exc:
-            r = getattr(exc, "shmlot_park_result", None)
-            handed_off = r is not None and r.token == TOKEN_HANDOFF
-            raise
         finally:
-            if saved:
-                if handed_off or lock._word() & ~PARKED == me:
-                    # the unlocker wrote our identity into the lock word
-                    if isinstance(lock, _locks.RLock):
-                        lock._set_count(saved[0])
-                else:
-                    lock._acquire_restore(saved[0])
+            # Held again already if the park never released it, or if an unlocker handed it
+            # to us (it wrote our identity into the word); else take it back.
+            if lock._word() & ~PARKED == me:
+                if self._rlock:
+                    lock._set_count(saved)
+            else:
+                lock._acquire_restore(saved)
 
     def wait_for(self, predicate, timeout=None):
         """threading.Condition.wait_for: wait until ``predicate()`` is true."""

@@ -162,6 +162,9 @@ class _WordLock:
         self._CORE.__init__(self, place.buffer, place.offset)
         # the word's address in this process, for the core's lock-word operations
         self._word_ptr = ffi.cast("uint64_t *", self._address)
+        # what Condition.wait hands the core to release this lock (sl_cond_park)
+        count_ptr = ffi.cast("uint32_t *", self._address + 8) if self.SIZE > 8 else ffi.NULL
+        self._release_args = (place.key, self._word_ptr, count_ptr)
 
     @property
     def key(self):

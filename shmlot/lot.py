@@ -373,6 +373,7 @@ class ParkingLot:
             t.token = ffi.new("uint64_t *")
             t.op = ffi.new("int *")
             t.reaped = ffi.new("uint32_t[2]")
+            t.n = ffi.new("int *")
         return t
 
     def _wake(self, t, n):
@@ -404,13 +405,15 @@ class ParkingLot:
         return self._park(key, validate, before_sleep, timed_out, park_token, timeout)
 
     def _park(self, key, validate, before_sleep, timed_out, park_token, timeout,
-              poll=None, poll_ns=0, hint=0, word_ptr=None):
+              poll=None, poll_ns=0, hint=0, word_ptr=None, release=None):
         """park() plus what primitives need: ``poll()`` is called every ``poll_ns`` while asleep;
         if it returns True the thread leaves the queue as on a timeout (TimedOut result, unless an
         unpark won), which is how a lock waiter notices a dead owner. ``hint`` is stored in the
         slot for introspection (the lock word it waits on). With ``word_ptr`` (a lock word's
         address) and no ``validate``, the core validates LOCKED|PARKED itself (sl_word_park): no
-        Python callback under the bucket lock, and the hint is the word."""
+        Python callback under the bucket lock, and the hint is the word. With ``release`` (a
+        lock's ``(key, word_ptr, count_ptr)``, Condition.wait), the core parks and then releases
+        that lock, which the caller holds (sl_cond_park), in place of validate and before_sleep."""
         check_u64(key, "key")
         check_u64(park_token, "park token")
         check_u64(hint, "hint")
@@ -427,7 +430,12 @@ class ParkingLot:
             try:
                 ctx.validate = validate
                 for attempt in (0, 1):
-                    if word_ptr is not None and validate is None:
+                    if release is not None:
+                        rc = lib.sl_cond_park(h, key, release[0], release[1], release[2],
+                                              deadline, t.slot, t.woken, self._slots, t.n)
+                        if rc == 0:
+                            self._wake(t, t.n[0])
+                    elif word_ptr is not None and validate is None:
                         rc = lib.sl_word_park(h, key, word_ptr, deadline, t.slot)
                     else:
                         rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,

@@ -200,6 +200,14 @@ int sl_hold_take_dead(sl_lot *l, uint64_t key);
 int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint32_t *slot);
 int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
                    uint32_t woken_cap);
+/*   sl_cond_park: Condition.wait's first half in one call: park on cv_key (always valid: the
+ *       caller holds the lock, so no notify can come before it is queued), then release the lock
+ *       word, an RLock's count (count != NULL) going to 0 first; with PARKED set the release is
+ *       sl_word_unlock (*nwoken, woken[]: whom it woke). Returns 0 (queued, lock released, *slot
+ *       set) or an error with nothing queued and the lock still held (count as it was). */
+int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, uint32_t *count,
+                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap,
+                 int *nwoken);
 
 /* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc,
  * named as _waiters.SemaphoreWaiter.sem_name) until posted (0), deadline (1) or a signal (2).

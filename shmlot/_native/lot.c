@@ -184,8 +184,10 @@ static void init_layout(sl_lot *l, const char *name, uint32_t waiter)
     }
     h->mutex_kind = (uint32_t)mutex_kind_of(&BUCKET(l, 0)->mutex);
     /* free list: 0 -> 1 -> ... -> n-1 */
-    for (uint32_t i = 0; i < l->nslots; i++)
+    for (uint32_t i = 0; i < l->nslots; i++) {
         SLOT(l, i)->next_free = (i + 1 < l->nslots) ? i + 2 : SL_NIL;
+        init_robust_mutex(&SLOT(l, i)->guard);
+    }
     h->free_head = 1;
 }
 
@@ -664,6 +666,59 @@ void sl_slot_free(sl_lot *l, uint32_t idx)
         if (CAS(&h->free_head, &head, newhead))
             return;
     }
+}
+
+/* ---- slot guards ----------------------------------------------------------------------------
+ * A parked thread holds its slot's guard (a robust mutex, as the bucket mutexes are) from
+ * allocation to release. The kernel walks a dying thread's robust list before the process turns
+ * zombie and marks each mutex it held FUTEX_OWNER_DIED, so "is this waiter dead?" is one load of
+ * the guard's word. A guard that is not what it should be (a lot made before guards existed,
+ * a scribbled segment, a trylock that failed) only means "unknown": callers then ask /proc. */
+
+static int guard_usable(sl_lot *l, pthread_mutex_t *m)
+{
+    return l->mutex_kind && mutex_kind_of(m) == l->mutex_kind;
+}
+
+/* Take the guard of a slot just taken from the free list (its last owner's death, if it died
+ * holding it, is settled here). */
+void sl_slot_guard_take(sl_lot *l, uint32_t idx)
+{
+    pthread_mutex_t *m = &SLOT(l, idx)->guard;
+    if (!guard_usable(l, m))
+        return;
+    if (pthread_mutex_trylock(m) == EOWNERDEAD)
+        pthread_mutex_consistent(m);
+}
+
+/* The owning thread gives its slot back: drop the guard (a no-op if it is not ours), free it. */
+void sl_slot_release(sl_lot *l, uint32_t idx)
+{
+    pthread_mutex_t *m = &SLOT(l, idx)->guard;
+    if (guard_usable(l, m))
+        pthread_mutex_unlock(m); /* EPERM when we never got it: nothing to undo */
+    sl_slot_free(l, idx);
+}
+
+/* Is the thread that owns slot idx alive? 1 yes, 0 dead (the kernel said so), -1 the guard
+ * cannot tell (ask /proc). Only reads the segment. */
+int sl_slot_owner_alive(sl_lot *l, uint32_t idx)
+{
+#ifdef __GLIBC__
+    sl_slot *s = SLOT(l, idx);
+    if (!guard_usable(l, &s->guard))
+        return -1;
+    uint32_t word = (uint32_t)__atomic_load_n(&s->guard.__data.__lock, __ATOMIC_ACQUIRE);
+    if (word & FUTEX_OWNER_DIED)
+        return 0;
+    /* held by the thread the slot names (tids as its own PID namespace sees them) */
+    if ((word & FUTEX_TID_MASK) != 0 && (word & FUTEX_TID_MASK) == LOAD(&s->tid))
+        return 1;
+#else
+    (void)l;
+    (void)idx;
+#endif
+    return -1;
 }
 
 int sl_info(sl_lot *l, sl_lot_info *o)

@@ -72,6 +72,10 @@ typedef struct {
     uint64_t start;          /* owner process start time (ticks) */
     uint64_t parked_ns;      /* CLOCK_MONOTONIC when it parked */
     uint64_t hint;           /* what the parker saw it wait for (lock word), for introspection */
+    /* Robust mutex the parked thread holds while it owns the slot: when the thread dies (even
+     * by SIGKILL) the kernel marks it owner-died, so an unparker tells a dead waiter from a live
+     * one with one load instead of reading /proc (see sl_slot_owner_alive). */
+    pthread_mutex_t guard;
 } sl_slot;
 
 typedef struct {
@@ -130,11 +134,15 @@ static inline sl_hold *HOLD(sl_lot *l, uint32_t i)
 #define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 
 uint64_t sl_now_ns(void);
+void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start); /* this thread's, cached */
 uint32_t sl_bucket_of(sl_lot *l, uint64_t key);
 int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns);
 void sl_bucket_unlock(sl_lot *l, uint32_t b);
 int sl_slot_alloc(sl_lot *l, uint32_t *out);
 void sl_slot_free(sl_lot *l, uint32_t idx);
+void sl_slot_guard_take(sl_lot *l, uint32_t idx);
+void sl_slot_release(sl_lot *l, uint32_t idx);
+int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
 void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);

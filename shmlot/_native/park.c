@@ -60,6 +60,8 @@ static void identity(uint32_t *pid, uint32_t *tid, uint64_t *start)
     *start = self_start;
 }
 
+void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start) { identity(pid, tid, start); }
+
 /* ---- test hook: die at a named step ------------------------------------------------------ */
 
 static char die_at[48];
@@ -168,6 +170,9 @@ static int drop_slot(sl_lot *l, uint32_t b, uint32_t idx)
 static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
 {
     sl_slot *s = SLOT(l, idx);
+    int alive = sl_slot_owner_alive(l, idx); /* the slot's guard: one load, zombies included */
+    if (alive >= 0)
+        return alive ? 0 : drop_slot(l, b, idx);
     uint32_t pid = LOAD(&s->pid);
     if (!exact)
         return sl_pid_exists(pid) ? 0 : drop_slot(l, b, idx);
@@ -213,6 +218,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     uint32_t pid, tid;
     uint64_t start;
     identity(&pid, &tid, &start);
+    sl_slot_guard_take(l, idx);
     /* owner before state: the reaper reads state, then pid (see sl_reap) */
     STORE(&s->pid, pid);
     s->tid = tid;
@@ -228,14 +234,14 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     uint32_t b = sl_bucket_of(l, key);
     rc = sl_bucket_lock(l, b, deadline_ns);
     if (rc) {
-        sl_slot_free(l, idx);
+        sl_slot_release(l, idx);
         return rc;
     }
     if (validate) {
         int v = validate(arg);
         if (v <= 0) {
             sl_bucket_unlock(l, b);
-            sl_slot_free(l, idx);
+            sl_slot_release(l, idx);
             if (v < 0)
                 return sl_fail(SL_ECALLBACK, "validate raised");
             sl_count(l, SL_C_INVALID, 1);
@@ -294,7 +300,7 @@ int sl_park_finish(sl_lot *l, uint32_t idx, uint64_t *token)
         return rc;
     sl_slot *s = SLOT(l, idx);
     *token = s->unpark_token;
-    sl_slot_free(l, idx);
+    sl_slot_release(l, idx);
     return 0;
 }
 
@@ -337,7 +343,7 @@ int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64
         if (state == SLOT_UNPARKED) {
             sl_bucket_unlock(l, b);
             *token = s->unpark_token;
-            sl_slot_free(l, idx);
+            sl_slot_release(l, idx);
             return SL_PARK_UNPARKED;
         }
         if (state != SLOT_QUEUED) {
@@ -371,7 +377,7 @@ int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64
         }
         sl_maybe_die("cancel_locked");
         sl_bucket_unlock(l, b);
-        sl_slot_free(l, idx);
+        sl_slot_release(l, idx);
         if (cb < 0)
             return sl_fail(SL_ECALLBACK, "timed_out raised");
         return SL_PARK_TIMED_OUT;

@@ -79,3 +79,42 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
     sl_wake_slots(l, woken, 1);
     return 1;
 }
+
+int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, uint32_t *count,
+                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap,
+                 int *nwoken)
+{
+    *nwoken = 0;
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_identity(&pid, &tid, &start);
+    uint64_t me = sl_owner_bits(pid, tid, start) | SL_LOCKED_BIT;
+    uint64_t old = LOAD(word);
+    if ((old & ~(uint64_t)SL_PARKED_BIT) != me)
+        return sl_fail(-EPERM, "cannot wait on un-acquired lock");
+    int rc = sl_park_begin_native(l, cv_key, 0, 0, NULL, NULL, deadline_ns, slot);
+    if (rc)
+        return rc;
+    uint32_t saved = count ? LOAD(count) : 0;
+    if (count)
+        STORE(count, 0);
+    /* Only PARKED can change under the owner (a parker setting it): retry the CAS on that. */
+    for (;;) {
+        if (old & SL_PARKED_BIT) {
+            rc = sl_word_unlock(l, lock_key, word, 0, woken, woken_cap);
+            if (rc >= 0) {
+                *nwoken = rc;
+                return 0;
+            }
+            break;
+        }
+        if (CAS(word, &old, 0))
+            return 0;
+    }
+    /* the lock could not be released (its bucket is corrupt): take the park back */
+    if (count)
+        STORE(count, saved);
+    uint64_t token;
+    sl_park_cancel(l, *slot, 0, NULL, &token);
+    return rc;
+}
