@@ -15,7 +15,7 @@ setup(
     ext_modules=[
         Extension(
             "shmlot._fast",
-            sources=["shmlot/_native/fast.c"],
+            sources=["shmlot/_native/fast.c", "shmlot/_native/fastwait.c"],
             include_dirs=["shmlot/_native"],
             extra_compile_args=CFLAGS,
         )

@@ -17,10 +17,11 @@ import threading
 import warnings
 import weakref
 
+from . import _fast
 from ._core import ffi, lib
 from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN,
                        FilterOp, ParkResult, RequeueOp, UnparkResult)
-from ._waiters import (INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
+from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
 from .errors import LotCorruptError, LotFullError, LotNotFoundError
 from .keys import check_u64, name_key
 
@@ -43,6 +44,10 @@ SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lo
 
 
 # ---- errors ------------------------------------------------------------------------------------
+
+# _fast.CondWaiter (Condition.wait in one C-API call) reaches the core through these
+_fast.bind_core(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
+                  for name in ("sl_cond_park", "sl_futex_wait", "sl_word_finish", "sl_cond_cancel")))
 
 _tls = threading.local()  # .pending: the exception a callback raised, .ctx per thread
 
@@ -425,27 +430,33 @@ class ParkingLot:
         # queue again, or it stays there as a ghost that absorbs a wake-up meant for another.
         t.slot[0] = _NO_SLOT
         slot = _NO_SLOT
+        slept = 0  # ns the core already slept after queueing (sl_word_park, sl_cond_park)
         ctx = _ctx().enter()
         try:
             try:
                 ctx.validate = validate
                 for attempt in (0, 1):
                     if release is not None:
+                        slept = self._first_slice(poll, poll_ns)
                         rc = lib.sl_cond_park(h, key, release[0], release[1], release[2],
-                                              deadline, t.slot, t.woken, self._slots, t.n)
-                        if rc == 0:
+                                              deadline, slept, t.slot, t.token, t.woken,
+                                              self._slots, t.n)
+                        if rc >= 0:
                             self._wake(t, t.n[0])
                     elif word_ptr is not None and validate is None:
-                        rc = lib.sl_word_park(h, key, word_ptr, deadline, t.slot)
+                        slept = self._first_slice(poll, poll_ns)
+                        rc = lib.sl_word_park(h, key, word_ptr, deadline, slept, t.slot, t.token)
                     else:
                         rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
                                                ctx.handle, deadline, t.slot)
                     if rc != lib.SL_EFULL or attempt:
                         break
-                    lib.sl_reap(h, t.reaped, t.reaped + 1)  # free dead processes' slots, retry
+                    self._reap_for_slot()
             finally:
                 ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
                 ctx.busy = False  # stores, not a call: see _Ctx
+            if rc == lib.SL_PARK_DONE:
+                return ParkResult(ParkResult._UNPARKED, t.token[0])  # the core slept and finished
             if rc == lib.SL_PARK_INVALID:
                 return PARK_INVALID
             if rc == lib.SL_ETIMEDOUT:
@@ -454,7 +465,7 @@ class ParkingLot:
             slot = t.slot[0]
             if before_sleep is not None:
                 before_sleep()
-            result = self._sleep(slot, deadline, poll, poll_ns)
+            result = self._sleep(slot, deadline, poll, poll_ns, slept)
         except BaseException as exc:
             if slot == _NO_SLOT:
                 slot = t.slot[0]
@@ -486,13 +497,40 @@ class ParkingLot:
             result = self._cancelled(rc, t)
         return result
 
-    def _sleep(self, slot, deadline, poll, poll_ns):
-        """Sleep until unparked (returns the ParkResult) or deadline/poll (returns None)."""
+    def _reap_for_slot(self):
+        """No free slot: free those of dead processes (the caller then retries once)."""
+        t = self._tl()
+        lib.sl_reap(self._h(), t.reaped, t.reaped + 1)
+
+    def _cond_waiter(self, cv_key, lock):
+        """A _fast.CondWaiter for Condition.wait on this lot (futex backend; None otherwise)."""
+        if self._waiter_code != FUTEX:
+            return None
+        count = int(ffi.cast("uintptr_t", lock._release_args[2]))
+        return _fast.CondWaiter(int(ffi.cast("uintptr_t", self._h())), cv_key, lock._place.key,
+                                lock._address, count, lock)
+
+    @staticmethod
+    def _slice(poll, poll_ns):
+        """How long one sleep lasts before the sleeper looks up (signals, poll)."""
         main = threading.current_thread() is threading.main_thread()
         slice_ns = SLICE_MAIN_NS if main else SLICE_OTHER_NS
         if poll is not None:
             slice_ns = min(slice_ns, poll_ns)
+        return slice_ns
+
+    def _first_slice(self, poll, poll_ns):
+        """The slice the core sleeps itself right after queueing (0: it does not; the
+        semaphore backend's sleep needs its semaphore opened here first)."""
+        return self._slice(poll, poll_ns) if self._waiter_code == FUTEX else 0
+
+    def _sleep(self, slot, deadline, poll, poll_ns, slept=0):
+        """Sleep until unparked (returns the ParkResult) or deadline/poll (returns None).
+        ``slept``: the core has slept a first slice already (look up before sleeping again)."""
+        slice_ns = self._slice(poll, poll_ns)
         waiter = self._waiter
+        if slept and not lib.sl_park_is_unparked(self._l, slot) and poll is not None and poll():
+            return None
         while True:
             now = lib.sl_now_ns()
             if deadline and now >= deadline:

@@ -12,8 +12,10 @@
  *   LockCore               the u64 lock word of ident.h, threading.Lock-shaped fast paths
  *   RLockCore              the same word plus a u32 recursion count (16 bytes)
  *   SpinWait               parking_lot_core's exponential back-off counter
+ *   CondWaiter             Condition.wait in one call (fastwait.c): the exception to "nothing
+ *                          here blocks": it releases the GIL around its calls into the core
  * Functions: self_ident, self_owner_bits, owner_bits, word_owner, process_alive, cpu_relax,
- * thread_yield; constants LOCKED_BIT, PARKED_BIT, START_MASK, LOCK_SIZE, RLOCK_SIZE.
+ * thread_yield, bind_core; constants LOCKED_BIT, PARKED_BIT, START_MASK, LOCK_SIZE, RLOCK_SIZE.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -1148,6 +1150,12 @@ static PyObject *f_cpu_relax(PyObject *Py_UNUSED(m), PyObject *const *args, Py_s
     Py_RETURN_NONE;
 }
 
+uint64_t sl_fast_my_bits(void) { return my_bits(); }
+
+/* fastwait.c */
+extern PyTypeObject CondWaiter_Type;
+PyObject *sl_fast_bind_core(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
+
 static PyObject *f_thread_yield(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
     sched_yield();
@@ -1174,6 +1182,9 @@ static PyMethodDef module_methods[] = {
      "cpu_relax(n=1, /)\n--\n\nExecute n spin-loop hints (pause / isb), n <= 2**20."},
     {"thread_yield", f_thread_yield, METH_NOARGS,
      "thread_yield()\n--\n\nsched_yield(), keeping the GIL."},
+    {"bind_core", METH(sl_fast_bind_core), METH_FASTCALL,
+     "bind_core(cond_park, futex_wait, word_finish, cond_cancel, /)\n--\n\n"
+     "Addresses of the core's functions (shmlot._core) that CondWaiter calls."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fast_module = {
@@ -1238,6 +1249,7 @@ PyMODINIT_FUNC PyInit__fast(void)
         add_type(m, &LockCore_Type, "LockCore") < 0 ||
         add_type(m, &RLockCore_Type, "RLockCore") < 0 ||
         add_type(m, &SpinWait_Type, "SpinWait") < 0 ||
+        add_type(m, &CondWaiter_Type, "CondWaiter") < 0 ||
         PyModule_AddIntConstant(m, "LOCKED_BIT", (long)SL_LOCKED_BIT) < 0 ||
         PyModule_AddIntConstant(m, "PARKED_BIT", (long)SL_PARKED_BIT) < 0 ||
         PyModule_AddIntConstant(m, "START_MASK", (long)SL_START_MASK) < 0 ||

@@ -304,7 +304,23 @@ int sl_park_finish(sl_lot *l, uint32_t idx, uint64_t *token)
     return 0;
 }
 
+static int call_py_timed_out(void *ctx, uint64_t key, int was_last)
+{
+    sl_in_callback = 1;
+    int r = sl_py_timed_out(ctx, key, was_last);
+    sl_in_callback = 0;
+    return r;
+}
+
 int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64_t *token)
+{
+    return sl_park_cancel_native(l, idx, has_timed_out ? call_py_timed_out : NULL, ctx, token);
+}
+
+/* sl_park_cancel with a C timed_out (NULL: none), run under the bucket lock; it returns 0, or
+ * -1 for "raised" (the slot still leaves the queue). */
+int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint64_t, int),
+                          void *arg, uint64_t *token)
 {
     int rc = check_slot(l, idx);
     if (rc)
@@ -369,12 +385,7 @@ int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64
             link = (uint32_t)next;
         }
         sl_count(l, SL_C_TIMEOUTS, 1);
-        int cb = 0;
-        if (has_timed_out) {
-            sl_in_callback = 1;
-            cb = sl_py_timed_out(ctx, key, was_last);
-            sl_in_callback = 0;
-        }
+        int cb = timed_out ? timed_out(arg, key, was_last) : 0;
         sl_maybe_die("cancel_locked");
         sl_bucket_unlock(l, b);
         sl_slot_release(l, idx);

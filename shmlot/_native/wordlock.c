@@ -22,9 +22,61 @@ static int word_is_parked(void *arg)
     return (LOAD(word) & (SL_LOCKED_BIT | SL_PARKED_BIT)) == (SL_LOCKED_BIT | SL_PARKED_BIT);
 }
 
-int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint32_t *slot)
+static uint64_t my_lock_bits(void)
 {
-    return sl_park_begin_native(l, key, 0, LOAD(word), word_is_parked, word, deadline_ns, slot);
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_identity(&pid, &tid, &start);
+    return sl_owner_bits(pid, tid, start) | SL_LOCKED_BIT;
+}
+
+int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token)
+{
+    if (!sl_park_is_unparked(l, *slot))
+        return 0;
+    int rc = sl_park_finish(l, *slot, token);
+    if (rc)
+        return rc;
+    *slot = UINT32_MAX;
+    /* A plain wake-up: the lock was released, not handed over. Take it while it is free, as
+     * the caller would first thing (barging is allowed, as in the fast path). */
+    if (*token != TOKEN_HANDOFF) {
+        uint64_t me = my_lock_bits(), old = LOAD(word);
+        while (!(old & SL_LOCKED_BIT)) {
+            if (CAS(word, &old, (old & SL_PARKED_BIT) | me)) {
+                *token = TOKEN_HANDOFF;
+                break;
+            }
+        }
+    }
+    return SL_PARK_DONE;
+}
+
+/* The first sleep of a park that has just begun (see api.h): saves the woken thread a return to
+ * Python and three calls back into the core, which on a hand-off chain (a Condition's waiters
+ * re-acquiring its lock one after another) is most of each step. */
+static int sleep_first(sl_lot *l, uint32_t *slot, uint64_t deadline_ns, uint64_t slice_ns,
+                       uint64_t *word, uint64_t *token)
+{
+    if (!slice_ns || l->waiter != SL_WAITER_FUTEX)
+        return 0;
+    uint64_t until = sl_now_ns() + slice_ns;
+    if (deadline_ns && deadline_ns < until)
+        until = deadline_ns;
+    int r = sl_futex_wait(l, *slot, until);
+    if (r < 0)
+        return 0; /* the caller's loop meets the error again and reports it */
+    /* slice over or a signal: still queued unless an unparker got there meanwhile */
+    return sl_word_finish(l, slot, word, token);
+}
+
+int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint64_t slice_ns,
+                 uint32_t *slot, uint64_t *token)
+{
+    int rc = sl_park_begin_native(l, key, 0, LOAD(word), word_is_parked, word, deadline_ns, slot);
+    if (rc)
+        return rc;
+    return sleep_first(l, slot, deadline_ns, slice_ns, word, token);
 }
 
 /* Under bucket b's lock: dequeue the first live waiter on key and decide the word, as
@@ -81,14 +133,11 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
 }
 
 int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, uint32_t *count,
-                 uint64_t deadline_ns, uint32_t *slot, uint32_t *woken, uint32_t woken_cap,
-                 int *nwoken)
+                 uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot, uint64_t *token,
+                 uint32_t *woken, uint32_t woken_cap, int *nwoken)
 {
     *nwoken = 0;
-    uint32_t pid, tid;
-    uint64_t start;
-    sl_identity(&pid, &tid, &start);
-    uint64_t me = sl_owner_bits(pid, tid, start) | SL_LOCKED_BIT;
+    uint64_t me = my_lock_bits();
     uint64_t old = LOAD(word);
     if ((old & ~(uint64_t)SL_PARKED_BIT) != me)
         return sl_fail(-EPERM, "cannot wait on un-acquired lock");
@@ -104,17 +153,50 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, 
             rc = sl_word_unlock(l, lock_key, word, 0, woken, woken_cap);
             if (rc >= 0) {
                 *nwoken = rc;
-                return 0;
+                return sleep_first(l, slot, deadline_ns, slice_ns, word, token);
             }
             break;
         }
         if (CAS(word, &old, 0))
-            return 0;
+            return sleep_first(l, slot, deadline_ns, slice_ns, word, token);
     }
     /* the lock could not be released (its bucket is corrupt): take the park back */
     if (count)
         STORE(count, saved);
-    uint64_t token;
-    sl_park_cancel(l, *slot, 0, NULL, &token);
+    uint64_t ignored;
+    sl_park_cancel(l, *slot, 0, NULL, &ignored);
+    return rc;
+}
+
+struct cond_leave {
+    uint64_t cv_key;
+    uint64_t *word;
+    int requeued;
+};
+
+/* Condition.wait's timed_out, under the bucket lock of the queue the waiter leaves: a queue
+ * other than the condition's is its lock's (a notify moved it there), so it counts as notified;
+ * the last waiter leaving the lock's queue clears PARKED (unless the word moved on), so that
+ * unlocks stop looking for waiters. */
+static int cond_timed_out(void *arg, uint64_t key, int was_last)
+{
+    struct cond_leave *c = arg;
+    if (key == c->cv_key)
+        return 0;
+    c->requeued = 1;
+    if (was_last) {
+        uint64_t old = LOAD(c->word);
+        while ((old & SL_PARKED_BIT) && !CAS(c->word, &old, old & ~(uint64_t)SL_PARKED_BIT))
+            ;
+    }
+    return 0;
+}
+
+int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, uint64_t *token,
+                   int *requeued)
+{
+    struct cond_leave c = {cv_key, word, 0};
+    int rc = sl_park_cancel_native(l, slot, cond_timed_out, &c, token);
+    *requeued = c.requeued;
     return rc;
 }
