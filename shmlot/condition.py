@@ -18,7 +18,7 @@ from . import locks as _locks
 from .errors import LotFullError
 from ._results import RequeueOp
 from ._core import lib
-from .lot import _check, check_timeout, deadline_after
+from .lot import _check, check_timeout
 
 __all__ = ["Condition"]
 
@@ -52,8 +52,11 @@ class Condition:
         self._rlock = isinstance(lock, _locks.RLock)
         self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
-        # the whole wait in C (futex backend); None: through lot._park
-        self._waiter = place.lot._cond_waiter(self._cv_key, lock)
+        # Condition.wait as one C call (futex backend; see _native/fastwait.c); the instance
+        # attribute shadows the method below, which the semaphore backend keeps using
+        self._waiter = place.lot._cond_waiter(self._cv_key, lock, _waiter_slow)
+        if self._waiter is not None:
+            self.wait = self._waiter
         self.acquire = lock.acquire
         self.release = lock.release
         # threading.Condition exports its lock's protocol methods too
@@ -91,53 +94,20 @@ class Condition:
         """Release the lock, wait for a notify (or ``timeout`` seconds), re-acquire the lock.
         Returns False if it timed out before a notify. As in threading, the lock is held again on
         return, also when an exception propagates (OwnerDiedError included: the lock's holder
-        died, and the lock is now held by the caller)."""
-        lock = self._lock
-        if not lock._is_owned():
-            raise RuntimeError("cannot wait on un-acquired lock")
-        if self._waiter is None:
-            return self._wait_parked(timeout)
-        lot = self._place.lot
-        lot._h()  # ValueError if the lot was closed
-        deadline = deadline_after(check_timeout(timeout)) if timeout is not None else 0
-        saved = lock._count() if self._rlock else 1
-        slice_ns = lot._slice(True, _locks.OWNER_POLL_NS)
-        try:
-            for attempt in (0, 1):
-                rc = self._waiter.wait(deadline, slice_ns, _locks.OWNER_POLL_NS)
-                if rc >= 0:
-                    return rc == 1
-                if rc == lib.SL_ETIMEDOUT:
-                    return False  # the bucket lock stayed busy past the deadline; not queued
-                if rc != lib.SL_EFULL:
-                    _check(rc, "wait")
-                if attempt == 0:
-                    lot._reap_for_slot()
-            self._full_backoff(timeout)
-            return True
-        finally:
-            # Held again already if the wait never released it, if it was handed to us (the
-            # unlocker wrote our identity into the word) or taken in C on wake-up; else take it.
-            if lock._word() & ~PARKED == _fast.self_owner_bits() | LOCKED:
-                if self._rlock:
-                    lock._set_count(saved)
-            else:
-                lock._acquire_restore(saved)
+        died, and the lock is now held by the caller).
+
+        On a futex lot each Condition has this as a C callable instead (``_fast.CondWaiter``,
+        same behaviour): this method is the semaphore backend's."""
+        return self._wait_parked(timeout)
 
     def _full_backoff(self, timeout):
-        """No slot to wait in (never queued, the lock still held). The primitives do not raise
-        LotFullError: back off with the lock released (whoever would notify us, or free a slot,
-        may need it), and take it back; the caller returns as from a spurious wake-up."""
-        lock = self._lock
-        state = lock._release_save()
-        try:
-            _waiting.full_backoff(self._place.lot, timeout)
-        finally:
-            lock._acquire_restore(state)
+        _full_backoff(self._lock, self._place.lot, timeout)
 
     def _wait_parked(self, timeout):
         """wait() through lot._park (the semaphore backend)."""
         lock = self._lock
+        if not lock._is_owned():
+            raise RuntimeError("cannot wait on un-acquired lock")
         if timeout is not None:
             check_timeout(timeout)
         # The core parks us on the condition's key and then releases the lock (count and all,
@@ -249,6 +219,29 @@ class Condition:
         self._place.lot.unpark_requeue(self._cv_key, self._lock._place.key, validate, callback)
 
     notifyAll = notify_all
+
+
+def _full_backoff(lock, lot, timeout):
+    """No slot to wait in (never queued, the lock still held). The primitives do not raise
+    LotFullError: back off with the lock released (whoever would notify us, or free a slot, may
+    need it), and take it back; the caller returns as from a spurious wake-up."""
+    state = lock._release_save()
+    try:
+        _waiting.full_backoff(lot, timeout)
+    finally:
+        lock._acquire_restore(state)
+
+
+def _waiter_slow(waiter, code, timeout):
+    """What a CondWaiter's core error code means (the lock is held again when it calls)."""
+    if code == lib.SL_ETIMEDOUT:
+        return False  # the bucket lock stayed busy past the deadline; never queued
+    if code == lib.SL_EFULL:
+        waiter.lot._reap_for_slot()  # for the next wait
+        _full_backoff(waiter.lock, waiter.lot, timeout)
+        return True
+    _check(code, "wait")
+    raise AssertionError(f"CondWaiter: unexpected code {code}")
 
 
 def _rebuild(place_args, lock):

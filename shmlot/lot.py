@@ -502,13 +502,14 @@ class ParkingLot:
         t = self._tl()
         lib.sl_reap(self._h(), t.reaped, t.reaped + 1)
 
-    def _cond_waiter(self, cv_key, lock):
-        """A _fast.CondWaiter for Condition.wait on this lot (futex backend; None otherwise)."""
+    def _cond_waiter(self, cv_key, lock, slow):
+        """A _fast.CondWaiter: Condition.wait on this lot in one C call (futex backend; None
+        otherwise). ``slow(waiter, code, timeout)`` handles the core's error codes."""
         if self._waiter_code != FUTEX:
             return None
         count = int(ffi.cast("uintptr_t", lock._release_args[2]))
-        return _fast.CondWaiter(int(ffi.cast("uintptr_t", self._h())), cv_key, lock._place.key,
-                                lock._address, count, lock)
+        return _fast.CondWaiter(self, int(ffi.cast("uintptr_t", self._h())), cv_key,
+                                lock._place.key, lock._address, count, lock, slow)
 
     @staticmethod
     def _slice(poll, poll_ns):

@@ -19,6 +19,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -30,6 +32,10 @@ uint64_t sl_fast_my_bits(void); /* fast.c: the calling thread's owner bits */
 #define SEQ __ATOMIC_SEQ_CST
 #define TOKEN_HANDOFF 1
 #define NO_SLOT UINT32_MAX
+/* Every waiter looks up this often (signals: Ctrl-C must land within 0.2 s), and checks the
+ * lock's holder this often (_locks.OWNER_POLL_NS). */
+#define SL_COND_SLICE_NS 50000000ULL
+#define SL_COND_POLL_NS 200000000ULL
 
 static struct {
     int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t, uint64_t,
@@ -48,25 +54,39 @@ static uint64_t now_ns(void)
 
 typedef struct {
     PyObject_HEAD
+    vectorcallfunc vectorcall;
     sl_lot *lot;
     uint64_t cv_key, lock_key;
-    uint64_t *word;  /* the lock's word, in the lock's buffer */
-    uint32_t *count; /* an RLock's count (NULL for a Lock) */
-    PyObject *lock;  /* keeps the buffer of word and count alive */
+    uint64_t *word;   /* the lock's word, in the lock's buffer */
+    uint32_t *count;  /* an RLock's count (NULL for a Lock) */
+    PyObject *lock;   /* keeps the buffer of word and count alive; _acquire_restore */
+    PyObject *lotobj; /* the ParkingLot: its `closed` says whether `lot` is still mapped */
+    PyObject *slow;   /* slow(waiter, code, timeout): the rare outcomes, in Python */
 } CondWaiter;
+
+static PyObject *str_closed, *str_acquire_restore;
+static PyObject *cw_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames);
 
 static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"lot", "cv_key", "lock_key", "word", "count", "lock", NULL};
+    static char *kwlist[] = {"lotobj", "lot", "cv_key", "lock_key", "word", "count", "lock",
+                             "slow", NULL};
     unsigned long long lot, cv_key, lock_key, word, count;
-    PyObject *lock;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "KKKKKO:CondWaiter", kwlist, &lot, &cv_key,
-                                     &lock_key, &word, &count, &lock))
+    PyObject *lotobj, *lock, *slow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKOO:CondWaiter", kwlist, &lotobj, &lot,
+                                     &cv_key, &lock_key, &word, &count, &lock, &slow))
         return -1;
     if (!lot || !word || word % 8 || count % 4) {
         PyErr_SetString(PyExc_ValueError, "CondWaiter: bad lot or word address");
         return -1;
     }
+    if (!str_closed) {
+        str_closed = PyUnicode_InternFromString("closed");
+        str_acquire_restore = PyUnicode_InternFromString("_acquire_restore");
+        if (!str_closed || !str_acquire_restore)
+            return -1;
+    }
+    self->vectorcall = cw_call;
     self->lot = (sl_lot *)(uintptr_t)lot;
     self->cv_key = cv_key;
     self->lock_key = lock_key;
@@ -74,18 +94,26 @@ static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
     self->count = (uint32_t *)(uintptr_t)count;
     Py_INCREF(lock);
     Py_XSETREF(self->lock, lock);
+    Py_INCREF(lotobj);
+    Py_XSETREF(self->lotobj, lotobj);
+    Py_INCREF(slow);
+    Py_XSETREF(self->slow, slow);
     return 0;
 }
 
 static int cw_traverse(CondWaiter *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->lock);
+    Py_VISIT(self->lotobj);
+    Py_VISIT(self->slow);
     return 0;
 }
 
 static int cw_clear(CondWaiter *self)
 {
     Py_CLEAR(self->lock);
+    Py_CLEAR(self->lotobj);
+    Py_CLEAR(self->slow);
     return 0;
 }
 
@@ -126,58 +154,41 @@ static int holder_gone(uint64_t word, uint64_t me)
     return !sl_process_alive(pid, sl_word_start(word), SL_START_MASK);
 }
 
-static PyObject *cw_wait(CondWaiter *self, PyObject *const *args, Py_ssize_t nargs)
+#define PY_RAISED INT32_MIN
+
+/* Park and release the lock, sleep until notified, deadline or the holder's death. Returns 1
+ * (notified) or 0 (not), a negative core code (the lock may or may not still be ours), or
+ * PY_RAISED (a signal handler raised; the queue was left). */
+static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
 {
-    unsigned long long deadline, slice, poll;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "wait(deadline_ns, slice_ns, poll_ns)");
-        return NULL;
-    }
-    deadline = PyLong_AsUnsignedLongLong(args[0]);
-    slice = PyLong_AsUnsignedLongLong(args[1]);
-    poll = PyLong_AsUnsignedLongLong(args[2]);
-    if (PyErr_Occurred())
-        return NULL;
-    if (!core.cond_park || !self->lot) {
-        PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to the core");
-        return NULL;
-    }
-    if (!slice)
-        slice = 1;
-    uint64_t me = sl_fast_my_bits() | SL_LOCKED_BIT;
-    if ((__atomic_load_n(self->word, SEQ) & ~(uint64_t)SL_PARKED_BIT) != me) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot wait on un-acquired lock");
-        return NULL;
-    }
     uint32_t slot = NO_SLOT, woken[1];
     uint64_t token = 0;
     int nwoken = 0, rc;
-    uint64_t next_poll = poll ? now_ns() + poll : 0;
+    uint64_t next_poll = now_ns() + SL_COND_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
     rc = core.cond_park(self->lot, self->cv_key, self->lock_key, self->word, self->count,
-                        deadline, slice, &slot, &token, woken, 1, &nwoken);
+                        deadline, SL_COND_SLICE_NS, &slot, &token, woken, 1, &nwoken);
     Py_END_ALLOW_THREADS
-    /* SL_PARK_DONE: notified; an error: nothing queued, the lock still ours */
-    if (rc != 0)
-        return PyLong_FromLong(rc == SL_PARK_DONE ? 1 : rc);
+    if (rc != 0) /* SL_PARK_DONE: notified; an error: nothing queued, the lock still ours */
+        return rc == SL_PARK_DONE ? 1 : rc;
     for (;;) {
-        /* queued, the lock released, the slice over (or a signal) */
+        /* queued, the lock released, a slice over (or a signal) */
         if (PyErr_CheckSignals() < 0) {
-            leave(self, slot); /* the exception wins; the caller takes the lock back */
-            return NULL;
+            leave(self, slot);
+            return PY_RAISED;
         }
         uint64_t now = now_ns();
         if (deadline && now >= deadline)
-            return PyLong_FromLong(leave(self, slot));
-        if (next_poll && now >= next_poll) {
-            next_poll = now + poll;
+            return leave(self, slot);
+        if (now >= next_poll) {
+            next_poll = now + SL_COND_POLL_NS;
             if (holder_gone(__atomic_load_n(self->word, SEQ), me))
-                return PyLong_FromLong(leave(self, slot));
+                return leave(self, slot);
         }
-        uint64_t until = now + slice;
+        uint64_t until = now + SL_COND_SLICE_NS;
         if (deadline && deadline < until)
             until = deadline;
-        if (next_poll && next_poll < until)
+        if (next_poll < until)
             until = next_poll;
         int r;
         Py_BEGIN_ALLOW_THREADS
@@ -185,49 +196,177 @@ static PyObject *cw_wait(CondWaiter *self, PyObject *const *args, Py_ssize_t nar
         rc = r < 0 ? r : core.word_finish(self->lot, &slot, self->word, &token);
         Py_END_ALLOW_THREADS
         if (rc == SL_PARK_DONE)
-            return PyLong_FromLong(1);
+            return 1;
         if (rc < 0) {
             leave(self, slot);
-            return PyLong_FromLong(rc);
+            return rc;
         }
     }
 }
 
-static PyObject *cw_get_lock(CondWaiter *self, void *Py_UNUSED(closure))
+/* Hold the lock again (it may be ours already: never released, handed over, or taken on
+ * wake-up), and an RLock's count as it was. The uncontended re-acquire is a CAS here; anything
+ * else is the lock's own _acquire_restore (which may raise OwnerDiedError, with the lock held).
+ * Returns 0, or -1 with an exception set. */
+static int reacquire(CondWaiter *self, uint64_t me, uint32_t saved)
 {
-    PyObject *lock = self->lock ? self->lock : Py_None;
-    Py_INCREF(lock);
-    return lock;
+    uint64_t old = __atomic_load_n(self->word, SEQ);
+    for (;;) {
+        if ((old & ~(uint64_t)SL_PARKED_BIT) == me)
+            break;
+        if (old & SL_LOCKED_BIT) {
+            PyObject *n = PyLong_FromUnsignedLong(saved);
+            if (!n)
+                return -1;
+            PyObject *r = PyObject_CallMethodOneArg(self->lock, str_acquire_restore, n);
+            Py_DECREF(n);
+            if (!r)
+                return -1;
+            Py_DECREF(r);
+            return 0;
+        }
+        if (__atomic_compare_exchange_n(self->word, &old, (old & SL_PARKED_BIT) | me, 0, SEQ,
+                                        SEQ))
+            break;
+    }
+    if (self->count)
+        __atomic_store_n(self->count, saved, __ATOMIC_RELAXED);
+    return 0;
 }
 
-static PyMethodDef cw_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))cw_wait, METH_FASTCALL,
-     "wait(deadline_ns, slice_ns, poll_ns, /)\n--\n\n"
-     "Park on the condition and release the lock (the caller must hold it), sleep until\n"
-     "notified or deadline_ns (0: none), looking up every slice_ns for signals and every\n"
-     "poll_ns at the lock's holder. Returns 1 (notified) or 0 (timed out, or left because the\n"
-     "holder died) with the lock held again only if it was handed over: the caller checks the\n"
-     "word and re-acquires otherwise. A negative result is a core error code (nothing queued,\n"
-     "the lock still held, when the park could not begin)."},
-    {NULL, NULL, 0, NULL}};
+/* threading.Condition.wait's timeout rules: None, or a number >= 0 (not a bool, not NaN). */
+static int parse_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                         PyObject **out)
+{
+    *out = Py_None;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs + nkw > 1) {
+        PyErr_SetString(PyExc_TypeError, "wait() takes at most 1 argument (timeout)");
+        return -1;
+    }
+    if (nkw) {
+        if (!PyUnicode_Check(PyTuple_GET_ITEM(kwnames, 0)) ||
+            PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "timeout") != 0) {
+            PyErr_Format(PyExc_TypeError, "wait() got an unexpected keyword argument '%S'",
+                         PyTuple_GET_ITEM(kwnames, 0));
+            return -1;
+        }
+        *out = args[0];
+    } else if (nargs) {
+        *out = args[0];
+    }
+    return 0;
+}
+
+static int deadline_of(PyObject *timeout, uint64_t *deadline)
+{
+    *deadline = 0;
+    if (timeout == Py_None)
+        return 0;
+    if (PyBool_Check(timeout) || !(PyLong_Check(timeout) || PyFloat_Check(timeout))) {
+        PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %s",
+                     Py_TYPE(timeout)->tp_name);
+        return -1;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    if (isnan(t) || t < 0) {
+        PyObject *r = PyObject_Repr(timeout);
+        if (r) {
+            PyErr_Format(PyExc_ValueError, "timeout must be a non-negative number, got %U", r);
+            Py_DECREF(r);
+        }
+        return -1;
+    }
+    if (t > 1e9)
+        t = 1e9;
+    uint64_t ns = (uint64_t)(t * 1e9);
+    *deadline = now_ns() + (ns ? ns : 1);
+    return 0;
+}
+
+/* Condition.wait(timeout=None) */
+static PyObject *cw_call(PyObject *obj, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    CondWaiter *self = (CondWaiter *)obj;
+    PyObject *timeout;
+    uint64_t deadline;
+    if (parse_timeout(args, PyVectorcall_NARGS(nargsf), kwnames, &timeout) < 0 ||
+        deadline_of(timeout, &deadline) < 0)
+        return NULL;
+    if (!core.cond_park || !self->lot) {
+        PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to the core");
+        return NULL;
+    }
+    uint64_t me = sl_fast_my_bits() | SL_LOCKED_BIT;
+    if ((__atomic_load_n(self->word, SEQ) & ~(uint64_t)SL_PARKED_BIT) != me) {
+        PyErr_SetString(PyExc_RuntimeError, "cannot wait on un-acquired lock");
+        return NULL;
+    }
+    PyObject *closed = PyObject_GetAttr(self->lotobj, str_closed);
+    if (!closed)
+        return NULL;
+    int is_closed = PyObject_IsTrue(closed);
+    Py_DECREF(closed);
+    if (is_closed) {
+        if (is_closed > 0)
+            PyErr_SetString(PyExc_ValueError, "the condition's lot is closed");
+        return NULL;
+    }
+    uint32_t saved = self->count ? __atomic_load_n(self->count, __ATOMIC_RELAXED) : 1;
+    int rc = wait_parked(self, me, deadline);
+    if (rc == PY_RAISED) {
+        /* the exception propagates with the lock held, as in threading */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        if (reacquire(self, me, saved) < 0) {
+            Py_XDECREF(type);
+            Py_XDECREF(value);
+            Py_XDECREF(tb);
+            return NULL;
+        }
+        PyErr_Restore(type, value, tb);
+        return NULL;
+    }
+    if (reacquire(self, me, saved) < 0)
+        return NULL;
+    if (rc >= 0)
+        return PyBool_FromLong(rc);
+    /* a core code: the lock held again, let Python say what it means */
+    return PyObject_CallFunction(self->slow, "OiO", (PyObject *)self, rc, timeout);
+}
+
+static PyObject *cw_get(CondWaiter *self, void *closure)
+{
+    PyObject *o = closure ? self->lotobj : self->lock;
+    if (!o)
+        o = Py_None;
+    Py_INCREF(o);
+    return o;
+}
 
 static PyGetSetDef cw_getset[] = {
-    {"lock", (getter)cw_get_lock, NULL, "The lock whose word the waiter releases.", NULL},
+    {"lock", (getter)cw_get, NULL, "The lock whose word the waiter releases.", NULL},
+    {"lot", (getter)cw_get, NULL, "The ParkingLot it parks in.", (void *)1},
     {NULL, NULL, NULL, NULL, NULL}};
 
 PyTypeObject CondWaiter_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "shmlot._fast.CondWaiter",
     .tp_basicsize = sizeof(CondWaiter),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "CondWaiter(lot, cv_key, lock_key, word, count, lock): Condition.wait in C "
-              "(addresses as ints; count 0 for a Lock).",
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, word, count, lock, slow)\n\n"
+              "Condition.wait(timeout=None) for a futex lot, as one callable (addresses as ints;\n"
+              "count 0 for a Lock). slow(waiter, code, timeout) gets the core's error codes,\n"
+              "with the lock held again.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)cw_init,
     .tp_traverse = (traverseproc)cw_traverse,
     .tp_clear = (inquiry)cw_clear,
     .tp_dealloc = (destructor)cw_dealloc,
-    .tp_methods = cw_methods,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(CondWaiter, vectorcall),
     .tp_getset = cw_getset,
 };
 

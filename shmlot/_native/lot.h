@@ -59,8 +59,29 @@ typedef struct {
     uint64_t fair_timeout_ns;/* CLOCK_MONOTONIC; past it, the next unpark is "be_fair" */
 } sl_bucket;
 
+/* A slot's wait word (changed under the bucket lock, except AHEAD -> SLEEP by its owner).
+ * AHEAD: still queued, but woken ahead of its turn because it is next in line after a thread
+ * just unparked from a burst (Condition waiters that notify_all moved onto a lock's queue): it
+ * spins instead of sleeping, so that its wake-up latency overlaps the current holder's work. An
+ * unparker that finds AHEAD skips the futex wake (the thread is awake). */
+#define SL_WAIT_UNPARKED 0
+#define SL_WAIT_SLEEP 1
+#define SL_WAIT_AHEAD 2
+#define SL_AHEAD_SPIN_NS 200000ULL
+/* park token of Condition waiters parked by sl_cond_park: the unlocker of a lock word wakes the
+ * next such waiter ahead (see SL_WAIT_AHEAD) */
+#define SL_TOKEN_BURST 0x4255525354ULL /* "BURST" */
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SL_CPU_RELAX() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define SL_CPU_RELAX() __asm__ __volatile__("isb" ::: "memory")
+#else
+#define SL_CPU_RELAX() __asm__ __volatile__("" ::: "memory")
+#endif
+
 typedef struct {
-    uint32_t wait;           /* futex word: 1 while parked, 0 once unparked (set under the lock) */
+    uint32_t wait;           /* futex word: SL_WAIT_* */
     uint32_t state;          /* SLOT_* */
     uint64_t key;
     uint64_t park_token;
@@ -162,7 +183,8 @@ int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint
                           void *arg, uint64_t *token);
 int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *more);
 int sl_fair_timeout(sl_bucket *bk);
-void sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token);
+uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token);
+int sl_wake_ahead(sl_lot *l, uint32_t idx);
 void sl_wake_slots(sl_lot *l, const uint32_t *woken, int n);
 
 void sl_sem_close_all(sl_lot *l);

@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,7 +142,7 @@ static int64_t next_link(sl_lot *l, uint32_t b, uint32_t link, uint32_t *steps)
 }
 
 /* Dequeue slot idx as unparked with `token`; the caller wakes it after unlocking. */
-void sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
+uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
 {
     sl_slot *s = SLOT(l, idx);
     /* state stays QUEUED until the token is written: if we die in between, bucket repair finds
@@ -149,8 +150,41 @@ void sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
     sl_queue_unlink(l, b, idx);
     s->unpark_token = token;
     STORE(&s->state, SLOT_UNPARKED);
-    STORE(&s->wait, 0);
+    uint32_t was = __atomic_exchange_n(&s->wait, 0, __ATOMIC_SEQ_CST);
     sl_count(l, SL_C_UNPARKS, 1);
+    return was;
+}
+
+/* Under the bucket lock: wake a queued thread ahead of its turn (SL_WAIT_AHEAD, see lot.h);
+ * it stays queued. Returns 1 if the caller must futex-wake it after unlocking. */
+int sl_wake_ahead(sl_lot *l, uint32_t idx)
+{
+    uint32_t expected = SL_WAIT_SLEEP;
+    return l->waiter == SL_WAITER_FUTEX &&
+           __atomic_compare_exchange_n(&SLOT(l, idx)->wait, &expected, SL_WAIT_AHEAD, 0,
+                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+}
+
+/* A thread woken ahead spins until unparked, for at most SL_AHEAD_SPIN_NS (and not past
+ * `until`), then goes back to sleeping (AHEAD -> SLEEP, unless it was unparked meanwhile).
+ * Pause-spins first, then yields, so that on a busy machine the holder gets the CPU. */
+static void spin_ahead(uint32_t *word, uint64_t until)
+{
+    uint64_t now = sl_now_ns(), end = now + SL_AHEAD_SPIN_NS;
+    if (until && until < end)
+        end = until;
+    for (uint32_t i = 0; LOAD(word) == SL_WAIT_AHEAD && now < end; i++) {
+        if (i < 16) {
+            for (int k = 0; k < 8; k++)
+                SL_CPU_RELAX();
+        } else {
+            sched_yield();
+        }
+        now = sl_now_ns();
+    }
+    uint32_t expected = SL_WAIT_AHEAD;
+    __atomic_compare_exchange_n(word, &expected, SL_WAIT_SLEEP, 0, __ATOMIC_SEQ_CST,
+                                __ATOMIC_SEQ_CST);
 }
 
 static int drop_slot(sl_lot *l, uint32_t b, uint32_t idx)
@@ -229,7 +263,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     s->unpark_token = 0;
     s->hint = hint;
     s->parked_ns = sl_now_ns();
-    STORE(&s->wait, 1);
+    STORE(&s->wait, SL_WAIT_SLEEP);
 
     uint32_t b = sl_bucket_of(l, key);
     rc = sl_bucket_lock(l, b, deadline_ns);
@@ -264,8 +298,13 @@ int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
         return rc;
     uint32_t *word = &SLOT(l, idx)->wait;
     for (;;) {
-        if (LOAD(word) == 0)
+        uint32_t w = LOAD(word);
+        if (w == 0)
             return 0;
+        if (w == SL_WAIT_AHEAD) {
+            spin_ahead(word, deadline_ns);
+            continue;
+        }
         struct timespec ts, *tsp = NULL;
         if (deadline_ns) {
             ts.tv_sec = (time_t)(deadline_ns / 1000000000ULL);
@@ -274,7 +313,8 @@ int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
         }
         /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; no FUTEX_PRIVATE_FLAG:
          * the word is shared between processes. */
-        long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, 1, tsp, NULL, FUTEX_BITSET_MATCH_ANY);
+        long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, SL_WAIT_SLEEP, tsp, NULL,
+                         FUTEX_BITSET_MATCH_ANY);
         if (r == 0 || errno == EAGAIN)
             continue; /* woken, maybe spuriously: re-check the word */
         if (errno == ETIMEDOUT)

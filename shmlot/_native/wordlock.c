@@ -80,10 +80,15 @@ int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, 
 }
 
 /* Under bucket b's lock: dequeue the first live waiter on key and decide the word, as
- * RawMutex::unlock_slow's callback does. Returns the slot index + 1, or 0 if nobody waits. */
+ * RawMutex::unlock_slow's callback does. Returns the slot index + 1, or 0 if nobody waits.
+ * *asleep: whether the woken thread needs a futex wake (it does not if it was woken ahead);
+ * *ahead: index + 1 of the next waiter, woken ahead when both are Condition waiters of a burst
+ * (0: none). */
 static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *word, int force_fair,
-                              int *rc)
+                              int *rc, int *asleep, uint32_t *ahead)
 {
+    *asleep = 1;
+    *ahead = SL_NIL;
     uint32_t found;
     int more;
     *rc = sl_find_first(l, b, key, &found, &more);
@@ -105,7 +110,15 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
         STORE(word, more ? SL_PARKED_BIT : 0);
     }
     sl_maybe_die("word_unlock_locked"); /* test hook: the word changed, the waiter not woken */
-    sl_mark_unparked(l, b, found - 1, token);
+    uint64_t burst = s->park_token == SL_TOKEN_BURST;
+    *asleep = sl_mark_unparked(l, b, found - 1, token) != SL_WAIT_AHEAD;
+    if (burst && more) {
+        uint32_t next;
+        int more2;
+        if (sl_find_first(l, b, key, &next, &more2) == 0 && next != SL_NIL &&
+            SLOT(l, next - 1)->park_token == SL_TOKEN_BURST && sl_wake_ahead(l, next - 1))
+            *ahead = next;
+    }
     return found;
 }
 
@@ -118,7 +131,9 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
     int rc = sl_bucket_lock(l, b, 0);
     if (rc)
         return rc;
-    uint32_t found = unlock_locked(l, b, key, word, force_fair, &rc);
+    int asleep;
+    uint32_t ahead;
+    uint32_t found = unlock_locked(l, b, key, word, force_fair, &rc, &asleep, &ahead);
     if (found != SL_NIL)
         sl_maybe_die("unpark_locked"); /* the same test steps as sl_unpark_one */
     sl_bucket_unlock(l, b);
@@ -128,7 +143,10 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
         return 0;
     sl_maybe_die("unpark_before_wake");
     woken[0] = found - 1;
-    sl_wake_slots(l, woken, 1);
+    if (asleep)
+        sl_wake_slots(l, woken, 1);
+    if (ahead != SL_NIL)
+        sl_wake_slot(l, ahead - 1);
     return 1;
 }
 
@@ -141,7 +159,7 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, 
     uint64_t old = LOAD(word);
     if ((old & ~(uint64_t)SL_PARKED_BIT) != me)
         return sl_fail(-EPERM, "cannot wait on un-acquired lock");
-    int rc = sl_park_begin_native(l, cv_key, 0, 0, NULL, NULL, deadline_ns, slot);
+    int rc = sl_park_begin_native(l, cv_key, SL_TOKEN_BURST, 0, NULL, NULL, deadline_ns, slot);
     if (rc)
         return rc;
     uint32_t saved = count ? LOAD(count) : 0;
