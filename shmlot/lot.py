@@ -764,7 +764,7 @@ COUNTERS = {
     "requeues": lib.SL_C_REQUEUES, "fair_handoffs": lib.SL_C_FAIR_HANDOFFS,
     "owner_deaths": lib.SL_C_OWNER_DEATHS, "reaped": lib.SL_C_REAPED,
     "full_waits": lib.SL_C_FULL_WAITS, "invalid_parks": lib.SL_C_INVALID,
-    "bucket_repairs": lib.SL_C_BUCKET_REPAIRS,
+    "bucket_repairs": lib.SL_C_BUCKET_REPAIRS, "woken_ahead": lib.SL_C_WOKEN_AHEAD,
 }
 
 

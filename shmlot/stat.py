@@ -121,7 +121,7 @@ COUNTER_LABELS = [
     ("requeues", "requeues"), ("fair_handoffs", "fair handoffs"),
     ("owner_deaths", "owner deaths recovered"), ("reaped", "reaped"),
     ("full_waits", "lot-full waits"), ("invalid_parks", "invalid parks"),
-    ("bucket_repairs", "bucket repairs"),
+    ("bucket_repairs", "bucket repairs"), ("woken_ahead", "woken ahead"),
 ]
 
 

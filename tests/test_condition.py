@@ -111,6 +111,57 @@ def test_notify_all_requeues_32_processes(plot, segment):
     assert seg.load(8 * 63) == n
 
 
+def _ordered_waiter(cond, seg_name, slot, go):
+    """Wait once; record in the segment the turn in which the lock came back (1, 2, ...). The
+    first to get it holds it until ``go`` is set."""
+    seg = attach_segment(seg_name)
+    with cond:
+        if not cond.wait(30):
+            return
+        turn = seg.fetch_add(8 * 63, 1) + 1
+        seg.store(8 * slot, turn)
+        if turn == 1:
+            go.wait(30)
+
+
+def test_notify_all_hands_the_lock_over_in_wait_order(plot, segment):
+    """notify_all keeps the waiters' order: they get the lock back in the order they began to
+    wait. On the futex backend the unlock that hands the lock to the first wakes the second
+    ahead of its turn (counter woken_ahead); when the first holds the lock longer than that
+    spin lasts, the second sleeps again, still queued (wait word 1), and gets the lock in its
+    turn. A waiter killed while queued on the lock is skipped."""
+    cond = shmlot.Condition()
+    go = shmlot.Event()
+    seg = segment(8 * 64)
+    n = 6
+    procs = []
+    for i in range(n):
+        p = FORK.Process(target=_ordered_waiter, args=(cond, seg.name, i, go))
+        p.start()
+        procs.append(p)
+        wait_parked_on(plot, cond.key, i + 1)  # one at a time: the order is known
+    ahead = plot.info()["counters"]["woken_ahead"]
+    with cond:
+        cond.notify_all()
+    wait_until(lambda: seg.load(8 * 63) == 1, 20, "the first waiter holding the lock")
+    assert seg.load(0) == 1
+    queued = parked(plot, cond._lock.key)
+    assert [q.pid for q in queued] == [p.pid for p in procs[1:]]
+    if plot.waiter == "futex":
+        assert plot.info()["counters"]["woken_ahead"] == ahead + 1
+    # whoever was woken ahead gave up spinning long ago: every queued waiter sleeps
+    wait_until(lambda: all(q.wait == 1 for q in parked(plot, cond._lock.key)), 5,
+               "the waiter woken ahead to sleep again")
+    kill(procs[2])  # third in line: dead, so skipped
+    go.set()
+    for p in procs:
+        p.join(20)
+    assert [p.exitcode for p in procs] == [0, 0, -signal.SIGKILL, 0, 0, 0]
+    assert [seg.load(8 * i) for i in range(n)] == [1, 2, 0, 3, 4, 5]
+    assert not parked(plot)
+    assert cond._lock._word() == 0
+
+
 def test_notify_n_wakes_exactly_n(plot):
     """notify(n) moves exactly n waiters (the oldest) to the lock; the rest stay waiting."""
     cond = shmlot.Condition()

@@ -54,6 +54,7 @@
 #define SL_C_FULL_WAITS 7
 #define SL_C_INVALID 8
 #define SL_C_BUCKET_REPAIRS 9
+#define SL_C_WOKEN_AHEAD 10 /* Condition waiters woken ahead of their turn (lot.h) */
 #define SL_NCOUNTERS 16
 
 typedef struct sl_lot sl_lot;
@@ -78,6 +79,8 @@ typedef struct {
     uint64_t parked_ns;
     uint64_t hint;
     uint32_t bucket;
+    uint32_t wait;           /* 0 unparked, 1 asleep, 2 woken ahead of its turn (spinning) */
+    int32_t guard_alive;     /* the slot guard's view of its thread: 1 alive, 0 dead, -1 unknown */
 } sl_slot_info;
 
 typedef struct {

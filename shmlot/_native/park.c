@@ -160,9 +160,12 @@ uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
 int sl_wake_ahead(sl_lot *l, uint32_t idx)
 {
     uint32_t expected = SL_WAIT_SLEEP;
-    return l->waiter == SL_WAITER_FUTEX &&
-           __atomic_compare_exchange_n(&SLOT(l, idx)->wait, &expected, SL_WAIT_AHEAD, 0,
-                                       __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    if (l->waiter != SL_WAITER_FUTEX ||
+        !__atomic_compare_exchange_n(&SLOT(l, idx)->wait, &expected, SL_WAIT_AHEAD, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        return 0;
+    sl_count(l, SL_C_WOKEN_AHEAD, 1);
+    return 1;
 }
 
 /* A thread woken ahead spins until unparked, for at most SL_AHEAD_SPIN_NS (and not past

@@ -272,6 +272,8 @@ static void copy_slot(sl_lot *l, uint32_t i, sl_slot_info *o)
     o->parked_ns = s->parked_ns;
     o->hint = s->hint;
     o->bucket = s->bucket;
+    o->wait = LOAD(&s->wait);
+    o->guard_alive = sl_slot_owner_alive(l, i);
 }
 
 /* Every slot that is not free. Queued ones are copied bucket by bucket under that bucket's lock
