@@ -70,7 +70,7 @@ SLOT_QUEUED = 2  # lot.h SLOT_QUEUED
 
 # lot ids of every lot this session created or attached under one of its names (for the leak
 # check of the semaphore backend's /dev/shm/sem.sl<lot_id>.<slot> files)
-_session_lot_ids = set()
+_session_lot_ids = {}  # lot id -> the test that made or attached it (for leak reports)
 
 
 def new_lot_name(tag=""):
@@ -374,7 +374,7 @@ def _remove_name(name):
         except Exception:
             pass
         else:
-            _session_lot_ids.add(lot._lot_id)
+            _session_lot_ids.setdefault(lot._lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
             lot.unlink()
             return
     try:
@@ -435,7 +435,7 @@ def make_lot(lot_name, waiter):
         kwargs.setdefault("buckets", 256)
         kwargs.setdefault("slots", 256)
         lot = ParkingLot.create(name or lot_name(), **kwargs)
-        _session_lot_ids.add(lot._lot_id)
+        _session_lot_ids.setdefault(lot._lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
         made.append(lot)
         return lot
 
@@ -486,7 +486,7 @@ def _no_shm_leaks():
     def recording_init(self, handle, name):
         original_init(self, handle, name)
         if name.startswith(NAME_PREFIX):
-            _session_lot_ids.add(self._lot_id)
+            _session_lot_ids.setdefault(self._lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
 
     ParkingLot.__init__ = recording_init
     before = _list_shm()
@@ -508,4 +508,8 @@ def _no_shm_leaks():
         else:
             _remove_name(entry)
     if leaked:
-        pytest.fail(f"tests left {len(leaked)} entries in /dev/shm: {leaked[:20]}")
+        owners = {f"sl{i:016x}": t for i, t in _session_lot_ids.items()}
+        whose = sorted({str(owners.get(e[4:].split(".")[0])) for e in leaked
+                        if e.startswith("sem.sl")})
+        pytest.fail(f"tests left {len(leaked)} entries in /dev/shm: {leaked[:20]}"
+                    + (f" (semaphores of lots from {whose})" if whose else ""))

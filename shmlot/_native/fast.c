@@ -3,9 +3,10 @@
  * A cffi call releases and re-takes the GIL; with a second busy Python thread each release hands
  * the GIL away (10-30 us). So the operations that run on every uncontended acquire/release, and the
  * atomics users build their own primitives from, live here as plain CPython C-API code. Nothing in
- * this module releases the GIL, blocks, or touches the lot: whatever the fast paths do not fully
+ * this file releases the GIL, blocks, or touches the lot: whatever the fast paths do not fully
  * understand is handed to a Python method of the subclass (`_acquire_slow`, `_release_slow`), which
- * owns spinning, parking and owner-death recovery.
+ * owns spinning, parking and owner-death recovery. (fastwait.c, the other half of the module, is
+ * Condition.wait, which does block, with the GIL released, in the core.)
  *
  * Types (all subclassable; all bound to a word in a writable buffer for their whole life):
  *   AtomicU32, AtomicU64   sequentially consistent atomics on a naturally aligned word
