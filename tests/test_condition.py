@@ -423,3 +423,21 @@ def test_owner_died_in_wait_restores_rlock_depth(plot):
     p.join(10)
     t.join(10)
     assert out == [("died", 2), ("after", 0, False)]
+
+
+@pytest.mark.parametrize("args, kwargs, error", [
+    ((-1,), {}, ValueError), ((float("nan"),), {}, ValueError), (("1",), {}, TypeError),
+    ((True,), {}, TypeError), ((1, 2), {}, TypeError), ((), {"time": 1}, TypeError)])
+def test_wait_argument_errors(plot, args, kwargs, error):
+    """wait()'s arguments are checked before anything is queued or released (both backends:
+    the futex one's wait is the C CondWaiter)."""
+    cond = shmlot.Condition()
+    with cond:
+        with pytest.raises(error):
+            cond.wait(*args, **kwargs)
+        assert cond._is_owned()
+        assert cond.wait(timeout=0) is False
+        assert cond.wait(0.0) is False
+        assert cond._is_owned()
+    assert not parked(plot)
+    assert cond._lock._word() == 0
