@@ -19,6 +19,7 @@ FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE
 NAMES = {"futex": FUTEX, "semaphore": SEMAPHORE}
 
 UNPARKED, SLICE_OVER, INTERRUPTED = 0, 1, 2
+ORPHAN_SLICE_NS = 10_000_000  # semaphore backend, lot unlinked while in use: poll this often
 
 
 def waiter_code(name):
@@ -58,12 +59,14 @@ class FutexWaiter:
 class SemaphoreWaiter:
     name = "semaphore"
 
-    def __init__(self, lot, lot_id, mode):
+    def __init__(self, lot, lot_id, mode, linked=None):
         import posix_ipc
         self._ipc = posix_ipc
         self._l = lot
         self._lot_id = lot_id
         self._mode = mode
+        self._linked = linked  # None, or: does the lot's name still lead to this lot?
+        self._orphaned = False  # the lot was unlinked under us: posts may miss, poll instead
         self._sems = {}
         self._pid = os.getpid()
 
@@ -96,6 +99,8 @@ class SemaphoreWaiter:
                     os.chmod(f"/dev/shm/sem.{name[1:]}", self._mode)  # Linux's sem_open files
                 except OSError:
                     pass
+                if self._is_orphaned():
+                    self._unlink_name(name)  # leave no name behind an unlinked lot
                 return sem
             try:
                 return ipc.Semaphore(name)
@@ -113,6 +118,11 @@ class SemaphoreWaiter:
         if lib.sl_park_is_unparked(self._l, slot):
             return UNPARKED
         self._sem(slot)  # make sure it exists (created through posix_ipc, with the lot's mode)
+        if self._is_orphaned():
+            if lib.sl_park_is_unparked(self._l, slot):
+                return UNPARKED  # the post may have gone to another semaphore of that name
+            limit = lib.sl_now_ns() + ORPHAN_SLICE_NS
+            deadline_ns = min(deadline_ns, limit) if deadline_ns else limit
         # The blocking wait is the core's sem_clockwait: posix_ipc's acquire() would turn the
         # exception of a Python signal handler (other than SIGINT's) into its SignalError.
         r = lib.sl_sem_wait(self._l, slot, self._lot_id, deadline_ns)
@@ -126,22 +136,48 @@ class SemaphoreWaiter:
         for i in range(n):
             self._sem(woken[i]).release()
 
+    def _is_orphaned(self):
+        """Has the lot been unlinked while in use? Its unlink removed the semaphores, so from
+        then on a post and a sleep may meet different semaphores of the same name (each side
+        re-creates, then removes, its own), and sleepers poll the wait word every
+        ORPHAN_SLICE_NS instead. Checked on each sleep and creation (a stat of the lot's name)."""
+        if not self._orphaned and self._linked is not None and not self._linked():
+            self._orphaned = True
+        return self._orphaned
+
+    def _unlink_name(self, name):
+        try:
+            self._ipc.unlink_semaphore(name)
+        except self._ipc.ExistentialError:
+            pass
+
     def unlink(self, lot_id, nslots):
+        """Remove the lot's semaphores (after its name is gone). Each is posted first: a thread
+        asleep on one wakes, finds the lot unlinked, and polls from then on (_is_orphaned)."""
         for slot in range(nslots):
+            name = self.sem_name(lot_id, slot)
             try:
-                self._ipc.unlink_semaphore(self.sem_name(lot_id, slot))
+                sem = self._ipc.Semaphore(name)
             except self._ipc.ExistentialError:
-                pass
+                continue
+            except self._ipc.PermissionsError:
+                sem = None
+            if sem is not None:
+                try:
+                    sem.release()
+                finally:
+                    sem.close()
+            self._unlink_name(name)
         # Forget the handles but do not close them: another thread of this process may be
         # asleep in acquire() on one of them, and sem_close() unmaps it under that thread
         # (SIGSEGV). The mappings (one page each) go when the process exits.
         self._sems = {}
 
 
-def make_waiter(code, lot, lot_id, mode):
+def make_waiter(code, lot, lot_id, mode, linked=None):
     if code == FUTEX:
         return FutexWaiter(lot)
-    return SemaphoreWaiter(lot, lot_id, mode)
+    return SemaphoreWaiter(lot, lot_id, mode, linked)
 
 
 __all__ = ["waiter_code", "waiter_name", "make_waiter", "FUTEX", "SEMAPHORE", "ffi"]

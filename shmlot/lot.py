@@ -261,7 +261,8 @@ class ParkingLot:
         self._key_base = name_key(name)
         self._pid = os.getpid()
         self._mode = self._segment_mode(name)
-        self._waiter = make_waiter(info.waiter, _handle, info.lot_id, self._mode)
+        self._waiter = make_waiter(info.waiter, _handle, info.lot_id, self._mode,
+                                   self._still_linked_check(name, info.dev, info.ino))
         self._local = threading.local()
         # A writable view of the whole segment, for primitives that bind to words in it.
         self._buffer = memoryview(ffi.buffer(ffi.cast("char *", lib.sl_base_address(_handle)),
@@ -273,6 +274,19 @@ class ParkingLot:
         # lot then, and unmapping it under them crashes the exiting process (SIGSEGV). The
         # mapping goes with the process.
         self._finalizer.atexit = False
+
+    @staticmethod
+    def _still_linked_check(name, dev, ino):
+        """A callable: does the name still lead to the segment this handle mapped?"""
+        path = f"/dev/shm/{name}"
+
+        def linked():
+            try:
+                st = os.stat(path)
+            except OSError:
+                return False
+            return not ino or (st.st_dev, st.st_ino) == (dev, ino)
+        return linked
 
     @staticmethod
     def _segment_mode(name):

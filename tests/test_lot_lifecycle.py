@@ -4,6 +4,7 @@ test_lot_processes.py.)"""
 import os
 import pickle
 import stat
+import time
 
 import pytest
 
@@ -109,8 +110,28 @@ def test_unlink_removes_the_name_but_handles_keep_working(make_lot):
         assert parked(new) == []
     finally:
         new.unlink()
-    if lot.waiter == "semaphore":
-        other._waiter.unlink(other._lot_id, other.slots)  # the semaphores the last park made
+    # a park and a wake-up after the unlink leave no semaphore names behind
+    assert not [e for e in os.listdir(SHM_DIR) if e.startswith(f"sem.sl{lot._lot_id:016x}.")]
+
+
+def test_semaphore_backend_unlink_while_parked(make_lot):
+    """The lot is unlinked (taking its semaphores along) while a thread is parked and a
+    wake-up is on its way: the thread is still woken, promptly, and no semaphore name is
+    re-created for the unlinked lot."""
+    lot = make_lot(waiter="semaphore", slots=16)
+    waker = ParkingLot.attach(lot.name)
+    t = ParkerThread(lot, 1).start()
+    wait_parked(lot, 1, 1)
+    lot.unlink()
+    start = time.monotonic()
+    assert waker.unpark_one(1).unparked_threads == 1
+    assert t.outcome().is_unparked
+    t2 = ParkerThread(lot, 2).start()  # a park after the unlink, from the same handle
+    wait_parked(lot, 2, 1)
+    assert waker.unpark_one(2).unparked_threads == 1
+    assert t2.outcome().is_unparked
+    assert time.monotonic() - start < 0.5  # not a 1 s sleep slice
+    assert not [e for e in os.listdir(SHM_DIR) if e.startswith(f"sem.sl{lot._lot_id:016x}.")]
 
 
 def test_semaphore_backend_unlink_removes_its_semaphores(make_lot):

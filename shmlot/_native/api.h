@@ -113,6 +113,7 @@ typedef struct {
     uint32_t slots_free;
     uint32_t objects_used;
     uint64_t counters[16];
+    uint64_t dev, ino;       /* the segment file this handle mapped (0 if unknown) */
 } sl_lot_info;
 
 /* Python callbacks (extern "Python" in the cffi module). Each returns -1 when the Python

@@ -745,5 +745,7 @@ int sl_info(sl_lot *l, sl_lot_info *o)
     o->objects_used = objects;
     for (int i = 0; i < SL_NCOUNTERS; i++)
         o->counters[i] = LOAD(&h->counters[i]);
+    o->dev = l->dev;
+    o->ino = l->ino;
     return 0;
 }
