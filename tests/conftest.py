@@ -26,8 +26,9 @@ Helpers (import them: ``from conftest import wait_until, run_python, ...``)
                             after the test if still running.
 ``wait_until(pred, ...)``   poll ``pred()`` until true or fail at a deadline (never sleep blindly).
 ``parked(lot, key=None)``   the threads queued in ``lot`` (on ``key``), in queue order, as
-                            ``Parked(pid, tid, key, park_token, index, wait)`` records (index: slot;
-                            wait: its wait word, 2 = woken ahead of its turn).
+                            ``Parked(pid, tid, key, park_token, index, wait, guard)`` records (index:
+                            slot; wait: its wait word, 2 = woken ahead of its turn; guard:
+                            the slot guard's view of the thread, 1 alive, 0 dead, -1 unknown).
 ``wait_parked(lot, key, n)``wait until exactly ``n`` threads are queued on ``key``.
 ``ParkerThread(lot, key, **park_kwargs)``: a thread that parks once; ``.start()`` returns it,
                             ``.outcome()`` joins and returns its ParkResult.
@@ -171,7 +172,7 @@ def wait_until(predicate, timeout=10.0, message="condition", interval=0.001):
         interval = min(interval * 2, 0.01)
 
 
-Parked = collections.namedtuple("Parked", "pid tid key park_token index wait")
+Parked = collections.namedtuple("Parked", "pid tid key park_token index wait guard")
 
 
 def parked(lot, key=None):
@@ -180,7 +181,8 @@ def parked(lot, key=None):
     buf = ffi.new("sl_slot_info[]", cap)
     n = lib.sl_snapshot_slots(lot._h(), buf, cap)
     assert n >= 0, ffi.string(lib.sl_last_error()).decode()
-    return [Parked(s.pid, s.tid, s.key, s.park_token, s.index, s.wait) for s in buf[0:n]
+    return [Parked(s.pid, s.tid, s.key, s.park_token, s.index, s.wait, s.guard_alive)
+            for s in buf[0:n]
             if s.state == SLOT_QUEUED and (key is None or s.key == key)]
 
 

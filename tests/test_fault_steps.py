@@ -19,7 +19,7 @@ import threading
 import pytest
 
 from shmlot import FilterOp, RequeueOp
-from shmlot._core import lib
+from shmlot._core import ffi, lib
 
 from conftest import ParkerThread, parked, start_python, wait_parked, wait_until
 
@@ -85,7 +85,7 @@ def die_in_child(lot, op, step=None):
 import os, signal, sys
 import shmlot
 from shmlot import FilterOp, RequeueOp
-from shmlot._core import lib
+from shmlot._core import ffi, lib
 from shmlot import FilterOp, RequeueOp
 lot = shmlot.ParkingLot.attach({lot.name!r})
 def die(*args):
@@ -371,6 +371,38 @@ def test_unreaped_dead_waiter_does_not_absorb_a_lone_requeue(make_lot):
     assert (r.requeued_threads, r.have_more_threads) == (1, False)
     assert [p.pid for p in parked(lot, key_to)] == [os.getpid()]
     unpark_each(lot, key_to, live, 100)
+    proc.wait(10)
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+def test_slot_guard_tells_a_killed_waiter_from_a_live_one(make_lot):
+    """A parked thread holds its slot's guard, a robust mutex, which the kernel marks when the
+    thread dies: the guard says 1 for a live waiter, 0 for a killed one that is still a zombie
+    (kill(pid, 0) succeeds), and the unpark goes to the live one."""
+    lot = make_lot()
+    proc = zombie_parked_on(lot, KEY)
+    live = park_threads(lot, KEY, 1)
+    assert {p.pid: p.guard for p in parked(lot, KEY)} == {proc.pid: 0, os.getpid(): 1}
+    assert lot.unpark_one(KEY, lambda res: 5).unparked_threads == 1
+    assert live[0].outcome().token == 5
+    proc.wait(10)
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+def test_waiter_liveness_without_a_usable_guard_falls_back_to_proc(make_lot):
+    """A guard that cannot tell (a lot made before guards, scribbled bytes): the unparker asks
+    /proc instead, and a zombie still does not absorb the wake-up."""
+    lot = make_lot()
+    proc = zombie_parked_on(lot, KEY)
+    [dead] = parked(lot, KEY)
+    size = ffi.new("uint32_t *")
+    off = lib.sl_test_slot_guard(lot._h(), dead.index, size)
+    assert off > 0
+    lot._buffer[off:off + size[0]] = bytes(size[0])
+    assert parked(lot, KEY)[0].guard == -1
+    live = park_threads(lot, KEY, 1)
+    assert lot.unpark_one(KEY, lambda res: 6).unparked_threads == 1
+    assert live[0].outcome().token == 6
     proc.wait(10)
     assert_clean(lot, expect_reaped_slot=False)
 

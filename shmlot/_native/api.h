@@ -237,6 +237,9 @@ int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, ui
  * Python signal handler but SIGINT's by its own SignalError, losing it. */
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);
 
+/* test hook: where slot idx's guard mutex lies in the segment (offset; *size its bytes), so
+ * that tests can make a guard unusable and see liveness fall back to /proc. -1 if idx is bad. */
+int64_t sl_test_slot_guard(sl_lot *l, uint32_t idx, uint32_t *size);
 /* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
 int sl_test_set_die_at(const char *step);
 /* CDEF END */

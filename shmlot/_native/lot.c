@@ -721,6 +721,14 @@ int sl_slot_owner_alive(sl_lot *l, uint32_t idx)
     return -1;
 }
 
+int64_t sl_test_slot_guard(sl_lot *l, uint32_t idx, uint32_t *size)
+{
+    *size = (uint32_t)sizeof(pthread_mutex_t);
+    if (idx >= l->nslots)
+        return -1;
+    return (int64_t)((char *)&SLOT(l, idx)->guard - l->base);
+}
+
 int sl_info(sl_lot *l, sl_lot_info *o)
 {
     sl_header *h = HDR(l);
