@@ -37,8 +37,12 @@ class Condition:
         if lock is not None and not isinstance(lock, (_locks.Lock, _locks.RLock)):
             raise TypeError("Condition needs a shmlot Lock or RLock (a threading or "
                             f"multiprocessing lock cannot be shared): got {type(lock).__name__}")
-        if lot is None and lock is not None:
-            lot = lock._place.lot
+        if lock is not None:
+            if lot is None:
+                lot = lock._place.lot
+            elif lot._lot_id != lock._place.lot._lot_id:
+                # its waiters move onto the lock's queue, which is in the lock's lot
+                raise ValueError("a Condition must be in the same lot as its lock")
         place = _pl.new_place(_pl.CONDITION, name, lot)
         if lock is None:
             lock = _locks.RLock.__new__(_locks.RLock)

@@ -441,3 +441,15 @@ def test_wait_argument_errors(plot, args, kwargs, error):
         assert cond._is_owned()
     assert not parked(plot)
     assert cond._lock._word() == 0
+
+
+def test_condition_and_lock_in_different_lots_is_refused(plot, make_lot):
+    """Waiters move onto the lock's queue, which lives in the lock's lot: a Condition in another
+    lot than its lock could never be woken there, so it is refused."""
+    other = make_lot()
+    lock = shmlot.Lock(lot=other)
+    with pytest.raises(ValueError, match="same lot"):
+        shmlot.Condition(lock, lot=plot)
+    cond = shmlot.Condition(lock, lot=shmlot.ParkingLot.attach(other.name))  # same lot, 2nd handle
+    with cond:
+        assert cond.wait(0) is False
