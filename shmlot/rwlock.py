@@ -207,10 +207,13 @@ class RWLock(Primitive):
         return False
 
     def acquire_read(self, blocking=True, timeout=-1):
-        """Take a read share; returns False on timeout / when non-blocking and unavailable."""
+        """Take a read share; returns False on timeout / when non-blocking and unavailable.
+        RuntimeError (rather than a wait that cannot end) if this thread holds the write lock."""
         timeout = acquire_timeout(blocking, timeout)
         if self._try_read():
             return True
+        if timeout != 0:
+            self._refuse_waiting_for_itself("a read share")
         if timeout == 0:
             self._reclaim()
             return self._try_read()
@@ -242,6 +245,18 @@ class RWLock(Primitive):
         if s == 0 and self._words[2].load():
             self._place.lot.unpark_one(self._wkey)
 
+    def _refuse_waiting_for_itself(self, what):
+        """A blocking acquire that would wait for this very thread to let go never ends (and a
+        timed one could only time out): say so instead."""
+        if self._words[0].load() == _fast.self_owner_bits() | LOCKED:
+            held = "the write lock"
+        elif what == "the write lock" and self._my_reads():
+            held = "a read share"
+        else:
+            return
+        raise RuntimeError(f"cannot wait for {what} of this RWLock while holding {held} of it: "
+                           "it would wait for this thread itself")
+
     # -- write side --
 
     def _try_write(self, granted=False):
@@ -250,10 +265,14 @@ class RWLock(Primitive):
         return ok
 
     def acquire_write(self, blocking=True, timeout=-1):
-        """Take the write lock; returns False on timeout / when non-blocking and unavailable."""
+        """Take the write lock; returns False on timeout / when non-blocking and unavailable.
+        RuntimeError (rather than a wait that cannot end) if this thread holds a read share or
+        the write lock already: there is no upgrade; release_read() first."""
         timeout = acquire_timeout(blocking, timeout)
         if self._try_write():
             return True
+        if timeout != 0:
+            self._refuse_waiting_for_itself("the write lock")
         if timeout == 0:
             self._reclaim()
             return self._try_write()

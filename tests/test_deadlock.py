@@ -233,14 +233,6 @@ def test_rwlock_write_read_cycle(flot, children):
     assert {r["role"] for r in cycles[0]} == {"read"}
 
 
-@pytest.mark.timeout(60)
-def test_rwlock_self_deadlock_read_then_write(flot, children):
-    p = children.start("read:up", "write:up")
-    cycles = wait_cycles(flot, 1)
-    (r,) = cycles[0]
-    assert r["pid"] == p.pid and r["role"] == "write" and r["held_names"] == ["RWLock 'up'"]
-
-
 # ---- ABBA: API and CLI ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)

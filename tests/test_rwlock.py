@@ -214,6 +214,37 @@ def test_reentrant_read_while_writer_waits(plot):
 
 # ---- timeouts and contexts -------------------------------------------------------------------------
 
+def test_waiting_for_itself_is_refused(plot):
+    """There is no upgrade: a thread holding a read share that asks for the write lock (or one
+    holding the write lock that asks for either side) would wait for itself forever, so a
+    blocking or timed acquire raises RuntimeError; a non-blocking one just says False. Nothing
+    is left changed, and the right order works."""
+    rw = shmlot.RWLock()
+    rw.acquire_read()
+    with pytest.raises(RuntimeError, match="holding a read share"):
+        rw.acquire_write()
+    with pytest.raises(RuntimeError, match="holding a read share"):
+        rw.acquire_write(timeout=0.05)
+    assert rw.acquire_write(blocking=False) is False
+    assert rw.acquire_read(blocking=False) is True  # reads stay re-entrant
+    rw.release_read()
+    rw.release_read()
+    assert rw.acquire_write(timeout=1) is True
+    for attempt in (rw.acquire_write, rw.acquire_read, lambda: rw.acquire_read(timeout=0.05)):
+        with pytest.raises(RuntimeError, match="holding the write lock"):
+            attempt()
+    assert rw.acquire_write(blocking=False) is False
+    assert rw.acquire_read(blocking=False) is False
+    rw.release_write()
+    assert [rw._words[i].load() for i in range(3)] == [0, 0, 0]
+    assert not parked(plot)
+    # another thread's write lock is waited for as usual
+    with rw.write():
+        t = threading.Thread(target=lambda: rw.acquire_read(timeout=0.05))
+        t.start()
+        t.join(10)
+
+
 def test_timeouts(plot):
     rw = shmlot.RWLock()
     rw.acquire_write()
@@ -240,8 +271,11 @@ def test_timeouts(plot):
     assert rw._words[1].load() == rw._words[2].load() == 0  # no waiter counted any more
     rw.release_write()
     rw.acquire_read()
-    assert rw.acquire_write(timeout=0.2) is False
-    assert rw.acquire_write(timeout=0) is False
+    t = threading.Thread(target=timed, args=(lambda: rw.acquire_write(timeout=0.2),))
+    t.start()
+    t.join(10)
+    assert out[3][0] is False and 0.18 <= out[3][1] < 1.5, out
+    assert rw.acquire_write(timeout=0) is False  # (a timed wait for itself: RuntimeError)
     rw.release_read()
     assert rw._words[0].load() == 0
 
