@@ -33,7 +33,7 @@ NAME_MAX = 200
 DEFAULT_BUCKETS = 4096
 DEFAULT_SLOTS = 4096
 DEFAULT_OBJECTS = 4096
-DEFAULT_HOLDS = 4096
+DEFAULT_HOLDS = 8192
 ATTACH_WAIT_NS = 2_000_000_000  # how long attach waits for a creator to finish initialising
 
 _NO_SLOT = 0xFFFFFFFF            # "no slot" in the per-thread out-parameter of sl_park_begin

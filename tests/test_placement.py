@@ -18,6 +18,7 @@ import shmlot
 
 from _prim_helpers import default_lot_env, plot, shm, wait_parked_on  # noqa: F401 (fixtures)
 from conftest import new_lot_name, run_python, wait_until
+from shmlot.snapshot import snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -443,3 +444,55 @@ def test_million_anonymous_objects_do_not_exhaust_the_lot():
         gc.collect()
         assert used(lot) == base
         print(f"1,000,000 Locks in {elapsed:.1f} s")
+
+
+def _take_handles_then_hang(data, ready):
+    """(fork child) Unpickle handles, which takes this process's own references, and wait."""
+    keep = pickle.loads(data)  # noqa: F841 (held until killed)
+    ready.set()
+    time.sleep(120)
+
+
+def test_references_of_a_killed_process_are_taken_back(plot):
+    """A process killed while holding handles to anonymous objects never gives its references
+    back; reaping takes them back (each process's references are a counted hold), so the
+    records are freed once the living drop theirs; and a full registry takes them back by
+    itself before it says it is full."""
+    base = used(plot)
+    locks = [shmlot.Lock() for _ in range(3)]
+    ready = multiprocessing.get_context("fork").Event()
+    p = multiprocessing.get_context("fork").Process(
+        target=_take_handles_then_hang, args=(pickle.dumps(locks), ready))
+    p.start()
+    assert ready.wait(20)
+    p.kill()
+    p.join(20)
+    refs = {o.index: o.refs for o in snapshot(plot, processes=False).objects}
+    assert [refs[lk._place.index] for lk in locks] == [2, 2, 2]
+    del locks
+    gc.collect()
+    assert used(plot) == base + 3  # the dead child's references keep them
+    plot.reap()
+    assert used(plot) == base
+
+
+def test_full_registry_takes_back_references_of_killed_processes(make_lot):
+    """Every record held only by a killed process: creating one more object succeeds, because
+    the registry takes those references back before giving up."""
+    lot = make_lot(objects=4)
+    events = [shmlot.Event(lot=lot) for _ in range(4)]
+    ready = multiprocessing.get_context("fork").Event()
+    p = multiprocessing.get_context("fork").Process(
+        target=_take_handles_then_hang, args=(pickle.dumps(events), ready))
+    p.start()
+    assert ready.wait(20)
+    p.kill()
+    p.join(20)
+    del events
+    gc.collect()
+    assert lot.info()["objects_used"] == 4
+    again = [shmlot.Event(lot=lot) for _ in range(4)]  # would be LotFullError without it
+    assert lot.info()["objects_used"] == 4
+    del again
+    gc.collect()
+    assert lot.info()["objects_used"] == 0

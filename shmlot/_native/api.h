@@ -175,7 +175,9 @@ int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap);
 int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap);
 int sl_snapshot_holds(sl_lot *l, sl_hold_info *out, uint32_t cap);
 /* Free slots and holds of dead processes (pid + start time). Returns how many were freed;
- * *slots_freed and *holds_freed split it. Never touches a live process's slot. */
+ * *slots_freed and *holds_freed split it. Never touches a live process's slot. Also takes back
+ * the object references dead processes held (SL_HOLD_REF, not counted), freeing the unnamed
+ * records left with none; sl_object_create does the same before it reports a full registry. */
 int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed);
 
 /* Objects: a registry of fixed-size records in the lot. data[0..5] are the object's words. */
@@ -195,6 +197,10 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
  * sl_hold_take_dead, which clears each dead entry exactly once and returns the total count
  * taken, so the caller subtracts exactly that from its word. */
 #define SL_HOLD_COUNTED 256
+/* A process's references to an object record (tid 0, counted, on a key of its own): when the
+ * process dies without giving them back, sl_reap and a full registry take them back. Left out
+ * of hold snapshots. */
+#define SL_HOLD_REF 512
 int sl_hold_take_dead(sl_lot *l, uint64_t key);
 
 /* Lock words (ident.h layout) handled inside the core: the contended paths of Lock and RLock

@@ -14,8 +14,66 @@
 #include "lot.h"
 
 #define SL_OBJ_NAMED 1u
+#define REF_MODE (SL_HOLD_REF | SL_HOLD_COUNTED)
+#define REF_KEY_TAG 0x5245460000000000ULL /* "REF": keys of reference holds, tag | index */
+
+static int hold_add_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start,
+                      uint32_t mode, uint32_t n);
+static void hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
+                          uint32_t n);
 
 /* ---- objects ------------------------------------------------------------------------------ */
+
+/* Record (delta > 0) or drop this process's references to record index as a counted hold, so
+ * that the references of a process that dies holding them can be taken back. Best effort: with
+ * the hold table full they go untracked (as in a lot made before this tracking). */
+static void track_refs(sl_lot *l, uint32_t index, int delta)
+{
+    if (l->nholds == 0 || delta == 0)
+        return;
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_identity(&pid, &tid, &start);
+    if (delta > 0)
+        hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, (uint32_t)delta);
+    else
+        hold_remove_n(l, REF_KEY_TAG | index, pid, 0, REF_MODE, (uint32_t)-delta);
+}
+
+static void free_object(sl_object *o);
+
+/* Under the registry mutex: give back the references of dead processes (their REF holds) and
+ * free the unnamed records left with none. Returns how many holds were taken back. */
+static uint32_t reclaim_dead_refs(sl_lot *l)
+{
+    uint32_t entries = 0;
+    for (uint32_t i = 0; i < l->nholds; i++) {
+        sl_hold *e = HOLD(l, i);
+        uint64_t key = LOAD(&e->key);
+        uint32_t pid = LOAD(&e->pid);
+        if ((key & ~0xFFFFFFFFULL) != REF_KEY_TAG || e->mode != REF_MODE || pid == 0 ||
+            sl_process_alive(pid, e->start, ~0ULL))
+            continue;
+        uint32_t index = (uint32_t)key;
+        uint32_t count = LOAD(&e->count);
+        while (count && !CAS(&e->count, &count, 0))
+            ;
+        STORE(&e->pid, 0);
+        STORE(&e->key, 0);
+        entries++;
+        if (index >= l->nobjects || count == 0)
+            continue;
+        sl_object *o = OBJECT(l, index);
+        if (LOAD(&o->state) != 1)
+            continue;
+        uint32_t refs = LOAD(&o->refs);
+        refs = refs >= count ? refs - count : 0;
+        STORE(&o->refs, refs);
+        if (refs == 0 && !(o->flags & SL_OBJ_NAMED))
+            free_object(o);
+    }
+    return entries;
+}
 
 static int name_ok(const char *name)
 {
@@ -51,29 +109,34 @@ int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index
         int64_t found = find_named(l, name);
         if (found >= 0) {
             ADD(&OBJECT(l, (uint32_t)found)->refs, 1);
+            track_refs(l, (uint32_t)found, 1);
             sl_registry_unlock(l);
             *index = (uint32_t)found;
             return 0;
         }
     }
     sl_header *h = HDR(l);
-    uint32_t start = h->object_hint % l->nobjects;
-    for (uint32_t n = 0; n < l->nobjects; n++) {
-        uint32_t i = (start + n) % l->nobjects;
-        sl_object *o = OBJECT(l, i);
-        if (LOAD(&o->state) != 0)
-            continue;
-        memset(o->data, 0, sizeof o->data);
-        o->kind = kind;
-        o->flags = name[0] ? SL_OBJ_NAMED : 0;
-        STORE(&o->refs, 1);
-        snprintf(o->name, sizeof o->name, "%s", name);
-        STORE(&o->state, 1);
-        h->object_hint = (i + 1) % l->nobjects;
-        sl_registry_unlock(l);
-        *index = i;
-        *created = 1;
-        return 0;
+    /* full: the records that processes died holding may be free to take back */
+    for (int attempt = 0; attempt < 2 && (attempt == 0 || reclaim_dead_refs(l)); attempt++) {
+        uint32_t start = h->object_hint % l->nobjects;
+        for (uint32_t n = 0; n < l->nobjects; n++) {
+            uint32_t i = (start + n) % l->nobjects;
+            sl_object *o = OBJECT(l, i);
+            if (LOAD(&o->state) != 0)
+                continue;
+            memset(o->data, 0, sizeof o->data);
+            o->kind = kind;
+            o->flags = name[0] ? SL_OBJ_NAMED : 0;
+            STORE(&o->refs, 1);
+            snprintf(o->name, sizeof o->name, "%s", name);
+            STORE(&o->state, 1);
+            h->object_hint = (i + 1) % l->nobjects;
+            track_refs(l, i, 1);
+            sl_registry_unlock(l);
+            *index = i;
+            *created = 1;
+            return 0;
+        }
     }
     sl_registry_unlock(l);
     return sl_fail(SL_EFULL, "no free object record (%u in use)", l->nobjects);
@@ -111,6 +174,7 @@ int sl_object_ref(sl_lot *l, uint32_t index, int delta)
     if (index >= l->nobjects)
         return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
     sl_object *o = OBJECT(l, index);
+    track_refs(l, index, delta);
     if (delta > 0)
         return (int)ADD(&o->refs, (uint32_t)delta);
     int rc = sl_registry_lock(l);
@@ -179,14 +243,32 @@ static int hold_matches(sl_hold *e, uint64_t key, uint32_t pid, uint32_t tid, ui
     return LOAD(&e->key) == key && e->pid == pid && e->tid == tid && e->mode == mode;
 }
 
-static int64_t hold_find(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
+/* Where the k-th probe for a hold goes. Reference holds (REF_MODE) only ever take entries in
+ * the upper half of the table, and only within HOLD_PROBE of their hash: however many
+ * references processes hold, the lower half stays for the holds of RWLock readers, barriers and
+ * resources. Returns nholds when a reference hold has no k-th place. */
+static uint32_t hold_probe(sl_lot *l, uint64_t key, uint32_t tid, uint32_t mode, uint32_t k)
 {
     uint32_t s = hold_start(l, key, tid);
+    if (mode != REF_MODE)
+        return (s + k) % l->nholds;
+    uint32_t base = l->nholds / 2, span = l->nholds - base;
+    if (k >= HOLD_PROBE || k >= span)
+        return l->nholds;
+    return base + (s + k) % span;
+}
+
+static int64_t hold_find(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
+{
     for (uint32_t n = 0; n < HOLD_PROBE && n < l->nholds; n++) {
-        uint32_t i = (s + n) % l->nholds;
+        uint32_t i = hold_probe(l, key, tid, mode, n);
+        if (i >= l->nholds)
+            return -1;
         if (hold_matches(HOLD(l, i), key, pid, tid, mode))
             return i;
     }
+    if (mode == REF_MODE)
+        return -1;
     for (uint32_t i = 0; i < l->nholds; i++)
         if (hold_matches(HOLD(l, i), key, pid, tid, mode))
             return i;
@@ -198,14 +280,21 @@ int sl_hold_add(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t st
 {
     if (key == 0 || l->nholds == 0)
         return sl_fail(-EINVAL, "cannot record a hold on key 0");
+    return hold_add_n(l, key, pid, tid, start, mode, 1);
+}
+
+static int hold_add_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start,
+                      uint32_t mode, uint32_t n)
+{
     int64_t found = hold_find(l, key, pid, tid, mode);
     if (found >= 0) {
-        ADD(&HOLD(l, (uint32_t)found)->count, 1);
+        ADD(&HOLD(l, (uint32_t)found)->count, n);
         return 0;
     }
-    uint32_t s = hold_start(l, key, tid);
-    for (uint32_t n = 0; n < l->nholds; n++) {
-        uint32_t i = (s + n) % l->nholds;
+    for (uint32_t k = 0; k < l->nholds; k++) {
+        uint32_t i = hold_probe(l, key, tid, mode, k);
+        if (i >= l->nholds)
+            break;
         sl_hold *e = HOLD(l, i);
         uint64_t expected = 0;
         if (LOAD(&e->key) != 0 || !CAS(&e->key, &expected, key))
@@ -214,7 +303,7 @@ int sl_hold_add(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t st
         e->tid = tid;
         e->start = start;
         e->mode = mode;
-        STORE(&e->count, 1);
+        STORE(&e->count, n);
         STORE(&e->pid, pid);
         return 0;
     }
@@ -232,6 +321,24 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
         STORE(&e->key, 0);
     }
     return 0;
+}
+
+/* Take n off a hold of our own (clamped at 0: references taken before tracking began). */
+static void hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
+                          uint32_t n)
+{
+    int64_t found = hold_find(l, key, pid, tid, mode);
+    if (found < 0)
+        return;
+    sl_hold *e = HOLD(l, (uint32_t)found);
+    uint32_t count = LOAD(&e->count), left;
+    do {
+        left = count > n ? count - n : 0;
+    } while (!CAS(&e->count, &count, left));
+    if (left == 0) {
+        STORE(&e->pid, 0);
+        STORE(&e->key, 0);
+    }
 }
 
 int sl_hold_take_dead(sl_lot *l, uint64_t key)
@@ -336,8 +443,8 @@ int sl_snapshot_holds(sl_lot *l, sl_hold_info *out, uint32_t cap)
         sl_hold *e = HOLD(l, i);
         uint64_t key = LOAD(&e->key);
         uint32_t pid = LOAD(&e->pid);
-        if (key == 0 || pid == 0)
-            continue;
+        if (key == 0 || pid == 0 || e->mode == REF_MODE)
+            continue; /* references to records are bookkeeping, not holds on a key */
         sl_hold_info *d = &out[n++];
         d->index = i;
         d->key = key;
@@ -405,6 +512,7 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
             ++*holds_freed;
         }
     }
+    reclaim_dead_refs(l); /* bookkeeping, not holds a user sees: not counted in holds_freed */
     sl_registry_unlock(l);
     sl_count(l, SL_C_REAPED, *slots_freed + *holds_freed);
     return (int)(*slots_freed + *holds_freed);
