@@ -20,6 +20,7 @@ such a change dies holding the mutex, and the next thread to take the mutex (Own
 mutex) recomputes the counts from the holds of the living.
 """
 import contextlib
+import os
 import threading
 
 from . import _fast
@@ -42,6 +43,16 @@ TOKEN_READ_GRANT = 2  # "you may read although writers wait"
 ALL_START_BITS = 2**64 - 1
 
 _reads = threading.local()
+
+
+def _forget_reads_in_child():
+    """A fork child's thread inherits the forking thread's locals, but the read shares they count
+    are the parent's (recorded under its pid): the child holds none."""
+    _reads.__dict__.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_reads_in_child)
 
 
 def _unpark_every_reader(_park_token):

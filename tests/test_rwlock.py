@@ -381,3 +381,25 @@ def test_reentrant_read_through_another_handle(plot):
     writer.join(10)
     assert not writer.is_alive()
     shmlot.unlink_object(name)
+
+
+def _child_read_shares(rw, out):
+    out.value = rw._my_reads()
+    # and so the child waits for the parent's share like anyone else, instead of refusing
+    out.value += 10 * (rw.acquire_write(timeout=0.05) is False)
+
+
+def test_fork_child_does_not_inherit_read_shares(plot):
+    """A fork child of a thread holding a read share holds none itself (the share is the
+    parent's, recorded under its pid): it waits for it like any other thread."""
+    rw = shmlot.RWLock()
+    rw.acquire_read()
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.RawValue("q", -1)
+    p = ctx.Process(target=_child_read_shares, args=(rw, out))
+    p.start()
+    p.join(20)
+    assert p.exitcode == 0 and out.value == 10
+    rw.release_read()
+    assert rw.acquire_write(timeout=1) is True
+    rw.release_write()
