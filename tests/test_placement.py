@@ -453,6 +453,17 @@ def _take_handles_then_hang(data, ready):
     time.sleep(120)
 
 
+def _killed_holder_of(objs):
+    """A fork child takes its own references to ``objs`` (by unpickling them) and is SIGKILLed."""
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    p = ctx.Process(target=_take_handles_then_hang, args=(pickle.dumps(objs), ready))
+    p.start()
+    assert ready.wait(20)
+    p.kill()
+    p.join(20)
+
+
 def test_references_of_a_killed_process_are_taken_back(plot):
     """A process killed while holding handles to anonymous objects never gives its references
     back; reaping takes them back (each process's references are a counted hold), so the
@@ -460,13 +471,7 @@ def test_references_of_a_killed_process_are_taken_back(plot):
     itself before it says it is full."""
     base = used(plot)
     locks = [shmlot.Lock() for _ in range(3)]
-    ready = multiprocessing.get_context("fork").Event()
-    p = multiprocessing.get_context("fork").Process(
-        target=_take_handles_then_hang, args=(pickle.dumps(locks), ready))
-    p.start()
-    assert ready.wait(20)
-    p.kill()
-    p.join(20)
+    _killed_holder_of(locks)
     refs = {o.index: o.refs for o in snapshot(plot, processes=False).objects}
     assert [refs[lk._place.index] for lk in locks] == [2, 2, 2]
     del locks
@@ -481,13 +486,7 @@ def test_full_registry_takes_back_references_of_killed_processes(make_lot):
     the registry takes those references back before giving up."""
     lot = make_lot(objects=4)
     events = [shmlot.Event(lot=lot) for _ in range(4)]
-    ready = multiprocessing.get_context("fork").Event()
-    p = multiprocessing.get_context("fork").Process(
-        target=_take_handles_then_hang, args=(pickle.dumps(events), ready))
-    p.start()
-    assert ready.wait(20)
-    p.kill()
-    p.join(20)
+    _killed_holder_of(events)
     del events
     gc.collect()
     assert lot.info()["objects_used"] == 4
