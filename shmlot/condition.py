@@ -101,14 +101,7 @@ class Condition:
         died, and the lock is now held by the caller).
 
         On a futex lot each Condition has this as a C callable instead (``_fast.CondWaiter``,
-        same behaviour): this method is the semaphore backend's."""
-        return self._wait_parked(timeout)
-
-    def _full_backoff(self, timeout):
-        _full_backoff(self._lock, self._place.lot, timeout)
-
-    def _wait_parked(self, timeout):
-        """wait() through lot._park (the semaphore backend)."""
+        same behaviour): this method, through lot._park, is the semaphore backend's."""
         lock = self._lock
         if not lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
@@ -146,7 +139,7 @@ class Condition:
                                            release=lock._release_args)
             return result.is_unparked or bool(requeued)
         except LotFullError:
-            self._full_backoff(timeout)
+            _full_backoff(lock, self._place.lot, timeout)
             return True
         finally:
             # Held again already if the park never released it, or if an unlocker handed it

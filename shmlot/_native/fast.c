@@ -82,23 +82,10 @@ static inline uint64_t my_bits(void)
     return t_ident.bits;
 }
 
-static inline void relax_once(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("isb" ::: "memory"); /* what Rust's spin_loop() uses on aarch64 */
-#elif defined(__arm__)
-    __asm__ __volatile__("yield" ::: "memory");
-#else
-    __asm__ __volatile__("" ::: "memory");
-#endif
-}
-
 static inline void relax(uint32_t n)
 {
     while (n--)
-        relax_once();
+        sl_cpu_relax();
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -639,21 +626,6 @@ static PyObject *call_release_slow(PyObject *self)
     return PyObject_CallMethodObjArgs(self, str_release_slow, NULL);
 }
 
-/* Take a lock word that is not LOCKED (it may be PARKED, with stale owner bits): `me` is the
- * caller's owner bits | LOCKED. Returns 1 on success, 0 as soon as the word is LOCKED. Barging
- * past parked threads is deliberate, as in parking_lot (they get the lock by hand-off when the
- * unlocker decides to be fair). */
-static inline int word_try_lock(uint64_t *w, uint64_t me)
-{
-    uint64_t old = 0;
-    if (LIKELY(__atomic_compare_exchange_n(w, &old, me, 0, SEQ, SEQ)))
-        return 1;
-    while (!(old & SL_LOCKED_BIT))
-        if (__atomic_compare_exchange_n(w, &old, (old & SL_PARKED_BIT) | me, 0, SEQ, SEQ))
-            return 1;
-    return 0;
-}
-
 /* ---------------------------------------------------------------------------------------------
  * LockCore: threading.Lock on the u64 lock word of ident.h.
  *
@@ -696,7 +668,7 @@ static PyObject *lock_acquire(SlWord *self, PyObject *const *args, Py_ssize_t na
         if (parse_acquire(args, nargs, kwnames, &blocking, &timeout) < 0)
             return NULL;
     }
-    if (LIKELY(word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
+    if (LIKELY(sl_word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
         Py_RETURN_TRUE;
     return call_acquire_slow((PyObject *)self, blocking, timeout);
 }
@@ -704,7 +676,7 @@ static PyObject *lock_acquire(SlWord *self, PyObject *const *args, Py_ssize_t na
 static PyObject *lock_enter(SlWord *self, PyObject *Py_UNUSED(ignored))
 {
     LOCK_WORD(self)
-    if (LIKELY(word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
+    if (LIKELY(sl_word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
         Py_RETURN_TRUE;
     return call_acquire_slow((PyObject *)self, 1, -1.0);
 }
@@ -865,7 +837,7 @@ static PyObject *rlock_do_acquire(SlWord *self, int blocking, double timeout)
         __atomic_store_n(count, c + 1, __ATOMIC_RELAXED);
         Py_RETURN_TRUE;
     }
-    if (LIKELY(word_try_lock(w, me))) {
+    if (LIKELY(sl_word_try_lock(w, me))) {
         __atomic_store_n(count, 1, __ATOMIC_RELAXED);
         Py_RETURN_TRUE;
     }

@@ -210,24 +210,17 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
  * Returns 0, or -1 with an exception set. */
 static int reacquire(CondWaiter *self, uint64_t me, uint32_t saved)
 {
-    uint64_t old = __atomic_load_n(self->word, SEQ);
-    for (;;) {
-        if ((old & ~(uint64_t)SL_PARKED_BIT) == me)
-            break;
-        if (old & SL_LOCKED_BIT) {
-            PyObject *n = PyLong_FromUnsignedLong(saved);
-            if (!n)
-                return -1;
-            PyObject *r = PyObject_CallMethodOneArg(self->lock, str_acquire_restore, n);
-            Py_DECREF(n);
-            if (!r)
-                return -1;
-            Py_DECREF(r);
-            return 0;
-        }
-        if (__atomic_compare_exchange_n(self->word, &old, (old & SL_PARKED_BIT) | me, 0, SEQ,
-                                        SEQ))
-            break;
+    if ((__atomic_load_n(self->word, SEQ) & ~(uint64_t)SL_PARKED_BIT) != me &&
+        !sl_word_try_lock(self->word, me)) {
+        PyObject *n = PyLong_FromUnsignedLong(saved);
+        if (!n)
+            return -1;
+        PyObject *r = PyObject_CallMethodOneArg(self->lock, str_acquire_restore, n);
+        Py_DECREF(n);
+        if (!r)
+            return -1;
+        Py_DECREF(r);
+        return 0;
     }
     if (self->count)
         __atomic_store_n(self->count, saved, __ATOMIC_RELAXED);

@@ -1,4 +1,5 @@
-/* Process identity and liveness, shared by the cffi core and the C-API fast module.
+/* Process identity and liveness, the lock-word layout and the lock-word CAS, shared by the cffi
+ * core and the C-API fast module.
  *
  * A process is named by (pid, start time); the start time is field 22 of /proc/PID/stat, in clock
  * ticks since boot, so a pid reused by a later process is not mistaken for the one that died.
@@ -40,6 +41,37 @@ static inline uint64_t sl_owner_bits(uint32_t pid, uint32_t tid, uint64_t start)
            ((uint64_t)(tid & SL_ID_MASK) << SL_TID_SHIFT) |
            ((start & SL_START_MASK) << SL_START_SHIFT);
 }
+/* Take a lock word that is not LOCKED (it may be PARKED, with stale owner bits): `me` is the
+ * caller's owner bits | LOCKED. Returns 1 on success, 0 as soon as the word is LOCKED. Barging
+ * past parked threads is deliberate, as in parking_lot (they get the lock by hand-off when the
+ * unlocker decides to be fair). */
+static inline int sl_word_try_lock(uint64_t *w, uint64_t me)
+{
+    uint64_t old = 0;
+    if (__builtin_expect(__atomic_compare_exchange_n(w, &old, me, 0, __ATOMIC_SEQ_CST,
+                                                     __ATOMIC_SEQ_CST), 1))
+        return 1;
+    while (!(old & SL_LOCKED_BIT))
+        if (__atomic_compare_exchange_n(w, &old, (old & SL_PARKED_BIT) | me, 0,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+            return 1;
+    return 0;
+}
+
+/* One spin-loop hint (what Rust's spin_loop() emits). */
+static inline void sl_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("isb" ::: "memory");
+#elif defined(__arm__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    __asm__ __volatile__("" ::: "memory");
+#endif
+}
+
 static inline uint32_t sl_word_pid(uint64_t w) { return (uint32_t)((w >> SL_PID_SHIFT) & SL_ID_MASK); }
 static inline uint32_t sl_word_tid(uint64_t w) { return (uint32_t)((w >> SL_TID_SHIFT) & SL_ID_MASK); }
 static inline uint64_t sl_word_start(uint64_t w) { return (w >> SL_START_SHIFT) & SL_START_MASK; }

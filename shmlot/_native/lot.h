@@ -72,14 +72,6 @@ typedef struct {
  * next such waiter ahead (see SL_WAIT_AHEAD) */
 #define SL_TOKEN_BURST 0x4255525354ULL /* "BURST" */
 
-#if defined(__x86_64__) || defined(__i386__)
-#define SL_CPU_RELAX() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define SL_CPU_RELAX() __asm__ __volatile__("isb" ::: "memory")
-#else
-#define SL_CPU_RELAX() __asm__ __volatile__("" ::: "memory")
-#endif
-
 typedef struct {
     uint32_t wait;           /* futex word: SL_WAIT_* */
     uint32_t state;          /* SLOT_* */

@@ -179,7 +179,7 @@ static void spin_ahead(uint32_t *word, uint64_t until)
     for (uint32_t i = 0; LOAD(word) == SL_WAIT_AHEAD && now < end; i++) {
         if (i < 16) {
             for (int k = 0; k < 8; k++)
-                SL_CPU_RELAX();
+                sl_cpu_relax();
         } else {
             sched_yield();
         }

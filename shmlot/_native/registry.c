@@ -19,8 +19,9 @@
 
 static int hold_add_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start,
                       uint32_t mode, uint32_t n);
-static void hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
-                          uint32_t n);
+static int hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
+                         uint32_t n);
+static uint32_t hold_take(sl_hold *e);
 
 /* ---- objects ------------------------------------------------------------------------------ */
 
@@ -55,11 +56,7 @@ static uint32_t reclaim_dead_refs(sl_lot *l)
             sl_process_alive(pid, e->start, ~0ULL))
             continue;
         uint32_t index = (uint32_t)key;
-        uint32_t count = LOAD(&e->count);
-        while (count && !CAS(&e->count, &count, 0))
-            ;
-        STORE(&e->pid, 0);
-        STORE(&e->key, 0);
+        uint32_t count = hold_take(e);
         entries++;
         if (index >= l->nobjects || count == 0)
             continue;
@@ -312,24 +309,19 @@ static int hold_add_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint6
 
 int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
 {
-    int64_t found = hold_find(l, key, pid, tid, mode);
-    if (found < 0)
+    if (hold_remove_n(l, key, pid, tid, mode, 1) < 0)
         return sl_fail(-ENOENT, "no such hold");
-    sl_hold *e = HOLD(l, (uint32_t)found);
-    if (__atomic_sub_fetch(&e->count, 1, __ATOMIC_SEQ_CST) == 0) {
-        STORE(&e->pid, 0);
-        STORE(&e->key, 0);
-    }
     return 0;
 }
 
-/* Take n off a hold of our own (clamped at 0: references taken before tracking began). */
-static void hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
-                          uint32_t n)
+/* Take n off a hold of our own (clamped at 0: references taken before tracking began); the
+ * entry is freed when nothing is left. Returns -1 if there is no such hold. */
+static int hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
+                         uint32_t n)
 {
     int64_t found = hold_find(l, key, pid, tid, mode);
     if (found < 0)
-        return;
+        return -1;
     sl_hold *e = HOLD(l, (uint32_t)found);
     uint32_t count = LOAD(&e->count), left;
     do {
@@ -339,6 +331,21 @@ static void hold_remove_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, u
         STORE(&e->pid, 0);
         STORE(&e->key, 0);
     }
+    return 0;
+}
+
+/* A dead holder's entry: take its whole count (the CAS decides which of several reclaimers gets
+ * it; the others get 0) and free the entry. */
+static uint32_t hold_take(sl_hold *e)
+{
+    uint32_t count = LOAD(&e->count);
+    while (count && !CAS(&e->count, &count, 0))
+        ;
+    if (count) {
+        STORE(&e->pid, 0);
+        STORE(&e->key, 0);
+    }
+    return count;
 }
 
 int sl_hold_take_dead(sl_lot *l, uint64_t key)
@@ -349,15 +356,7 @@ int sl_hold_take_dead(sl_lot *l, uint64_t key)
         uint32_t pid = LOAD(&e->pid);
         if (LOAD(&e->key) != key || pid == 0 || sl_process_alive(pid, e->start, ~0ULL))
             continue;
-        /* the CAS on count decides which of several reclaimers takes this share */
-        uint32_t count = LOAD(&e->count);
-        while (count && !CAS(&e->count, &count, 0))
-            ;
-        if (count == 0)
-            continue;
-        STORE(&e->pid, 0);
-        STORE(&e->key, 0);
-        taken += (int)count;
+        taken += (int)hold_take(e);
     }
     if (taken)
         sl_count(l, SL_C_OWNER_DEATHS, 1);

@@ -40,15 +40,8 @@ int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token)
     *slot = UINT32_MAX;
     /* A plain wake-up: the lock was released, not handed over. Take it while it is free, as
      * the caller would first thing (barging is allowed, as in the fast path). */
-    if (*token != TOKEN_HANDOFF) {
-        uint64_t me = my_lock_bits(), old = LOAD(word);
-        while (!(old & SL_LOCKED_BIT)) {
-            if (CAS(word, &old, (old & SL_PARKED_BIT) | me)) {
-                *token = TOKEN_HANDOFF;
-                break;
-            }
-        }
-    }
+    if (*token != TOKEN_HANDOFF && sl_word_try_lock(word, my_lock_bits()))
+        *token = TOKEN_HANDOFF;
     return SL_PARK_DONE;
 }
 
