@@ -98,6 +98,17 @@ def run_procs(ctx, target, args_list, timeout=45):
     return procs
 
 
+def join_all(threads=(), procs=(), timeout=20):
+    """Join ``threads`` and then ``procs``, failing on one still running after ``timeout`` seconds
+    or a process that exited nonzero."""
+    for t in threads:
+        t.join(timeout)
+        assert not t.is_alive(), f"{t} still running after {timeout} s"
+    for p in procs:
+        p.join(timeout)
+        assert p.exitcode == 0, f"{p} exited with {p.exitcode}"
+
+
 def kill_and_reap(proc):
     """SIGKILL a subprocess.Popen or multiprocessing.Process and wait for it (no zombie)."""
     import signal

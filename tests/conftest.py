@@ -74,6 +74,11 @@ SLOT_QUEUED = 2  # lot.h SLOT_QUEUED
 _session_lot_ids = {}  # lot id -> the test that made or attached it (for leak reports)
 
 
+def _remember_lot(lot_id):
+    """Note a lot of this session, and the test that made or attached it first."""
+    _session_lot_ids.setdefault(lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
+
+
 def new_lot_name(tag=""):
     """A unique lot/segment name under this session's prefix."""
     return f"{NAME_PREFIX}{tag}{uuid.uuid4().hex[:8]}"
@@ -376,7 +381,7 @@ def _remove_name(name):
         except Exception:
             pass
         else:
-            _session_lot_ids.setdefault(lot._lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
+            _remember_lot(lot._lot_id)
             lot.unlink()
             return
     try:
@@ -437,7 +442,7 @@ def make_lot(lot_name, waiter):
         kwargs.setdefault("buckets", 256)
         kwargs.setdefault("slots", 256)
         lot = ParkingLot.create(name or lot_name(), **kwargs)
-        _session_lot_ids.setdefault(lot._lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
+        _remember_lot(lot._lot_id)
         made.append(lot)
         return lot
 
@@ -488,7 +493,7 @@ def _no_shm_leaks():
     def recording_init(self, handle, name):
         original_init(self, handle, name)
         if name.startswith(NAME_PREFIX):
-            _session_lot_ids.setdefault(self._lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
+            _remember_lot(self._lot_id)
 
     ParkingLot.__init__ = recording_init
     before = _list_shm()

@@ -13,7 +13,8 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import attach_segment, plot, segment, wait_parked_on  # noqa: F401 (fixtures)
+from _prim_helpers import (attach_segment, join_all, plot, segment,  # noqa: F401 (fixtures)
+                           wait_parked_on)
 from conftest import parked, start_python, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,12 +48,7 @@ def test_rounds_in_lockstep_threads_and_processes(plot, segment):
     threads = [threading.Thread(target=_rounds, args=(b, seg.name, i, rounds)) for i in range(2)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(40)
-        assert not t.is_alive()
-    for p in procs:
-        p.join(40)
-        assert p.exitcode == 0
+    join_all(threads, procs, 40)
     assert [seg.load(8 * r) for r in range(rounds)] == [0b1111] * rounds
     assert b.n_waiting == 0 and not b.broken
     assert not parked(plot)
@@ -109,12 +105,7 @@ def test_action_once_per_round_with_more_threads_than_parties(plot, segment, mon
     wait_until(lambda: alive() < 4 and alive() == b.n_waiting, timeout=30,
                message="only stragglers left")
     b.abort()
-    for t in threads:
-        t.join(30)
-        assert not t.is_alive()
-    for p in procs:
-        p.join(30)
-        assert p.exitcode == 0
+    join_all(threads, procs, 30)
     runs = [seg.load(8 * (1 + g)) for g in range(400)]
     assert max(runs) == 1, [r for r in runs if r]
     assert sum(runs) * 4 == seg.load(0)  # one action per completed round

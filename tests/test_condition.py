@@ -371,6 +371,16 @@ def _notify_all_then_die(cond, go):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _notifier_dies_holding_lock(plot, cond, n):
+    """A child moves the ``n`` waiters onto the lock (notify_all) and dies holding it."""
+    go = FORK.Event()
+    p = FORK.Process(target=_notify_all_then_die, args=(cond, go))
+    p.start()
+    wait_parked_on(plot, cond._lock.key, n)
+    go.set()
+    p.join(10)
+
+
 def test_notifier_killed_holding_lock(plot):
     """The notifier dies holding the lock after requeueing the waiters onto it: one waiter's
     wait() raises OwnerDiedError within 1 s, holding the lock; once it releases, the others
@@ -380,12 +390,7 @@ def test_notifier_killed_holding_lock(plot):
     for w in waiters:
         w.start()
     wait_parked_on(plot, cond.key, 3)
-    go = FORK.Event()
-    p = FORK.Process(target=_notify_all_then_die, args=(cond, go))
-    p.start()
-    wait_parked_on(plot, cond._lock.key, 3)
-    go.set()
-    p.join(10)
+    _notifier_dies_holding_lock(plot, cond, 3)
     killed_at = time.monotonic()
     outcomes = []
     for w in waiters:
@@ -415,12 +420,7 @@ def test_owner_died_in_wait_restores_rlock_depth(plot):
     t = threading.Thread(target=waiter)
     t.start()
     wait_parked_on(plot, cond.key, 1)
-    go = FORK.Event()
-    p = FORK.Process(target=_notify_all_then_die, args=(cond, go))
-    p.start()
-    wait_parked_on(plot, cond._lock.key, 1)
-    go.set()
-    p.join(10)
+    _notifier_dies_holding_lock(plot, cond, 1)
     t.join(10)
     assert out == [("died", 2), ("after", 0, False)]
 

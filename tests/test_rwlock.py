@@ -12,7 +12,8 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import attach_segment, plot, segment, wait_parked_on  # noqa: F401 (fixtures)
+from _prim_helpers import (attach_segment, join_all, plot, segment,  # noqa: F401 (fixtures)
+                           wait_parked_on)
 from conftest import parked, start_python, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -44,12 +45,7 @@ def test_many_readers_at_once_threads_and_processes(plot):
     threads = [threading.Thread(target=_read_together, args=(rw, meet)) for _ in range(4)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(20)
-        assert not t.is_alive()
-    for p in procs:
-        p.join(20)
-        assert p.exitcode == 0
+    join_all(threads, procs)
     assert not meet.broken
     assert rw._words[0].load() == 0
 
@@ -93,12 +89,7 @@ def test_writer_excludes_readers_and_writers(plot, segment):
                 for _ in range(2)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(40)
-        assert not t.is_alive()
-    for p in procs:
-        p.join(40)
-        assert p.exitcode == 0
+    join_all(threads, procs, 40)
     assert seg.load(0) == seg.load(8) == 2 * iters
     assert rw._words[0].load() == 0
     assert not parked(plot)
