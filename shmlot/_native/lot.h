@@ -173,7 +173,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
                          uint32_t *slot);
 int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint64_t, int),
                           void *arg, uint64_t *token);
-int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *more);
+int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t *second);
 int sl_fair_timeout(sl_bucket *bk);
 uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token);
 int sl_wake_ahead(sl_lot *l, uint32_t idx);

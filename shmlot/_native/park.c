@@ -448,13 +448,14 @@ static void fill_first(sl_lot *l, sl_unpark_result *res, uint32_t idx)
     res->first_start = s->start;
 }
 
-/* Find the first live slot parked on `key` in bucket b (dropping dead ones on the way) and
- * whether another follows. Returns 0 and *found = index+1 (or SL_NIL), or a negative error. */
-int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *more)
+/* Find the first live slot parked on `key` in bucket b (dropping dead ones on the way) and the
+ * one after it (not checked for life). Returns 0 with *found and *second = index+1 (or SL_NIL),
+ * or a negative error. */
+int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t *second)
 {
     uint32_t link = BUCKET(l, b)->head, steps = 0;
     *found = SL_NIL;
-    *more = 0;
+    *second = SL_NIL;
     while (link != SL_NIL) {
         int64_t next = next_link(l, b, link, &steps);
         if (next < 0)
@@ -465,7 +466,7 @@ int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, int *mor
                 if (!drop_if_dead(l, b, idx, 1))
                     *found = link;
             } else {
-                *more = 1;
+                *second = link;
                 return 0;
             }
         }
@@ -484,16 +485,15 @@ int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t
     int rc = sl_bucket_lock(l, b, deadline_ns);
     if (rc)
         return rc;
-    uint32_t found;
-    int more;
-    rc = sl_find_first(l, b, key, &found, &more);
+    uint32_t found, second;
+    rc = sl_find_first(l, b, key, &found, &second);
     if (rc) {
         sl_bucket_unlock(l, b);
         return rc;
     }
     if (found != SL_NIL) {
         res->unparked = 1;
-        res->have_more = more;
+        res->have_more = second != SL_NIL;
         res->be_fair = sl_fair_timeout(BUCKET(l, b));
         fill_first(l, res, found - 1);
     }

@@ -82,9 +82,8 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
 {
     *asleep = 1;
     *ahead = SL_NIL;
-    uint32_t found;
-    int more;
-    *rc = sl_find_first(l, b, key, &found, &more);
+    uint32_t found, second;
+    *rc = sl_find_first(l, b, key, &found, &second);
     if (*rc)
         return 0;
     if (found == SL_NIL) {
@@ -92,6 +91,7 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
         return 0;
     }
     sl_slot *s = SLOT(l, found - 1);
+    int more = second != SL_NIL;
     uint64_t token = TOKEN_NORMAL;
     if (force_fair || sl_fair_timeout(BUCKET(l, b))) {
         /* hand the lock over: the word names the woken thread before it even wakes */
@@ -103,15 +103,12 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
         STORE(word, more ? SL_PARKED_BIT : 0);
     }
     sl_maybe_die("word_unlock_locked"); /* test hook: the word changed, the waiter not woken */
-    uint64_t burst = s->park_token == SL_TOKEN_BURST;
+    int burst = s->park_token == SL_TOKEN_BURST;
     *asleep = sl_mark_unparked(l, b, found - 1, token) != SL_WAIT_AHEAD;
-    if (burst && more) {
-        uint32_t next;
-        int more2;
-        if (sl_find_first(l, b, key, &next, &more2) == 0 && next != SL_NIL &&
-            SLOT(l, next - 1)->park_token == SL_TOKEN_BURST && sl_wake_ahead(l, next - 1))
-            *ahead = next;
-    }
+    /* the next in line, unless its thread is known dead (the guard; the next unlock drops it) */
+    if (burst && more && SLOT(l, second - 1)->park_token == SL_TOKEN_BURST &&
+        sl_slot_owner_alive(l, second - 1) != 0 && sl_wake_ahead(l, second - 1))
+        *ahead = second;
     return found;
 }
 
