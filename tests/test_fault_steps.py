@@ -220,14 +220,63 @@ def test_death_while_cancelling_a_timed_out_park(make_lot):
     assert_clean(lot, expect_reaped_slot=True)
 
 
-def test_every_step_is_covered():
-    """The steps this file kills at are exactly the ones park.c offers (a new step fails here
-    until a test kills at it)."""
-    src = open(os.path.join(os.path.dirname(__file__), "..", "shmlot", "_native",
-                            "park.c")).read()
+NATIVE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "shmlot", "_native")
+
+# Every place the C sources offer to die at (file, step) and the test that kills a process there:
+# (test module, test function, the parameter value that selects the step, or None). A step name
+# may mark the same moment in two functions (sl_unpark_one in park.c, sl_word_unlock in
+# wordlock.c), so a place is its file and its step.
+STEP_TESTS = {
+    ("park.c", "park_before_enqueue"): ("test_fault_steps", "test_death_while_parking",
+                                        "park_before_enqueue"),
+    ("park.c", "park_after_enqueue"): ("test_fault_steps", "test_death_while_parking",
+                                       "park_after_enqueue"),
+    ("park.c", "unpark_locked"): ("test_fault_steps", "test_death_while_unparking",
+                                  "unpark_locked"),
+    ("park.c", "unpark_before_wake"): ("test_fault_steps", "test_death_while_unparking",
+                                       "unpark_before_wake"),
+    ("park.c", "requeue_mid"): ("test_fault_steps", "test_death_mid_requeue", None),
+    ("park.c", "cancel_locked"): ("test_fault_steps",
+                                  "test_death_while_cancelling_a_timed_out_park", None),
+    # Lock/RLock.release: _release_slow -> ParkingLot._word_unlock -> sl_word_unlock
+    ("wordlock.c", "word_unlock_locked"): ("test_owner_death", "test_holder_killed_while_releasing",
+                                           "in_callback"),
+    ("wordlock.c", "unpark_locked"): ("test_owner_death", "test_holder_killed_while_releasing",
+                                      "unpark_locked"),
+    ("wordlock.c", "unpark_before_wake"): ("test_owner_death",
+                                           "test_holder_killed_while_releasing",
+                                           "unpark_before_wake"),
+}
+
+
+def fault_steps():
+    """Every ``sl_maybe_die("step")`` in the C sources: {(file name, step)}."""
     import re
-    steps = set(re.findall(r'sl_maybe_die\("([a-z_]+)"\)', src))
-    assert steps == set(LOCKED_STEPS) | set(UNLOCKED_STEPS)
+    found = set()
+    for name in sorted(os.listdir(NATIVE)):
+        if name.endswith((".c", ".h")):
+            with open(os.path.join(NATIVE, name)) as f:
+                found |= {(name, step)
+                          for step in re.findall(r'sl_maybe_die\("([a-z_]+)"\)', f.read())}
+    return found
+
+
+def test_every_step_is_covered():
+    """Every step any C source offers to die at is one a test kills at (a new step, in any file,
+    fails here until a test kills a process at it and is listed in STEP_TESTS)."""
+    import importlib
+    found = fault_steps()
+    assert ("wordlock.c", "word_unlock_locked") in found  # the scan reaches past park.c
+    assert found == set(STEP_TESTS)
+    for (source, step), (module, function, param) in STEP_TESTS.items():
+        test = getattr(importlib.import_module(module), function, None)
+        assert callable(test), f"{source} {step}: no test {module}.{function}"
+        if param is not None:
+            values = [v for mark in getattr(test, "pytestmark", []) if mark.name == "parametrize"
+                      for v in mark.args[1]]
+            assert param in values, f"{source} {step}: {function} never runs with {param!r}"
+    assert {step for source, step in found if source == "park.c"} == \
+        set(LOCKED_STEPS) | set(UNLOCKED_STEPS)
 
 
 # ---- death inside a callback that runs under the bucket lock ------------------------------------
