@@ -32,7 +32,11 @@ killer gives back the unit of a victim that held one.
 
 Checked at the end (exit status 1 and a FAIL line otherwise):
 - exclusion never broken (owner marks, semaphore bound, reader/writer flags, barrier rounds);
-- progress: every group completed operations in every ``--window``-second window;
+- progress: no group goes ``--window`` seconds without completing an operation while it can
+  progress, that is while each of its roles has an attached worker (the barrier: all its
+  parties). Only that time counts: a group that lost its only worker of a role (the semaphore's
+  single worker, a barrier party) waits for the replacement, and with ``--spawn exec`` an
+  interpreter takes a second or more to start on a loaded machine;
 - every death while holding a Lock, the Condition's lock or the RWLock's write side reported
   exactly once by OwnerDiedError, and no report for anything else;
 - no worker hung (all stop within a few seconds of the stop flag) or failed unexpectedly;
@@ -42,7 +46,8 @@ Replacements are new interpreters (``--spawn exec``, the default) or children fo
 zygote process that has shmlot imported and never attaches (``--spawn zygote``): they attach by
 name just the same, but start in a millisecond, so kills come every few milliseconds instead of
 as fast as interpreters start (about 20 per second on two cores). One replacement per group is
-in flight at a time, so no group is ever left without a live worker.
+in flight at a time, and a group's workers are only killed again once it has completed an
+operation since it was last able to progress, so every replacement shows the group progressing.
 
 Usage::
 
@@ -639,18 +644,27 @@ class Coordinator:
         return [w for w, p in self.procs.items()
                 if p.returncode is None and self.st.get(W_READY + w) == p.pid]
 
+    def can_progress(self):
+        """The groups each of whose roles has an attached worker (the barrier: every party)."""
+        attached = {}
+        for w in self.ready():
+            attached[self.roles[w]] = attached.get(self.roles[w], 0) + 1
+        needed = {r: (self.parties if r == "barrier" else 1) for r in set(self.roles)}
+        return {g for g in self.groups
+                if all(attached.get(r, 0) >= n for r, n in needed.items() if ROLE_GROUP[r] == g)}
+
     def has_slot(self, pid):
         n = lib.sl_snapshot_slots(self.lot._l, self.slot_buf, self.lot.slots)
         return any(s.pid == pid and s.state != 0 for s in self.slot_buf[0:max(n, 0)])
 
-    def kill_one(self):
-        """Freeze a random attached worker, decide from what it holds whether its death can be
-        accounted for exactly, then kill it (or let it go) and start a replacement."""
+    def kill_one(self, spare=()):
+        """Freeze a random attached worker (none of the groups in ``spare``), decide from what it
+        holds whether its death can be accounted for exactly, then kill it (or let it go) and
+        start a replacement."""
         ready = set(self.ready())
-        # one replacement at a time per group: a group is never left without a live worker (or,
-        # for the barrier, without all but one of its parties)
-        starting = {ROLE_GROUP[self.roles[w]] for w in self.procs if w not in ready}
-        candidates = sorted(w for w in ready if ROLE_GROUP[self.roles[w]] not in starting)
+        # one replacement at a time per group
+        spare = {ROLE_GROUP[self.roles[w]] for w in self.procs if w not in ready} | set(spare)
+        candidates = sorted(w for w in ready if ROLE_GROUP[self.roles[w]] not in spare)
         if not candidates:
             return
         w = self.rng.choice(candidates)
@@ -713,28 +727,43 @@ class Coordinator:
                     raise RuntimeError("workers did not start")
                 self.check_exits()
                 time.sleep(0.01)
-            t0 = time.monotonic()
+            t0 = then = time.monotonic()
             end = t0 + args.duration
-            next_window = t0 + args.window
             last = {g: self.st.ops(g) for g in self.groups}
+            idle_for = dict.fromkeys(self.groups, 0.0)   # time able to progress since last op
+            able_for = dict.fromkeys(self.groups, 0.0)   # time able to progress in all
+            able = self.can_progress()
+            unproven = set(self.groups)   # able, but no operation completed since it became so
             next_kill = t0 + args.kill_every
             while True:
                 now = time.monotonic()
                 if now >= end:
                     break
-                if now >= next_window:
-                    cur = {g: self.st.ops(g) for g in self.groups}
-                    idle = [g for g in self.groups if cur[g] == last[g]]
-                    if idle:
-                        stalls.append((round(now - t0, 2), idle))
-                        if args.debug:
-                            self.dump(idle)
-                    last = cur
-                    next_window += args.window
+                # Only the coordinator takes workers away, so a group able to progress at the
+                # end of the last round stayed able until now.
+                idle = []
+                for g in self.groups:
+                    ops = self.st.ops(g)
+                    if ops != last[g]:
+                        last[g], idle_for[g] = ops, 0.0
+                        unproven.discard(g)
+                    if g in able:
+                        idle_for[g] += now - then
+                        able_for[g] += now - then
+                    if idle_for[g] >= args.window:
+                        idle.append(g)
+                        idle_for[g] = 0.0
+                if idle:
+                    stalls.append((round(now - t0, 2), idle))
+                    if args.debug:
+                        self.dump(idle)
+                then = now
                 if args.kill_every and now >= next_kill:
-                    self.kill_one()
+                    self.kill_one(spare=unproven)
                     next_kill = max(next_kill + args.kill_every, time.monotonic())
                 self.check_exits()
+                was_able, able = able, self.can_progress()
+                unproven |= able - was_able
                 time.sleep(min(0.001, max(0.0, next_kill - time.monotonic())))
             elapsed = time.monotonic() - t0
             # -- stop --
@@ -778,6 +807,7 @@ class Coordinator:
                 "barrier_rounds": self.st.get(W_BAR_ROUNDS),
                 "barrier_breaks": self.st.get(W_BAR_BREAKS),
                 "violations": self.st.get(W_VIOLATIONS), "anomalies": self.st.get(W_ANOMALIES),
+                "seconds_able_to_progress": {g: round(t, 2) for g, t in able_for.items()},
                 "stalls": stalls, "hung": hung, "unexpected_exits": self.exits,
                 "flush": flushed, "reaped": [slots, holds],
                 "slots_in_use_after_reap": info["slots"] - info["slots_free"],
@@ -906,7 +936,8 @@ def main(argv=None):
     p.add_argument("--kill-every", type=float, default=0.005,
                    help="seconds between kills (0.005; 0 disables killing)")
     p.add_argument("--window", type=float, default=1.0,
-                   help="every group must progress in each window of this many seconds (1.0)")
+                   help="no group may go this many seconds able to progress without "
+                   "progressing (1.0)")
     p.add_argument("--groups", default=",".join(GROUPS),
                    help="comma-separated primitives to torture (default: all: %(default)s)")
     p.add_argument("--spawn", choices=("exec", "zygote"), default="exec",
