@@ -23,7 +23,6 @@ LOCK, RLOCK, CONDITION, SEMAPHORE, BOUNDED_SEMAPHORE, EVENT, BARRIER, RWLOCK = r
 KIND_NAMES = {LOCK: "Lock", RLOCK: "RLock", CONDITION: "Condition", SEMAPHORE: "Semaphore",
               BOUNDED_SEMAPHORE: "BoundedSemaphore", EVENT: "Event", BARRIER: "Barrier",
               RWLOCK: "RWLock"}
-RECORD_SIZE = 48  # six u64 words per registry record
 
 _lots = {}
 _lots_lock = threading.Lock()

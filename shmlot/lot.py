@@ -103,10 +103,10 @@ class _Ctx:
     whole operation, so an operation started from inside a callback is refused (RuntimeError)
     before it can disturb the outer one's callbacks.
 
-    Operations reset it in ``finally`` with plain attribute stores rather than by calling
-    ``leave()``: a signal handler's exception (Ctrl-C) can be raised on entry to any Python
-    function, and one raised there would leave ``busy`` set for good, after which every lot
-    operation of the thread failed with RuntimeError."""
+    Operations reset it in ``finally`` with plain attribute stores, not through a method: a
+    signal handler's exception (Ctrl-C) can be raised on entry to any Python function, and one
+    raised there would leave ``busy`` set for good, after which every lot operation of the
+    thread would fail with RuntimeError."""
     __slots__ = ("validate", "timed_out", "callback", "filter", "handle", "busy",
                  "__weakref__")
 
@@ -121,10 +121,6 @@ class _Ctx:
                                "under a bucket lock")
         self.busy = True
         return self
-
-    def leave(self):
-        self.validate = self.timed_out = self.callback = self.filter = None
-        self.busy = False
 
 
 def _ctx():

@@ -38,7 +38,7 @@ PARKED = _fast.PARKED_BIT
 FULL_START = U64                # slots and holds store the full start time
 WORD_START = _fast.START_MASK   # lock words keep its low 18 bits
 
-SLOT_FREE, SLOT_ALLOCATED, SLOT_QUEUED, SLOT_UNPARKED = 0, 1, 2, 3
+SLOT_ALLOCATED, SLOT_QUEUED, SLOT_UNPARKED = 1, 2, 3   # lot.h's slot states (0 is free)
 SLOT_STATE_NAMES = {SLOT_ALLOCATED: "allocated", SLOT_QUEUED: "parked",
                     SLOT_UNPARKED: "unparked"}
 
@@ -58,8 +58,6 @@ _ROLES = {
     _pl.BARRIER: ((0, "wait"),),
     _pl.RWLOCK: ((0, "read"), (8, "write")),
 }
-# kinds whose word 0 is an owner-naming lock word
-_LOCK_WORD_KINDS = (_pl.LOCK, _pl.RLOCK, _pl.CONDITION, _pl.RWLOCK)
 
 
 def lock_word_owner(word):
