@@ -182,7 +182,6 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed);
 
 /* Objects: a registry of fixed-size records in the lot. data[0..5] are the object's words. */
 int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index, int *created);
-int sl_object_find(sl_lot *l, const char *name, uint32_t *index, uint32_t *kind);
 int sl_object_ref(sl_lot *l, uint32_t index, int delta);
 int sl_object_unlink(sl_lot *l, const char *name);
 uint64_t sl_object_offset(sl_lot *l, uint32_t index);
@@ -246,7 +245,8 @@ int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns)
 /* test hook: where slot idx's guard mutex lies in the segment (offset; *size its bytes), so
  * that tests can make a guard unusable and see liveness fall back to /proc. -1 if idx is bad. */
 int64_t sl_test_slot_guard(sl_lot *l, uint32_t idx, uint32_t *size);
-/* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
+/* test hook: SIGKILL self when the thread reaches sl_maybe_die(step) (park.c; every step is
+ * listed in tests/test_fault_steps.py); "" disarms it */
 int sl_test_set_die_at(const char *step);
 /* CDEF END */
 

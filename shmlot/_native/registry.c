@@ -139,23 +139,6 @@ int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index
     return sl_fail(SL_EFULL, "no free object record (%u in use)", l->nobjects);
 }
 
-int sl_object_find(sl_lot *l, const char *name, uint32_t *index, uint32_t *kind)
-{
-    int rc = name_ok(name);
-    if (rc)
-        return rc;
-    rc = sl_registry_lock(l);
-    if (rc)
-        return rc;
-    int64_t found = find_named(l, name);
-    sl_registry_unlock(l);
-    if (found < 0)
-        return sl_fail(-ENOENT, "no object named '%s'", name);
-    *index = (uint32_t)found;
-    *kind = OBJECT(l, (uint32_t)found)->kind;
-    return 0;
-}
-
 static void free_object(sl_object *o)
 {
     o->kind = 0;
