@@ -19,6 +19,7 @@ from .lot import ParkingLot, default_lot
 from .rwlock import RWLock
 from .semaphore import BoundedSemaphore, Semaphore
 from .spinwait import SpinWait
+from . import deadlock  # noqa: E402  (shmlot.deadlock.check() with a plain ``import shmlot``)
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,7 @@ __all__ = [
     "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN", "key_for", "SpinWait", "AtomicU32",
     "AtomicU64", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",
     "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotCorruptError",
-    "LotFullError", "OwnerDiedError",
+    "LotFullError", "OwnerDiedError", "deadlock",
 ]
 
 

@@ -203,8 +203,9 @@ def _check_name(name):
     if not isinstance(name, str):
         raise TypeError(f"lot name must be a str, not {type(name).__name__}")
     raw = name.encode("utf-8")
-    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX:
-        raise ValueError(f"lot name must be 1 to {NAME_MAX} bytes with no '/' or NUL: {name!r}")
+    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX or name in (".", ".."):
+        raise ValueError(f"lot name must be 1 to {NAME_MAX} bytes with no '/' or NUL, and not "
+                         f"'.' or '..': {name!r}")
     return raw
 
 
