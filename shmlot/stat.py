@@ -497,6 +497,14 @@ def _attach(name):
     return ParkingLot.attach(name)
 
 
+def unlink_segment(name):
+    """Remove the shared-memory segment ``name`` whatever it holds (OSError if that fails)."""
+    from ._core import lib
+    rc = lib.sl_unlink(name.encode("utf-8"))
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+
+
 def _lot_error(name, exc):
     if isinstance(exc, LotNotFoundError):
         return f"no lot named {name!r} (shmlot-stat --list shows the lots there are)"
@@ -586,14 +594,26 @@ def _run(args, parser):
             parser.error("--watch does not apply to --unlink")
         name = args.unlink
         _check_lot_name(parser, name)
+        not_a_lot = None
         try:
             lot = _attach(name)
+        except LotCorruptError as exc:
+            # a segment that does not attach (never finished, damaged, or not a lot): it cannot
+            # be used as a lot, and --unlink is how to get rid of it
+            not_a_lot = _lot_error(name, exc).split(": ", 1)[-1]
+            try:
+                unlink_segment(name)
+            except OSError as err:
+                return _fail(f"cannot remove segment {name!r}: {err.strerror}")
         except _LOT_ERRORS as exc:
             return _fail(_lot_error(name, exc))
-        lot.unlink()
-        lot.close()
+        else:
+            lot.unlink()
+            lot.close()
         if args.json:
-            _emit_json({"schema": SCHEMA, "unlinked": name}, sys.stdout)
+            _emit_json({"schema": SCHEMA, "unlinked": name, "not_a_lot": not_a_lot}, sys.stdout)
+        elif not_a_lot:
+            print(f"removed segment {name!r}, which was not a usable lot ({not_a_lot})")
         else:
             print(f"unlinked lot {name!r}")
         return EXIT_OK
