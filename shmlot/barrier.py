@@ -7,7 +7,8 @@ round), runs the action and starts the next generation with +2; ``reset()`` star
 waiter woken by a generation change knows from the parity of the step whether its round completed
 or was reset. A party records a hold on the barrier's key from before it arrives until it leaves;
 a waiter that finds a dead party's hold breaks the barrier (rather than wait forever for a party
-that will never come).
+that will never come), and so does the party that would complete the round (rather than pass
+the rendezvous with a party that died waiting alone).
 """
 import threading
 
@@ -123,6 +124,11 @@ class Barrier(Primitive):
                     # the last party of this round is running the action: join the next round
                     self._park_while(lambda s=s: state.load() == s, deadline)
                     continue
+                if index + 1 == parties and lot._hold_take_dead(key) > 0:
+                    # completing the round with a party that died waiting (alone, so no
+                    # waiter's poll saw it) would pass the rendezvous with a dead process
+                    self._break()
+                    raise BrokenBarrierError
                 ok, _ = state.compare_exchange(s, s + 1)
                 if not ok:
                     continue
