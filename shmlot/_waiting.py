@@ -19,7 +19,8 @@ import math
 from .lot import deadline_after
 from .spinwait import SpinWait
 
-__all__ = ["Deadline", "wait_until", "acquire_timeout", "wait_timeout", "park", "full_backoff"]
+__all__ = ["Deadline", "wait_until", "acquire_timeout", "wait_timeout", "park", "full_backoff",
+           "full_done"]
 
 FULL_BACKOFF_MIN = 0.0005  # seconds; doubles per consecutive full park, up to FULL_BACKOFF_MAX
 FULL_BACKOFF_MAX = 0.05
@@ -40,6 +41,11 @@ def park(lot, key, validate, before_sleep, timed_out, park_token, timeout, poll=
         return PARK_TIMED_OUT
     _full.n = 0
     return result
+
+
+def full_done():
+    """What was full (a slot, a hold) was found free: the next full wait starts short again."""
+    _full.n = 0
 
 
 def full_backoff(lot, timeout=None):

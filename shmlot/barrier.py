@@ -16,7 +16,8 @@ from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from ._core import lib
-from ._waiting import Deadline, park
+from ._waiting import Deadline, full_backoff, full_done, park
+from .errors import LotFullError
 
 __all__ = ["Barrier", "BrokenBarrierError"]
 
@@ -113,7 +114,7 @@ class Barrier(Primitive):
         # it leaves, so a party killed at any point in between is seen by the others (who break
         # the barrier instead of waiting for it forever).
         pid, tid, start = _fast.self_ident()
-        lot._hold_add(key, pid, tid, start, HOLD_MODE)
+        self._add_hold(lot, key, pid, tid, start, deadline)
         try:
             while True:
                 s = state.load()
@@ -147,6 +148,22 @@ class Barrier(Primitive):
                 return index
         finally:
             lot._hold_remove(key, pid, tid, HOLD_MODE)
+
+    def _add_hold(self, lot, key, pid, tid, start, deadline):
+        """Record this party's hold. The primitives never raise LotFullError: while the hold
+        table is full, back off and retry (counter ``full_waits``); a deadline that passes
+        first breaks the barrier, as any timeout does."""
+        while True:
+            try:
+                lot._hold_add(key, pid, tid, start, HOLD_MODE)
+                full_done()
+                return
+            except LotFullError:
+                remaining = deadline.remaining()
+                if remaining == 0.0:
+                    self._break()
+                    raise BrokenBarrierError from None
+                full_backoff(lot, remaining)
 
     def _withdraw(self, gen, parties):
         """An exception (Ctrl-C) took this party out of round ``gen`` before it completed:
