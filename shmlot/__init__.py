@@ -11,7 +11,8 @@ from ._results import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, ParkR
 from .atomics import AtomicU32, AtomicU64
 from .barrier import Barrier
 from .condition import Condition
-from .errors import LotCorruptError, LotFullError, LotNotFoundError, OwnerDiedError
+from .errors import (LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError,
+                     OwnerDiedError)
 from .event import Event
 from .keys import key_for
 from .locks import Lock, RLock
@@ -19,6 +20,7 @@ from .lot import ParkingLot, default_lot
 from .rwlock import RWLock
 from .semaphore import BoundedSemaphore, Semaphore
 from .spinwait import SpinWait
+from . import deadlock  # noqa: E402  (shmlot.deadlock.check() with a plain ``import shmlot``)
 
 __version__ = "0.1.0"
 
@@ -27,8 +29,9 @@ __all__ = [
     "unpark_requeue", "unlink_object", "ParkResult", "UnparkResult", "FilterOp", "RequeueOp",
     "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN", "key_for", "SpinWait", "AtomicU32",
     "AtomicU64", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",
-    "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotCorruptError",
-    "LotFullError", "OwnerDiedError",
+    "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotUnlinkedError",
+    "LotCorruptError",
+    "LotFullError", "OwnerDiedError", "deadlock",
 ]
 
 

@@ -36,6 +36,10 @@ def lot_by_name(name):
             lot = _lot._default_lots.get(name)
             if lot is None or lot.closed:
                 lot = _lot._default_lots[name] = _lot.ParkingLot.attach(name)
+                return lot
+    # a handle from a process of the old lot still means the old lot (whose name is gone); once
+    # the name leads to another lot, it is ambiguous: LotUnlinkedError
+    lot._check_linked(gone_ok=True)
     return lot
 
 
@@ -185,6 +189,8 @@ def new_place(kind, name=None, lot=None):
         raise TypeError(f"lot must be a ParkingLot, not {type(lot).__name__}")
     if name is not None:
         _check_object_name(name)
+        # a name found in a lot other processes no longer reach would silently be two objects
+        lot._check_linked()
     index, created, actual = lot._object_create(name or "", kind)
     if actual != kind:
         lot._object_ref(index, -1)  # taken by _object_create, not yet counted as ours

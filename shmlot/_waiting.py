@@ -14,10 +14,13 @@ import time
 from ._core import lib
 from ._results import PARK_TIMED_OUT
 from .errors import LotFullError
-from .lot import check_timeout, deadline_after
+import math
+
+from .lot import deadline_after
 from .spinwait import SpinWait
 
-__all__ = ["Deadline", "wait_until", "acquire_timeout", "park", "full_backoff"]
+__all__ = ["Deadline", "wait_until", "acquire_timeout", "wait_timeout", "park", "full_backoff",
+           "full_done"]
 
 FULL_BACKOFF_MIN = 0.0005  # seconds; doubles per consecutive full park, up to FULL_BACKOFF_MAX
 FULL_BACKOFF_MAX = 0.05
@@ -40,6 +43,11 @@ def park(lot, key, validate, before_sleep, timed_out, park_token, timeout, poll=
     return result
 
 
+def full_done():
+    """What was full (a slot, a hold) was found free: the next full wait starts short again."""
+    _full.n = 0
+
+
 def full_backoff(lot, timeout=None):
     """No free slot: count it (counter ``full_waits``) and sleep a randomised, growing interval
     (never past ``timeout`` seconds), so that parked threads get to leave and free theirs."""
@@ -52,12 +60,27 @@ def full_backoff(lot, timeout=None):
     time.sleep(delay)
 
 
+def wait_timeout(timeout):
+    """threading's rules for the timeout of ``Event.wait``, ``Condition.wait``,
+    ``Semaphore.acquire`` and ``Barrier.wait``: None waits for ever; any other number (a bool
+    counts as 0 or 1) is seconds, and one that is negative (or NaN) means "do not wait": the
+    call returns at once as on a timeout. Anything else raises TypeError."""
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        return 0.0
+    return float(timeout)
+
+
 class Deadline:
-    """A monotonic deadline from a checked timeout (None: never)."""
+    """A monotonic deadline from a timeout taken by ``wait_timeout``'s rules (None: never)."""
     __slots__ = ("at",)
 
     def __init__(self, timeout):
-        self.at = deadline_after(check_timeout(timeout)) if timeout is not None else 0
+        timeout = wait_timeout(timeout)
+        self.at = deadline_after(timeout) if timeout is not None else 0
 
     def remaining(self):
         """Seconds left (None: no deadline)."""

@@ -7,7 +7,8 @@ round), runs the action and starts the next generation with +2; ``reset()`` star
 waiter woken by a generation change knows from the parity of the step whether its round completed
 or was reset. A party records a hold on the barrier's key from before it arrives until it leaves;
 a waiter that finds a dead party's hold breaks the barrier (rather than wait forever for a party
-that will never come).
+that will never come), and so does the party that would complete the round (rather than pass
+the rendezvous with a party that died waiting alone).
 """
 import threading
 
@@ -15,7 +16,8 @@ from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from ._core import lib
-from ._waiting import Deadline, park
+from ._waiting import Deadline, full_backoff, full_done, park
+from .errors import LotFullError
 
 __all__ = ["Barrier", "BrokenBarrierError"]
 
@@ -112,7 +114,7 @@ class Barrier(Primitive):
         # it leaves, so a party killed at any point in between is seen by the others (who break
         # the barrier instead of waiting for it forever).
         pid, tid, start = _fast.self_ident()
-        lot._hold_add(key, pid, tid, start, HOLD_MODE)
+        self._add_hold(lot, key, pid, tid, start, deadline)
         try:
             while True:
                 s = state.load()
@@ -123,6 +125,11 @@ class Barrier(Primitive):
                     # the last party of this round is running the action: join the next round
                     self._park_while(lambda s=s: state.load() == s, deadline)
                     continue
+                if index + 1 == parties and lot._hold_take_dead(key) > 0:
+                    # completing the round with a party that died waiting (alone, so no
+                    # waiter's poll saw it) would pass the rendezvous with a dead process
+                    self._break()
+                    raise BrokenBarrierError
                 ok, _ = state.compare_exchange(s, s + 1)
                 if not ok:
                     continue
@@ -141,6 +148,22 @@ class Barrier(Primitive):
                 return index
         finally:
             lot._hold_remove(key, pid, tid, HOLD_MODE)
+
+    def _add_hold(self, lot, key, pid, tid, start, deadline):
+        """Record this party's hold. The primitives never raise LotFullError: while the hold
+        table is full, back off and retry (counter ``full_waits``); a deadline that passes
+        first breaks the barrier, as any timeout does."""
+        while True:
+            try:
+                lot._hold_add(key, pid, tid, start, HOLD_MODE)
+                full_done()
+                return
+            except LotFullError:
+                remaining = deadline.remaining()
+                if remaining == 0.0:
+                    self._break()
+                    raise BrokenBarrierError from None
+                full_backoff(lot, remaining)
 
     def _withdraw(self, gen, parties):
         """An exception (Ctrl-C) took this party out of round ``gen`` before it completed:

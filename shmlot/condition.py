@@ -18,7 +18,7 @@ from . import locks as _locks
 from .errors import LotFullError
 from ._results import RequeueOp
 from ._core import lib
-from .lot import _check, check_timeout
+from .lot import _check
 
 __all__ = ["Condition"]
 
@@ -105,8 +105,7 @@ class Condition:
         lock = self._lock
         if not lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        if timeout is not None:
-            check_timeout(timeout)
+        timeout = _waiting.wait_timeout(timeout)
         # The core parks us on the condition's key and then releases the lock (count and all,
         # for an RLock) in one call, so no notify can fall between the two.
         saved = lock._count() if self._rlock else 1

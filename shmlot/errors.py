@@ -1,10 +1,20 @@
 """The exceptions shmlot raises (SPEC section 6)."""
 
-__all__ = ["LotNotFoundError", "LotCorruptError", "LotFullError", "OwnerDiedError"]
+__all__ = ["LotNotFoundError", "LotUnlinkedError", "LotCorruptError", "LotFullError",
+           "OwnerDiedError"]
 
 
 class LotNotFoundError(FileNotFoundError):
     """No lot of that name exists."""
+
+
+class LotUnlinkedError(LotNotFoundError):
+    """The lot's name no longer leads to the lot this handle uses: it was unlinked while in use
+    (``shmlot-stat --unlink``, a /dev/shm cleaner, systemd-logind's ``RemoveIPC=yes``), and
+    processes that open the name from now on get another lot. Raised when a name is resolved
+    through this handle (a named object, ``default_lot()``, an unpickled handle) and by waits
+    once the name leads to another lot, rather than coordinate with only some of the processes.
+    """
 
 
 class LotCorruptError(OSError):

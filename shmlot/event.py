@@ -63,7 +63,7 @@ class Event(Primitive):
     def wait(self, timeout=None):
         """Block until the flag is set or ``timeout`` seconds pass; return the flag (True also
         when a set() released this wait and a clear() followed before it ran, as in threading)."""
-        deadline = Deadline(timeout)  # checks the timeout (ValueError/TypeError) up front
+        deadline = Deadline(timeout)  # checks the timeout (TypeError) up front
         word = self._words[0]
         start = word.load()
         if start & FLAG:

@@ -22,7 +22,7 @@ from ._core import ffi, lib
 from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN,
                        FilterOp, ParkResult, RequeueOp, UnparkResult)
 from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
-from .errors import LotCorruptError, LotFullError, LotNotFoundError
+from .errors import LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError
 from .keys import check_u64, name_key
 
 __all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
@@ -37,6 +37,11 @@ DEFAULT_HOLDS = 8192
 ATTACH_WAIT_NS = 2_000_000_000  # how long attach waits for a creator to finish initialising
 
 _NO_SLOT = 0xFFFFFFFF            # "no slot" in the per-thread out-parameter of sl_park_begin
+
+# How often the slow paths (a park, each sleep slice) look whether the lot's name still leads
+# to this lot, and how often default_lot() does.
+SPLIT_CHECK_NS = 1_000_000_000
+DEFAULT_CHECK_NS = 100_000_000
 
 # A sleeping thread wakes at least this often to re-check its slot and let signals in.
 SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
@@ -199,8 +204,9 @@ def _check_name(name):
     if not isinstance(name, str):
         raise TypeError(f"lot name must be a str, not {type(name).__name__}")
     raw = name.encode("utf-8")
-    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX:
-        raise ValueError(f"lot name must be 1 to {NAME_MAX} bytes with no '/' or NUL: {name!r}")
+    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX or name in (".", ".."):
+        raise ValueError(f"lot name must be 1 to {NAME_MAX} bytes with no '/' or NUL, and not "
+                         f"'.' or '..': {name!r}")
     return raw
 
 
@@ -257,8 +263,10 @@ class ParkingLot:
         self._key_base = name_key(name)
         self._pid = os.getpid()
         self._mode = self._segment_mode(name)
+        self._file = (info.dev, info.ino)  # the segment this handle mapped
+        self._checked_ns = lib.sl_now_ns()  # when the name was last seen leading to it
         self._waiter = make_waiter(info.waiter, _handle, info.lot_id, self._mode,
-                                   self._still_linked_check(name, info.dev, info.ino))
+                                   lambda: self._name_leads_here() == _HERE)
         self._local = threading.local()
         # A writable view of the whole segment, for primitives that bind to words in it.
         self._buffer = memoryview(ffi.buffer(ffi.cast("char *", lib.sl_base_address(_handle)),
@@ -271,18 +279,35 @@ class ParkingLot:
         # mapping goes with the process.
         self._finalizer.atexit = False
 
-    @staticmethod
-    def _still_linked_check(name, dev, ino):
-        """A callable: does the name still lead to the segment this handle mapped?"""
-        path = f"/dev/shm/{name}"
+    def _name_leads_here(self):
+        """Where the lot's name leads now: _HERE (this lot), _GONE (nowhere) or _ELSEWHERE
+        (another segment: the lot was unlinked and a new one made under its name). A stat of
+        /dev/shm/NAME compared with the segment this handle mapped."""
+        try:
+            st = os.stat(f"/dev/shm/{self._name}")
+        except OSError:
+            return _GONE
+        if not self._file[1] or (st.st_dev, st.st_ino) == self._file:
+            return _HERE
+        return _ELSEWHERE
 
-        def linked():
-            try:
-                st = os.stat(path)
-            except OSError:
-                return False
-            return not ino or (st.st_dev, st.st_ino) == (dev, ino)
-        return linked
+    def _check_linked(self, gone_ok=False, every_ns=0):
+        """Raise LotUnlinkedError if the name no longer leads to this lot (or, with
+        ``gone_ok``, only if it leads to another one). With ``every_ns``, look only if the last
+        look that found it here is older than that (a clock read otherwise)."""
+        if every_ns and lib.sl_now_ns() - self._checked_ns < every_ns:
+            return
+        where = self._name_leads_here()
+        if where == _HERE:
+            self._checked_ns = lib.sl_now_ns()
+        elif where == _ELSEWHERE or not gone_ok:
+            raise LotUnlinkedError(
+                errno.ENOENT,
+                f"lot {self._name!r} was unlinked while in use"
+                f"{' and a new lot made under its name' if where == _ELSEWHERE else ''}: "
+                "processes that open the name now get another lot, so this handle no longer "
+                "reaches them (unlinked by shmlot-stat --unlink, a /dev/shm cleaner, or "
+                "systemd-logind's RemoveIPC=yes; see the README)")
 
     @staticmethod
     def _segment_mode(name):
@@ -434,6 +459,8 @@ class ParkingLot:
         check_u64(hint, "hint")
         deadline = deadline_after(check_timeout(timeout))
         h = self._h()
+        # a wait is a slow path: cheap enough to look (now and then) whether the lot was split
+        self._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
         t = self._tl()
         # sl_park_begin writes the slot once the thread is queued: from then on, any exception
         # (a signal handler's may strike between any two bytecodes) must take it out of the
@@ -554,8 +581,10 @@ class ParkingLot:
                 t = self._tl()
                 _check(lib.sl_park_finish(self._l, slot, t.token), "park")
                 return ParkResult(ParkResult._UNPARKED, t.token[0])
-            if r != INTERRUPTED and poll is not None and poll():
-                return None
+            if r != INTERRUPTED:
+                self._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
+                if poll is not None and poll():
+                    return None
 
     @staticmethod
     def _cancelled(rc, t):
@@ -768,6 +797,7 @@ class ParkingLot:
 
 
 _SLOT_STATES = {0: "free", 1: "allocated", 2: "parked", 3: "unparked"}
+_HERE, _GONE, _ELSEWHERE = "here", "gone", "elsewhere"
 
 COUNTERS = {
     "parks": lib.SL_C_PARKS, "unparks": lib.SL_C_UNPARKS, "timeouts": lib.SL_C_TIMEOUTS,
@@ -790,7 +820,8 @@ def default_lot_name():
 
 def default_lot():
     """This process's handle on the default lot ($SHMLOT_LOT, else "shmlot-<uid>"), opened (or
-    created) on first use."""
+    created) on first use. ``LotUnlinkedError`` if that lot was unlinked since (its name no longer
+    leads to it)."""
     name = default_lot_name()
     lot = _default_lots.get(name)
     if lot is None or lot._closed:
@@ -798,4 +829,7 @@ def default_lot():
             lot = _default_lots.get(name)
             if lot is None or lot._closed:
                 lot = _default_lots[name] = ParkingLot.open(name)
+                return lot
+    # LotUnlinkedError rather than use (or re-create) a lot that other processes no longer find
+    lot._check_linked(every_ns=DEFAULT_CHECK_NS)
     return lot

@@ -28,8 +28,8 @@ from . import _placement as _pl
 from ._base import Primitive
 from ._core import lib
 from ._results import FilterOp
-from ._waiting import Deadline, acquire_timeout, park
-from .errors import OwnerDiedError
+from ._waiting import Deadline, acquire_timeout, full_backoff, full_done, park
+from .errors import LotFullError, OwnerDiedError
 from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive
 from .spinwait import SpinWait
 
@@ -197,7 +197,10 @@ class RWLock(Primitive):
 
     # -- read side --
 
-    def _try_read(self, granted=False):
+    def _try_read(self, granted=False, backoff=None):
+        """Take a read share if no writer holds the lock (or waits, unless ``granted``). While
+        the hold table has no room to record it, back off (at most ``backoff`` seconds, None:
+        the usual growing interval) and return False, for the caller to retry."""
         if self._my_reads():
             granted = True  # re-entrant: never waits for writers
         state = self._words[0]
@@ -207,27 +210,35 @@ class RWLock(Primitive):
         lot, key = self._place.lot, self._place.key
         pid, tid, start = _fast.self_ident()
         with self._locked():
-            lot._hold_add(key, pid, tid, start, READ_HOLD)
-            s = state.load()
-            while not s & LOCKED and (granted or not self._words[2].load()):
-                ok, s = state.compare_exchange(s, s + READER)
-                if ok:
-                    self._add_my_reads(1)
-                    return True
-            lot._hold_remove(key, pid, tid, READ_HOLD)
+            try:
+                lot._hold_add(key, pid, tid, start, READ_HOLD)
+            except LotFullError:
+                full = True  # no room to record the share: back off (unlocked), then retry
+            else:
+                full = False
+                s = state.load()
+                while not s & LOCKED and (granted or not self._words[2].load()):
+                    ok, s = state.compare_exchange(s, s + READER)
+                    if ok:
+                        self._add_my_reads(1)
+                        full_done()
+                        return True
+                lot._hold_remove(key, pid, tid, READ_HOLD)
+        if full:
+            full_backoff(lot, backoff)
         return False
 
     def acquire_read(self, blocking=True, timeout=-1):
         """Take a read share; returns False on timeout / when non-blocking and unavailable.
         RuntimeError (rather than a wait that cannot end) if this thread holds the write lock."""
         timeout = acquire_timeout(blocking, timeout)
-        if self._try_read():
+        if self._try_read(backoff=0):
             return True
         if timeout != 0:
             self._refuse_waiting_for_itself("a read share")
         if timeout == 0:
             self._reclaim()
-            return self._try_read()
+            return self._try_read(backoff=0)
         return self._wait(self._place.key, self._read_blocked, self._try_read, Deadline(timeout))
 
     def _read_blocked(self):
@@ -289,12 +300,30 @@ class RWLock(Primitive):
             return self._try_write()
         lot = self._place.lot
         pid, tid, start = _fast.self_ident()
-        with self._locked():  # from here on, new readers wait for us
-            lot._hold_add(self._wkey, pid, tid, start, WRITE_WAIT)
-            self._words[2].fetch_add(1)
+        deadline = Deadline(timeout)
+        while True:
+            with self._locked():  # from here on, new readers wait for us
+                try:
+                    lot._hold_add(self._wkey, pid, tid, start, WRITE_WAIT)
+                except LotFullError:
+                    full = True
+                else:
+                    full = False
+                    self._words[2].fetch_add(1)
+            if not full:
+                full_done()
+                break
+            # the hold table is full: back off (not holding the mutex) and retry, as the
+            # primitives do when the lot is full, never raising LotFullError
+            if self._try_write():
+                return True
+            remaining = deadline.remaining()
+            if remaining == 0.0:
+                return False
+            full_backoff(lot, remaining)
         try:
             return self._wait(self._wkey, lambda: self._words[0].load() != 0, self._try_write,
-                              Deadline(timeout))
+                              deadline)
         finally:
             with self._locked():
                 lot._hold_remove(self._wkey, pid, tid, WRITE_WAIT)

@@ -10,6 +10,8 @@ from ._waiting import Deadline, wait_until
 
 __all__ = ["Semaphore", "BoundedSemaphore"]
 
+VALUE_MAX = 2**64 - 1  # the value is one u64 word
+
 
 def _check_value(value):
     if isinstance(value, bool) or not isinstance(value, int):
@@ -62,7 +64,7 @@ class Semaphore(Primitive):
         when taken, False on timeout or when non-blocking and nothing is available."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
-        deadline = Deadline(timeout)  # checks the timeout (ValueError/TypeError) up front
+        deadline = Deadline(timeout)  # checks the timeout (TypeError) up front
         if self._try_take():
             return True
         if not blocking:
@@ -85,7 +87,19 @@ class Semaphore(Primitive):
             self._wake(n)
 
     def _add(self, n):
-        self._words[0].fetch_add(n)
+        self._add_within(n, VALUE_MAX, "Semaphore value would exceed 2**64-1")
+
+    def _add_within(self, n, bound, message):
+        """Add ``n`` to the value by CAS, or raise ValueError (value unchanged) if that would
+        take it past ``bound`` (a 64-bit word must not wrap round to a few permits)."""
+        value = self._words[0]
+        v = value.load()
+        while True:
+            if v + n > bound:
+                raise ValueError(message)
+            ok, v = value.compare_exchange(v, v + n)
+            if ok:
+                return
 
     def _wake(self, n):
         lot, key = self._place.lot, self._place.key
@@ -109,14 +123,7 @@ class BoundedSemaphore(Semaphore):
     KIND = _pl.BOUNDED_SEMAPHORE
 
     def _add(self, n):
-        value, bound = self._words[0], self._words[2].load()
-        v = value.load()
-        while True:
-            if v + n > bound:
-                raise ValueError("Semaphore released too many times")
-            ok, v = value.compare_exchange(v, v + n)
-            if ok:
-                return
+        self._add_within(n, self._words[2].load(), "Semaphore released too many times")
 
     def __repr__(self):
         return super().__repr__()[:-1] + f"/{self._words[2].load()}>"

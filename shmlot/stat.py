@@ -75,8 +75,18 @@ def fmt_size(n):
             return f"{n:.1f} {unit}"
 
 
-def _clip(text, width):
+def _esc(text):
+    """``text`` with every non-printable character (escape sequences, newlines, bidi controls)
+    written as a Python escape: names come from other users' processes and must not drive the
+    terminal, nor forge a row."""
     text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _clip(text, width):
+    text = _esc(text)
     if len(text) <= width:
         return text
     return text[:max(0, width - 2)] + ".." if width >= 3 else text[:width]
@@ -213,7 +223,7 @@ def _objects_lines(snap):
 
 
 def _who(r):
-    proc = f" ({r['process']})" if r.get("process") else ""
+    proc = f" ({_esc(r['process'])})" if r.get("process") else ""
     return f"pid {r['pid']} tid {r['tid']}{proc}"
 
 
@@ -253,7 +263,7 @@ def render(snap, sections, cycles=None):
     if "deadlocks" in sections:
         lines.append("")
         lines += _deadlock_lines(cycles or [])
-    return "\n".join(lines)
+    return "\n".join(map(_esc, lines))
 
 
 # ---- --list -------------------------------------------------------------------------------------
@@ -312,14 +322,14 @@ def _list_lines(lots):
     rest = [("WAITER", 9, "<"), ("SIZE", 9, ">"), ("PARKED", 6, ">"), ("SLOTS", 6, ">"),
             ("OBJECTS", 7, ">"), ("USER", 8, "<"), ("MODE", 4, "<"), ("AGE", 6, ">")]
     room = WIDTH - sum(w + 1 for _, w, _ in rest)
-    name_w = min(room, max(4, max(len(x["name"]) for x in lots)))
+    name_w = min(room, max(4, max(len(_esc(x["name"])) for x in lots)))
     cols = [("NAME", name_w, "<")] + rest
     lines = _table(cols, [])
     for x in lots:
         cells = [x["waiter"], fmt_size(x["size"]), x["slots_used"], x["slots"],
                  x["objects_used"], x["user"], x["mode"], fmt_duration(now - x["created"])]
-        if len(x["name"]) > name_w:  # never clip a name: it is what --unlink and LOT take
-            lines.append(x["name"])
+        if len(_esc(x["name"])) > name_w:  # never clip a name: --unlink and LOT take it
+            lines.append(_esc(x["name"]))
             lines += _table(cols, [[""] + cells])[1:]
         else:
             lines += _table(cols, [[x["name"]] + cells])[1:]
@@ -469,9 +479,13 @@ def _parser():
 
 
 def _check_lot_name(parser, name):
+    """A usage error (one line, exit status 2) for what cannot name a lot: empty, '.', '..', a
+    '/' or NUL, too long, or the name of a directory of /dev/shm."""
     raw = name.encode("utf-8", "replace")
-    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX:
-        parser.error(f"invalid lot name {name!r}: 1 to {NAME_MAX} bytes, no '/'")
+    if not raw or "/" in name or "\0" in name or len(raw) > NAME_MAX or name in (".", ".."):
+        parser.error(f"invalid lot name {name!r}: 1 to {NAME_MAX} bytes, no '/', not '.' or '..'")
+    if os.path.isdir(os.path.join(SHM_DIR, name)):
+        parser.error(f"invalid lot name {name!r}: {SHM_DIR}/{_esc(name)} is a directory")
 
 
 def _fail(msg):
@@ -481,6 +495,14 @@ def _fail(msg):
 
 def _attach(name):
     return ParkingLot.attach(name)
+
+
+def unlink_segment(name):
+    """Remove the shared-memory segment ``name`` whatever it holds (OSError if that fails)."""
+    from ._core import lib
+    rc = lib.sl_unlink(name.encode("utf-8"))
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
 
 
 def _lot_error(name, exc):
@@ -562,7 +584,7 @@ def _run(args, parser):
         if args.json:
             _emit_json({"schema": SCHEMA, "lots": lots}, sys.stdout)
         else:
-            print("\n".join(_list_lines(lots)))
+            print("\n".join(map(_esc, _list_lines(lots))))
         return EXIT_OK
 
     if args.unlink is not None:
@@ -572,19 +594,31 @@ def _run(args, parser):
             parser.error("--watch does not apply to --unlink")
         name = args.unlink
         _check_lot_name(parser, name)
+        not_a_lot = None
         try:
             lot = _attach(name)
+        except LotCorruptError as exc:
+            # a segment that does not attach (never finished, damaged, or not a lot): it cannot
+            # be used as a lot, and --unlink is how to get rid of it
+            not_a_lot = _lot_error(name, exc).split(": ", 1)[-1]
+            try:
+                unlink_segment(name)
+            except OSError as err:
+                return _fail(f"cannot remove segment {name!r}: {err.strerror}")
         except _LOT_ERRORS as exc:
             return _fail(_lot_error(name, exc))
-        lot.unlink()
-        lot.close()
+        else:
+            lot.unlink()
+            lot.close()
         if args.json:
-            _emit_json({"schema": SCHEMA, "unlinked": name}, sys.stdout)
+            _emit_json({"schema": SCHEMA, "unlinked": name, "not_a_lot": not_a_lot}, sys.stdout)
+        elif not_a_lot:
+            print(f"removed segment {name!r}, which was not a usable lot ({not_a_lot})")
         else:
             print(f"unlinked lot {name!r}")
         return EXIT_OK
 
-    name = args.lot or default_lot_name()
+    name = default_lot_name() if args.lot is None else args.lot
     _check_lot_name(parser, name)
     if args.reap and args.watch:
         parser.error("--watch does not apply to --reap")
@@ -599,7 +633,7 @@ def _run(args, parser):
             if args.json:
                 _emit_json({"schema": SCHEMA, "reap": r}, sys.stdout)
             else:
-                print("\n".join(_reap_lines(r)))
+                print("\n".join(map(_esc, _reap_lines(r))))
             return EXIT_OK
         sections = _sections(args)
         if args.watch:

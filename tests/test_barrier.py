@@ -254,6 +254,27 @@ def test_party_killed_while_others_wait(plot, victim_first):
     assert not b.broken
 
 
+@pytest.mark.parametrize("ctx", [FORK, SPAWN])
+def test_last_arrival_after_a_party_died_waiting_alone(plot, ctx):
+    """A 2-party barrier: the first party waits alone and is SIGKILLed; the second arrival would
+    complete the round with a dead process: it breaks the barrier instead, at once."""
+    b = shmlot.Barrier(2)
+    victim = ctx.Process(target=_wait_forever, args=(b,))
+    victim.start()
+    wait_parked_on(plot, b.key, 1)
+    kill(victim)
+    t0 = time.monotonic()
+    with pytest.raises(BrokenBarrierError):
+        b.wait(10)
+    assert time.monotonic() - t0 < 1.0
+    assert b.broken
+    b.reset()  # and the barrier is usable again
+    t = threading.Thread(target=b.wait, args=(10,))
+    t.start()
+    assert b.wait(10) in (0, 1)
+    t.join(10)
+
+
 def test_party_killed_before_anyone_else_arrives(plot):
     """The only party waiting is killed; the next arrivals must not wait for it forever: they
     find its hold and break the barrier."""

@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from conftest import python_env, start_python, wait_until, REPO_ROOT
+from conftest import python_env, run_python, start_python, wait_until, REPO_ROOT
 
 import shmlot
 from shmlot import deadlock
@@ -375,3 +375,8 @@ def test_cycles_in_graph_search():
     # a complete graph has very many cycles: the search stops at the limit
     big = {i: [j for j in range(12) if j != i] for i in range(12)}
     assert len(deadlock.cycles_in(big, limit=10)) == 10
+
+
+def test_check_without_importing_the_module(flot):
+    r = run_python("import sys, shmlot; print(shmlot.deadlock.check(sys.argv[1]))", flot.name)
+    assert r.stdout.strip() == "[]"

@@ -368,8 +368,9 @@ def test_corrupt_lot_is_exit_1(flot, shm_segment):
     with open(f"/dev/shm/{seg.name}", "r+b") as f:
         f.write(b"garbage!")
     assert_one_line_error(run_stat(seg.name), 1, "corrupt or not a lot", "bad magic")
-    assert_one_line_error(run_stat("--unlink", seg.name), 1, "bad magic")
-    assert os.path.exists(f"/dev/shm/{seg.name}")  # --unlink removes lots only
+    r = run_stat("--unlink", seg.name)  # a segment that does not attach is removed too
+    assert r.returncode == 0 and "not a usable lot" in r.stdout, (r.stdout, r.stderr)
+    assert not os.path.exists(f"/dev/shm/{seg.name}")
 
 
 def test_not_permitted_is_exit_1(flot, monkeypatch, capsys):
@@ -552,3 +553,55 @@ def test_list_never_clips_a_lot_name():
     assert_fits("\n".join(lines[:2] + lines[3:]))  # the long name has a line of its own
     assert lines[2] == "n" * 150 and lines[3].split()[0] == "futex"
     assert lines[1].split()[:2] == ["short", "futex"]
+
+
+@pytest.mark.parametrize("name", [".", "..", "", "DIR"])
+def test_names_that_cannot_be_a_lot_are_usage_errors(name, lot_name):
+    made = None
+    if name == "DIR":
+        name = made = lot_name()
+        os.mkdir(f"/dev/shm/{made}")
+    try:
+        for args in ([name], ["--unlink", name], ["--reap", name]):
+            r = run_stat(*args, env={"SHMLOT_LOT": "shmlot-test-never-used"})
+            assert r.returncode == 2, (args, r.stdout, r.stderr)
+            assert "Traceback" not in r.stderr and r.stdout == ""
+            assert r.stderr.strip().splitlines()[-1].startswith("shmlot-stat: error: invalid lot")
+    finally:
+        if made:
+            os.rmdir(f"/dev/shm/{made}")
+
+
+NASTY = "evil\x1b[31m\nPID TID forged\r\x07\u202e"
+
+
+def test_control_characters_in_names_never_reach_the_terminal(make_lot, lot_name):
+    lot = make_lot(lot_name() + "\x1b[2J\x07")
+    lk = shmlot.Lock(name=NASTY, lot=lot)
+    lk.acquire()
+    proc = start_python(r"""
+import sys, ctypes, shmlot
+libc = ctypes.CDLL(None)
+libc.prctl(15, b"py\x1b[1m\nfake", 0, 0, 0)   # PR_SET_NAME: the process name psutil reports
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+lk = shmlot.Lock(name=sys.argv[2], lot=lot)
+print("go", flush=True)
+lk.acquire()
+lk.release()
+""", lot.name, NASTY)
+    try:
+        assert proc.stdout.readline().strip() == "go"
+        wait_until(lambda: snapshot(lot).parked, 20, "the waiter to park")
+        outputs = [run_stat(lot.name, "--all"), run_stat("--list"), run_stat(lot.name, "--reap")]
+        for r in outputs:
+            assert r.returncode in (0, 3), r.stderr
+            for bad in ("\x1b", "\x07", "\r", "\u202e"):
+                assert bad not in r.stdout
+        default, listing = outputs[0].stdout, outputs[1].stdout
+        assert not any(line.startswith("PID TID forged") for line in default.splitlines())
+        assert "\\x1b[31m\\nPID" in default          # the object name, escaped
+        assert "\\x1b[1m" in default                  # the process name, escaped
+        assert "\\x1b[2J\\x07" in listing           # the lot name in --list
+    finally:
+        lk.release()
+        assert proc.wait(20) == 0

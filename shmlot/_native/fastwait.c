@@ -227,7 +227,7 @@ static int reacquire(CondWaiter *self, uint64_t me, uint32_t saved)
     return 0;
 }
 
-/* threading.Condition.wait's timeout rules: None, or a number >= 0 (not a bool, not NaN). */
+/* The timeout argument of Condition.wait(timeout=None). */
 static int parse_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                          PyObject **out)
 {
@@ -251,12 +251,15 @@ static int parse_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
     return 0;
 }
 
+/* threading.Condition.wait's timeout rules: None waits for ever; a number (a bool counts as 0
+ * or 1) is seconds, and a negative one (or NaN) does not wait at all: the lock is released and
+ * taken back, and the call returns False, as threading's does. */
 static int deadline_of(PyObject *timeout, uint64_t *deadline)
 {
     *deadline = 0;
     if (timeout == Py_None)
         return 0;
-    if (PyBool_Check(timeout) || !(PyLong_Check(timeout) || PyFloat_Check(timeout))) {
+    if (!(PyLong_Check(timeout) || PyFloat_Check(timeout))) {
         PyErr_Format(PyExc_TypeError, "timeout must be a number or None, not %s",
                      Py_TYPE(timeout)->tp_name);
         return -1;
@@ -264,14 +267,8 @@ static int deadline_of(PyObject *timeout, uint64_t *deadline)
     double t = PyFloat_AsDouble(timeout);
     if (t == -1.0 && PyErr_Occurred())
         return -1;
-    if (isnan(t) || t < 0) {
-        PyObject *r = PyObject_Repr(timeout);
-        if (r) {
-            PyErr_Format(PyExc_ValueError, "timeout must be a non-negative number, got %U", r);
-            Py_DECREF(r);
-        }
-        return -1;
-    }
+    if (isnan(t) || t < 0)
+        t = 0;
     if (t > 1e9)
         t = 1e9;
     uint64_t ns = (uint64_t)(t * 1e9);

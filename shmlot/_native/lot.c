@@ -3,6 +3,13 @@
  * A lot is a POSIX shared-memory object "/NAME" (the same object multiprocessing.shared_memory
  * opens), fully allocated at creation (posix_fallocate: a lot that does not fit fails now with
  * ENOSPC, never with SIGBUS later) and published by writing the magic number last.
+ *
+ * Creating is guarded by an flock on the segment: the creator takes it right after shm_open and
+ * gives it up once the magic is written, and marks the segment "being created" (SL_MAGIC_CREATING
+ * in the magic's place) before anything else. The kernel drops the flock of a creator that dies,
+ * so an attacher that finds an unfinished segment and can take its flock knows the creator is
+ * gone and removes the segment (the next open() creates the lot afresh); one that cannot take it
+ * waits for the living creator.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -13,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/random.h>
@@ -50,6 +58,10 @@ static uint64_t realtime_ns(void)
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
+
+/* In the magic's place while a creator initialises the segment ("\0SHMLOT0"). */
+#define SL_MAGIC_CREATING 0x30544f4c4d485300ULL
+#define SHM_DIR "/dev/shm" /* where shm_open's objects live on Linux */
 
 static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }
 
@@ -200,6 +212,16 @@ static int map_fd(int fd, uint64_t size, char **out)
     return 0;
 }
 
+/* Does "/dev/shm/NAME" (path is "/NAME") still lead to the open segment fd? */
+static int still_linked(const char *path, int fd)
+{
+    char full[SL_NAME_MAX + sizeof SHM_DIR + 2];
+    struct stat a, b;
+    snprintf(full, sizeof full, "%s%s", SHM_DIR, path);
+    return fstat(fd, &a) == 0 && stat(full, &b) == 0 && a.st_dev == b.st_dev &&
+           a.st_ino == b.st_ino;
+}
+
 int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nobjects,
               uint32_t nholds, int mode, uint32_t waiter, sl_lot **out)
 {
@@ -218,12 +240,32 @@ int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nob
         return rc;
     }
     l->waiter = waiter;
-    int fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
-    if (fd < 0) {
-        rc = -errno;
-        free(l);
-        return sl_fail(rc, "shm_open(%s): %s", path, strerror(-rc));
+    int fd;
+    for (;;) {
+        fd = shm_open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode);
+        if (fd < 0) {
+            rc = -errno;
+            free(l);
+            return sl_fail(rc, "shm_open(%s): %s", path, strerror(-rc));
+        }
+        sl_maybe_die("create_opened"); /* test hook: a creator dead before its flock */
+        while (flock(fd, LOCK_EX) != 0 && errno == EINTR)
+            ;
+        /* An attacher may have taken the flock before us, found the segment empty and removed
+         * it as a dead creator's: then this name is no longer ours, start again. */
+        if (still_linked(path, fd))
+            break;
+        close(fd);
     }
+    uint64_t creating = SL_MAGIC_CREATING;
+    if (pwrite(fd, &creating, sizeof creating, 0) != (ssize_t)sizeof creating) {
+        rc = -errno;
+        shm_unlink(path);
+        close(fd);
+        free(l);
+        return sl_fail(rc, "cannot write lot %s: %s", name, strerror(-rc));
+    }
+    rc = 0;
     if (fchmod(fd, (mode_t)mode) != 0 || (rc = posix_fallocate(fd, 0, (off_t)l->size)) != 0) {
         int err = rc ? rc : errno;
         unsigned long long size = (unsigned long long)l->size;
@@ -243,10 +285,36 @@ int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nob
     remember_file(l, fd);
     init_layout(l, name, waiter);
     l->mutex_kind = (int)HDR(l)->mutex_kind;
+    sl_maybe_die("create_before_magic"); /* test hook: a creator dead mid-create */
     /* publish: attachers wait for the magic, so everything above is visible first */
     __atomic_store_n(&HDR(l)->magic, SL_MAGIC, __ATOMIC_RELEASE);
+    flock(fd, LOCK_UN);
     *out = l;
     return 0;
+}
+
+/* An unfinished segment (no magic yet): 0 if its creator is still at work (it holds the flock),
+ * 1 if the creator died and the segment was removed (or was already replaced), 2 if it was
+ * finished meanwhile. Only a segment a creator began (size 0: dead before its first write; or the
+ * "being created" mark) is ever removed: a foreign zero-filled one is left alone. */
+static int remove_if_abandoned(const char *path, int fd)
+{
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0)
+        return 0;
+    int rc = 1;
+    uint64_t magic = 0;
+    struct stat st;
+    ssize_t n = pread(fd, &magic, sizeof magic, 0);
+    if (fstat(fd, &st) != 0)
+        rc = 0;
+    else if (n == (ssize_t)sizeof magic && magic == SL_MAGIC)
+        rc = 2;
+    else if (st.st_size != 0 && !(n == (ssize_t)sizeof magic && magic == SL_MAGIC_CREATING))
+        rc = 0; /* not begun by a creator of ours */
+    else if (still_linked(path, fd))
+        shm_unlink(path); /* under the flock: no one else can have replaced it in between */
+    flock(fd, LOCK_UN);
+    return rc;
 }
 
 /* Check the header against what this process would compute; name the first thing wrong. */
@@ -315,6 +383,7 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
             close(fd);
             return rc;
         }
+        uint64_t magic = 0;
         if ((uint64_t)st.st_size >= SL_HEADER_SIZE) {
             char *hp = NULL;
             rc = map_fd(fd, SL_HEADER_SIZE, &hp);
@@ -322,21 +391,33 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
                 close(fd);
                 return sl_fail(rc, "mmap: %s", strerror(-rc));
             }
-            uint64_t magic = __atomic_load_n(&((sl_header *)hp)->magic, __ATOMIC_ACQUIRE);
+            magic = __atomic_load_n(&((sl_header *)hp)->magic, __ATOMIC_ACQUIRE);
             memcpy(&hcopy, hp, sizeof hcopy);
             munmap(hp, SL_HEADER_SIZE);
             if (magic == SL_MAGIC)
                 break;
-            if (magic != 0 || sl_now_ns() >= deadline) {
+            if (magic != 0 && magic != SL_MAGIC_CREATING) {
                 close(fd);
-                hcopy.magic = magic;
-                return sl_fail(SL_ECORRUPT, "bad magic 0x%016llx (not a shmlot lot, or its "
-                               "creator died before finishing)", (unsigned long long)magic);
+                return sl_fail(SL_ECORRUPT, "bad magic 0x%016llx (not a shmlot lot)",
+                               (unsigned long long)magic);
             }
-        } else if (sl_now_ns() >= deadline) {
+        }
+        /* unfinished: a creator at work, or one that died */
+        int gone = remove_if_abandoned(path, fd);
+        if (gone == 1) {
             close(fd);
-            return sl_fail(SL_ECORRUPT, "segment is %lld bytes, too small for a lot header",
-                           (long long)st.st_size);
+            return sl_fail(-ENOENT, "lot %s was never finished (its creator died): removed",
+                           name);
+        }
+        if (gone == 2)
+            continue;
+        if (sl_now_ns() >= deadline) {
+            close(fd);
+            if ((uint64_t)st.st_size < SL_HEADER_SIZE)
+                return sl_fail(SL_ECORRUPT, "segment is %lld bytes, too small for a lot header",
+                               (long long)st.st_size);
+            return sl_fail(SL_ECORRUPT, "bad magic 0x%016llx (not a shmlot lot, or its creator "
+                           "is stopped before finishing)", (unsigned long long)magic);
         }
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
