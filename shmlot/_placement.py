@@ -178,12 +178,21 @@ def _check_object_name(name):
     return name
 
 
-def new_place(kind, name=None, lot=None):
-    """A registry record for a new (or, by name, existing) object of ``kind``."""
+def _lot_for_place(lot):
+    """The handle a new primitive binds to: ``lot`` (default: the default lot) as _bound()
+    gives it, so that closing the user's handle later leaves the primitive working."""
     if lot is None:
         lot = _lot.default_lot()
     elif not isinstance(lot, _lot.ParkingLot):
         raise TypeError(f"lot must be a ParkingLot, not {type(lot).__name__}")
+    if lot.closed:
+        raise ValueError(f"lot {lot.name!r} is closed")
+    return lot._bound()
+
+
+def new_place(kind, name=None, lot=None):
+    """A registry record for a new (or, by name, existing) object of ``kind``."""
+    lot = _lot_for_place(lot)
     if name is not None:
         _check_object_name(name)
     index, created, actual = lot._object_create(name or "", kind)
@@ -200,7 +209,7 @@ def rebuild_place(args):
     how = args[0]
     if how == "record":
         _, lot_name, index, kind = args
-        lot = lot_by_name(lot_name)
+        lot = lot_by_name(lot_name)._bound()
         lot._object_ref(index, +1)
         place = Place(lot, lot._buffer, lot._object_offset(index), 0, index, None, kind, False)
         place.key = lot.key_at(place.offset)
@@ -233,8 +242,7 @@ def at_place(kind, buffer, offset, size, lot=None, key=None):
         raise TypeError(f"offset must be an int, not {type(offset).__name__}")
     if offset < 0 or offset % 8:
         raise ValueError(f"offset must be a non-negative multiple of 8, got {offset}")
-    if lot is None:
-        lot = _lot.default_lot()
+    lot = _lot_for_place(lot)
     shm = None
     if hasattr(buffer, "buf") and hasattr(buffer, "name"):
         shm = buffer

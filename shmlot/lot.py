@@ -258,6 +258,8 @@ class ParkingLot:
         self._lot_id = info.lot_id
         self._waiter_code = info.waiter
         self._closed = False
+        self._owner = None   # for a handle made by _bound(): the handle that owns the mapping
+        self._inner = None   # weak reference to this handle's _bound() twin
         self._key_base = name_key(name)
         self._pid = os.getpid()
         self._mode = self._segment_mode(name)
@@ -352,8 +354,27 @@ class ParkingLot:
     closed = property(lambda self: self._closed)
 
     def close(self):
-        """Stop using this handle. The lot itself persists until ``unlink()``."""
+        """Stop using this handle. The lot itself persists until ``unlink()``; primitives
+        bound to it keep working (they hold their own handle on the mapping, see ``_bound``)."""
         self._closed = True
+
+    def _bound(self):
+        """The handle primitives bind to: the same mapping as this one, but never closed, so
+        that closing the user's handle (``with ParkingLot.open(...) as lot:``) cannot strand a
+        primitive made with ``lot=lot`` half-way through a lock hand-off. It keeps this handle
+        (the mapping's owner) alive, so the lot stays mapped while any primitive on it lives."""
+        if self._owner is not None:
+            return self
+        inner = self._inner() if self._inner is not None else None
+        if inner is None:
+            inner = object.__new__(type(self))
+            inner.__dict__.update(self.__dict__)
+            inner._closed = False
+            inner._owner = self
+            inner._inner = None
+            inner._local = threading.local()
+            self._inner = weakref.ref(inner)
+        return inner
 
     def unlink(self):
         """Remove the lot's name (and its semaphores); processes still attached keep working."""

@@ -158,7 +158,7 @@ def test_named_in_other_lot(plot, waiter):
     try:
         a = shmlot.Lock(name="same")
         b = shmlot.Lock(name="same", lot=lot2)
-        assert b._place.lot is lot2 and a.key != b.key
+        assert b._place.lot is lot2._bound() and a.key != b.key
         a.acquire()
         assert b.acquire(blocking=False)
         b.release()
