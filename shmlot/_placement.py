@@ -14,6 +14,7 @@ import threading
 import weakref
 
 from . import lot as _lot
+from .errors import LotCorruptError, ObjectGoneError
 from .keys import key_for
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
@@ -138,10 +139,10 @@ class Place:
     """A primitive's storage: ``buffer[offset:offset+size]``, its ``key``, the ``lot`` it parks
     on, and for registry records the ``index`` and ``name``."""
     __slots__ = ("lot", "buffer", "offset", "key", "index", "name", "kind", "created", "shm",
-                 "_finalizer", "__weakref__")
+                 "gen", "_finalizer", "__weakref__")
 
     def __init__(self, lot, buffer, offset, key, index=None, name=None, kind=0, created=True,
-                 shm=None):
+                 shm=None, gen=0):
         self.lot = lot
         self.buffer = buffer
         self.offset = offset
@@ -151,6 +152,7 @@ class Place:
         self.kind = kind
         self.created = created
         self.shm = shm
+        self.gen = gen  # the record's generation (registry records): which object it names
         self._finalizer = None
         if index is not None:
             # one registry reference per Place (taken by the caller); given back when the Place
@@ -162,7 +164,7 @@ class Place:
     def reduce_args(self):
         """What a pickled handle carries."""
         if self.index is not None:
-            return ("record", self.lot.name, self.index, self.kind)
+            return ("record", self.lot.name, self.index, self.kind, self.gen)
         if self.shm is not None:
             return ("shm", self.lot.name, self.shm.name, self.offset, self.kind)
         raise TypeError("a primitive placed with .at() on a plain buffer cannot be pickled; place "
@@ -201,21 +203,28 @@ def new_place(kind, name=None, lot=None):
         raise TypeError(f"object {name!r} in lot {lot.name!r} is a "
                         f"{KIND_NAMES.get(actual, actual)}, not a {KIND_NAMES[kind]}")
     offset = lot._object_offset(index)
-    return Place(lot, lot._buffer, offset, lot.key_at(offset), index, name, kind, created)
+    return Place(lot, lot._buffer, offset, lot.key_at(offset), index, name, kind, created,
+                 gen=lot._object_gen(index))
 
 
 def rebuild_place(args):
     """The Place of an unpickled handle (see Place.reduce_args)."""
     how = args[0]
     if how == "record":
-        _, lot_name, index, kind = args
+        _, lot_name, index, kind, gen = args
         lot = lot_by_name(lot_name)._bound()
-        lot._object_ref(index, +1)
-        place = Place(lot, lot._buffer, lot._object_offset(index), 0, index, None, kind, False)
-        place.key = lot.key_at(place.offset)
-        if lot._object_kind(index) != kind:
-            raise RuntimeError(f"shmlot object {index} of lot {lot_name!r} no longer exists "
-                               "(its last handle was dropped before this one was unpickled)")
+        try:
+            lot._object_acquire(index, gen)  # ObjectGoneError if it was freed meanwhile
+        except ObjectGoneError as exc:
+            raise ObjectGoneError(
+                f"shmlot {KIND_NAMES.get(kind, kind)} (object {index} of lot {lot_name!r}) no "
+                "longer exists: its last handle was dropped before this one was unpickled") \
+                from exc
+        offset = lot._object_offset(index)
+        place = Place(lot, lot._buffer, offset, lot.key_at(offset), index, None, kind, False,
+                      gen=gen)
+        if lot._object_kind(index) != kind:  # the same generation is the same object
+            raise LotCorruptError(f"object {index} of lot {lot_name!r} changed kind")
         return place
     _, lot_name, shm_name, offset, kind = args
     shm = _attach_shm(shm_name)

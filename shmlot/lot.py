@@ -22,7 +22,7 @@ from ._core import ffi, lib
 from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN,
                        FilterOp, ParkResult, RequeueOp, UnparkResult)
 from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
-from .errors import LotCorruptError, LotFullError, LotNotFoundError
+from .errors import LotCorruptError, LotFullError, LotNotFoundError, ObjectGoneError
 from .keys import check_u64, name_key
 
 __all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
@@ -77,6 +77,8 @@ def _error(rc, what=""):
         return TimeoutError(msg)
     if rc == lib.SL_EBADVALUE:
         return ValueError(msg)
+    if rc == lib.SL_EGONE:
+        return ObjectGoneError(msg)
     err = -rc
     if err == errno.ENOENT:
         return LotNotFoundError(err, msg)
@@ -704,6 +706,14 @@ class ParkingLot:
 
     def _object_kind(self, index):
         return lib.sl_object_kind(self._l, index)
+
+    def _object_gen(self, index):
+        return lib.sl_object_gen(self._l, index)
+
+    def _object_acquire(self, index, gen):
+        """One more reference to record ``index`` if it still holds generation ``gen``
+        (ObjectGoneError if that object was freed)."""
+        return _check(lib.sl_object_acquire(self._l, index, gen), f"object {index}")
 
     def _object_ref(self, index, delta):
         return _check(lib.sl_object_ref(self._l, index, delta), "object reference")

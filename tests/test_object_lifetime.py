@@ -60,3 +60,40 @@ def test_primitive_outlives_the_with_block_of_its_lot(waiter):
             shmlot.Lock(lot=lot)
     finally:
         shmlot.ParkingLot.attach(name).unlink()
+
+
+# ---- generations: a handle never names another object -------------------------------------------
+
+@pytest.mark.parametrize("reuse_kind", ["Lock", "Event"])
+def test_handle_of_a_freed_object_raises_object_gone(make_lot, reuse_kind):
+    """A pickled handle whose object is freed before it is unpickled (in another process), the
+    record then reused by another object of the same or another kind: unpickling raises
+    ObjectGoneError (a LookupError) and takes no reference; the new object is untouched."""
+    lot = make_lot(objects=1)
+    old = shmlot.Lock(lot=lot)
+    data = pickle.dumps(old)
+    index = old._place.index
+    del old
+    gc.collect()
+    new = getattr(shmlot, reuse_kind)(lot=lot)
+    assert new._place.index == index  # the only record: reused
+    r = run_python(f"""
+        import pickle, shmlot
+        try:
+            lk = pickle.loads(bytes.fromhex({data.hex()!r}))
+        except shmlot.ObjectGoneError as exc:
+            assert isinstance(exc, LookupError)
+            print("gone:", exc)
+        else:
+            print("resolved to", lk)
+    """)
+    assert r.stdout.startswith("gone:"), r.stdout + r.stderr
+    refs = {o.index: o.refs for o in snapshot(lot, processes=False).objects}
+    assert refs[index] == 1  # only ours: the refused handle took none
+    # and a live object's handle still resolves, here and in another process
+    assert pickle.loads(pickle.dumps(new))._place.index == index
+    r = run_python(f"""
+        import pickle, shmlot
+        print(type(pickle.loads(bytes.fromhex({pickle.dumps(new).hex()!r}))).__name__)
+    """)
+    assert r.stdout.strip() == reuse_kind

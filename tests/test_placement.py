@@ -223,7 +223,7 @@ def test_pickle_round_trip_in_process(plot):
     del copy
     gc.collect()
     assert used(plot) == base
-    with pytest.raises(RuntimeError):
+    with pytest.raises(shmlot.ObjectGoneError):
         pickle.loads(data)  # its object is gone: refused, not silently bound to nothing
 
 
