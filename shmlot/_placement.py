@@ -46,34 +46,39 @@ def lot_by_name(name):
 # Every Place on a registry record holds one reference to it (sl_object_ref), given back when the
 # Place is collected. Whatever this process still holds when it exits is given back by an exit
 # hook, because weakref finalizers do not run in multiprocessing's fork and forkserver children
-# (they leave through os._exit) and a record would never be freed. A fork child inherits its
-# parent's handles without references of its own (the parent's objects keep the record alive),
-# so it must never give those back: that would free the record under the parent, and the record
-# would be reused for another object.
+# (they leave through os._exit) and a record would never be freed.
+#
+# A fork child inherits its parent's handles, and takes references of its own to them at fork,
+# so that a record lives while any living process can use it (the parent may drop its handles,
+# or exit, while the child still works with them). Between fork() and the child's hook the
+# parent could drop its last reference, so the parent first pins every record it holds (one
+# reference each, counted as the parent's), and the child turns each pin into its own
+# references (sl_object_adopt). A pin nobody adopts (fork failed, the child was killed at once)
+# stays counted as the parent's and is given back with the parent's when it dies.
 
-_taken = {}                 # (lot, index) -> references this process holds
+_taken = {}                 # (lot, index, generation) -> references this process holds
 _taken_lock = threading.Lock()
 _hook_pid = None            # the process the exit hooks are registered in
+_pins = []                  # [(lot, index, gen, n)] pinned by the last fork (see above)
+_pins_pid = 0               # the process that pinned them
 
 
-def _take(lot, index):
+def _take(lot, index, gen):
     """Count one reference (already taken in the lot) as this process's."""
     if _hook_pid != os.getpid():
         _register_exit_hooks()
-    key = (lot, index)
+    key = (lot, index, gen)
     with _taken_lock:
         _taken[key] = _taken.get(key, 0) + 1
 
 
-def _drop_ref(lot, index, pid=None):
-    """Give back one reference taken by process ``pid`` (see above)."""
-    if pid is not None and pid != os.getpid():
-        return
-    key = (lot, index)
+def _drop_ref(lot, index, gen):
+    """Give back one reference of this process's (see above)."""
+    key = (lot, index, gen)
     with _taken_lock:
         n = _taken.get(key, 0)
         if n <= 0:
-            return  # already given back by the exit hook
+            return  # already given back by the exit hook, or never this process's
         if n == 1:
             del _taken[key]
         else:
@@ -91,18 +96,59 @@ def _release_all():
     with _taken_lock:
         items = list(_taken.items())
         _taken.clear()
-    for (lot, index), n in items:
+    for (lot, index, _gen), n in items:
         try:
             lot._object_ref(index, -n)
         except Exception:
             pass
 
 
-def _forget_inherited():
-    """In a fork child: the parent's references are not ours."""
-    global _hook_pid
-    _taken.clear()
+def _pin_for_child():
+    """Before fork, in the parent: pin every record this process holds (see above)."""
+    global _pins, _pins_pid
+    pins = []
+    with _taken_lock:
+        items = list(_taken.items())
+    for (lot, index, gen), n in items:
+        try:
+            lot._object_ref(index, +1)
+        except Exception:  # a lot unmapped at shutdown: its handles are unusable anyway
+            continue
+        pins.append((lot, index, gen, n))
+    _pins, _pins_pid = pins, os.getpid()
+
+
+def _after_fork_in_parent():
+    global _pins
+    _pins = []  # the pins are the children's to adopt (or given back with ours at our end)
+
+
+def _adopt_inherited():
+    """In a fork child: the parent's references are not ours; take our own to everything we
+    inherited (turning the parent's pins into them)."""
+    global _taken, _taken_lock, _hook_pid, _pins
+    _taken_lock = threading.Lock()  # another thread of the parent may have held it
+    _taken = {}
     _hook_pid = None
+    pins, _pins = _pins, []
+    failed = 0
+    for lot, index, gen, n in pins:
+        try:
+            lot._object_adopt(index, gen, _pins_pid, n)
+        except ObjectGoneError:
+            continue  # freed before we could adopt it (the parent died and was reaped)
+        except Exception:
+            failed += 1
+            continue
+        _taken[(lot, index, gen)] = n
+    if _taken:
+        # the exit hooks inherited from the parent run here too once they know this process
+        _hook_pid = os.getpid()
+    if failed:
+        import warnings
+        warnings.warn(f"shmlot: this fork child could not take its own references to {failed} "
+                      "inherited object(s) (the lot's hold table is full): they live only as "
+                      "long as the parent", RuntimeWarning)
 
 
 class _Anchor:
@@ -132,7 +178,8 @@ def _reregister_in_child(_anchor):
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_inherited)
+    os.register_at_fork(before=_pin_for_child, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_adopt_inherited)
 
 
 class Place:
@@ -157,8 +204,8 @@ class Place:
         if index is not None:
             # one registry reference per Place (taken by the caller); given back when the Place
             # is collected, or at exit
-            _take(lot, index)
-            self._finalizer = weakref.finalize(self, _drop_ref, lot, index, os.getpid())
+            _take(lot, index, gen)
+            self._finalizer = weakref.finalize(self, _drop_ref, lot, index, gen)
             self._finalizer.atexit = False  # the exit hook gives back what is left
 
     def reduce_args(self):

@@ -713,7 +713,12 @@ class ParkingLot:
     def _object_acquire(self, index, gen):
         """One more reference to record ``index`` if it still holds generation ``gen``
         (ObjectGoneError if that object was freed)."""
-        return _check(lib.sl_object_acquire(self._l, index, gen), f"object {index}")
+        return _check(lib.sl_object_acquire(self._l, index, gen))
+
+    def _object_adopt(self, index, gen, parent_pid, n):
+        """In a fork child: take over the parent's pin on record ``index`` as ``n`` references
+        of this process (see _placement)."""
+        return _check(lib.sl_object_adopt(self._l, index, gen, parent_pid, n), f"object {index}")
 
     def _object_ref(self, index, delta):
         return _check(lib.sl_object_ref(self._l, index, delta), "object reference")

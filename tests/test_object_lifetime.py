@@ -97,3 +97,85 @@ def test_handle_of_a_freed_object_raises_object_gone(make_lot, reuse_kind):
         print(type(pickle.loads(bytes.fromhex({pickle.dumps(new).hex()!r}))).__name__)
     """)
     assert r.stdout.strip() == reuse_kind
+
+
+# ---- fork children take their own references ----------------------------------------------------
+
+def _hold_and_report(lk, held, go, out):
+    lk.acquire()
+    held.set()
+    go.wait(30)
+    out.put(lk.locked())
+    lk.release()
+
+
+def _start_holder(lot, held, go, out):
+    """The user's pattern: the only handle in the parent is a local, and multiprocessing drops
+    the Process's arguments in the parent right after start()."""
+    lk = shmlot.Lock(lot=lot)
+    p = FORK.Process(target=_hold_and_report, args=(lk, held, go, out))
+    p.start()
+    return p, lk._place.index
+
+
+def test_fork_child_keeps_the_object_its_parent_dropped(make_lot):
+    """The parent's references go right after start(); the child's own keep the record: new
+    objects do not reuse it (so creating them does not zero the child's lock word), and the
+    child's lock is still held when it looks."""
+    lot = make_lot(objects=2)
+    held, go, out = FORK.Event(), FORK.Event(), FORK.Queue()
+    p, index = _start_holder(lot, held, go, out)
+    gc.collect()
+    assert held.wait(20)
+    made = []
+    for _ in range(2):
+        try:
+            made.append(shmlot.Event(lot=lot))
+        except shmlot.LotFullError:
+            pass
+    assert index not in [e._place.index for e in made]
+    go.set()
+    assert out.get(timeout=20) is True  # still held: nothing reset the child's word
+    p.join(20)
+    assert p.exitcode == 0
+    del made
+    gc.collect()
+    wait_until(lambda: used(lot) == 0, 10, "every record freed once the child has exited")
+
+
+def test_os_fork_daemon_outlives_its_parent(make_lot):
+    """An os.fork() daemon holds a Lock its parent made; the parent exits normally (its exit
+    hook gives its references back): the record lives on for the daemon. Its handle still
+    resolves in another process, the lock is still held by the daemon, and the only record of
+    the lot is not handed to a new object."""
+    lot = make_lot(objects=1)
+    from conftest import start_python
+    proc = start_python("""
+        import os, pickle, sys, time, shmlot
+        lot = shmlot.ParkingLot.attach(sys.argv[1])
+        lk = shmlot.Lock(lot=lot)
+        parent = os.getpid()
+        if os.fork() == 0:
+            lk.acquire()
+            while os.getppid() == parent:  # until the parent has exited
+                time.sleep(0.01)
+            print(pickle.dumps(lk).hex(), flush=True)
+            sys.stdin.readline()
+            print("locked" if lk.locked() else "unlocked", flush=True)
+            lk.release()
+            sys.exit(0)
+        sys.exit(0)  # a normal exit: the exit hooks give the parent's references back
+    """, lot.name)
+    line = proc.stdout.readline()
+    assert line.strip(), proc.stderr.read()
+    lk = pickle.loads(bytes.fromhex(line.strip()))  # ObjectGoneError if the record was freed
+    assert lk.locked()
+    with pytest.raises(shmlot.LotFullError):
+        shmlot.Event(lot=lot)  # the one record is the daemon's lock's
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "locked"
+    assert proc.stdout.read() == ""  # EOF: the daemon has exited
+    del lk
+    gc.collect()
+    wait_until(lambda: used(lot) == 0, 10, "the record freed once the daemon has exited")

@@ -193,6 +193,12 @@ uint32_t sl_object_gen(sl_lot *l, uint32_t index);
 /* Take one more reference to record index if it still holds the object of generation gen
  * (checked under the registry mutex); SL_EGONE if that object was freed. Returns the count. */
 int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen);
+/* In a fork child: take over n references to record index (generation gen), one of which the
+ * parent pinned for it before forking (counted as parent_pid's): the pin becomes this
+ * process's, plus n - 1 more. SL_EGONE if the object was freed meanwhile (the parent died and
+ * was reaped first), SL_EFULL (nothing changed) if this process's references cannot be
+ * tracked. Returns the record's count. */
+int sl_object_adopt(sl_lot *l, uint32_t index, uint32_t gen, uint32_t parent_pid, uint32_t n);
 
 /* Holds: who holds which key (RWLock readers, custom resources), for reclaim and deadlock
  * detection. */

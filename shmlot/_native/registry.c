@@ -206,6 +206,38 @@ int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
     return refs;
 }
 
+int sl_object_adopt(sl_lot *l, uint32_t index, uint32_t gen, uint32_t parent_pid, uint32_t n)
+{
+    if (index >= l->nobjects)
+        return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
+    if (n == 0)
+        return sl_fail(-EINVAL, "no references to adopt");
+    sl_object *o = OBJECT(l, index);
+    int rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    if (LOAD(&o->state) != 1 || LOAD(&o->gen) != gen) {
+        sl_registry_unlock(l);
+        return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists", index, gen);
+    }
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_identity(&pid, &tid, &start);
+    if (l->nholds && hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, n) < 0) {
+        sl_registry_unlock(l);
+        return SL_EFULL;
+    }
+    /* the pin is ours now: off the parent's count (it was never in the parent's own books).
+     * If the parent's entry is gone, a reap took the pin back with it (the parent died): the
+     * record then gets all n. */
+    uint32_t pinned = 1;
+    if (l->nholds && hold_remove_n(l, REF_KEY_TAG | index, parent_pid, 0, REF_MODE, 1) < 0)
+        pinned = 0;
+    int refs = (int)ADD(&o->refs, n - pinned);
+    sl_registry_unlock(l);
+    return refs;
+}
+
 uint32_t sl_object_gen(sl_lot *l, uint32_t index)
 {
     if (index >= l->nobjects)
