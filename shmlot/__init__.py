@@ -12,7 +12,7 @@ from .atomics import AtomicU32, AtomicU64
 from .barrier import Barrier
 from .condition import Condition
 from .errors import (LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError,
-                     OwnerDiedError)
+                     ObjectGoneError, OwnerDiedError)
 from .event import Event
 from .keys import key_for
 from .locks import Lock, RLock
@@ -30,8 +30,7 @@ __all__ = [
     "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN", "key_for", "SpinWait", "AtomicU32",
     "AtomicU64", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",
     "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotUnlinkedError",
-    "LotCorruptError",
-    "LotFullError", "OwnerDiedError", "deadlock",
+    "LotCorruptError", "LotFullError", "OwnerDiedError", "ObjectGoneError", "deadlock",
 ]
 
 

@@ -14,6 +14,7 @@ import threading
 import weakref
 
 from . import lot as _lot
+from .errors import LotCorruptError, ObjectGoneError
 from .keys import key_for
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
@@ -48,34 +49,39 @@ def lot_by_name(name):
 # Every Place on a registry record holds one reference to it (sl_object_ref), given back when the
 # Place is collected. Whatever this process still holds when it exits is given back by an exit
 # hook, because weakref finalizers do not run in multiprocessing's fork and forkserver children
-# (they leave through os._exit) and a record would never be freed. A fork child inherits its
-# parent's handles without references of its own (the parent's objects keep the record alive),
-# so it must never give those back: that would free the record under the parent, and the record
-# would be reused for another object.
+# (they leave through os._exit) and a record would never be freed.
+#
+# A fork child inherits its parent's handles, and takes references of its own to them at fork,
+# so that a record lives while any living process can use it (the parent may drop its handles,
+# or exit, while the child still works with them). Between fork() and the child's hook the
+# parent could drop its last reference, so the parent first pins every record it holds (one
+# reference each, counted as the parent's), and the child turns each pin into its own
+# references (sl_object_adopt). A pin nobody adopts (fork failed, the child was killed at once)
+# stays counted as the parent's and is given back with the parent's when it dies.
 
-_taken = {}                 # (lot, index) -> references this process holds
+_taken = {}                 # (lot, index, generation) -> references this process holds
 _taken_lock = threading.Lock()
 _hook_pid = None            # the process the exit hooks are registered in
+_pins = []                  # [(lot, index, gen, n)] pinned by the last fork (see above)
+_pins_pid = 0               # the process that pinned them
 
 
-def _take(lot, index):
+def _take(lot, index, gen):
     """Count one reference (already taken in the lot) as this process's."""
     if _hook_pid != os.getpid():
         _register_exit_hooks()
-    key = (lot, index)
+    key = (lot, index, gen)
     with _taken_lock:
         _taken[key] = _taken.get(key, 0) + 1
 
 
-def _drop_ref(lot, index, pid=None):
-    """Give back one reference taken by process ``pid`` (see above)."""
-    if pid is not None and pid != os.getpid():
-        return
-    key = (lot, index)
+def _drop_ref(lot, index, gen):
+    """Give back one reference of this process's (see above)."""
+    key = (lot, index, gen)
     with _taken_lock:
         n = _taken.get(key, 0)
         if n <= 0:
-            return  # already given back by the exit hook
+            return  # already given back by the exit hook, or never this process's
         if n == 1:
             del _taken[key]
         else:
@@ -93,18 +99,59 @@ def _release_all():
     with _taken_lock:
         items = list(_taken.items())
         _taken.clear()
-    for (lot, index), n in items:
+    for (lot, index, _gen), n in items:
         try:
             lot._object_ref(index, -n)
         except Exception:
             pass
 
 
-def _forget_inherited():
-    """In a fork child: the parent's references are not ours."""
-    global _hook_pid
-    _taken.clear()
+def _pin_for_child():
+    """Before fork, in the parent: pin every record this process holds (see above)."""
+    global _pins, _pins_pid
+    pins = []
+    with _taken_lock:
+        items = list(_taken.items())
+    for (lot, index, gen), n in items:
+        try:
+            lot._object_ref(index, +1)
+        except Exception:  # a lot unmapped at shutdown: its handles are unusable anyway
+            continue
+        pins.append((lot, index, gen, n))
+    _pins, _pins_pid = pins, os.getpid()
+
+
+def _after_fork_in_parent():
+    global _pins
+    _pins = []  # the pins are the children's to adopt (or given back with ours at our end)
+
+
+def _adopt_inherited():
+    """In a fork child: the parent's references are not ours; take our own to everything we
+    inherited (turning the parent's pins into them)."""
+    global _taken, _taken_lock, _hook_pid, _pins
+    _taken_lock = threading.Lock()  # another thread of the parent may have held it
+    _taken = {}
     _hook_pid = None
+    pins, _pins = _pins, []
+    failed = 0
+    for lot, index, gen, n in pins:
+        try:
+            lot._object_adopt(index, gen, _pins_pid, n)
+        except ObjectGoneError:
+            continue  # freed before we could adopt it (the parent died and was reaped)
+        except Exception:
+            failed += 1
+            continue
+        _taken[(lot, index, gen)] = n
+    if _taken:
+        # the exit hooks inherited from the parent run here too once they know this process
+        _hook_pid = os.getpid()
+    if failed:
+        import warnings
+        warnings.warn(f"shmlot: this fork child could not take its own references to {failed} "
+                      "inherited object(s) (the lot's hold table is full): they live only as "
+                      "long as the parent", RuntimeWarning)
 
 
 class _Anchor:
@@ -134,17 +181,18 @@ def _reregister_in_child(_anchor):
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_inherited)
+    os.register_at_fork(before=_pin_for_child, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_adopt_inherited)
 
 
 class Place:
     """A primitive's storage: ``buffer[offset:offset+size]``, its ``key``, the ``lot`` it parks
     on, and for registry records the ``index`` and ``name``."""
     __slots__ = ("lot", "buffer", "offset", "key", "index", "name", "kind", "created", "shm",
-                 "_finalizer", "__weakref__")
+                 "gen", "_finalizer", "__weakref__")
 
     def __init__(self, lot, buffer, offset, key, index=None, name=None, kind=0, created=True,
-                 shm=None):
+                 shm=None, gen=0):
         self.lot = lot
         self.buffer = buffer
         self.offset = offset
@@ -154,18 +202,19 @@ class Place:
         self.kind = kind
         self.created = created
         self.shm = shm
+        self.gen = gen  # the record's generation (registry records): which object it names
         self._finalizer = None
         if index is not None:
             # one registry reference per Place (taken by the caller); given back when the Place
             # is collected, or at exit
-            _take(lot, index)
-            self._finalizer = weakref.finalize(self, _drop_ref, lot, index, os.getpid())
+            _take(lot, index, gen)
+            self._finalizer = weakref.finalize(self, _drop_ref, lot, index, gen)
             self._finalizer.atexit = False  # the exit hook gives back what is left
 
     def reduce_args(self):
         """What a pickled handle carries."""
         if self.index is not None:
-            return ("record", self.lot.name, self.index, self.kind)
+            return ("record", self.lot.name, self.index, self.kind, self.gen)
         if self.shm is not None:
             return ("shm", self.lot.name, self.shm.name, self.offset, self.kind)
         raise TypeError("a primitive placed with .at() on a plain buffer cannot be pickled; place "
@@ -181,12 +230,21 @@ def _check_object_name(name):
     return name
 
 
-def new_place(kind, name=None, lot=None):
-    """A registry record for a new (or, by name, existing) object of ``kind``."""
+def _lot_for_place(lot):
+    """The handle a new primitive binds to: ``lot`` (default: the default lot) as _bound()
+    gives it, so that closing the user's handle later leaves the primitive working."""
     if lot is None:
         lot = _lot.default_lot()
     elif not isinstance(lot, _lot.ParkingLot):
         raise TypeError(f"lot must be a ParkingLot, not {type(lot).__name__}")
+    if lot.closed:
+        raise ValueError(f"lot {lot.name!r} is closed")
+    return lot._bound()
+
+
+def new_place(kind, name=None, lot=None):
+    """A registry record for a new (or, by name, existing) object of ``kind``."""
+    lot = _lot_for_place(lot)
     if name is not None:
         _check_object_name(name)
         # a name found in a lot other processes no longer reach would silently be two objects
@@ -197,21 +255,28 @@ def new_place(kind, name=None, lot=None):
         raise TypeError(f"object {name!r} in lot {lot.name!r} is a "
                         f"{KIND_NAMES.get(actual, actual)}, not a {KIND_NAMES[kind]}")
     offset = lot._object_offset(index)
-    return Place(lot, lot._buffer, offset, lot.key_at(offset), index, name, kind, created)
+    return Place(lot, lot._buffer, offset, lot.key_at(offset), index, name, kind, created,
+                 gen=lot._object_gen(index))
 
 
 def rebuild_place(args):
     """The Place of an unpickled handle (see Place.reduce_args)."""
     how = args[0]
     if how == "record":
-        _, lot_name, index, kind = args
-        lot = lot_by_name(lot_name)
-        lot._object_ref(index, +1)
-        place = Place(lot, lot._buffer, lot._object_offset(index), 0, index, None, kind, False)
-        place.key = lot.key_at(place.offset)
-        if lot._object_kind(index) != kind:
-            raise RuntimeError(f"shmlot object {index} of lot {lot_name!r} no longer exists "
-                               "(its last handle was dropped before this one was unpickled)")
+        _, lot_name, index, kind, gen = args
+        lot = lot_by_name(lot_name)._bound()
+        try:
+            lot._object_acquire(index, gen)  # ObjectGoneError if it was freed meanwhile
+        except ObjectGoneError as exc:
+            raise ObjectGoneError(
+                f"shmlot {KIND_NAMES.get(kind, kind)} (object {index} of lot {lot_name!r}) no "
+                "longer exists: its last handle was dropped before this one was unpickled") \
+                from exc
+        offset = lot._object_offset(index)
+        place = Place(lot, lot._buffer, offset, lot.key_at(offset), index, None, kind, False,
+                      gen=gen)
+        if lot._object_kind(index) != kind:  # the same generation is the same object
+            raise LotCorruptError(f"object {index} of lot {lot_name!r} changed kind")
         return place
     _, lot_name, shm_name, offset, kind = args
     shm = _attach_shm(shm_name)
@@ -238,8 +303,7 @@ def at_place(kind, buffer, offset, size, lot=None, key=None):
         raise TypeError(f"offset must be an int, not {type(offset).__name__}")
     if offset < 0 or offset % 8:
         raise ValueError(f"offset must be a non-negative multiple of 8, got {offset}")
-    if lot is None:
-        lot = _lot.default_lot()
+    lot = _lot_for_place(lot)
     shm = None
     if hasattr(buffer, "buf") and hasattr(buffer, "name"):
         shm = buffer

@@ -1,7 +1,7 @@
 """The exceptions shmlot raises (SPEC section 6)."""
 
 __all__ = ["LotNotFoundError", "LotUnlinkedError", "LotCorruptError", "LotFullError",
-           "OwnerDiedError"]
+           "OwnerDiedError", "ObjectGoneError"]
 
 
 class LotNotFoundError(FileNotFoundError):
@@ -23,6 +23,13 @@ class LotCorruptError(OSError):
 
 class LotFullError(RuntimeError):
     """Every slot of the lot is in use: no thread can park until one frees."""
+
+
+class ObjectGoneError(LookupError):
+    """A handle names an object that no longer exists: its last handle was dropped (so its
+    record was freed, and may hold another object by now) before this one was unpickled or
+    inherited. Every record carries a generation, and so does every handle, so such a handle
+    is refused instead of naming whatever the record holds now."""
 
 
 class OwnerDiedError(RuntimeError):

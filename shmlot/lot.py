@@ -22,7 +22,8 @@ from ._core import ffi, lib
 from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN,
                        FilterOp, ParkResult, RequeueOp, UnparkResult)
 from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
-from .errors import LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError
+from .errors import (LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError,
+                     ObjectGoneError)
 from .keys import check_u64, name_key
 
 __all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
@@ -82,6 +83,8 @@ def _error(rc, what=""):
         return TimeoutError(msg)
     if rc == lib.SL_EBADVALUE:
         return ValueError(msg)
+    if rc == lib.SL_EGONE:
+        return ObjectGoneError(msg)
     err = -rc
     if err == errno.ENOENT:
         return LotNotFoundError(err, msg)
@@ -260,6 +263,8 @@ class ParkingLot:
         self._lot_id = info.lot_id
         self._waiter_code = info.waiter
         self._closed = False
+        self._owner = None   # for a handle made by _bound(): the handle that owns the mapping
+        self._inner = None   # weak reference to this handle's _bound() twin
         self._key_base = name_key(name)
         self._pid = os.getpid()
         self._mode = self._segment_mode(name)
@@ -373,8 +378,27 @@ class ParkingLot:
     closed = property(lambda self: self._closed)
 
     def close(self):
-        """Stop using this handle. The lot itself persists until ``unlink()``."""
+        """Stop using this handle. The lot itself persists until ``unlink()``; primitives
+        bound to it keep working (they hold their own handle on the mapping, see ``_bound``)."""
         self._closed = True
+
+    def _bound(self):
+        """The handle primitives bind to: the same mapping as this one, but never closed, so
+        that closing the user's handle (``with ParkingLot.open(...) as lot:``) cannot strand a
+        primitive made with ``lot=lot`` half-way through a lock hand-off. It keeps this handle
+        (the mapping's owner) alive, so the lot stays mapped while any primitive on it lives."""
+        if self._owner is not None:
+            return self
+        inner = self._inner() if self._inner is not None else None
+        if inner is None:
+            inner = object.__new__(type(self))
+            inner.__dict__.update(self.__dict__)
+            inner._closed = False
+            inner._owner = self
+            inner._inner = None
+            inner._local = threading.local()
+            self._inner = weakref.ref(inner)
+        return inner
 
     def unlink(self):
         """Remove the lot's name (and its semaphores); processes still attached keep working."""
@@ -708,6 +732,19 @@ class ParkingLot:
 
     def _object_kind(self, index):
         return lib.sl_object_kind(self._l, index)
+
+    def _object_gen(self, index):
+        return lib.sl_object_gen(self._l, index)
+
+    def _object_acquire(self, index, gen):
+        """One more reference to record ``index`` if it still holds generation ``gen``
+        (ObjectGoneError if that object was freed)."""
+        return _check(lib.sl_object_acquire(self._l, index, gen))
+
+    def _object_adopt(self, index, gen, parent_pid, n):
+        """In a fork child: take over the parent's pin on record ``index`` as ``n`` references
+        of this process (see _placement)."""
+        return _check(lib.sl_object_adopt(self._l, index, gen, parent_pid, n), f"object {index}")
 
     def _object_ref(self, index, delta):
         return _check(lib.sl_object_ref(self._l, index, delta), "object reference")

@@ -394,7 +394,8 @@ def _reclaim_read_shares(lot, obj):
     from . import _placement as _pl
     from .rwlock import RWLock
     try:
-        place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.RWLOCK))
+        place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.RWLOCK,
+                                   lot._object_gen(obj.index)))
     except Exception:
         return 0  # freed meanwhile
     rw = RWLock.__new__(RWLock)

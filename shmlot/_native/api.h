@@ -22,6 +22,7 @@
 #define SL_ECALLBACK -10004   /* a Python callback raised; the exception is with the caller */
 #define SL_ETIMEDOUT -10005   /* a bucket lock could not be taken by the deadline */
 #define SL_EBADVALUE -10006   /* a callback returned a value out of range */
+#define SL_EGONE -10007       /* the object a handle names was freed (generation differs) */
 
 /* park outcomes */
 #define SL_PARK_UNPARKED 0
@@ -186,6 +187,17 @@ int sl_object_ref(sl_lot *l, uint32_t index, int delta);
 int sl_object_unlink(sl_lot *l, const char *name);
 uint64_t sl_object_offset(sl_lot *l, uint32_t index);
 int sl_object_kind(sl_lot *l, uint32_t index);
+/* The record's generation (bumped at each allocation; 0 if index is out of range or free). */
+uint32_t sl_object_gen(sl_lot *l, uint32_t index);
+/* Take one more reference to record index if it still holds the object of generation gen
+ * (checked under the registry mutex); SL_EGONE if that object was freed. Returns the count. */
+int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen);
+/* In a fork child: take over n references to record index (generation gen), one of which the
+ * parent pinned for it before forking (counted as parent_pid's): the pin becomes this
+ * process's, plus n - 1 more. SL_EGONE if the object was freed meanwhile (the parent died and
+ * was reaped first), SL_EFULL (nothing changed) if this process's references cannot be
+ * tracked. Returns the record's count. */
+int sl_object_adopt(sl_lot *l, uint32_t index, uint32_t gen, uint32_t parent_pid, uint32_t n);
 
 /* Holds: who holds which key (RWLock readers, custom resources), for reclaim and deadlock
  * detection. */

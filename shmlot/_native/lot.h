@@ -97,7 +97,11 @@ typedef struct {
     uint32_t refs;           /* handles, for anonymous objects */
     uint32_t flags;          /* SL_OBJ_NAMED */
     uint64_t data[6];        /* the object's own state; data[0] is its key's word */
-    char name[SL_NAME_MAX + 8];
+    char name[SL_NAME_MAX + 4];
+    /* bumped each time the record is allocated: a handle carries it, so a handle whose object
+     * was freed (and the record maybe reused) is told so instead of naming another object.
+     * Takes the tail of what was the name's padding: the layout is unchanged. */
+    uint32_t gen;
 } sl_object;
 
 typedef struct {

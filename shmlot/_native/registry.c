@@ -122,6 +122,7 @@ int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index
             if (LOAD(&o->state) != 0)
                 continue;
             memset(o->data, 0, sizeof o->data);
+            STORE(&o->gen, LOAD(&o->gen) + 1);
             o->kind = kind;
             o->flags = name[0] ? SL_OBJ_NAMED : 0;
             STORE(&o->refs, 1);
@@ -167,6 +168,65 @@ int sl_object_ref(sl_lot *l, uint32_t index, int delta)
         free_object(o);
     sl_registry_unlock(l);
     return (int)refs;
+}
+
+int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
+{
+    if (index >= l->nobjects)
+        return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
+    sl_object *o = OBJECT(l, index);
+    int rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    if (LOAD(&o->state) != 1 || LOAD(&o->gen) != gen) {
+        sl_registry_unlock(l);
+        return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists: its last handle "
+                       "was dropped, and the record may hold another object now", index, gen);
+    }
+    int refs = (int)ADD(&o->refs, 1);
+    track_refs(l, index, 1);
+    sl_registry_unlock(l);
+    return refs;
+}
+
+int sl_object_adopt(sl_lot *l, uint32_t index, uint32_t gen, uint32_t parent_pid, uint32_t n)
+{
+    if (index >= l->nobjects)
+        return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
+    if (n == 0)
+        return sl_fail(-EINVAL, "no references to adopt");
+    sl_object *o = OBJECT(l, index);
+    int rc = sl_registry_lock(l);
+    if (rc)
+        return rc;
+    if (LOAD(&o->state) != 1 || LOAD(&o->gen) != gen) {
+        sl_registry_unlock(l);
+        return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists", index, gen);
+    }
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_identity(&pid, &tid, &start);
+    if (l->nholds && hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, n) < 0) {
+        sl_registry_unlock(l);
+        return SL_EFULL;
+    }
+    /* the pin is ours now: off the parent's count (it was never in the parent's own books).
+     * If the parent's entry is gone, a reap took the pin back with it (the parent died): the
+     * record then gets all n. */
+    uint32_t pinned = 1;
+    if (l->nholds && hold_remove_n(l, REF_KEY_TAG | index, parent_pid, 0, REF_MODE, 1) < 0)
+        pinned = 0;
+    int refs = (int)ADD(&o->refs, n - pinned);
+    sl_registry_unlock(l);
+    return refs;
+}
+
+uint32_t sl_object_gen(sl_lot *l, uint32_t index)
+{
+    if (index >= l->nobjects)
+        return 0;
+    sl_object *o = OBJECT(l, index);
+    return LOAD(&o->state) == 1 ? LOAD(&o->gen) : 0;
 }
 
 /* Remove a name. The record lives on while handles remain (like an unlinked file). */
@@ -412,7 +472,7 @@ int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap)
         d->flags = o->flags;
         for (int k = 0; k < 6; k++)
             d->data[k] = LOAD(&o->data[k]);
-        memcpy(d->name, o->name, sizeof d->name);
+        memcpy(d->name, o->name, sizeof o->name);
         d->name[sizeof d->name - 1] = 0;
     }
     return (int)n;
