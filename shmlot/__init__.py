@@ -11,7 +11,8 @@ from ._results import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, ParkR
 from .atomics import AtomicU32, AtomicU64
 from .barrier import Barrier
 from .condition import Condition
-from .errors import LotCorruptError, LotFullError, LotNotFoundError, OwnerDiedError
+from .errors import (LotCorruptError, LotFullError, LotNotFoundError, OwnerDiedError,
+                     OwnerDiedWarning)
 from .event import Event
 from .keys import key_for
 from .locks import Lock, RLock
@@ -28,7 +29,7 @@ __all__ = [
     "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN", "key_for", "SpinWait", "AtomicU32",
     "AtomicU64", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",
     "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotCorruptError",
-    "LotFullError", "OwnerDiedError",
+    "LotFullError", "OwnerDiedError", "OwnerDiedWarning",
 ]
 
 
