@@ -11,6 +11,7 @@ from ._results import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, ParkR
 from .atomics import AtomicU32, AtomicU64
 from .barrier import Barrier
 from .condition import Condition
+from .context import get_context
 from .errors import (LotCorruptError, LotFullError, LotNotFoundError, OwnerDiedError,
                      OwnerDiedWarning)
 from .event import Event
@@ -29,7 +30,7 @@ __all__ = [
     "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN", "key_for", "SpinWait", "AtomicU32",
     "AtomicU64", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",
     "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotCorruptError",
-    "LotFullError", "OwnerDiedError", "OwnerDiedWarning",
+    "LotFullError", "OwnerDiedError", "OwnerDiedWarning", "get_context",
 ]
 
 
