@@ -11,8 +11,9 @@ from ._results import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, ParkR
 from .atomics import AtomicU32, AtomicU64
 from .barrier import Barrier
 from .condition import Condition
+from .context import get_context
 from .errors import (LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError,
-                     ObjectGoneError, OwnerDiedError)
+                     ObjectGoneError, OwnerDiedError, OwnerDiedWarning)
 from .event import Event
 from .keys import key_for
 from .locks import Lock, RLock
@@ -30,7 +31,8 @@ __all__ = [
     "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN", "key_for", "SpinWait", "AtomicU32",
     "AtomicU64", "Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "Event",
     "Barrier", "BrokenBarrierError", "RWLock", "LotNotFoundError", "LotUnlinkedError",
-    "LotCorruptError", "LotFullError", "OwnerDiedError", "ObjectGoneError", "deadlock",
+    "LotCorruptError", "LotFullError", "OwnerDiedError", "OwnerDiedWarning", "ObjectGoneError",
+    "deadlock", "get_context",
 ]
 
 

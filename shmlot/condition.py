@@ -15,7 +15,7 @@ from . import _fast
 from . import _placement as _pl
 from . import _waiting
 from . import locks as _locks
-from .errors import LotFullError
+from .errors import LotFullError, OwnerDiedError
 from ._results import RequeueOp
 from ._core import lib
 from .lot import _check
@@ -81,7 +81,12 @@ class Condition:
         return (_rebuild, (self._place.reduce_args(), None if own_lock else self._lock))
 
     def __enter__(self):
-        return self._lock.__enter__()
+        # the lock's own __enter__, but with the warning naming the caller's `with` statement
+        try:
+            return self._lock.acquire()
+        except OwnerDiedError as exc:
+            _locks.warn_owner_died(exc, self._lock._release_handed_off)
+            return True
 
     def __exit__(self, *exc):
         return self._lock.__exit__(*exc)

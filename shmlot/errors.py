@@ -1,7 +1,7 @@
 """The exceptions shmlot raises (SPEC section 6)."""
 
 __all__ = ["LotNotFoundError", "LotUnlinkedError", "LotCorruptError", "LotFullError",
-           "OwnerDiedError", "ObjectGoneError"]
+           "OwnerDiedError", "OwnerDiedWarning", "ObjectGoneError"]
 
 
 class LotNotFoundError(FileNotFoundError):
@@ -36,5 +36,16 @@ class OwnerDiedError(RuntimeError):
     """The previous owner died while holding the lock.
 
     Raised by ``acquire()`` *with the lock now held by the caller*: repair the state the lock
-    protects, then call ``release()``.
+    protects, then call ``release()``. A ``with`` statement reports the death with
+    ``OwnerDiedWarning`` instead (see there).
+    """
+
+
+class OwnerDiedWarning(RuntimeWarning):
+    """The previous owner died while holding the lock that a ``with`` statement takes.
+
+    ``with lock:`` (and ``with cond:``, ``with rw.write():``) takes the lock over from a dead
+    owner, issues this warning once for that death, and runs its body; ``__exit__`` releases the
+    lock as usual. If a warnings filter turns it into an exception, ``__enter__`` releases the
+    lock before the exception propagates, so a ``with`` never leaves its thread holding a lock.
     """

@@ -13,15 +13,17 @@ the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``un
   PARKED set only if more threads wait.
 """
 
+import warnings
+
 from . import _fast
 from . import _placement as _pl
 from . import _waiting
 from .spinwait import SpinWait
-from .errors import OwnerDiedError
+from .errors import OwnerDiedError, OwnerDiedWarning
 from .lot import check_timeout, deadline_after
 from ._core import ffi, lib
 
-__all__ = ["Lock", "RLock", "OwnerDiedError"]
+__all__ = ["Lock", "RLock", "OwnerDiedError", "OwnerDiedWarning"]
 
 LOCKED = _fast.LOCKED_BIT
 PARKED = _fast.PARKED_BIT
@@ -38,6 +40,19 @@ def owner_alive(word):
     if pid == my_pid:
         return start == my_start & _fast.START_MASK
     return _fast.process_alive(pid, start)
+
+
+def warn_owner_died(exc, release, stacklevel=3):
+    # stacklevel 3: this function, the _enter_slow that calls it, and the `with` statement
+    """Report a dead owner found by a ``with`` statement: the lock is held by the caller, who
+    runs the body. If the warning is turned into an exception, ``release()`` first: a ``with``
+    whose ``__enter__`` raises never runs ``__exit__``."""
+    try:
+        warnings.warn(f"{exc} (taken over by a with statement, whose body runs)",
+                      OwnerDiedWarning, stacklevel=stacklevel)
+    except BaseException:
+        release()
+        raise
 
 
 def _timeout_arg(blocking, timeout):
@@ -122,6 +137,15 @@ class _WordLock:
                 self._take_if_owner_dead(self._word(), me)
             spin.reset()
 
+    def _enter_slow(self, blocking, timeout):
+        """__enter__'s slow path: a dead owner is reported by OwnerDiedWarning, and the body of
+        the ``with`` runs holding the lock (see OwnerDiedWarning)."""
+        try:
+            return self._acquire_slow(blocking, timeout)
+        except OwnerDiedError as exc:
+            warn_owner_died(exc, self._release_handed_off)
+            return True
+
     def _take_if_owner_dead(self, word, me):
         """Non-blocking failure path: if the holder is dead, take the lock and say so."""
         if not word & LOCKED or owner_alive(word):
@@ -144,7 +168,8 @@ class _WordLock:
                 return
 
     def _release_handed_off(self):
-        """We own the lock by hand-off but cannot use it (exception): release it normally."""
+        """We own the lock (by hand-off, or taken over from a dead owner) but cannot use it
+        (exception): release it normally, whatever count a dead owner left."""
         if hasattr(self, "_set_count"):
             self._set_count(1)
         self.release()

@@ -30,7 +30,7 @@ from ._core import lib
 from ._results import FilterOp
 from ._waiting import Deadline, acquire_timeout, full_backoff, full_done, park
 from .errors import LotFullError, OwnerDiedError
-from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive
+from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive, warn_owner_died
 from .spinwait import SpinWait
 
 __all__ = ["RWLock"]
@@ -409,9 +409,19 @@ class RWLock(Primitive):
 
     @contextlib.contextmanager
     def read(self, timeout=None):
-        """``with rw.read():`` holds a read share for the block."""
-        if not self.acquire_read(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError("RWLock.read() timed out")
+        """``with rw.read():`` holds a read share for the block. A writer that died holding the
+        lock is reported by ``OwnerDiedWarning`` (the write lock it left is released and the
+        read share taken), not by an exception: see ``Lock``'s ``with``."""
+        deadline = Deadline(timeout)
+        while True:
+            remaining = deadline.remaining()
+            try:
+                if not self.acquire_read(timeout=-1 if remaining is None else remaining):
+                    raise TimeoutError("RWLock.read() timed out")
+                break
+            except OwnerDiedError as exc:  # we hold the dead writer's write lock now
+                warn_owner_died(exc, self.release_write, stacklevel=4)
+                self.release_write()
         try:
             yield self
         finally:
@@ -419,9 +429,14 @@ class RWLock(Primitive):
 
     @contextlib.contextmanager
     def write(self, timeout=None):
-        """``with rw.write():`` holds the write lock for the block."""
-        if not self.acquire_write(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError("RWLock.write() timed out")
+        """``with rw.write():`` holds the write lock for the block. A writer that died holding it
+        is reported by ``OwnerDiedWarning`` and the block runs holding the lock: see ``Lock``'s
+        ``with``."""
+        try:
+            if not self.acquire_write(timeout=-1 if timeout is None else timeout):
+                raise TimeoutError("RWLock.write() timed out")
+        except OwnerDiedError as exc:
+            warn_owner_died(exc, self.release_write, stacklevel=4)
         try:
             yield self
         finally:

@@ -446,7 +446,7 @@ static PyTypeObject AtomicU64_Type = {
  * else goes through PyArg_ParseTupleAndKeywords with threading's own format ("|iO" before 3.12,
  * "|pO" since) so that what is accepted, and the errors, are those of the running interpreter.
  */
-static PyObject *str_blocking, *str_timeout, *str_acquire_slow, *str_release_slow;
+static PyObject *str_blocking, *str_timeout, *str_acquire_slow, *str_enter_slow, *str_release_slow;
 static PyObject *float_minus_one; /* the "no timeout" value handed to _acquire_slow */
 static double timeout_max;        /* threading.TIMEOUT_MAX */
 
@@ -608,17 +608,21 @@ check:
     return 0;
 }
 
-/* self._acquire_slow(blocking, timeout): timeout a float, -1.0 for none. */
-static PyObject *call_acquire_slow(PyObject *self, int blocking, double timeout)
+/* self.<slow>(blocking, timeout): timeout a float, -1.0 for none. */
+static PyObject *call_slow(PyObject *self, PyObject *slow, int blocking, double timeout)
 {
     PyObject *t = timeout == -1.0 ? (Py_INCREF(float_minus_one), float_minus_one)
                                   : PyFloat_FromDouble(timeout);
     if (!t)
         return NULL;
-    PyObject *r = PyObject_CallMethodObjArgs(self, str_acquire_slow,
-                                             blocking ? Py_True : Py_False, t, NULL);
+    PyObject *r = PyObject_CallMethodObjArgs(self, slow, blocking ? Py_True : Py_False, t, NULL);
     Py_DECREF(t);
     return r;
+}
+
+static PyObject *call_acquire_slow(PyObject *self, int blocking, double timeout)
+{
+    return call_slow(self, str_acquire_slow, blocking, timeout);
 }
 
 static PyObject *call_release_slow(PyObject *self)
@@ -638,7 +642,10 @@ static PyObject *call_release_slow(PyObject *self)
  *   _acquire_slow(blocking, timeout): called only after the fast path saw the word LOCKED (by
  *     anyone, possibly a dead process, possibly this very thread). Arguments are validated and
  *     normalised: `blocking` is a bool, `timeout` a float, -1.0 meaning none (always -1.0 when
- *     blocking is False). Its result (or exception) is what acquire()/__enter__ return (raise).
+ *     blocking is False). Its result (or exception) is what acquire() returns (raises).
+ *   _enter_slow(blocking, timeout): the same for __enter__ (always True, -1.0). It differs from
+ *     _acquire_slow in what a dead owner means: a `with` statement must not leave the lock held
+ *     when __enter__ raises, since __exit__ then never runs.
  *   _release_slow(): called with the word LOCKED | PARKED (owner bits may be anyone's); it must
  *     do the unlocking itself. Its result is what release() returns (None). __exit__ returns None.
  * Both run with the GIL held, like everything here; they may release it to park.
@@ -678,7 +685,7 @@ static PyObject *lock_enter(SlWord *self, PyObject *Py_UNUSED(ignored))
     LOCK_WORD(self)
     if (LIKELY(sl_word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
         Py_RETURN_TRUE;
-    return call_acquire_slow((PyObject *)self, 1, -1.0);
+    return call_slow((PyObject *)self, str_enter_slow, 1, -1.0);
 }
 
 static PyObject *lock_release(SlWord *self, PyObject *Py_UNUSED(ignored))
@@ -822,7 +829,7 @@ static inline int rlock_is_mine(uint64_t word, uint64_t me_locked)
     return (word & ~SL_PARKED_BIT) == me_locked;
 }
 
-static PyObject *rlock_do_acquire(SlWord *self, int blocking, double timeout)
+static PyObject *rlock_do_acquire(SlWord *self, PyObject *slow, int blocking, double timeout)
 {
     uint64_t *w = (uint64_t *)self->addr;
     uint64_t me = my_bits() | SL_LOCKED_BIT;
@@ -841,7 +848,7 @@ static PyObject *rlock_do_acquire(SlWord *self, int blocking, double timeout)
         __atomic_store_n(count, 1, __ATOMIC_RELAXED);
         Py_RETURN_TRUE;
     }
-    PyObject *r = call_acquire_slow((PyObject *)self, blocking, timeout);
+    PyObject *r = call_slow((PyObject *)self, slow, blocking, timeout);
     /* The slow path may have taken the lock (also when it raises OwnerDiedError). The buffer may
      * have been dropped meanwhile: re-read addr. */
     if (self->addr && rlock_is_mine(__atomic_load_n((uint64_t *)self->addr, SEQ), me))
@@ -860,14 +867,14 @@ static PyObject *rlock_acquire(SlWord *self, PyObject *const *args, Py_ssize_t n
         if (parse_acquire(args, nargs, kwnames, &blocking, &timeout) < 0)
             return NULL;
     }
-    return rlock_do_acquire(self, blocking, timeout);
+    return rlock_do_acquire(self, str_acquire_slow, blocking, timeout);
 }
 
 static PyObject *rlock_enter(SlWord *self, PyObject *Py_UNUSED(ignored))
 {
     if (UNLIKELY(!self->addr))
         return unbound_error(self);
-    return rlock_do_acquire(self, 1, -1.0);
+    return rlock_do_acquire(self, str_enter_slow, 1, -1.0);
 }
 
 static PyObject *rlock_release(SlWord *self, PyObject *Py_UNUSED(ignored))
@@ -1194,10 +1201,11 @@ PyMODINIT_FUNC PyInit__fast(void)
         str_blocking = PyUnicode_InternFromString("blocking");
         str_timeout = PyUnicode_InternFromString("timeout");
         str_acquire_slow = PyUnicode_InternFromString("_acquire_slow");
+        str_enter_slow = PyUnicode_InternFromString("_enter_slow");
         str_release_slow = PyUnicode_InternFromString("_release_slow");
         float_minus_one = PyFloat_FromDouble(-1.0);
-        if (!str_blocking || !str_timeout || !str_acquire_slow || !str_release_slow ||
-            !float_minus_one)
+        if (!str_blocking || !str_timeout || !str_acquire_slow || !str_enter_slow ||
+            !str_release_slow || !float_minus_one)
             return NULL;
     }
     PyObject *thread = PyImport_ImportModule("_thread");
