@@ -583,3 +583,320 @@ class Semaphore(_Wrapper):
 class BoundedSemaphore(Semaphore):
     """``asyncio.BoundedSemaphore``: release() beyond the initial value raises ValueError."""
     _SYNC = _semaphore.BoundedSemaphore
+
+
+# ---- Condition -------------------------------------------------------------------------------------
+
+class Condition(_WordLockMixin, _Wrapper):
+    """``asyncio.Condition(lock=None)`` across processes, on a ``shmlot.Condition``: ``lock`` is
+    a ``shmlot.aio.Lock`` or ``shmlot.Lock``; without one, the condition's own lock (an RLock,
+    which tasks take as a plain lock). ``Condition(name="jobs")`` is the same condition and lock
+    as ``shmlot.Condition(name="jobs")``. Notified waiters move onto the lock's queue, as the
+    synchronous ones do."""
+    _SYNC = _condition.Condition
+
+    def __init__(self, lock=None, *, name=None, lot=None):
+        if isinstance(lock, Lock):
+            lock = lock.sync
+        elif lock is not None and not isinstance(lock, _locks.Lock):
+            raise TypeError("an aio.Condition needs a shmlot.aio.Lock or shmlot.Lock, "
+                            f"not {type(lock).__name__}")
+        self._bind(_condition.Condition(lock, name=name, lot=lot))
+
+    def _bind(self, cond):
+        self._sync = cond
+        self._lock = cond._lock
+
+    def locked(self):
+        return self._lock.locked()
+
+    async def acquire(self):
+        return await self._acquire_word(self._lock)
+
+    def release(self):
+        self._lock.release()
+
+    async def __aenter__(self):
+        await self.acquire()
+
+    async def __aexit__(self, *exc):
+        self.release()
+
+    def notify(self, n=1):
+        """Wake up to ``n`` waiters (the lock must be held by this loop's thread)."""
+        self._sync.notify(n)
+
+    def notify_all(self):
+        self._sync.notify_all()
+
+    async def wait_for(self, predicate):
+        result = predicate()
+        while not result:
+            await self.wait()
+            result = predicate()
+        return result
+
+    async def _reacquire(self):
+        """Take the lock back, through cancellations (as asyncio.Condition does): the lock is
+        held when wait() returns or raises."""
+        cancelled = None
+        while True:
+            try:
+                await self._acquire_word(self._lock)
+                break
+            except asyncio.CancelledError as exc:
+                cancelled = exc
+        if cancelled is not None:
+            raise cancelled
+
+    async def wait(self):
+        """Release the lock, wait for a notify, take the lock again; True. Cancelled, it still
+        returns holding the lock, and a notification it had received goes to another waiter."""
+        lock, cond = self._lock, self._sync
+        lot, cv_key = cond._place.lot, cond._cv_key
+        me = self._me()
+        if lock._word() & ~PARKED != me:
+            raise RuntimeError("cannot wait on un-acquired lock")
+        _key, word_ptr, count_ptr = lock._release_args
+        h, t = lot._h(), lot._tl()
+        # queued on the condition's key, then the lock released, in one core call: no notify can
+        # fall between the two
+        rc = lib.sl_cond_park(h, cv_key, _key, word_ptr, count_ptr, 0, 0, t.slot, t.token,
+                              t.woken, lot._slots, t.n)
+        if rc >= 0:
+            lot._wake(t, t.n[0])
+        if rc == lib.SL_EFULL:
+            lot._reap_for_slot()
+            self.release()
+            try:
+                await _full_backoff(lot, FULL_BACKOFF_STEPS)
+            finally:
+                await self._reacquire()
+            return True  # as a spurious wake-up
+        _lot._check(rc, "wait")
+        slot = t.slot[0]
+
+        def poll():  # requeued onto the lock, whose holder died: leave, the re-acquire reports it
+            word = lock._word()
+            return bool(word & LOCKED) and not _locks.owner_alive(word)
+
+        cancelled = None
+        try:
+            woke = await _sleep(lot, slot, poll)
+        except BaseException as exc:
+            cancelled, woke = exc, False
+        t = lot._tl()
+        t.slot[0] = slot
+        rc = 0
+        if woke:
+            rc = _lot._check(lib.sl_word_finish(h, t.slot, word_ptr, t.token), "wait")
+        notified = rc == lib.SL_PARK_DONE
+        if not notified:  # leave the queue, settling the race with a notify or an unlock
+            requeued = ffi.new("int *")
+            rc = lib.sl_cond_cancel(h, slot, cv_key, word_ptr, t.token, requeued)
+            if rc in (lib.SL_PARK_UNPARKED, lib.SL_PARK_GONE):
+                notified = True
+            else:
+                _lot._check(rc, "wait")
+                t.token[0] = 0
+                notified = bool(requeued[0])
+        if t.token[0] == TOKEN_HANDOFF:
+            self._taken(lock)  # handed over by the lock's unlocker, or taken when woken
+        else:
+            await self._reacquire()
+        if cancelled is not None:
+            if notified:
+                cond.notify(1)  # pass the notification on
+            raise cancelled
+        return True
+
+
+# ---- Barrier ---------------------------------------------------------------------------------------
+
+class Barrier(_Wrapper):
+    """``asyncio.Barrier(parties)`` across processes, on a ``shmlot.Barrier``: threads and tasks
+    of any process may be its parties. A cancelled party leaves the round it waited in (it no
+    longer counts); a party whose process dies breaks the barrier."""
+    _SYNC = _barrier.Barrier
+
+    def __init__(self, parties, *, name=None, lot=None):
+        self._bind(_barrier.Barrier(parties, name=name, lot=lot))
+
+    parties = property(lambda self: self._sync.parties)
+    n_waiting = property(lambda self: self._sync.n_waiting)
+    broken = property(lambda self: self._sync.broken)
+
+    async def reset(self):
+        self._sync.reset()
+
+    async def abort(self):
+        self._sync.abort()
+
+    async def wait(self):
+        """Wait until all parties have arrived; returns this party's arrival index."""
+        b = self._sync
+        lot, key = b._place.lot, b._place.key
+        state = b._words[1]
+        parties = b._words[0].load()
+        pid, tid, start = _fast.self_ident()
+        lot._hold_add(key, pid, tid, start, _barrier.HOLD_MODE)  # see Barrier.wait
+        try:
+            while True:
+                s = state.load()
+                if s & _barrier.BROKEN:
+                    raise BrokenBarrierError
+                index = s & _barrier.COUNT_MASK
+                if index >= parties:  # the round is being released: join the next one
+                    await self._park_while(lambda s=s: state.load() == s)
+                    continue
+                ok, _ = state.compare_exchange(s, s + 1)
+                if not ok:
+                    continue
+                if index + 1 == parties:
+                    return b._release_round(s + 1, index)
+                gen = _barrier._gen(s)
+                try:
+                    await self._park_while(lambda: b._same_round(gen))
+                except BrokenBarrierError:
+                    raise
+                except BaseException:
+                    b._withdraw(gen, parties)
+                    raise
+                step = (_barrier._gen(state.load()) - gen) % (1 << 31)
+                if step == 0 or step % 2 == 1:  # broken, or reset
+                    raise BrokenBarrierError
+                return index
+        finally:
+            lot._hold_remove(key, pid, tid, _barrier.HOLD_MODE)
+
+    async def _park_while(self, waiting):
+        b = self._sync
+        lot, key = b._place.lot, b._place.key
+        died = []
+
+        def party_died():
+            if lot._hold_take_dead(key) > 0:
+                died.append(True)
+            return bool(died) or not waiting()
+
+        b._words[2].fetch_add(1)
+        try:
+            while waiting():
+                if died:
+                    b._break()
+                    raise BrokenBarrierError
+                await _park(lot, key, waiting, party_died)
+        finally:
+            b._words[2].fetch_sub(1)
+
+
+# ---- RWLock ----------------------------------------------------------------------------------------
+
+class _Held:
+    """``async with rw.read():`` / ``rw.write()``."""
+    __slots__ = ("_acquire", "_release")
+
+    def __init__(self, acquire, release):
+        self._acquire, self._release = acquire, release
+
+    async def __aenter__(self):
+        await self._acquire()
+
+    async def __aexit__(self, *exc):
+        self._release()
+
+
+class RWLock(_Wrapper):
+    """A reader-writer lock for tasks, on a ``shmlot.RWLock``'s words: ``await
+    acquire_read()`` / ``release_read()``, ``await acquire_write()`` / ``release_write()``,
+    ``async with rw.read():`` / ``async with rw.write():``. Writers are preferred as in the
+    synchronous one; read shares are counted per thread (see the module's doc)."""
+    _SYNC = _rwlock.RWLock
+
+    def __init__(self, *, name=None, lot=None):
+        self._bind(_rwlock.RWLock(name=name, lot=lot))
+
+    def read(self):
+        return _Held(self.acquire_read, self.release_read)
+
+    def write(self):
+        return _Held(self.acquire_write, self.release_write)
+
+    async def acquire_read(self):
+        rw = self._sync
+        if rw._try_read():
+            return True
+        return await self._wait(rw._place.key, rw._read_blocked, rw._try_read)
+
+    def release_read(self):
+        self._sync.release_read()
+
+    async def acquire_write(self):
+        """The write lock; ``OwnerDiedError`` (write lock held) if its writer died."""
+        rw = self._sync
+        if rw._try_write():
+            return True
+        lot = rw._place.lot
+        pid, tid, start = _fast.self_ident()
+        with rw._locked():  # from here on, new readers wait for us
+            lot._hold_add(rw._wkey, pid, tid, start, _rwlock.WRITE_WAIT)
+            rw._words[2].fetch_add(1)
+        try:
+            return await self._wait(rw._wkey, lambda: rw._words[0].load() != 0, rw._try_write)
+        finally:
+            with rw._locked():
+                lot._hold_remove(rw._wkey, pid, tid, _rwlock.WRITE_WAIT)
+                left = rw._words[2].load()
+                if left:
+                    rw._words[2].fetch_sub(1)
+            # a writer leaving the queue (cancelled) may be what kept readers out
+            if left <= 1 and rw._words[1].load() and not rw._words[0].load() & LOCKED:
+                lot.unpark_all(rw._place.key, _rwlock.TOKEN_READ_GRANT)
+
+    def release_write(self):
+        self._sync.release_write()
+
+    async def _wait(self, key, blocked, try_take):
+        rw = self._sync
+        lot = rw._place.lot
+        writer = key == rw._wkey
+        if _spin(lambda: not blocked()) and try_take():
+            return True
+        writer_died = []
+        phase_seen = []
+
+        def poll():  # as RWLock._wait's
+            try:
+                if writer and rw._words[0].load() == _rwlock.READ_PHASE:
+                    if phase_seen:
+                        rw._end_read_phase()
+                        return True
+                    phase_seen.append(True)
+                return rw._reclaim() or not blocked()
+            except OwnerDiedError:
+                writer_died.append(True)
+                return True
+
+        def pass_on(token):
+            # what the unparker meant for us goes to the next one
+            if writer:
+                if rw._words[0].load() == 0 and rw._words[2].load() > 1:
+                    lot.unpark_one(rw._wkey)
+            elif token == _rwlock.TOKEN_READ_GRANT and rw._words[0].load() == _rwlock.READ_PHASE:
+                rw._end_read_phase()  # let in first, but nobody came: writers may go
+                rw._after_reader_exit(0)
+
+        if not writer:
+            rw._words[1].fetch_add(1)
+        granted = False
+        try:
+            while True:
+                if try_take(granted):
+                    return True
+                token = await _park(lot, key, blocked, poll, rw._words[0].load(), pass_on)
+                if writer_died:
+                    rw._raise_writer_died()
+                granted = token == _rwlock.TOKEN_READ_GRANT
+        finally:
+            if not writer:
+                rw._words[1].fetch_sub(1)
