@@ -326,3 +326,27 @@ def test_ctrl_c_stops_the_loop_promptly(alot, aio_mode):
         assert not queued(alot)
     finally:
         lock.release()
+
+
+def test_shmlot_stat_shows_waiting_tasks(alot):
+    """A waiting task is a parked row of its loop's thread, its token shown as "asyncio"."""
+    import subprocess
+    from conftest import REPO_ROOT, python_env
+    alock = aio.Lock(name="statlock", lot=alot)
+
+    async def main():
+        await alock.acquire()
+        waiter = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 1)
+        r = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shmlot.stat", alot.name, env=python_env(), cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(r.communicate(), 60)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        alock.release()
+        return out.decode()
+    out = run(main())
+    rows = [line for line in out.splitlines() if "statlock" in line and "asyncio" in line]
+    assert len(rows) == 1, out
+    assert str(threading.get_native_id()) in rows[0].split()
