@@ -25,6 +25,7 @@ import stat as _stat
 import sys
 import time
 
+from ._core import lib
 from .errors import LotCorruptError, LotNotFoundError
 from .lot import NAME_MAX, ParkingLot, default_lot_name
 
@@ -121,6 +122,8 @@ def _key(key):
 
 
 def _token(tok):
+    if tok == lib.SL_TOKEN_AIO:
+        return "asyncio"  # a task of an event loop (shmlot.aio), parked like a thread
     return str(tok) if tok < 10**10 else f"0x{tok:x}"
 
 

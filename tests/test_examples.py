@@ -9,7 +9,7 @@ import pytest
 import shmlot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES = ["arc_mutex.py", "pool_lock.py", "job_queue.py"]
+EXAMPLES = ["arc_mutex.py", "pool_lock.py", "job_queue.py", "async_workers.py"]
 
 
 @pytest.mark.timeout(180)

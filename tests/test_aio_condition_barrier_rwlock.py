@@ -1,0 +1,274 @@
+"""shmlot.aio.Condition, Barrier and RWLock: the synchronous objects' words, awaited."""
+import asyncio
+import threading
+import time
+
+import pytest
+
+import shmlot
+from shmlot import aio
+
+from _aio_helpers import aio_mode, alot, mode_env, queued, run, until  # noqa: F401 (fixtures)
+from conftest import start_python
+
+
+# ---- Condition ---------------------------------------------------------------------------------
+
+def test_condition_notify_wakes_tasks_in_order_of_the_lock(alot):
+    cond = aio.Condition(aio.Lock(lot=alot))
+    woken = []
+
+    async def waiter(i):
+        async with cond:
+            await cond.wait()
+            woken.append(i)
+            assert cond.locked()
+
+    async def main():
+        tasks = []
+        for i in range(5):
+            tasks.append(asyncio.create_task(waiter(i)))
+            await until(lambda: len(queued(alot, cond.sync.key)) == i + 1)
+        async with cond:
+            cond.notify(2)
+        await until(lambda: len(woken) == 2)
+        async with cond:
+            cond.notify_all()
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert woken == [0, 1, 2, 3, 4]
+        assert not cond.locked()
+        with pytest.raises(RuntimeError):
+            await cond.wait()
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_condition_shared_with_threads_by_name(alot):
+    """A named condition (with its own lock): a thread produces, tasks consume, and the
+    reverse; wait_for with a predicate on shared state."""
+    acond = aio.Condition(name="cv", lot=alot)
+    scond = shmlot.Condition(name="cv", lot=alot)
+    items = []
+    got = []
+
+    def producer():
+        for i in range(50):
+            with scond:
+                items.append(i)
+                scond.notify()
+            time.sleep(0.001)
+
+    async def consumer():
+        while True:
+            async with acond:
+                await acond.wait_for(lambda: items)
+                item = items.pop(0)
+            if item is None:
+                return
+            got.append(item)
+
+    async def main():
+        consumers = [asyncio.create_task(consumer()) for _ in range(3)]
+        t = threading.Thread(target=producer)
+        t.start()
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        async with acond:
+            items.extend([None] * 3)
+            acond.notify_all()
+        await asyncio.wait_for(asyncio.gather(*consumers), 10)
+    run(main())
+    assert sorted(got) == list(range(50))
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(alot):
+    cond = aio.Condition(aio.Lock(lot=alot))
+    state = {}
+
+    async def first():
+        async with cond:
+            try:
+                await cond.wait()
+            except asyncio.CancelledError:
+                state["held_when_cancelled"] = cond.locked()
+                raise
+
+    async def second():
+        async with cond:
+            await cond.wait()
+            state["second"] = True
+
+    async def main():
+        a = asyncio.create_task(first())
+        await until(lambda: len(queued(alot, cond.sync.key)) == 1)
+        b = asyncio.create_task(second())
+        await until(lambda: len(queued(alot, cond.sync.key)) == 2)
+        async with cond:
+            cond.notify(1)  # moves the first onto the lock's queue
+            a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        assert state["held_when_cancelled"]
+        await asyncio.wait_for(b, 5)  # the notification reached the second
+        assert state["second"] and not cond.locked()
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+# ---- Barrier ------------------------------------------------------------------------------------
+
+def test_barrier_tasks_and_threads(alot):
+    barrier = aio.Barrier(4, name="b", lot=alot)
+    sync = shmlot.Barrier(4, name="b", lot=alot)
+    indices = []
+
+    def thread():
+        for _ in range(3):
+            indices.append(sync.wait(timeout=10))
+
+    async def task():
+        for _ in range(3):
+            indices.append(await barrier.wait())
+
+    async def main():
+        threads = [threading.Thread(target=thread) for _ in range(2)]
+        for t in threads:
+            t.start()
+        await asyncio.wait_for(asyncio.gather(task(), task()), 20)
+        for t in threads:
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
+    run(main())
+    assert sorted(indices) == sorted(list(range(4)) * 3)
+    assert not barrier.broken and barrier.n_waiting == 0
+
+
+def test_barrier_cancel_withdraws_abort_breaks(alot):
+    barrier = aio.Barrier(2, lot=alot)
+
+    async def main():
+        t = asyncio.create_task(barrier.wait())
+        await until(lambda: barrier.n_waiting == 1)
+        t.cancel()
+        await asyncio.gather(t, return_exceptions=True)
+        assert barrier.n_waiting == 0 and not barrier.broken
+        a, b = await asyncio.wait_for(asyncio.gather(barrier.wait(), barrier.wait()), 5)
+        assert {a, b} == {0, 1}
+        t = asyncio.create_task(barrier.wait())
+        await until(lambda: barrier.n_waiting == 1)
+        await barrier.abort()
+        with pytest.raises(aio.BrokenBarrierError):
+            await asyncio.wait_for(t, 5)
+        await barrier.reset()
+        assert not barrier.broken
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+# ---- RWLock -------------------------------------------------------------------------------------
+
+def test_rwlock_readers_share_writers_exclude(alot):
+    rw = aio.RWLock(name="rw", lot=alot)
+    sync = shmlot.RWLock(name="rw", lot=alot)
+    state = {"readers": 0, "writers": 0, "max_readers": 0, "bad": 0}
+
+    def check():
+        if state["writers"] > 1 or (state["writers"] and state["readers"]):
+            state["bad"] += 1
+
+    async def reader():
+        for _ in range(20):
+            async with rw.read():
+                state["readers"] += 1
+                state["max_readers"] = max(state["max_readers"], state["readers"])
+                check()
+                await asyncio.sleep(0)
+                state["readers"] -= 1
+
+    async def writer():
+        for _ in range(10):
+            async with rw.write():
+                state["writers"] += 1
+                check()
+                await asyncio.sleep(0)
+                state["writers"] -= 1
+
+    def thread_writer():
+        for _ in range(10):
+            with sync.write():
+                state["writers"] += 1
+                check()
+                time.sleep(0.0005)
+                state["writers"] -= 1
+
+    async def main():
+        t = threading.Thread(target=thread_writer)
+        t.start()
+        await asyncio.wait_for(asyncio.gather(*(reader() for _ in range(4)),
+                                              *(writer() for _ in range(2))), 30)
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+    run(main())
+    assert state["bad"] == 0 and state["max_readers"] >= 1
+    assert sync._words[0].load() == 0 and sync._words[1].load() == 0 \
+        and sync._words[2].load() == 0
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_rwlock_cancelled_writer_lets_readers_in(alot):
+    rw = aio.RWLock(lot=alot)
+
+    async def main():
+        await rw.acquire_read()
+        w = asyncio.create_task(rw.acquire_write())
+        await until(lambda: rw.sync._words[2].load() == 1)
+        # a reader from another thread waits behind the writer...
+        done = threading.Event()
+
+        def reader():
+            rw.sync.acquire_read()
+            rw.sync.release_read()
+            done.set()
+        t = threading.Thread(target=reader)
+        t.start()
+        await until(lambda: rw.sync._words[1].load() == 1)
+        w.cancel()  # ...and gets in once the writer gives up
+        await asyncio.gather(w, return_exceptions=True)
+        await until(done.is_set, 5, "the reader got in")
+        rw.release_read()
+        await asyncio.get_running_loop().run_in_executor(None, t.join)
+        await rw.acquire_write()
+        rw.release_write()
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+WRITER_HOLDER = r"""
+import sys, time
+import shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+rw = shmlot.RWLock(name="rwv", lot=lot)
+rw.acquire_write()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_rwlock_dead_writer_reaches_a_waiting_task(alot, aio_mode):
+    import os
+    import signal
+    child = start_python(WRITER_HOLDER, alot.name, env=mode_env(aio_mode))
+    assert child.stdout.readline().strip() == "held"
+    rw = aio.RWLock(name="rwv", lot=alot)
+
+    async def main():
+        w = asyncio.create_task(rw.acquire_write())
+        await until(lambda: len(queued(alot)) == 1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        with pytest.raises(shmlot.OwnerDiedError):
+            await asyncio.wait_for(w, 5)
+        rw.release_write()
+        async with rw.read():
+            pass
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots

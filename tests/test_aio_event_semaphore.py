@@ -1,0 +1,164 @@
+"""shmlot.aio.Event, Semaphore, BoundedSemaphore: the synchronous objects' words, awaited."""
+import asyncio
+import sys
+import threading
+import time
+
+import pytest
+
+import shmlot
+from shmlot import aio
+
+from _aio_helpers import aio_mode, alot, mode_env, queued, run, until  # noqa: F401 (fixtures)
+from conftest import start_python
+
+
+def test_event_set_by_a_thread_wakes_tasks(alot):
+    ev = aio.Event(name="ev", lot=alot)
+    sync = shmlot.Event(name="ev", lot=alot)
+
+    async def main():
+        waiters = [asyncio.create_task(ev.wait()) for _ in range(20)]
+        await until(lambda: len(queued(alot, ev.key)) == 20)
+        threading.Thread(target=sync.set).start()
+        assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [True] * 20
+        assert ev.is_set()
+        ev.clear()
+        assert not sync.is_set()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(aio.Event.from_sync(sync).wait(), 0.05)
+        assert not queued(alot)
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
+def test_event_cancel_and_timeout(alot):
+    ev = aio.Event(lot=alot)
+
+    async def main():
+        tasks = [asyncio.create_task(ev.wait()) for _ in range(10)]
+        await until(lambda: len(queued(alot, ev.key)) == 10)
+        for t in tasks[:5]:
+            t.cancel()
+        await asyncio.gather(*tasks[:5], return_exceptions=True)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await ev.wait()
+        assert len(queued(alot, ev.key)) == 5
+        ev.set()
+        assert await asyncio.gather(*tasks[5:]) == [True] * 5
+        assert ev.sync._words[1].load() == 0  # no waiter counted
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+PINGPONG = r"""
+import asyncio, sys
+import shmlot
+from shmlot import aio
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+ping = aio.Event(name="ping", lot=lot)
+pong = aio.Event(name="pong", lot=lot)
+rounds = int(sys.argv[2])
+
+async def main():
+    for _ in range(rounds):
+        await ping.wait()
+        ping.clear()
+        pong.set()
+
+asyncio.run(main())
+print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_event_ping_pong_between_processes(alot, aio_mode):
+    rounds = 300
+    child = start_python(PINGPONG, alot.name, rounds, env=mode_env(aio_mode))
+    ping = shmlot.Event(name="ping", lot=alot)
+    pong = aio.Event(name="pong", lot=alot)
+
+    async def main():
+        for _ in range(rounds):
+            ping.set()
+            await pong.wait()
+            pong.clear()
+    run(main(), timeout=100)
+    out, err = child.communicate(timeout=30)
+    assert child.returncode == 0 and "ok" in out, err
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_semaphore_counts_across_tasks_and_threads(alot):
+    sem = aio.Semaphore(3, name="sem", lot=alot)
+    state = {"inside": 0, "max": 0}
+
+    async def task():
+        for _ in range(30):
+            async with sem:
+                state["inside"] += 1
+                state["max"] = max(state["max"], state["inside"])
+                await asyncio.sleep(0)
+                state["inside"] -= 1
+
+    def thread():
+        for _ in range(30):
+            with sem.sync:
+                state["inside"] += 1
+                state["max"] = max(state["max"], state["inside"])
+                time.sleep(0)
+                state["inside"] -= 1
+
+    async def main():
+        threads = [threading.Thread(target=thread) for _ in range(2)]
+        for t in threads:
+            t.start()
+        await asyncio.gather(*(task() for _ in range(10)))
+        for t in threads:
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
+    run(main())
+    assert state["max"] <= 3
+    assert sem.sync._value() == 3 and not sem.locked()
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_semaphore_cancelled_after_wake_passes_the_unit_on(alot):
+    sem = aio.Semaphore(0, lot=alot)
+
+    async def main():
+        first = asyncio.create_task(sem.acquire())
+        await until(lambda: len(queued(alot, sem.key)) == 1)
+        second = asyncio.create_task(sem.acquire())
+        await until(lambda: len(queued(alot, sem.key)) == 2)
+        sem.release()  # wakes the first only
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(second, 5) is True
+        assert time.monotonic() - t0 < aio.OWNER_POLL / 2
+        assert sem.sync._value() == 0
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_bounded_semaphore(alot):
+    sem = aio.BoundedSemaphore(2, lot=alot)
+
+    async def main():
+        await sem.acquire()
+        await sem.acquire()
+        assert sem.locked()
+        waiter = asyncio.create_task(sem.acquire())
+        await until(lambda: len(queued(alot, sem.key)) == 1)
+        sem.release()
+        await asyncio.wait_for(waiter, 5)
+        sem.release()
+        sem.release()
+        with pytest.raises(ValueError):
+            sem.release()
+    run(main())
+    assert isinstance(aio.BoundedSemaphore.from_sync(sem.sync), aio.BoundedSemaphore)
+    with pytest.raises(TypeError):
+        aio.BoundedSemaphore.from_sync(shmlot.Semaphore(lot=alot))

@@ -1,0 +1,352 @@
+"""shmlot.aio.Lock: the same lock word as shmlot.Lock, taken by tasks without blocking their loop.
+
+Every test runs in the three waiting modes of _aio_helpers (futex_waitv helpers, a thread per
+task on a futex lot, the semaphore backend)."""
+import asyncio
+import os
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+import shmlot
+from shmlot import aio
+
+from _aio_helpers import aio_mode, alot, mode_env, queued, run, until  # noqa: F401 (fixtures)
+from conftest import start_python
+
+
+def test_same_word_as_the_sync_lock(alot):
+    sync = shmlot.Lock(name="same", lot=alot)
+    alock = aio.Lock(name="same", lot=alot)
+    assert alock.key == sync.key and alock.sync._address == sync._address
+
+    async def main():
+        async with alock:
+            assert sync.locked() and not sync.acquire(blocking=False)
+        assert sync.acquire(blocking=False)
+        assert alock.locked()
+        sync.release()
+        wrapped = aio.Lock.from_sync(sync)
+        await wrapped.acquire()
+        assert alock.locked()
+        wrapped.release()
+    run(main())
+    with pytest.raises(TypeError):
+        aio.Lock.from_sync(shmlot.RLock(lot=alot))
+
+
+def test_tasks_exclude_each_other_and_threads(alot):
+    """Tasks of one loop (one thread identity) and threads of the process: one holder at a
+    time, every increment kept."""
+    alock = aio.Lock(lot=alot)
+    state = {"inside": 0, "count": 0}
+    errors = []
+
+    def enter():
+        state["inside"] += 1
+        if state["inside"] != 1:
+            errors.append("two holders")
+
+    def thread_worker():
+        for _ in range(200):
+            with alock.sync:
+                enter()
+                c = state["count"]
+                time.sleep(0)
+                state["count"] = c + 1
+                state["inside"] -= 1
+
+    async def task_worker():
+        for _ in range(100):
+            async with alock:
+                enter()
+                c = state["count"]
+                await asyncio.sleep(0)
+                state["count"] = c + 1
+                state["inside"] -= 1
+
+    async def main():
+        threads = [threading.Thread(target=thread_worker) for _ in range(2)]
+        for t in threads:
+            t.start()
+        await asyncio.gather(*(task_worker() for _ in range(20)))
+        for t in threads:
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 30)
+    run(main())
+    assert not errors
+    assert state["count"] == 2 * 200 + 20 * 100
+    assert not alock.locked() and not queued(alot)
+    assert alot.info()["slots_free"] == alot.slots
+
+
+CHILD_LOCK = r"""
+import asyncio, sys, threading, time
+import shmlot
+from shmlot import aio
+from conftest import attach_segment
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+seg = attach_segment(sys.argv[2])
+alock = aio.Lock(name="mixed", lot=lot)
+rounds = int(sys.argv[3])
+
+def critical():
+    if seg.fetch_add(0, 1) != 0:
+        seg.store(16, 1)  # two holders at once
+    c = seg.load(8)
+    time.sleep(0)
+    seg.store(8, c + 1)
+    seg.fetch_add(0, -1)
+
+def thread_worker():
+    for _ in range(rounds):
+        with alock.sync:
+            critical()
+
+async def task_worker():
+    for _ in range(rounds):
+        async with alock:
+            critical()
+            await asyncio.sleep(0)
+
+async def main():
+    t = threading.Thread(target=thread_worker)
+    t.start()
+    await asyncio.gather(*(task_worker() for _ in range(8)))
+    await asyncio.get_running_loop().run_in_executor(None, t.join)
+
+asyncio.run(main())
+print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_processes_mix_sync_and_async(alot, aio_mode, shm_segment):
+    """Three processes, each with a thread using ``with`` and eight tasks using ``async with``
+    on one named lock: no two holders ever, no increment lost."""
+    seg = shm_segment(64)
+    rounds = 60
+    procs = [start_python(CHILD_LOCK, alot.name, seg.name, rounds, env=mode_env(aio_mode))
+             for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=100)
+        assert p.returncode == 0 and "ok" in out, err
+    assert seg.load(16) == 0, "two holders at once"
+    assert seg.load(8) == 3 * 9 * rounds
+    assert not queued(alot) and alot.info()["slots_free"] == alot.slots
+
+
+def test_cancelled_waiters_leave_nothing_queued(alot):
+    alock = aio.Lock(lot=alot)
+
+    async def main():
+        await alock.acquire()
+        tasks = [asyncio.create_task(alock.acquire()) for _ in range(40)]
+        await until(lambda: len(queued(alot, alock.key)) == 40, message="40 queued")
+        for t in tasks[::2]:
+            t.cancel()
+        await asyncio.gather(*tasks[::2], return_exceptions=True)
+        assert len(queued(alot, alock.key)) == 20
+        for t in tasks[1::2]:
+            alock.release()
+            await t
+        alock.release()
+        assert not alock.locked()
+        assert alock.sync._word() == 0  # PARKED cleared by the last one out
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_cancelled_after_hand_off_passes_the_lock_on(alot):
+    """The unlocker hands the lock to the first waiter (be_fair) and that task is cancelled
+    before it runs: the lock goes to the next waiter, not lost."""
+    alock = aio.Lock(lot=alot)
+
+    async def main():
+        await alock.acquire()
+        first = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 1)
+        second = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 2)
+        alock.sync._release_slow(force_fair=True)  # the word now names the first waiter
+        first.cancel()  # before it could run
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        assert await asyncio.wait_for(second, 5) is True
+        assert alock.locked()
+        alock.release()
+        assert alock.sync._word() == 0
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_cancelled_after_plain_wake_wakes_the_next(alot):
+    """Unlocked with a plain wake-up (no hand-off) and the woken task cancelled: the next
+    waiter is woken instead (no lost wake-up), well before any poll interval."""
+    alock = aio.Lock(lot=alot)
+
+    async def main():
+        await alock.acquire()
+        first = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 1)
+        second = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 2)
+        alock.sync._release_slow()  # unpark the first, leave the lock free, PARKED set
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        t0 = time.monotonic()
+        assert await asyncio.wait_for(second, 5) is True
+        assert time.monotonic() - t0 < aio.OWNER_POLL / 2
+        alock.release()
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
+def test_timeout_and_wait_for(alot):
+    alock = aio.Lock(lot=alot)
+
+    async def main():
+        await alock.acquire()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await alock.acquire()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(alock.acquire(), 0.05)
+        assert not queued(alot)
+        alock.release()
+        assert await asyncio.wait_for(alock.acquire(), 1)
+        alock.release()
+    run(main())
+    assert alot.info()["slots_free"] == alot.slots
+
+
+def test_the_loop_keeps_running_while_tasks_wait(alot, aio_mode):
+    """1,000 tasks wait: the loop still runs other work every millisecond, and (futex_waitv)
+    a few helper threads watch them all."""
+    alock = aio.Lock(lot=alot)
+
+    async def main():
+        await alock.acquire()
+        tasks = [asyncio.create_task(alock.acquire()) for _ in range(1000 if aio_mode == "futex"
+                                                                      else 100)]
+        await until(lambda: len(queued(alot, alock.key)) == len(tasks), 30)
+        if aio_mode == "futex":
+            stats = aio.watch_stats()
+            assert stats["watched"] == 1000
+            assert stats["threads"] == 8  # ceil(1000 / 127)
+        loop = asyncio.get_running_loop()
+        gaps = []
+        last = loop.time()
+        for _ in range(50):
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            gaps.append(now - last)
+            last = now
+        assert sorted(gaps)[len(gaps) // 2] < 0.05
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        alock.release()
+    run(main())
+    assert not queued(alot) and alot.info()["slots_free"] == alot.slots
+
+
+HOLDER = r"""
+import sys, time
+import shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+lock = shmlot.Lock(name="victim", lot=lot)
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_owner_killed_waiting_task_gets_owner_died(alot, aio_mode):
+    child = start_python(HOLDER, alot.name, env=mode_env(aio_mode))
+    assert child.stdout.readline().strip() == "held"
+    alock = aio.Lock(name="victim", lot=alot)
+
+    async def main():
+        waiter = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 1)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+        t0 = time.monotonic()
+        with pytest.raises(shmlot.OwnerDiedError):
+            await asyncio.wait_for(waiter, 5)
+        assert time.monotonic() - t0 < 1.0
+        assert alock.locked()  # held by us now
+        alock.release()
+        await alock.acquire()
+        alock.release()
+    run(main())
+    assert not queued(alot) and alot.info()["slots_free"] == alot.slots
+
+
+CTRL_C = r"""
+import asyncio, sys
+import shmlot
+from shmlot import aio
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+alock = aio.Lock(name="held", lot=lot)
+
+async def main():
+    print("waiting", flush=True)
+    await alock.acquire()
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    print("interrupted", lot.info()["slots_free"], flush=True)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_stops_the_loop_promptly(alot, aio_mode):
+    lock = shmlot.Lock(name="held", lot=alot)
+    lock.acquire()
+    try:
+        child = start_python(CTRL_C, alot.name, env=mode_env(aio_mode))
+        assert child.stdout.readline().strip() == "waiting"
+        key = lock.key
+        deadline = time.monotonic() + 10
+        while not queued(alot, key):
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+        assert time.monotonic() - t0 < 1.0, err
+        assert out.split() == ["interrupted", str(alot.slots)], err
+        assert not queued(alot)
+    finally:
+        lock.release()
+
+
+def test_shmlot_stat_shows_waiting_tasks(alot):
+    """A waiting task is a parked row of its loop's thread, its token shown as "asyncio"."""
+    import subprocess
+    from conftest import REPO_ROOT, python_env
+    alock = aio.Lock(name="statlock", lot=alot)
+
+    async def main():
+        await alock.acquire()
+        waiter = asyncio.create_task(alock.acquire())
+        await until(lambda: len(queued(alot, alock.key)) == 1)
+        r = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shmlot.stat", alot.name, env=python_env(), cwd=REPO_ROOT,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(r.communicate(), 60)
+        waiter.cancel()
+        await asyncio.gather(waiter, return_exceptions=True)
+        alock.release()
+        return out.decode()
+    out = run(main())
+    rows = [line for line in out.splitlines() if "statlock" in line and "asyncio" in line]
+    assert len(rows) == 1, out
+    assert str(threading.get_native_id()) in rows[0].split()
