@@ -217,6 +217,12 @@ def test_registry_names_the_families():
     import benchlib.scenarios  # noqa: F401  (registers them)
     names = registry.names()
     for n in ("uncontended", "busy", "pingpong", "contended", "notify", "park", "memory",
-              "instructions"):
+              "instructions", "scale"):
         assert n in names
     assert registry.resolve("notify_all") == "notify"
+    # the scale rows take minutes: in the full run, not in --quick
+    assert "scale" in registry.default_names() and "scale" not in registry.default_names(True)
+    cfg = types.SimpleNamespace(procs=[2, 8], parked=[1])
+    assert [label for label, _ in registry.get("contended").expand(cfg)] == [
+        "contended (2 procs)", "contended (8 procs)"]
+    assert len(registry.get("scale").expand(cfg)) == 5

@@ -17,11 +17,14 @@ def rotate(seq, i):
     return seq[i:] + seq[:i]
 
 
-def run_rounds(sc, cfg, names, measure_one):
+def run_rounds(sc, cfg, names, measure_one, min_rounds=None, max_rounds=None):
     """measure_one(name, row, rnd) adds the round's figure to `row` (or raises: the row fails
-    and is skipped from then on)."""
+    and is skipped from then on). Rounds: cfg.repeat to cfg.max_repeat unless given."""
     t0 = time.monotonic()
-    lo, hi = (1, 1) if sc.exact else (cfg.repeat, max(cfg.repeat, cfg.max_repeat))
+    lo = min_rounds or cfg.repeat
+    hi = max(lo, max_rounds or cfg.max_repeat)
+    if sc.exact:
+        lo = hi = 1
     rnd = 0
     while True:
         for name in rotate([n for n in names if n in sc.rows], rnd):
