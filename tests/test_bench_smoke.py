@@ -1,17 +1,24 @@
-"""Smoke test for tools/bench.py: it runs, writes JSON of the documented shape, numbers are sane.
+"""Smoke test for tools/bench.py: it runs, writes JSON of the documented shape, numbers are sane;
+and the statistics and the round runner of tools/benchlib, on figures made up for the test.
 
 No timing assertions: the machines are noisy, and shmlot rows may be n/a while work is in progress.
 """
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import types
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "tools", "bench.py")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from benchlib import registry, stats, targets  # noqa: E402
+from benchlib.results import Scenario  # noqa: E402
+from benchlib.runner import run_rounds  # noqa: E402
 
 
 def _run(tmp_path, *args, timeout=120):
@@ -25,11 +32,21 @@ def _run(tmp_path, *args, timeout=120):
     return proc, json.loads(out.read_text())
 
 
+def _check_interval(iv):
+    if iv is not None:
+        assert set(iv) >= {"value", "lo", "hi", "n"}
+        assert iv["lo"] <= iv["value"] <= iv["hi"] and iv["n"] >= 1, iv
+
+
 def _check_rows(sc):
     assert sc["rows"], sc["id"]
+    assert sc["rounds"] >= 1
     for row in sc["rows"]:
         assert set(row) >= {"subject", "family", "status", "median", "samples", "extra",
-                            "ratio_mp", "ratio_floor"}
+                            "ratio_mp", "ratio_floor", "interval", "ratio_mp_interval",
+                            "ratio_floor_interval", "rounds"}
+        for k in ("interval", "ratio_mp_interval", "ratio_floor_interval"):
+            _check_interval(row[k])
         assert row["status"] in ("ok", "n/a", "error"), row
         if row["status"] == "ok":
             assert isinstance(row["median"], (int, float)), row
@@ -40,8 +57,13 @@ def _check_rows(sc):
         else:
             assert row["median"] is None and row["reason"], row
     for t in sc["targets"]:
-        assert set(t) >= {"subject", "text", "value", "pass"}
+        assert set(t) >= {"subject", "text", "value", "pass", "verdict", "interval", "level"}
         assert t["pass"] in (True, False, None)
+        assert t["verdict"] in ("PASS", "FAIL", "undecided", "n/a")
+        assert t["pass"] is {"PASS": True, "FAIL": False}.get(t["verdict"])
+        if t["interval"] is not None:
+            lo, hi = t["interval"]
+            assert lo <= t["value"] <= hi
 
 
 @pytest.mark.timeout(180)
@@ -70,6 +92,13 @@ def test_bench_quick_smoke(tmp_path):
             assert r["reason"]
     # the table and the targets reach stdout, progress reaches stderr
     assert "uncontended" in proc.stdout and "SPEC section 7 targets" in proc.stdout
+    # every figure saw the same rounds as its peers (interleaved), and the ratio columns have
+    # intervals
+    assert by_id["uncontended"]["rounds"] == 2
+    assert unc["mp.RLock"]["ratio_mp_interval"]["n"] == 2
+    # the raised target on the C floor is there, with its level
+    levels = {(t["text"], t["level"]) for t in by_id["uncontended"]["targets"]}
+    assert ("<= 5 x the C floor", "raised") in levels
     assert "[bench" in proc.stderr
     # no lot left behind
     lot = meta["shmlot"]["lot"]
@@ -98,3 +127,102 @@ def test_bench_usage_errors(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown scenario" in proc.stderr
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind not installed")
+def test_bench_instructions_smoke(tmp_path):
+    _, doc = _run(tmp_path, "--only", "instructions", "--subjects", "threading,floor",
+                  "--callgrind-ops", "2000", timeout=280)
+    ids = [sc["id"] for sc in doc["scenarios"]]
+    assert ids == ["instructions_lock", "instructions_event"]
+    for sc in doc["scenarios"]:
+        _check_rows(sc)
+        assert sc["exact"] is True
+    rows = {r["subject"]: r for r in doc["scenarios"][0]["rows"]}
+    # a Python `with lock:` costs more instructions than the C lock loop, and both are counted
+    assert rows["threading.Lock"]["status"] == "ok", rows["threading.Lock"]
+    assert rows["floor (C futex)"]["status"] == "ok", rows["floor (C futex)"]
+    assert rows["threading.Lock"]["median"] > rows["floor (C futex)"]["median"] > 0
+    ev = {r["subject"]: r for r in doc["scenarios"][1]["rows"]}
+    assert ev["threading.Event is_set()"]["median"] > 0
+
+
+# ---- the statistics and the runner, on made-up figures ------------------------------------------
+
+
+def test_t95_and_intervals():
+    assert stats.t95(1) == pytest.approx(12.706)
+    assert stats.t95(21) == stats.t95(20)          # between table entries: the wider one
+    assert stats.t95(1000) == pytest.approx(1.96)
+    e = stats.ratio_interval([2.0, 2.0, 2.0])
+    assert e.value == pytest.approx(2.0) and e.lo == pytest.approx(2.0) == e.hi
+    e = stats.ratio_interval([1.8, 2.2, 2.0, 1.9, 2.1])
+    assert e.lo < 2.0 < e.hi and e.n == 5
+    one = stats.ratio_interval([3.0])
+    assert one.lo == 0 and one.hi == math.inf      # one timing says nothing about its spread
+    assert stats.ratio_interval([3.0], exact=True).lo == 3.0
+    assert stats.paired_ratios({0: 4.0, 1: 6.0, 2: 9.0}, {0: 2.0, 2: 3.0}) == [2.0, 3.0]
+
+
+def test_verdicts():
+    E = stats.Estimate
+    assert stats.verdict(E(1.0, 0.9, 1.1, 5), "<=", 1.2) == "PASS"
+    assert stats.verdict(E(1.0, 0.9, 1.1, 5), "<=", 0.8) == "FAIL"
+    assert stats.verdict(E(1.0, 0.9, 1.1, 5), "<=", 1.0) == "undecided"
+    assert stats.verdict(E(1.0, 0.9, 1.1, 5), ">=", 0.5) == "PASS"
+    assert stats.verdict(None, ">=", 0.5) == "n/a"
+
+
+def _cfg(**kw):
+    base = dict(repeat=3, max_repeat=12, scenario_budget=60.0, watchdog=30.0, verbose=False)
+    base.update(kw)
+    return types.SimpleNamespace(**base)
+
+
+def _fake(values_a, values_b, threshold):
+    """A scenario of two made-up subjects whose figures come from the given lists, in turn."""
+    sc = Scenario(None, "fake", "fake", "ns")
+    sc.row("a", "x")
+    sc.row("b", "x")
+    sc.targets = [targets.Target("a", f"<= {threshold} x b", "<=", threshold,
+                                 targets.ratio("a", "b"))]
+    order = []
+    src = {"a": iter(values_a), "b": iter(values_b)}
+
+    def one(name, row, rnd):
+        order.append(name)
+        row.add(rnd, next(src[name]))
+    return sc, one, order
+
+
+def test_runner_interleaves_and_stops_when_decided():
+    sc, one, order = _fake([1.0] * 20, [2.0] * 20, 0.8)
+    run_rounds(sc, _cfg(), ["a", "b"], one)
+    assert sc.rounds == 3                            # decided (0.5 <= 0.8) at the minimum
+    assert order == ["a", "b", "b", "a", "a", "b"]   # A B, B A, A B: rotated every round
+    assert sc.targets[0].verdict == "PASS"
+
+
+def test_runner_goes_on_while_undecided_then_says_so():
+    noisy = [1.0, 1.6, 0.7, 1.5, 0.6, 1.4, 0.8, 1.6, 0.7, 1.5, 0.6, 1.4]
+    sc, one, _ = _fake(noisy, [1.0] * 12, 1.0)
+    run_rounds(sc, _cfg(max_repeat=8), ["a", "b"], one)
+    assert sc.rounds == 8                            # went on to the bound
+    assert sc.targets[0].verdict == "undecided"
+    assert sc.to_json()["targets"][0]["pass"] is None
+
+
+def test_registry_names_the_families():
+    import benchlib.scenarios  # noqa: F401  (registers them)
+    names = registry.names()
+    for n in ("uncontended", "busy", "pingpong", "contended", "notify", "park", "memory",
+              "instructions", "scale"):
+        assert n in names
+    assert registry.resolve("notify_all") == "notify"
+    # the scale rows take minutes: in the full run, not in --quick
+    assert "scale" in registry.default_names() and "scale" not in registry.default_names(True)
+    cfg = types.SimpleNamespace(procs=[2, 8], parked=[1])
+    assert [label for label, _ in registry.get("contended").expand(cfg)] == [
+        "contended (2 procs)", "contended (8 procs)"]
+    assert len(registry.get("scale").expand(cfg)) == 5

@@ -244,6 +244,9 @@ static int run_pingpong(long iters)
     return 0;
 }
 
+/* Processes of the contended run, at most (the benchmark's scale rows go to 128). */
+#define MAX_PROCS 256
+
 /* Latency histogram: 64 powers of two x 16 linear sub-buckets. */
 #define SUB 16
 #define NBUCKET (64 * SUB)
@@ -271,14 +274,14 @@ struct shared_contended {
     uint32_t ready;
     uint32_t go;
     uint64_t t_start, t_end;
-    uint64_t counts[64];
-    uint64_t hist[64][NBUCKET];
+    uint64_t counts[MAX_PROCS];
+    uint64_t hist[MAX_PROCS][NBUCKET];
 };
 
 static int run_contended(long nprocs, long window_ms)
 {
     struct shared_contended *s = shared_map(sizeof *s);
-    pid_t pids[64];
+    pid_t pids[MAX_PROCS];
     for (long p = 0; p < nprocs; p++) {
         pid_t pid = fork();
         if (pid < 0) {
@@ -355,7 +358,7 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "pingpong") == 0)
         return run_pingpong(parse_long(argv[2], 1, 1L << 40));
     if (argc == 4 && strcmp(argv[1], "contended") == 0)
-        return run_contended(parse_long(argv[2], 1, 64), parse_long(argv[3], 1, 600000));
+        return run_contended(parse_long(argv[2], 1, MAX_PROCS), parse_long(argv[3], 1, 600000));
     fprintf(stderr,
             "usage: bench_floor lock ITERS | pingpong ITERS | contended NPROCS WINDOW_MS\n");
     return 2;
