@@ -471,6 +471,8 @@ class RecordingLock(_fast.LockCore):
         self.calls.append(("acquire", blocking, timeout))
         return self.result
 
+    _enter_slow = _acquire_slow  # __enter__'s slow path: the same, here
+
     def _release_slow(self):
         self.calls.append(("release", self._word()))
 
@@ -651,6 +653,8 @@ class SpinningLock(_fast.LockCore):
             if not spin.spin():
                 spin.reset()
                 time.sleep(0)  # lets a holder of this process run
+
+    _enter_slow = _acquire_slow
 
     def _release_slow(self):
         raise AssertionError("nobody parks in these tests")
