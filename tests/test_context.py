@@ -37,7 +37,7 @@ def test_context_classes_and_start_methods(plot):  # noqa: F811
 
 def test_lot_argument(plot):  # noqa: F811
     ctx = shmlot.get_context("fork", lot=plot)
-    assert ctx.Lock()._place.lot is plot
+    assert ctx.Lock()._place.lot._lot_id == plot._lot_id  # a handle of its own on the same lot
     assert ctx.get_context("spawn")._lot is plot
 
 
