@@ -246,6 +246,11 @@ STEP_TESTS = {
     ("wordlock.c", "unpark_before_wake"): ("test_owner_death",
                                            "test_holder_killed_while_releasing",
                                            "unpark_before_wake"),
+    # a creator killed mid-create: the next open() replaces the segment
+    ("lot.c", "create_opened"): ("test_vanished_lots", "test_open_replaces_a_dead_creators_segment",
+                                 "create_opened"),
+    ("lot.c", "create_before_magic"): ("test_vanished_lots", "test_open_replaces_a_dead_creators_segment",
+                                       "create_before_magic"),
 }
 
 
