@@ -12,7 +12,7 @@ import shmlot
 from shmlot import LotNotFoundError, ParkingLot
 from shmlot.lot import default_lot_name
 
-from conftest import SHM_DIR, ParkerThread, parked, wait_parked
+from conftest import SHM_DIR, ParkerThread, parked, run_python, wait_parked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -267,3 +267,21 @@ def test_module_level_functions_use_the_default_lot(default_lot_env):
     assert box[0].token == 25
     assert shmlot.park(6, validate=lambda: False).is_invalid
     assert shmlot.park(6, timeout=0.01).is_timed_out
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RWLock", "Event"])
+def test_exit_with_a_lot_in_a_reference_cycle(lot, kind):
+    """A process whose lot and primitives are garbage in one cycle at exit (here through a
+    function of __main__ stored on the lot) exits cleanly: the collector must not tear the lot's
+    buffer away from the words still bound to it (this crashed with SIGSEGV at exit)."""
+    code = f"""
+import shmlot
+lot = shmlot.ParkingLot.attach({lot.name!r})
+obj = shmlot.{kind}(name="cycle", lot=lot)
+def hook(*args):
+    return lot, obj
+lot.hook = hook
+print("done")
+"""
+    proc = run_python(code, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (0, "done"), proc.stderr

@@ -86,6 +86,7 @@ def kill_reader_at(lot, step):
         import shmlot
         lot = shmlot.ParkingLot.attach({lot.name!r})
         rw = shmlot.RWLock(name="rw", lot=lot)
+        lot = rw._place.lot  # the handle the RWLock is bound to
         def die(*args):
             os.kill(os.getpid(), signal.SIGKILL)
         step = {step!r}
