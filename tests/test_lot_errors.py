@@ -33,7 +33,8 @@ NOBODY = 65534
 H_MAGIC, H_VERSION, H_TOTAL = (0, "<Q"), (8, "<I"), (16, "<Q")
 H_NBUCKETS, H_SLOT_STRIDE = (24, "<I"), (44, "<I")
 H_BUCKETS_OFF, H_SLOTS_OFF = (56, "<Q"), (64, "<Q")
-H_WAITER, H_MUTEX_SIZE = (88, "<I"), (92, "<I")
+H_WAITER = (88, "<I")
+B_LOCK_SIZE = 16  # sl_bucket starts with its lock (sl_ilock: u64 word, u32 wake, u32 pad)
 # sl_slot: wait, state (u32), key, park_token, unpark_token (u64), next, prev, bucket (u32)
 S_NEXT, S_BUCKET = 32, 40
 
@@ -115,7 +116,6 @@ def test_unfinished_segment_is_corrupt(shm_segment, size):
     (H_NBUCKETS, 2**21, "buckets must be in"),
     (H_TOTAL, 12345, "total size 12345"),
     (H_WAITER, 7, "unknown waiter backend 7"),
-    (H_MUTEX_SIZE, 3, "3-byte mutexes"),
     (H_SLOT_STRIDE, 8, "record sizes"),
     (H_SLOTS_OFF, 2**40, "offsets"),
 ])
@@ -141,10 +141,9 @@ def _bucket_of(lot, key):
 
 
 def _bucket_field(lot, key, offset):
-    """Byte offset in the segment of a field of ``key``'s bucket (sl_bucket: mutex, then head,
+    """Byte offset in the segment of a field of ``key``'s bucket (sl_bucket: lock, then head,
     tail, count as u32; 64-byte records)."""
-    mutex_size = peek(lot, H_MUTEX_SIZE)
-    return peek(lot, H_BUCKETS_OFF) + _bucket_of(lot, key) * 64 + mutex_size + offset
+    return peek(lot, H_BUCKETS_OFF) + _bucket_of(lot, key) * 64 + B_LOCK_SIZE + offset
 
 
 def test_broken_queue_raises_instead_of_crashing(lot):
@@ -200,8 +199,8 @@ def test_scribbled_slot_of_a_timing_out_parker_fails_cleanly(lot):
 
 @pytest.mark.timeout(120)
 def test_random_scribbles_never_crash(waiter, lot_name):
-    """Random bytes over the queues and slots (not the mutexes: a scribbled lock word is a lock
-    held forever, which no check can tell from a slow holder) make operations fail with an
+    """Random bytes over the queues and slots (not the bucket locks: a scribbled lock word can
+    name a live holder, which no check can tell from a slow one) make operations fail with an
     exception or succeed, never crash or hang the process. Runs in a child interpreter."""
     name = lot_name()
     code = """
@@ -211,13 +210,13 @@ def test_random_scribbles_never_crash(waiter, lot_name):
         buf = lot._buffer
         u32 = lambda off: struct.unpack_from("<I", buf, off)[0]
         u64 = lambda off: struct.unpack_from("<Q", buf, off)[0]
-        mutex = u32(92); boff = u64(56); soff = u64(64); sstride = u32(44); nslots = u32(28)
+        lock = 16; boff = u64(56); soff = u64(64); sstride = u32(44); nslots = u32(28)
         failures = 0
         for seed in range(300):
             rnd = random.Random(seed)
             for _ in range(rnd.randrange(1, 6)):
                 if rnd.random() < 0.5:  # a bucket's head/tail/count/seed/fair timeout
-                    off = boff + rnd.randrange(8) * 64 + mutex + rnd.randrange(0, 64 - mutex - 4)
+                    off = boff + rnd.randrange(8) * 64 + lock + rnd.randrange(0, 64 - lock - 4)
                 else:                   # anywhere in a slot
                     off = soff + rnd.randrange(nslots) * sstride + rnd.randrange(0, sstride - 4)
                 val = rnd.choice([0, 1, 2, 3, nslots, nslots + 1, 0xFFFFFFFF,

@@ -358,11 +358,13 @@ def test_default_lot_is_used_without_argument(flot):
 def test_corrupt_lot_is_exit_1(flot, shm_segment):
     with open(f"/dev/shm/{flot.name}", "r+b") as f:
         f.seek(8)
+        version = f.read(4)
+        f.seek(8)
         f.write(struct.pack("<I", 99))  # layout version
     assert_one_line_error(run_stat(flot.name), 1, "corrupt", "version 99")
     with open(f"/dev/shm/{flot.name}", "r+b") as f:
         f.seek(8)
-        f.write(struct.pack("<I", 1))
+        f.write(version)
     assert run_stat(flot.name).returncode == 0
     seg = shm_segment(8192)
     with open(f"/dev/shm/{seg.name}", "r+b") as f:

@@ -6,7 +6,7 @@ Each example creates a small lot (4 buckets, 8 slots, 8 objects, 8 holds: every 
 bucket the scribble may hit), opens one primitive of each kind by name, parks up to two helper
 threads with a timeout, then writes bytes (raw, or a 4/8-byte value chosen to be interesting: 0,
 1, all ones, slot counts, this process's pid and tids, ...) at an offset in one region: the
-header, a bucket (its robust mutex included), a slot, an object record or a hold entry. Then it
+header, a bucket (its lock included), a slot, an object record or a hold entry. Then it
 runs a list of operations: attach (a new handle validates the header), park with a timeout, the
 four unparks, reap, _snapshot, info, deadlock detection, and every primitive with a timeout.
 
@@ -57,10 +57,10 @@ HANG_SECONDS = 30     # watchdog per example
 BUCKETS, SLOTS, OBJECTS, HOLDS = 4, 8, 8, 8
 KEYS = list(range(1, 9))
 ALLOWED = (OSError, ValueError, RuntimeError, TypeError, KeyError)
-REGIONS = ("header", "bucket", "slot", "object", "hold", "mutex")
+REGIONS = ("header", "bucket", "slot", "object", "hold", "lock")
 HEADER_SPAN = 640     # the fields of sl_header (the rest of the 4 KiB page is padding)
-REGISTRY_MUTEX = 488  # offsetof(sl_header, registry_mutex) on x86-64 glibc
-MUTEX_SIZE = 40       # sizeof(pthread_mutex_t) there
+REGISTRY_LOCK = 488   # offsetof(sl_header, registry_lock)
+LOCK_SIZE = 16        # sizeof(sl_ilock): u64 word, u32 wake counter, u32 pad
 
 try:
     from shmlot import deadlock as _deadlock
@@ -83,12 +83,12 @@ def geometry(buf):
             "object": (oo, no, so), "hold": (oh, nh, sh)}
 
 
-def mutex_position(geo, index, offset):
-    """A robust mutex: the registry's (index 0) or a bucket's (its first field)."""
+def lock_position(geo, index, offset):
+    """An internal lock: the registry's (index 0) or a bucket's (its first field)."""
     if index % (BUCKETS + 1) == 0:
-        return REGISTRY_MUTEX + offset % MUTEX_SIZE
+        return REGISTRY_LOCK + offset % LOCK_SIZE
     base, count, stride = geo["bucket"]
-    return base + (index % (BUCKETS + 1) - 1) * stride + offset % MUTEX_SIZE
+    return base + (index % (BUCKETS + 1) - 1) * stride + offset % LOCK_SIZE
 
 
 def interesting_values():
@@ -206,8 +206,8 @@ def run_example(ex, verbose=False):
         try:
             region, index, offset, spec = ex.scribble
             geo = geometry(m)
-            if region == "mutex":
-                pos = mutex_position(geo, index, offset)
+            if region == "lock":
+                pos = lock_position(geo, index, offset)
             else:
                 base, count, stride = geo[region]
                 pos = base + (index % count) * stride + offset % stride
