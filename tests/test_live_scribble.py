@@ -38,7 +38,7 @@ SECONDS = 2.5        # how long the workers run while the lot is scribbled on
 ROLES = ("parker", "locker", "locker", "waiter", "waiter", "notifier", "unparker")
 
 WORKER = r"""
-import json, os, random, sys, time
+import json, os, random, sys, threading, time
 import shmlot
 
 name, role, seconds, seed = sys.argv[1], sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
@@ -54,6 +54,21 @@ cond = shmlot.Condition(name="cond", lot=lot)
 print("ready", flush=True)
 sys.stdin.readline()
 end = time.monotonic() + seconds
+
+
+def rescue():
+    # A scribbled lot can leave a lock word naming this very thread while it waits, without a
+    # timeout, to re-acquire a Condition's lock (it could not leave a scribbled queue and was
+    # handed the lock), as threading's re-acquire has none. Once the run is over, free the
+    # words so that such a wait ends and the worker exits by itself.
+    time.sleep(max(0, end - time.monotonic()) + 1)
+    while True:
+        for w in (lock, cond._lock):
+            w._cas_word(w._word(), 0)
+        time.sleep(0.05)
+
+
+threading.Thread(target=rescue, daemon=True).start()
 while time.monotonic() < end:
     try:
         if role == "parker":

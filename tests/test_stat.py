@@ -374,6 +374,16 @@ def test_corrupt_lot_is_exit_1(flot, shm_segment):
     assert os.path.exists(f"/dev/shm/{seg.name}")  # --unlink removes lots only
 
 
+def test_truncated_lot_is_exit_1(flot):
+    """A lot whose file is shorter than its header says (someone truncated it): one line, exit 1,
+    and never a SIGBUS from reading past the end."""
+    size = os.path.getsize(f"/dev/shm/{flot.name}")
+    os.truncate(f"/dev/shm/{flot.name}", size // 2)
+    for args in ([flot.name], ["--reap", flot.name], ["-a", flot.name]):
+        assert_one_line_error(run_stat(*args), 1, "corrupt", f"segment is {size // 2} bytes",
+                              f"header says {size}", "truncated")
+
+
 def test_not_permitted_is_exit_1(flot, monkeypatch, capsys):
     def forbidden(name):
         raise PermissionError(13, "Permission denied")
