@@ -498,3 +498,45 @@ def test_failed_operations_leave_the_lot_consistent(lot):
     t.outcome()
     wait_until(lambda: lot.info()["slots_free"] == lot.slots, message="slots freed")
     assert threading.active_count() >= 1
+
+
+# ---- the core's error messages and deadlines ----------------------------------------------
+
+def test_error_message_belongs_to_its_own_call(lot):
+    """Each call of the core starts with a clean message: after a failure, a call that succeeds
+    leaves none, and the next failure carries only its own."""
+    from shmlot._core import ffi, lib
+    key = 0xBAD
+    head = _bucket_field(lot, key, 0)
+    struct.pack_into("<I", lot._buffer, head, 0xFFFFFFF0)
+    with pytest.raises(LotCorruptError, match="out of range"):
+        lot.unpark_one(key)
+    struct.pack_into("<I", lot._buffer, head, 0)
+    assert lot.unpark_one(key).unparked_threads == 0
+    assert ffi.string(lib.sl_last_error()) == b""
+    assert lib.sl_futex_wait(lot._h(), 2**31, 0) == lib.SL_ECORRUPT
+    assert ffi.string(lib.sl_last_error()) == b"slot index 2147483648 out of range"
+    assert lib.sl_object_kind(lot._h(), 0) == 0
+    assert ffi.string(lib.sl_last_error()) == b""
+
+
+@pytest.mark.timeout(30)
+def test_semaphore_wait_without_deadline_waits(make_lot):
+    """sl_sem_wait takes a deadline of 0 as "none" (api.h), not as one long past."""
+    import posix_ipc
+    from shmlot._core import lib
+    from shmlot._waiters import SemaphoreWaiter
+    lot = make_lot(waiter="semaphore")
+    lot_id = lot.info()["lot_id"]
+    name = SemaphoreWaiter.sem_name(lot_id, 0)
+    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, initial_value=0)
+    try:
+        timer = threading.Timer(0.3, sem.release)
+        timer.start()
+        t0 = time.monotonic()
+        assert lib.sl_sem_wait(lot._h(), 0, lot_id, 0) == 0
+        assert time.monotonic() - t0 >= 0.25
+        timer.join()
+    finally:
+        sem.unlink()
+        sem.close()
