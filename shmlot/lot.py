@@ -1,6 +1,6 @@
 """The parking lot: a table of wait queues in a shared-memory segment (SPEC section 2).
 
-Every operation locks the bucket of its key (a robust process-shared mutex in the segment), runs
+Every operation locks the bucket of its key (a futex lock in the segment, see ilock.c), runs
 the caller's callbacks under that lock, and wakes threads after unlocking. The C core
 (``shmlot._core``) does the table work; this module turns its return codes into exceptions and
 runs the sleeping loop (in slices, so that signals and dead unparkers cannot strand a sleeper).

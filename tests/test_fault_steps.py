@@ -6,8 +6,8 @@ that runs under a bucket lock, and performs the operation: it SIGKILLs itself at
 most of the time while holding one or two bucket locks. The test process had threads parked on the
 same key and bucket before the death; afterwards:
 
-- the next operation on the bucket gets EOWNERDEAD from the robust mutex and repairs the queue
-  (``info()['counters']['bucket_repairs']`` grows by one per dead-held bucket);
+- the next operation on the bucket finds the bucket lock's holder dead, takes the lock over and
+  repairs the queue (``info()['counters']['bucket_repairs']`` grows by one per dead-held bucket);
 - every thread parked before the death is unparked exactly once, in FIFO order, with the token of
   the unpark that took it (no thread lost, none woken twice);
 - nothing is left parked and, after ``reap()``, every slot is free again.
@@ -21,7 +21,7 @@ import pytest
 from shmlot import FilterOp, RequeueOp
 from shmlot._core import ffi, lib
 
-from conftest import ParkerThread, parked, start_python, wait_parked, wait_until
+from conftest import ParkerThread, parked, run_python, start_python, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,10 +53,11 @@ def key_not_in_bucket(lot, bucket, start):
     return k
 
 
-def bucket_mutex_offset(lot, bucket):
-    """Offset of bucket ``bucket``'s mutex (lot.h: 4096-byte header, 64-byte bucket records with
-    the mutex first)."""
-    return 4096 + 64 * bucket
+def bucket_lock_futex_offset(lot, bucket):
+    """Offset of the futex word sleepers on bucket ``bucket``'s lock wait on (lot.h: 4096-byte
+    header, 64-byte bucket records with the lock first: its u64 word, then its u32 wake
+    counter)."""
+    return 4096 + 64 * bucket + 8
 
 
 def futex_addr(tid):
@@ -328,7 +329,8 @@ def test_death_inside_a_callback(make_lot, where):
 
 def test_waiters_blocked_on_the_dead_bucket_lock_recover(make_lot):
     """Threads already *waiting for the bucket lock* when its holder dies (not only later
-    callers) get it: one sees EOWNERDEAD and repairs, the others follow."""
+    callers) get it: one finds the holder dead at the end of a sleep slice, takes the lock over
+    and repairs, the others follow."""
     lot = make_lot()
     mine = park_threads(lot, KEY, 2)
     before = repairs(lot)
@@ -356,10 +358,10 @@ lot.park({KEY}, validate=validate, timeout=30)
         blocked = [threading.Thread(target=unparker, args=(100 + i,)) for i in range(2)]
         for t in blocked:
             t.start()
-        # both are asleep in the kernel on the bucket mutex's futex word
-        word = lib.sl_base_address(lot._l) + bucket_mutex_offset(lot, bucket_of(lot, KEY))
+        # both are asleep in the kernel on the bucket lock's futex word
+        word = lib.sl_base_address(lot._l) + bucket_lock_futex_offset(lot, bucket_of(lot, KEY))
         wait_until(lambda: len(tids) == 2 and all(futex_addr(tid) == word for tid in tids),
-                   message="unparkers blocked on the bucket mutex")
+                   message="unparkers blocked on the bucket lock")
         proc.stdin.write("die\n")
         proc.stdin.flush()
         proc.wait(10)
@@ -429,10 +431,10 @@ def test_unreaped_dead_waiter_does_not_absorb_a_lone_requeue(make_lot):
     assert_clean(lot, expect_reaped_slot=False)
 
 
-def test_slot_guard_tells_a_killed_waiter_from_a_live_one(make_lot):
-    """A parked thread holds its slot's guard, a robust mutex, which the kernel marks when the
-    thread dies: the guard says 1 for a live waiter, 0 for a killed one that is still a zombie
-    (kill(pid, 0) succeeds), and the unpark goes to the live one."""
+def test_liveness_check_tells_a_killed_waiter_from_a_live_one(make_lot):
+    """The cheap liveness check (a pidfd per peer process) says 1 for a live waiter, 0 for a
+    killed one that is still a zombie (kill(pid, 0) succeeds), and the unpark goes to the live
+    one."""
     lot = make_lot()
     proc = zombie_parked_on(lot, KEY)
     live = park_threads(lot, KEY, 1)
@@ -443,20 +445,51 @@ def test_slot_guard_tells_a_killed_waiter_from_a_live_one(make_lot):
     assert_clean(lot, expect_reaped_slot=False)
 
 
-def test_waiter_liveness_without_a_usable_guard_falls_back_to_proc(make_lot):
-    """A guard that cannot tell (a lot made before guards, scribbled bytes): the unparker asks
-    /proc instead, and a zombie still does not absorb the wake-up."""
+def test_waiter_liveness_without_the_cheap_check_falls_back_to_proc(make_lot):
+    """Where the cheap check cannot tell (no pidfds, or turned off by the test hook), the
+    unparker asks /proc instead, and a zombie still does not absorb the wake-up."""
     lot = make_lot()
     proc = zombie_parked_on(lot, KEY)
-    [dead] = parked(lot, KEY)
-    size = ffi.new("uint32_t *")
-    off = lib.sl_test_slot_guard(lot._h(), dead.index, size)
-    assert off > 0
-    lot._buffer[off:off + size[0]] = bytes(size[0])
-    assert parked(lot, KEY)[0].guard == -1
+    lib.sl_test_liveness_cache(0)
+    try:
+        assert parked(lot, KEY)[0].guard == -1
+        live = park_threads(lot, KEY, 1)
+        assert lot.unpark_one(KEY, lambda res: 6).unparked_threads == 1
+        assert live[0].outcome().token == 6
+    finally:
+        lib.sl_test_liveness_cache(1)
+    proc.wait(10)
+    assert_clean(lot, expect_reaped_slot=False)
+
+
+def test_liveness_check_survives_its_descriptors_closed_behind_its_back(make_lot):
+    """A process that closes every descriptor (as a daemon does) and reuses the numbers for
+    files: the cached pidfds are gone, and their numbers now poll as readable files. The check
+    must notice (the descriptor is no longer the pidfd it opened) and still tell a zombie from a
+    live waiter, and hand the unpark to the live one."""
+    lot = make_lot()
+    proc = zombie_parked_on(lot, KEY)
+    code = f"""
+import os, sys, threading, time
+import shmlot
+from shmlot._core import ffi, lib
+lot = shmlot.ParkingLot.attach({lot.name!r})
+live_pid = int(sys.argv[1])
+def guards():
+    slots = ffi.new("sl_slot_info[]", lot.slots)
+    n = lib.sl_snapshot_slots(lot._h(), slots, lot.slots)
+    return sorted((s.pid == live_pid, s.guard_alive) for s in slots[0:n] if s.state == 2)
+first = guards()
+os.closerange(3, 4096)          # every descriptor, the lot's own included (the mapping stays)
+files = [open("/dev/null", "rb") for _ in range(64)]   # numbers reused by files
+second = guards()
+r = lot.unpark_one({KEY}, lambda res: 9)
+print(first, second, r.unparked_threads, flush=True)
+"""
     live = park_threads(lot, KEY, 1)
-    assert lot.unpark_one(KEY, lambda res: 6).unparked_threads == 1
-    assert live[0].outcome().token == 6
+    out = run_python(code, str(os.getpid())).stdout.strip().splitlines()[-1]
+    assert out == "[(False, 0), (True, 1)] [(False, 0), (True, 1)] 1", out
+    assert live[0].outcome().token == 9
     proc.wait(10)
     assert_clean(lot, expect_reaped_slot=False)
 

@@ -33,7 +33,8 @@ NOBODY = 65534
 H_MAGIC, H_VERSION, H_TOTAL = (0, "<Q"), (8, "<I"), (16, "<Q")
 H_NBUCKETS, H_SLOT_STRIDE = (24, "<I"), (44, "<I")
 H_BUCKETS_OFF, H_SLOTS_OFF = (56, "<Q"), (64, "<Q")
-H_WAITER, H_MUTEX_SIZE = (88, "<I"), (92, "<I")
+H_WAITER = (88, "<I")
+B_LOCK_SIZE = 16  # sl_bucket starts with its lock (sl_ilock: u64 word, u32 wake, u32 pad)
 # sl_slot: wait, state (u32), key, park_token, unpark_token (u64), next, prev, bucket (u32)
 S_NEXT, S_BUCKET = 32, 40
 
@@ -124,7 +125,6 @@ def test_empty_segment_is_a_dead_creators(shm_segment):
     (H_NBUCKETS, 2**21, "buckets must be in"),
     (H_TOTAL, 12345, "total size 12345"),
     (H_WAITER, 7, "unknown waiter backend 7"),
-    (H_MUTEX_SIZE, 3, "3-byte mutexes"),
     (H_SLOT_STRIDE, 8, "record sizes"),
     (H_SLOTS_OFF, 2**40, "offsets"),
 ])
@@ -150,10 +150,9 @@ def _bucket_of(lot, key):
 
 
 def _bucket_field(lot, key, offset):
-    """Byte offset in the segment of a field of ``key``'s bucket (sl_bucket: mutex, then head,
+    """Byte offset in the segment of a field of ``key``'s bucket (sl_bucket: lock, then head,
     tail, count as u32; 64-byte records)."""
-    mutex_size = peek(lot, H_MUTEX_SIZE)
-    return peek(lot, H_BUCKETS_OFF) + _bucket_of(lot, key) * 64 + mutex_size + offset
+    return peek(lot, H_BUCKETS_OFF) + _bucket_of(lot, key) * 64 + B_LOCK_SIZE + offset
 
 
 def test_broken_queue_raises_instead_of_crashing(lot):
@@ -209,8 +208,8 @@ def test_scribbled_slot_of_a_timing_out_parker_fails_cleanly(lot):
 
 @pytest.mark.timeout(120)
 def test_random_scribbles_never_crash(waiter, lot_name):
-    """Random bytes over the queues and slots (not the mutexes: a scribbled lock word is a lock
-    held forever, which no check can tell from a slow holder) make operations fail with an
+    """Random bytes over the queues and slots (not the bucket locks: a scribbled lock word can
+    name a live holder, which no check can tell from a slow one) make operations fail with an
     exception or succeed, never crash or hang the process. Runs in a child interpreter."""
     name = lot_name()
     code = """
@@ -220,13 +219,13 @@ def test_random_scribbles_never_crash(waiter, lot_name):
         buf = lot._buffer
         u32 = lambda off: struct.unpack_from("<I", buf, off)[0]
         u64 = lambda off: struct.unpack_from("<Q", buf, off)[0]
-        mutex = u32(92); boff = u64(56); soff = u64(64); sstride = u32(44); nslots = u32(28)
+        lock = 16; boff = u64(56); soff = u64(64); sstride = u32(44); nslots = u32(28)
         failures = 0
         for seed in range(300):
             rnd = random.Random(seed)
             for _ in range(rnd.randrange(1, 6)):
                 if rnd.random() < 0.5:  # a bucket's head/tail/count/seed/fair timeout
-                    off = boff + rnd.randrange(8) * 64 + mutex + rnd.randrange(0, 64 - mutex - 4)
+                    off = boff + rnd.randrange(8) * 64 + lock + rnd.randrange(0, 64 - lock - 4)
                 else:                   # anywhere in a slot
                     off = soff + rnd.randrange(nslots) * sstride + rnd.randrange(0, sstride - 4)
                 val = rnd.choice([0, 1, 2, 3, nslots, nslots + 1, 0xFFFFFFFF,
@@ -508,3 +507,45 @@ def test_failed_operations_leave_the_lot_consistent(lot):
     t.outcome()
     wait_until(lambda: lot.info()["slots_free"] == lot.slots, message="slots freed")
     assert threading.active_count() >= 1
+
+
+# ---- the core's error messages and deadlines ----------------------------------------------
+
+def test_error_message_belongs_to_its_own_call(lot):
+    """Each call of the core starts with a clean message: after a failure, a call that succeeds
+    leaves none, and the next failure carries only its own."""
+    from shmlot._core import ffi, lib
+    key = 0xBAD
+    head = _bucket_field(lot, key, 0)
+    struct.pack_into("<I", lot._buffer, head, 0xFFFFFFF0)
+    with pytest.raises(LotCorruptError, match="out of range"):
+        lot.unpark_one(key)
+    struct.pack_into("<I", lot._buffer, head, 0)
+    assert lot.unpark_one(key).unparked_threads == 0
+    assert ffi.string(lib.sl_last_error()) == b""
+    assert lib.sl_futex_wait(lot._h(), 2**31, 0) == lib.SL_ECORRUPT
+    assert ffi.string(lib.sl_last_error()) == b"slot index 2147483648 out of range"
+    assert lib.sl_object_kind(lot._h(), 0) == 0
+    assert ffi.string(lib.sl_last_error()) == b""
+
+
+@pytest.mark.timeout(30)
+def test_semaphore_wait_without_deadline_waits(make_lot):
+    """sl_sem_wait takes a deadline of 0 as "none" (api.h), not as one long past."""
+    import posix_ipc
+    from shmlot._core import lib
+    from shmlot._waiters import SemaphoreWaiter
+    lot = make_lot(waiter="semaphore")
+    lot_id = lot.info()["lot_id"]
+    name = SemaphoreWaiter.sem_name(lot_id, 0)
+    sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, initial_value=0)
+    try:
+        timer = threading.Timer(0.3, sem.release)
+        timer.start()
+        t0 = time.monotonic()
+        assert lib.sl_sem_wait(lot._h(), 0, lot_id, 0) == 0
+        assert time.monotonic() - t0 >= 0.25
+        timer.join()
+    finally:
+        sem.unlink()
+        sem.close()

@@ -358,11 +358,13 @@ def test_default_lot_is_used_without_argument(flot):
 def test_corrupt_lot_is_exit_1(flot, shm_segment):
     with open(f"/dev/shm/{flot.name}", "r+b") as f:
         f.seek(8)
+        version = f.read(4)
+        f.seek(8)
         f.write(struct.pack("<I", 99))  # layout version
     assert_one_line_error(run_stat(flot.name), 1, "corrupt", "version 99")
     with open(f"/dev/shm/{flot.name}", "r+b") as f:
         f.seek(8)
-        f.write(struct.pack("<I", 1))
+        f.write(version)
     assert run_stat(flot.name).returncode == 0
     seg = shm_segment(8192)
     with open(f"/dev/shm/{seg.name}", "r+b") as f:
@@ -371,6 +373,16 @@ def test_corrupt_lot_is_exit_1(flot, shm_segment):
     r = run_stat("--unlink", seg.name)  # a segment that does not attach is removed too
     assert r.returncode == 0 and "not a usable lot" in r.stdout, (r.stdout, r.stderr)
     assert not os.path.exists(f"/dev/shm/{seg.name}")
+
+
+def test_truncated_lot_is_exit_1(flot):
+    """A lot whose file is shorter than its header says (someone truncated it): one line, exit 1,
+    and never a SIGBUS from reading past the end."""
+    size = os.path.getsize(f"/dev/shm/{flot.name}")
+    os.truncate(f"/dev/shm/{flot.name}", size // 2)
+    for args in ([flot.name], ["--reap", flot.name], ["-a", flot.name]):
+        assert_one_line_error(run_stat(*args), 1, "corrupt", f"segment is {size // 2} bytes",
+                              f"header says {size}", "truncated")
 
 
 def test_not_permitted_is_exit_1(flot, monkeypatch, capsys):

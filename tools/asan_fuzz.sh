@@ -5,6 +5,11 @@
 #   tools/asan_fuzz.sh                      # 300 examples per waiter backend
 #   tools/asan_fuzz.sh 1000                 # 1000 each
 #   EXTRA="--derandomize" tools/asan_fuzz.sh 100
+#   LIVE=20 tools/asan_fuzz.sh              # and 20 live rounds each (default 10)
+#
+# Besides the examples (one scribble, then every operation), each backend gets LIVE rounds of
+# fuzz_lot.py --live: random bytes written over a lot while threads of the instrumented process
+# are parked in it, contend on a Lock, wait on a Condition and notify it.
 #
 # The checkout is copied to $ASAN_BUILD (default /tmp/shmlot-asan), both native modules (the cffi
 # core and the C-API fast module) are compiled there with -fsanitize=address, and the fuzzer runs
@@ -12,11 +17,12 @@
 # report (out-of-bounds read or write, use after free...) aborts the run with its stack; the
 # script exits non-zero on any failure. Leak detection is off: the interpreter itself keeps
 # memory until exit. Environment: PYTHON (default .venv/bin/python), ASAN_BUILD, EXTRA (more
-# fuzz_lot.py arguments).
+# fuzz_lot.py arguments), LIVE (live rounds per backend; 0 for none).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 examples=${1:-300}
+live=${LIVE:-10}
 python=${PYTHON:-$here/.venv/bin/python}
 build=${ASAN_BUILD:-/tmp/shmlot-asan}
 libasan=$(gcc -print-file-name=libasan.so)
@@ -70,6 +76,18 @@ for waiter in futex semaphore; do
         echo "asan_fuzz: FAILED ($waiter); last example and report:" >&2
         grep '^EXAMPLE' "$build/fuzz-$waiter.err" | tail -1 >&2 || true
         grep -v '^EXAMPLE' "$build/fuzz-$waiter.err" | tail -60 >&2
+    fi
+    if [ "$live" -gt 0 ]; then
+        echo "asan_fuzz: $live live rounds, $waiter waiter"
+        if ! (cd "$build" && env LD_PRELOAD="$libasan" \
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:print_summary=1" \
+                "$python" tools/fuzz_lot.py --live "$live" --waiter "$waiter" \
+                --prefix "shmlot-asan-$$-" 2>"$build/live-$waiter.err"); then
+            status=1
+            echo "asan_fuzz: FAILED (live, $waiter); last round and report:" >&2
+            grep '^EXAMPLE' "$build/live-$waiter.err" | tail -1 >&2 || true
+            grep -v '^EXAMPLE' "$build/live-$waiter.err" | tail -60 >&2
+        fi
     fi
     # a crashed run leaves its lots behind
     for f in /dev/shm/shmlot-asan-$$-*; do

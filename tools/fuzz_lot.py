@@ -6,7 +6,7 @@ Each example creates a small lot (4 buckets, 8 slots, 8 objects, 8 holds: every 
 bucket the scribble may hit), opens one primitive of each kind by name, parks up to two helper
 threads with a timeout, then writes bytes (raw, or a 4/8-byte value chosen to be interesting: 0,
 1, all ones, slot counts, this process's pid and tids, ...) at an offset in one region: the
-header, a bucket (its robust mutex included), a slot, an object record or a hold entry. Then it
+header, a bucket (its lock included), a slot, an object record or a hold entry. Then it
 runs a list of operations: attach (a new handle validates the header), park with a timeout, the
 four unparks, reap, _snapshot, info, deadlock detection, and every primitive with a timeout.
 
@@ -27,6 +27,7 @@ before a crash names the culprit.
     python tools/fuzz_lot.py --examples 60 --derandomize    # reproducible (CI)
     python tools/fuzz_lot.py --waiter semaphore --examples 100
     python tools/fuzz_lot.py --atheris -- -runs=5000 -max_len=300   # coverage-guided (atheris)
+    python tools/fuzz_lot.py --live 10      # scribbling while threads park, wait and notify
 
 Exit status: 0 clean, 1 a failing example (printed) or a hang ("Timeout" and the stacks), or the
 signal of a crash.
@@ -57,10 +58,10 @@ HANG_SECONDS = 30     # watchdog per example
 BUCKETS, SLOTS, OBJECTS, HOLDS = 4, 8, 8, 8
 KEYS = list(range(1, 9))
 ALLOWED = (OSError, ValueError, RuntimeError, TypeError, KeyError)
-REGIONS = ("header", "bucket", "slot", "object", "hold", "mutex")
+REGIONS = ("header", "bucket", "slot", "object", "hold", "lock")
 HEADER_SPAN = 640     # the fields of sl_header (the rest of the 4 KiB page is padding)
-REGISTRY_MUTEX = 488  # offsetof(sl_header, registry_mutex) on x86-64 glibc
-MUTEX_SIZE = 40       # sizeof(pthread_mutex_t) there
+REGISTRY_LOCK = 488   # offsetof(sl_header, registry_lock)
+LOCK_SIZE = 16        # sizeof(sl_ilock): u64 word, u32 wake counter, u32 pad
 
 try:
     from shmlot import deadlock as _deadlock
@@ -83,12 +84,12 @@ def geometry(buf):
             "object": (oo, no, so), "hold": (oh, nh, sh)}
 
 
-def mutex_position(geo, index, offset):
-    """A robust mutex: the registry's (index 0) or a bucket's (its first field)."""
+def lock_position(geo, index, offset):
+    """An internal lock: the registry's (index 0) or a bucket's (its first field)."""
     if index % (BUCKETS + 1) == 0:
-        return REGISTRY_MUTEX + offset % MUTEX_SIZE
+        return REGISTRY_LOCK + offset % LOCK_SIZE
     base, count, stride = geo["bucket"]
-    return base + (index % (BUCKETS + 1) - 1) * stride + offset % MUTEX_SIZE
+    return base + (index % (BUCKETS + 1) - 1) * stride + offset % LOCK_SIZE
 
 
 def interesting_values():
@@ -206,8 +207,8 @@ def run_example(ex, verbose=False):
         try:
             region, index, offset, spec = ex.scribble
             geo = geometry(m)
-            if region == "mutex":
-                pos = mutex_position(geo, index, offset)
+            if region == "lock":
+                pos = lock_position(geo, index, offset)
             else:
                 base, count, stride = geo[region]
                 pos = base + (index % count) * stride + offset % stride
@@ -414,6 +415,118 @@ def run_atheris(args, rest):
     atheris.Fuzz()
 
 
+# ---- live lots: scribbling while threads are parked --------------------------------------------
+
+LIVE_SECONDS = 1.5    # per round
+FIXED_HEADER = 128    # sl_header up to creator_pid: read only at attach
+
+
+def live_round(waiter, seed):
+    """Threads of this process park, contend on a Lock, wait on a Condition and notify it, while
+    another thread writes random bytes over the lot (bursts of small writes, then all of it past
+    the fixed header). Every wait has a timeout; allowed outcomes are those of the examples.
+    Returns the outcomes counted by kind; raises Failure on an unexpected exception or a thread
+    that does not finish."""
+    import random
+    name = f"{PREFIX}{uuid.uuid4().hex[:8]}"
+    lot = shmlot.ParkingLot.create(name, buckets=BUCKETS, slots=4 * SLOTS, mode=0o600,
+                                   waiter=waiter, objects=OBJECTS, holds=HOLDS)
+    lock = shmlot.Lock(name="lock", lot=lot)
+    cond = shmlot.Condition(name="cond", lot=lot)
+    end = time.monotonic() + LIVE_SECONDS
+    counts, failures = {}, []
+    counts_lock = threading.Lock()
+
+    def worker(role, rnd):
+        while time.monotonic() < end:
+            try:
+                if role == "park":
+                    lot.park(rnd.choice(KEYS), timeout=0.03)
+                elif role == "lock":
+                    if lock.acquire(timeout=0.03):
+                        lock.release()
+                elif role == "wait":
+                    if cond.acquire(timeout=0.03):
+                        try:
+                            cond.wait(0.03)
+                        finally:
+                            cond.release()
+                elif role == "notify":
+                    if cond.acquire(timeout=0.03):
+                        try:
+                            cond.notify_all()
+                        finally:
+                            cond.release()
+                else:
+                    lot.unpark_all(rnd.choice(KEYS))
+                    lot.unpark_one(rnd.choice(KEYS), lambda r: 1)
+                outcome = "ok"
+            except ALLOWED as exc:
+                outcome = type(exc).__name__
+            except BaseException as exc:
+                failures.append(f"{role}: unexpected {type(exc).__name__}: {exc}")
+                return
+            with counts_lock:
+                counts[outcome] = counts.get(outcome, 0) + 1
+
+    def scribbler(rnd):
+        with open(f"/dev/shm/{name}", "r+b") as f:
+            m = mmap.mmap(f.fileno(), 0)
+        try:
+            whole = False
+            time.sleep(0.1)
+            while time.monotonic() < end - 0.2:
+                for _ in range(rnd.randrange(1, 6)):
+                    n = rnd.choice((1, 4, 8, 16, 64))
+                    off = rnd.randrange(FIXED_HEADER, len(m) - n)
+                    m[off:off + n] = rnd.randbytes(n)
+                if not whole and time.monotonic() > end - LIVE_SECONDS / 2:
+                    m[FIXED_HEADER:] = rnd.randbytes(len(m) - FIXED_HEADER)
+                    whole = True
+                time.sleep(0.005)
+        finally:
+            m.close()
+
+    roles = ["park", "park", "lock", "lock", "wait", "wait", "notify", "unpark"]
+    threads = [threading.Thread(target=worker, args=(r, random.Random(seed * 100 + i)),
+                                daemon=True) for i, r in enumerate(roles)]
+    threads.append(threading.Thread(target=scribbler, args=(random.Random(seed),), daemon=True))
+    try:
+        for t in threads:
+            t.start()
+        # A scribbled lot can leave the lock's word naming a thread that will not release it:
+        # one that went on after its release failed (LotCorruptError), or a Condition waiter
+        # that could not leave a scribbled queue and was handed the lock while it re-acquires
+        # it (without a timeout, as threading does). Once the round is over, free the word for
+        # the threads still waiting (their owner poll sees it free and takes it).
+        give_up = time.monotonic() + LIVE_SECONDS + 10
+        while any(t.is_alive() for t in threads) and time.monotonic() < give_up:
+            time.sleep(0.05)
+            if time.monotonic() > end + 1:
+                for w in (lock, cond._lock):
+                    w._cas_word(w._word(), 0)
+        if any(t.is_alive() for t in threads):
+            faulthandler.dump_traceback(all_threads=True)
+            raise Failure(f"live round {seed}: a thread is still running 10 s past the end")
+        if failures:
+            raise Failure(f"live round {seed}: {failures[0]}")
+    finally:
+        lot.unlink()
+    return counts
+
+
+def run_live(args):
+    for seed in range(args.live):
+        print(f"EXAMPLE live round {seed} ({args.waiter})", file=sys.stderr, flush=True)
+        faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+        try:
+            counts = live_round(args.waiter, seed)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        if args.verbose:
+            print(f"  {counts}", file=sys.stderr)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     rest = []
@@ -428,6 +541,9 @@ def main(argv=None):
                    "(arguments after -- go to libFuzzer)")
     p.add_argument("-v", "--verbose", action="store_true", help="print each example's outcomes")
     p.add_argument("--prefix", help="name the lots PREFIX<8 hex> (default shmlot-fuzz-<pid>-)")
+    p.add_argument("--live", type=int, metavar="ROUNDS", help="instead of examples: ROUNDS "
+                   "rounds of random bytes written over a lot while threads park, contend, "
+                   "wait and notify in it")
     args = p.parse_args(argv)
     global PREFIX
     if args.prefix:
@@ -439,6 +555,11 @@ def main(argv=None):
         run_atheris(args, rest)
         return 0
     t0 = time.monotonic()
+    if args.live:
+        run_live(args)
+        print(f"fuzz_lot: {args.live} live rounds on the {args.waiter} waiter, no crash, hang "
+              f"or unexpected error ({time.monotonic() - t0:.1f} s)")
+        return 0
     run_hypothesis(args)
     print(f"fuzz_lot: {args.examples} examples on the {args.waiter} waiter, no crash, hang or "
           f"unexpected error ({time.monotonic() - t0:.1f} s)")

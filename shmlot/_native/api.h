@@ -81,7 +81,8 @@ typedef struct {
     uint64_t hint;
     uint32_t bucket;
     uint32_t wait;           /* 0 unparked, 1 asleep, 2 woken ahead of its turn (spinning) */
-    int32_t guard_alive;     /* the slot guard's view of its thread: 1 alive, 0 dead, -1 unknown */
+    int32_t guard_alive;     /* the cheap liveness check's view of its thread (alive.c): 1 alive,
+                                0 dead, -1 it cannot tell */
 } sl_slot_info;
 
 typedef struct {
@@ -254,11 +255,11 @@ int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, ui
  * Python signal handler but SIGINT's by its own SignalError, losing it. */
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);
 
-/* test hook: where slot idx's guard mutex lies in the segment (offset; *size its bytes), so
- * that tests can make a guard unusable and see liveness fall back to /proc. -1 if idx is bad. */
-int64_t sl_test_slot_guard(sl_lot *l, uint32_t idx, uint32_t *size);
-/* test hook: SIGKILL self when the thread reaches sl_maybe_die(step) (park.c; every step is
- * listed in tests/test_fault_steps.py); "" disarms it */
+/* test hook: 0 turns off the cheap liveness check of parked threads (alive.c), as on a system
+ * without pidfds, so that /proc answers instead; 1 turns it back on. */
+int sl_test_liveness_cache(int enable);
+/* test hook: SIGKILL self at a named step (sl_maybe_die); "stop:STEP" stops the process there
+ * (SIGSTOP) instead, once */
 int sl_test_set_die_at(const char *step);
 /* CDEF END */
 

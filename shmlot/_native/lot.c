@@ -14,7 +14,6 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <linux/futex.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -24,7 +23,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/random.h>
-#include <sys/sysmacros.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -35,6 +33,10 @@ __thread int sl_in_callback;
 static __thread char last_error[256];
 
 const char *sl_last_error(void) { return last_error; }
+
+/* Every entry point starts with this, so that an error carries its own message, never one left
+ * over from an earlier call. */
+void sl_clear_error(void) { last_error[0] = 0; }
 
 int sl_fail(int code, const char *fmt, ...)
 {
@@ -105,42 +107,6 @@ static int check_name(const char *name, char *path, size_t pathlen)
     return 0;
 }
 
-static int init_robust_mutex(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t a;
-    int rc = pthread_mutexattr_init(&a);
-    if (!rc) rc = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    if (!rc) rc = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    if (!rc) rc = pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ERRORCHECK);
-    if (!rc) rc = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    return rc;
-}
-
-static int mutex_kind_of(pthread_mutex_t *m)
-{
-#ifdef __GLIBC__
-    return __atomic_load_n(&m->__data.__kind, __ATOMIC_RELAXED);
-#else
-    (void)m;
-    return 0;
-#endif
-}
-
-/* The glibc kind of a mutex initialised as every lot mutex is (0 where it cannot be read). A lot
- * whose header records another kind was made by another C library (musl's pthread_mutex_t has
- * the same size on x86-64, so mutex_size alone cannot tell) or has been written over. */
-static int local_mutex_kind(void)
-{
-    static int kind = -1;
-    if (kind < 0) {
-        pthread_mutex_t m;
-        kind = init_robust_mutex(&m) == 0 ? mutex_kind_of(&m) : 0;
-        pthread_mutex_destroy(&m);
-    }
-    return kind;
-}
-
 static void remember_file(sl_lot *l, int fd)
 {
     struct stat st;
@@ -179,27 +145,21 @@ static void init_layout(sl_lot *l, const char *name, uint32_t waiter)
     h->objects_off = l->objects_off;
     h->holds_off = l->holds_off;
     h->waiter = waiter;
-    h->mutex_size = sizeof(pthread_mutex_t);
     h->created_ns = realtime_ns();
     if (getrandom(&h->lot_id, sizeof h->lot_id, 0) != sizeof h->lot_id)
         h->lot_id = realtime_ns() ^ ((uint64_t)getpid() << 32);
     h->pidns = pid_namespace();
     h->creator_pid = (uint32_t)getpid();
     snprintf(h->name, sizeof h->name, "%s", name);
-    init_robust_mutex(&h->registry_mutex);
     uint64_t now = sl_now_ns();
     for (uint32_t i = 0; i < l->nbuckets; i++) {
         sl_bucket *b = BUCKET(l, i);
-        init_robust_mutex(&b->mutex);
         b->seed = (uint32_t)(h->lot_id >> 16) ^ (i * 2654435761u) ^ 1u;
         b->fair_timeout_ns = now;
     }
-    h->mutex_kind = (uint32_t)mutex_kind_of(&BUCKET(l, 0)->mutex);
     /* free list: 0 -> 1 -> ... -> n-1 */
-    for (uint32_t i = 0; i < l->nslots; i++) {
+    for (uint32_t i = 0; i < l->nslots; i++)
         SLOT(l, i)->next_free = (i + 1 < l->nslots) ? i + 2 : SL_NIL;
-        init_robust_mutex(&SLOT(l, i)->guard);
-    }
     h->free_head = 1;
 }
 
@@ -225,6 +185,7 @@ static int still_linked(const char *path, int fd)
 int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nobjects,
               uint32_t nholds, int mode, uint32_t waiter, sl_lot **out)
 {
+    sl_clear_error();
     char path[SL_NAME_MAX + 2];
     int rc = check_name(name, path, sizeof path);
     if (rc)
@@ -233,7 +194,7 @@ int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nob
         return sl_fail(-EINVAL, "unknown waiter backend %u", waiter);
     sl_lot *l = calloc(1, sizeof *l);
     if (!l)
-        return -ENOMEM;
+        return sl_fail(-ENOMEM, "out of memory");
     rc = compute_geometry(l, nbuckets, nslots, nobjects, nholds);
     if (rc) {
         free(l);
@@ -284,7 +245,6 @@ int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nob
     }
     remember_file(l, fd);
     init_layout(l, name, waiter);
-    l->mutex_kind = (int)HDR(l)->mutex_kind;
     sl_maybe_die("create_before_magic"); /* test hook: a creator dead mid-create */
     /* publish: attachers wait for the magic, so everything above is visible first */
     __atomic_store_n(&HDR(l)->magic, SL_MAGIC, __ATOMIC_RELEASE);
@@ -328,15 +288,6 @@ static int validate_header(sl_lot *l, const sl_header *h, uint64_t file_size)
     if (h->header_size != SL_HEADER_SIZE)
         return sl_fail(SL_ECORRUPT, "header size %u, expected %u", h->header_size,
                        SL_HEADER_SIZE);
-    if (h->mutex_size != sizeof(pthread_mutex_t))
-        return sl_fail(SL_ECORRUPT,
-                       "created by a C library with %u-byte mutexes, this one has %zu (glibc/musl "
-                       "mismatch?)", h->mutex_size, sizeof(pthread_mutex_t));
-    if ((int)h->mutex_kind != local_mutex_kind())
-        return sl_fail(SL_ECORRUPT,
-                       "created by a C library whose robust mutexes differ from this one's "
-                       "(mutex kind %u, here %d: glibc/musl mismatch?)", h->mutex_kind,
-                       local_mutex_kind());
     if (h->waiter != SL_WAITER_FUTEX && h->waiter != SL_WAITER_SEMAPHORE)
         return sl_fail(SL_ECORRUPT, "unknown waiter backend %u", h->waiter);
     int rc = compute_geometry(l, h->nbuckets, h->nslots, h->nobjects, h->nholds);
@@ -355,15 +306,15 @@ static int validate_header(sl_lot *l, const sl_header *h, uint64_t file_size)
         return sl_fail(SL_ECORRUPT, "total size %llu, expected %llu",
                        (unsigned long long)h->total_size, (unsigned long long)l->size);
     if (file_size < l->size)
-        return sl_fail(SL_ECORRUPT, "segment is %llu bytes, header says %llu",
+        return sl_fail(SL_ECORRUPT, "segment is %llu bytes, header says %llu (truncated)",
                        (unsigned long long)file_size, (unsigned long long)l->size);
     l->waiter = h->waiter;
-    l->mutex_kind = local_mutex_kind();
     return 0;
 }
 
 int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
 {
+    sl_clear_error();
     char path[SL_NAME_MAX + 2];
     int rc = check_name(name, path, sizeof path);
     if (rc)
@@ -381,7 +332,7 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
         if (fstat(fd, &st) != 0) {
             rc = -errno;
             close(fd);
-            return rc;
+            return sl_fail(rc, "fstat(%s): %s", path, strerror(-rc));
         }
         uint64_t magic = 0;
         if ((uint64_t)st.st_size >= SL_HEADER_SIZE) {
@@ -425,7 +376,7 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
     sl_lot *l = calloc(1, sizeof *l);
     if (!l) {
         close(fd);
-        return -ENOMEM;
+        return sl_fail(-ENOMEM, "out of memory");
     }
     rc = validate_header(l, &hcopy, (uint64_t)st.st_size);
     if (!rc)
@@ -452,6 +403,7 @@ void sl_close(sl_lot *l)
 
 int sl_unlink(const char *name)
 {
+    sl_clear_error();
     char path[SL_NAME_MAX + 2];
     int rc = check_name(name, path, sizeof path);
     if (rc)
@@ -486,19 +438,21 @@ int sl_queue_check_link(sl_lot *l, uint32_t link) { return link <= l->nslots; }
 /* A process died holding bucket b's lock, maybe half-way through changing its queue. Rebuild the
  * queue from what is certain: walk the links forward from head, keeping slots that say they are
  * queued here; then re-append any slot that says it is queued here but was not reached (a live
- * waiter must never be lost), and free those of dead processes. */
+ * waiter must never be lost), and free those of dead processes. Allocation-free: a slot reached
+ * by this repair carries its stamp (repair_mark), so a loop in the links ends the walk and the
+ * second pass knows which slots the walk kept. */
 static void repair_bucket(sl_lot *l, uint32_t b)
 {
     sl_bucket *bk = BUCKET(l, b);
-    uint8_t *seen = calloc(l->nslots, 1);
+    uint64_t stamp = ((uint64_t)b << 32) | ++bk->repairs;
     uint32_t head = SL_NIL, tail = SL_NIL, count = 0;
     uint32_t link = bk->head;
-    while (seen && link != SL_NIL && link <= l->nslots && count < l->nslots) {
+    while (link != SL_NIL && link <= l->nslots && count < l->nslots) {
         uint32_t i = link - 1;
         sl_slot *s = SLOT(l, i);
-        if (seen[i] || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
+        if (s->repair_mark == stamp || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
             break;
-        seen[i] = 1;
+        s->repair_mark = stamp;
         s->prev = tail;
         if (tail == SL_NIL)
             head = link;
@@ -513,153 +467,58 @@ static void repair_bucket(sl_lot *l, uint32_t b)
     bk->head = head;
     bk->tail = tail;
     bk->count = count;
-    for (uint32_t i = 0; seen && i < l->nslots; i++) {
+    for (uint32_t i = 0; i < l->nslots; i++) {
         sl_slot *s = SLOT(l, i);
-        if (seen[i] || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
+        if (s->repair_mark == stamp || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
             continue;
         if (!sl_thread_gone(s->pid, s->tid, s->start)) {
             sl_queue_append(l, b, i);
+            s->repair_mark = stamp;
         } else {
             STORE(&s->state, SLOT_ALLOCATED);
             sl_slot_free(l, i);
             sl_count(l, SL_C_REAPED, 1);
         }
     }
-    free(seen);
     sl_count(l, SL_C_BUCKET_REPAIRS, 1);
-}
-
-/* Does process/thread `tid` have this lot's segment mapped (or can we not tell)? */
-static int maps_lot(sl_lot *l, uint32_t tid)
-{
-    char path[64], line[512];
-    snprintf(path, sizeof path, "/proc/%u/maps", tid);
-    FILE *f = fopen(path, "re");
-    if (!f)
-        return 1; /* another user's process, or no /proc: it may well hold it */
-    int found = 0;
-    unsigned maj, min;
-    unsigned long long ino;
-    while (!found && fgets(line, sizeof line, f)) {
-        if (sscanf(line, "%*s %*s %*s %x:%x %llu", &maj, &min, &ino) == 3)
-            found = ino == l->ino && maj == major(l->dev) && min == minor(l->dev);
-    }
-    fclose(f);
-    return found;
-}
-
-/* The state letter of thread `tid` in /proc (0 when it cannot be read). */
-static char thread_state(uint32_t tid)
-{
-    char path[64], state = 0;
-    uint64_t start;
-    snprintf(path, sizeof path, "/proc/%u/stat", tid);
-    return sl_read_stat(path, &state, NULL, &start) == 1 ? state : 0;
-}
-
-/* A robust mutex we have waited a slice for: could the thread its word names really hold it?
- * A holder that dies makes the kernel set FUTEX_OWNER_DIED, and glibc copies the holder's tid
- * into __owner right after taking the word (and clears it just before letting go), with no
- * system call in between. So these are garbage written into the segment, and waiting for them
- * would never end: a word with only the waiters bit; one naming a thread that does not exist, or
- * whose process does not map the lot; one that disagrees with __owner while the thread it names
- * sleeps in a system call (so it is not between the two stores), seen twice in a row (*seen
- * keeps the previous disagreement). Returns the bogus holder's tid (UINT32_MAX for "none"), or 0
- * when the wait may go on. */
-static uint32_t implausible_owner(sl_lot *l, pthread_mutex_t *m, uint64_t *seen)
-{
-#ifdef __GLIBC__
-    uint32_t word = (uint32_t)__atomic_load_n(&m->__data.__lock, __ATOMIC_RELAXED);
-    uint32_t owner = (uint32_t)__atomic_load_n(&m->__data.__owner, __ATOMIC_RELAXED);
-    uint32_t tid = word & FUTEX_TID_MASK;
-    uint64_t pair = ((uint64_t)owner << 32) | word;
-    uint64_t before = *seen;
-    *seen = 0;
-    if (word == 0 || (word & FUTEX_OWNER_DIED))
-        return 0; /* free now, or the next attempt reports EOWNERDEAD */
-    if (tid == 0)
-        return UINT32_MAX;
-    if (!sl_pid_exists(tid))
-        return tid;
-    if (owner != tid && thread_state(tid) == 'S') {
-        if (before == pair)
-            return tid;
-        *seen = pair;
-    }
-    if (!maps_lot(l, tid))
-        return tid;
-#else
-    (void)l;
-    (void)m;
-    (void)seen;
-#endif
-    return 0;
-}
-
-#define SL_LOCK_SLICE_NS 100000000ULL /* how often a long wait for a mutex checks its holder */
-
-static int lock_mutex(sl_lot *l, pthread_mutex_t *m, uint64_t deadline_ns, int *owner_died)
-{
-    *owner_died = 0;
-    if (sl_in_callback)
-        return sl_fail(SL_EREENTRANT, "lot operation called from a callback that runs under a "
-                       "bucket lock");
-    if (l->mutex_kind && mutex_kind_of(m) != l->mutex_kind)
-        return sl_fail(SL_ECORRUPT, "bucket mutex is corrupt (kind %d)", mutex_kind_of(m));
-    int rc;
-    uint64_t seen = 0;
-    for (;;) {
-        /* in slices, so that a holder that cannot exist is noticed, deadline or not */
-        uint64_t until = sl_now_ns() + SL_LOCK_SLICE_NS;
-        if (deadline_ns && deadline_ns < until)
-            until = deadline_ns;
-        struct timespec ts = {(time_t)(until / 1000000000ULL), (long)(until % 1000000000ULL)};
-        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-        if (rc != ETIMEDOUT || (deadline_ns && sl_now_ns() >= deadline_ns))
-            break;
-        uint32_t bad = implausible_owner(l, m, &seen);
-        if (bad == UINT32_MAX)
-            return sl_fail(SL_ECORRUPT, "lot mutex is corrupt (waiters bit set, no owner)");
-        if (bad)
-            return sl_fail(SL_ECORRUPT, "lot mutex names thread %u as its holder, which cannot "
-                           "hold it (corrupt segment)", bad);
-    }
-    switch (rc) {
-    case 0:
-        return 0;
-    case EOWNERDEAD:
-        pthread_mutex_consistent(m);
-        *owner_died = 1;
-        return 0;
-    case ETIMEDOUT:
-        return sl_fail(SL_ETIMEDOUT, "timed out waiting for a bucket lock");
-    case EDEADLK:
-        return sl_fail(SL_EREENTRANT, "bucket lock already held by this thread");
-    case ENOTRECOVERABLE:
-        return sl_fail(SL_ECORRUPT, "bucket mutex not recoverable");
-    default:
-        return sl_fail(SL_ECORRUPT, "bucket mutex error %d (%s)", rc, strerror(rc));
-    }
 }
 
 int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns)
 {
+    if (sl_in_callback)
+        return sl_fail(SL_EREENTRANT, "lot operation called from a callback that runs under a "
+                       "bucket lock");
     int died;
-    int rc = lock_mutex(l, &BUCKET(l, b)->mutex, deadline_ns, &died);
+    int rc = sl_ilock_lock(l, &BUCKET(l, b)->lock, deadline_ns, 0, "bucket", &died);
     if (rc == 0 && died)
         repair_bucket(l, b);
     return rc;
 }
 
-void sl_bucket_unlock(sl_lot *l, uint32_t b) { pthread_mutex_unlock(&BUCKET(l, b)->mutex); }
+void sl_bucket_unlock(sl_lot *l, uint32_t b) { sl_ilock_unlock(&BUCKET(l, b)->lock); }
 
+/* How long a registry call waits for one live holder that does not let go (a stopped process)
+ * before it gives up with an error naming it. Holds are short: a search of the records, or a
+ * reap, which bounds its own bucket waits to one second. */
+#define SL_REGISTRY_STUCK_NS 2000000000ULL
+
+/* Nothing to repair after a holder's death: every change made under the registry lock is
+ * published by its last store (a record's state, a hold's key), so a half-done one is either
+ * invisible or complete. */
 int sl_registry_lock(sl_lot *l)
 {
+    if (sl_in_callback)
+        return sl_fail(SL_EREENTRANT, "lot operation called from a callback that runs under a "
+                       "bucket lock");
     int died;
-    return lock_mutex(l, &HDR(l)->registry_mutex, 0, &died);
+    int rc = sl_ilock_lock(l, &HDR(l)->registry_lock, 0, SL_REGISTRY_STUCK_NS, "registry",
+                           &died);
+    if (rc == 0)
+        sl_maybe_die("registry_locked");
+    return rc;
 }
 
-void sl_registry_unlock(sl_lot *l) { pthread_mutex_unlock(&HDR(l)->registry_mutex); }
+void sl_registry_unlock(sl_lot *l) { sl_ilock_unlock(&HDR(l)->registry_lock); }
 
 /* ---- queues (caller holds the bucket lock) ----------------------------------------------- */
 
@@ -749,69 +608,20 @@ void sl_slot_free(sl_lot *l, uint32_t idx)
     }
 }
 
-/* ---- slot guards ----------------------------------------------------------------------------
- * A parked thread holds its slot's guard (a robust mutex, as the bucket mutexes are) from
- * allocation to release. The kernel walks a dying thread's robust list before the process turns
- * zombie and marks each mutex it held FUTEX_OWNER_DIED, so "is this waiter dead?" is one load of
- * the guard's word. A guard that is not what it should be (a lot made before guards existed,
- * a scribbled segment, a trylock that failed) only means "unknown": callers then ask /proc. */
+/* The owning thread gives its slot back. */
+void sl_slot_release(sl_lot *l, uint32_t idx) { sl_slot_free(l, idx); }
 
-static int guard_usable(sl_lot *l, pthread_mutex_t *m)
-{
-    return l->mutex_kind && mutex_kind_of(m) == l->mutex_kind;
-}
-
-/* Take the guard of a slot just taken from the free list (its last owner's death, if it died
- * holding it, is settled here). */
-void sl_slot_guard_take(sl_lot *l, uint32_t idx)
-{
-    pthread_mutex_t *m = &SLOT(l, idx)->guard;
-    if (!guard_usable(l, m))
-        return;
-    if (pthread_mutex_trylock(m) == EOWNERDEAD)
-        pthread_mutex_consistent(m);
-}
-
-/* The owning thread gives its slot back: drop the guard (a no-op if it is not ours), free it. */
-void sl_slot_release(sl_lot *l, uint32_t idx)
-{
-    pthread_mutex_t *m = &SLOT(l, idx)->guard;
-    if (guard_usable(l, m))
-        pthread_mutex_unlock(m); /* EPERM when we never got it: nothing to undo */
-    sl_slot_free(l, idx);
-}
-
-/* Is the thread that owns slot idx alive? 1 yes, 0 dead (the kernel said so), -1 the guard
- * cannot tell (ask /proc). Only reads the segment. */
+/* Is the thread that owns slot idx alive? 1 yes, 0 dead, -1 cannot tell cheaply (ask /proc):
+ * alive.c's answer for the pid, tid and start time the slot names. */
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx)
 {
-#ifdef __GLIBC__
     sl_slot *s = SLOT(l, idx);
-    if (!guard_usable(l, &s->guard))
-        return -1;
-    uint32_t word = (uint32_t)__atomic_load_n(&s->guard.__data.__lock, __ATOMIC_ACQUIRE);
-    if (word & FUTEX_OWNER_DIED)
-        return 0;
-    /* held by the thread the slot names (tids as its own PID namespace sees them) */
-    if ((word & FUTEX_TID_MASK) != 0 && (word & FUTEX_TID_MASK) == LOAD(&s->tid))
-        return 1;
-#else
-    (void)l;
-    (void)idx;
-#endif
-    return -1;
-}
-
-int64_t sl_test_slot_guard(sl_lot *l, uint32_t idx, uint32_t *size)
-{
-    *size = (uint32_t)sizeof(pthread_mutex_t);
-    if (idx >= l->nslots)
-        return -1;
-    return (int64_t)((char *)&SLOT(l, idx)->guard - l->base);
+    return sl_peer_alive(LOAD(&s->pid), LOAD(&s->tid), LOAD(&s->start));
 }
 
 int sl_info(sl_lot *l, sl_lot_info *o)
 {
+    sl_clear_error();
     sl_header *h = HDR(l);
     memset(o, 0, sizeof *o);
     o->version = h->version;

@@ -9,13 +9,14 @@
 #ifndef SHMLOT_LOT_H
 #define SHMLOT_LOT_H
 
-#include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
 #include "api.h"
 
 #define SL_MAGIC 0x31544f4c4d485300ULL /* "\0SHMLOT1" */
-#define SL_VERSION 1
+/* 2: the internal locks are futex words with their holder's identity (ilock.c), no pthread
+ * mutex in the segment */
+#define SL_VERSION 2
 #define SL_HEADER_SIZE 4096
 #define SL_NAME_MAX 200
 
@@ -27,6 +28,13 @@
 
 #define SL_NIL 0u /* links store index+1; 0 is "none" */
 
+/* An internal lock (ilock.c): a bucket's, or the registry's. */
+typedef struct {
+    uint64_t word;           /* 0 free, else LOCKED | [WAITERS] | holder's owner bits */
+    uint32_t wake;           /* futex word: bumped by an unlock that saw WAITERS */
+    uint32_t pad;
+} sl_ilock;
+
 typedef struct {
     uint64_t magic;          /* written last at creation, with release ordering */
     uint32_t version;
@@ -36,27 +44,29 @@ typedef struct {
     uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
     uint64_t buckets_off, slots_off, objects_off, holds_off;
     uint32_t waiter;         /* SL_WAITER_FUTEX or SL_WAITER_SEMAPHORE */
-    uint32_t mutex_size;     /* sizeof(pthread_mutex_t) of the creator: a libc mismatch check */
+    uint32_t reserved0;
     uint64_t created_ns;     /* CLOCK_REALTIME at creation */
     uint64_t lot_id;         /* random; names the lot's semaphores */
     uint64_t pidns;          /* inode of the creator's /proc/self/ns/pid */
     uint32_t creator_pid;
-    uint32_t mutex_kind;     /* glibc __kind of an initialised bucket mutex (a scribble check) */
+    uint32_t reserved1;
     uint64_t free_head;      /* slot free list: (tag << 32) | (index + 1); tag defeats ABA */
     uint64_t objects_used;   /* informational */
     uint32_t object_hint;    /* where to start looking for a free object record */
     uint32_t pad0;
     uint64_t counters[SL_NCOUNTERS];
     char name[SL_NAME_MAX + 8];
-    pthread_mutex_t registry_mutex; /* guards object allocation and the name index */
+    sl_ilock registry_lock;  /* guards object allocation, the name index and reaping */
 } sl_header;
 
 typedef struct {
-    pthread_mutex_t mutex;   /* robust, process-shared, error-checking */
+    sl_ilock lock;           /* guards the queue and the fairness timer */
     uint32_t head, tail;     /* index + 1 of the oldest and newest queued slot */
     uint32_t count;          /* slots queued here */
     uint32_t seed;           /* xorshift state for the fairness timer */
     uint64_t fair_timeout_ns;/* CLOCK_MONOTONIC; past it, the next unpark is "be_fair" */
+    uint32_t repairs;        /* repairs so far: stamps the slots a repair has relinked */
+    uint32_t pad;
 } sl_bucket;
 
 /* A slot's wait word (changed under the bucket lock, except AHEAD -> SLEEP by its owner).
@@ -85,10 +95,7 @@ typedef struct {
     uint64_t start;          /* owner process start time (ticks) */
     uint64_t parked_ns;      /* CLOCK_MONOTONIC when it parked */
     uint64_t hint;           /* what the parker saw it wait for (lock word), for introspection */
-    /* Robust mutex the parked thread holds while it owns the slot: when the thread dies (even
-     * by SIGKILL) the kernel marks it owner-died, so an unparker tells a dead waiter from a live
-     * one with one load instead of reading /proc (see sl_slot_owner_alive). */
-    pthread_mutex_t guard;
+    uint64_t repair_mark;    /* (bucket << 32) | repair stamp: relinked by that repair */
 } sl_slot;
 
 typedef struct {
@@ -121,8 +128,7 @@ struct sl_lot {
     uint64_t buckets_off, slots_off, objects_off, holds_off;
     uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
     uint32_t waiter;
-    int mutex_kind;
-    uint64_t dev, ino;       /* the segment's file: a mutex holder must have it mapped */
+    uint64_t dev, ino;       /* the segment's file: an internal lock's holder must map it */
     void **sems;             /* semaphore backend: sem_t * per slot, opened on first wait */
 };
 
@@ -157,9 +163,9 @@ int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns);
 void sl_bucket_unlock(sl_lot *l, uint32_t b);
 int sl_slot_alloc(sl_lot *l, uint32_t *out);
 void sl_slot_free(sl_lot *l, uint32_t idx);
-void sl_slot_guard_take(sl_lot *l, uint32_t idx);
 void sl_slot_release(sl_lot *l, uint32_t idx);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
+int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start);
 void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);
@@ -168,6 +174,16 @@ int sl_queue_check_link(sl_lot *l, uint32_t link);
 void sl_wake_slot(sl_lot *l, uint32_t idx);
 
 int sl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void sl_clear_error(void);
+
+/* ilock.c. sl_ilock_lock: 0 (held; *took_over when its previous holder was dead, and the caller
+ * repairs what it guarded), SL_ETIMEDOUT at deadline_ns (0: none) or once one live holder has
+ * kept it for stuck_ns (0: no limit), SL_ECORRUPT for a word no holder can have written. `what`
+ * names the lock in messages. */
+int sl_ilock_lock(sl_lot *l, sl_ilock *k, uint64_t deadline_ns, uint64_t stuck_ns,
+                  const char *what, int *took_over);
+void sl_ilock_unlock(sl_ilock *k);
+
 int sl_registry_lock(sl_lot *l);
 void sl_registry_unlock(sl_lot *l);
 void sl_maybe_die(const char *step);

@@ -75,8 +75,14 @@ int sl_test_set_die_at(const char *step)
 
 void sl_maybe_die(const char *step)
 {
-    if (die_at[0] && strcmp(die_at, step) == 0)
+    if (!die_at[0])
+        return;
+    if (strcmp(die_at, step) == 0)
         kill(getpid(), SIGKILL);
+    else if (strncmp(die_at, "stop:", 5) == 0 && strcmp(die_at + 5, step) == 0) {
+        die_at[0] = 0; /* once: continued, the process carries on */
+        kill(getpid(), SIGSTOP);
+    }
 }
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -207,7 +213,7 @@ static int drop_slot(sl_lot *l, uint32_t b, uint32_t idx)
 static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
 {
     sl_slot *s = SLOT(l, idx);
-    int alive = sl_slot_owner_alive(l, idx); /* the slot's guard: one load, zombies included */
+    int alive = sl_slot_owner_alive(l, idx); /* alive.c: cheap, zombies included */
     if (alive >= 0)
         return alive ? 0 : drop_slot(l, b, idx);
     uint32_t pid = LOAD(&s->pid);
@@ -234,6 +240,7 @@ static int call_in_lock_validate(void *ctx)
 int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, int has_validate,
                   void *ctx, uint64_t deadline_ns, uint32_t *slot)
 {
+    sl_clear_error();
     return sl_park_begin_native(l, key, park_token, hint,
                                 has_validate ? call_in_lock_validate : NULL, ctx, deadline_ns,
                                 slot);
@@ -255,7 +262,6 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     uint32_t pid, tid;
     uint64_t start;
     identity(&pid, &tid, &start);
-    sl_slot_guard_take(l, idx);
     /* owner before state: the reaper reads state, then pid (see sl_reap) */
     STORE(&s->pid, pid);
     s->tid = tid;
@@ -296,6 +302,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
 
 int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
 {
+    sl_clear_error();
     int rc = check_slot(l, idx);
     if (rc)
         return rc;
@@ -316,15 +323,21 @@ int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
         }
         /* FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline; no FUTEX_PRIVATE_FLAG:
          * the word is shared between processes. */
-        long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, SL_WAIT_SLEEP, tsp, NULL,
+        /* sleep while the word is what we saw: SL_WAIT_SLEEP, or a value no unparker writes
+         * (a scribbled word), which must not turn this loop into a spin; an unparker's store of
+         * 0 and wake end it either way */
+        long r = syscall(SYS_futex, word, FUTEX_WAIT_BITSET, w, tsp, NULL,
                          FUTEX_BITSET_MATCH_ANY);
-        if (r == 0 || errno == EAGAIN)
+        if (r == 0 || errno == EAGAIN) {
+            if (deadline_ns && sl_now_ns() >= deadline_ns)
+                return LOAD(word) == 0 ? 0 : 1;
             continue; /* woken, maybe spuriously: re-check the word */
+        }
         if (errno == ETIMEDOUT)
             return LOAD(word) == 0 ? 0 : 1;
         if (errno == EINTR)
             return LOAD(word) == 0 ? 0 : 2;
-        return -errno;
+        return sl_fail(-errno, "futex wait: %s", strerror(errno));
     }
 }
 
@@ -338,6 +351,7 @@ int sl_park_is_unparked(sl_lot *l, uint32_t idx)
 
 int sl_park_finish(sl_lot *l, uint32_t idx, uint64_t *token)
 {
+    sl_clear_error();
     int rc = check_slot(l, idx);
     if (rc)
         return rc;
@@ -357,6 +371,7 @@ static int call_py_timed_out(void *ctx, uint64_t key, int was_last)
 
 int sl_park_cancel(sl_lot *l, uint32_t idx, int has_timed_out, void *ctx, uint64_t *token)
 {
+    sl_clear_error();
     return sl_park_cancel_native(l, idx, has_timed_out ? call_py_timed_out : NULL, ctx, token);
 }
 
@@ -478,6 +493,7 @@ int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t
 int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t deadline_ns,
                   sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap)
 {
+    sl_clear_error();
     memset(res, 0, sizeof *res);
     if (woken_cap < 1)
         return sl_fail(-EINVAL, "woken array too small");
@@ -522,6 +538,7 @@ int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t
 int sl_unpark_all(sl_lot *l, uint64_t key, uint64_t token, uint64_t deadline_ns,
                   sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap)
 {
+    sl_clear_error();
     memset(res, 0, sizeof *res);
     uint32_t b = sl_bucket_of(l, key);
     int rc = sl_bucket_lock(l, b, deadline_ns);
@@ -552,6 +569,7 @@ int sl_unpark_all(sl_lot *l, uint64_t key, uint64_t token, uint64_t deadline_ns,
 int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t deadline_ns,
                      sl_unpark_result *res, uint32_t *woken, uint32_t woken_cap)
 {
+    sl_clear_error();
     memset(res, 0, sizeof *res);
     uint32_t b = sl_bucket_of(l, key);
     int rc = sl_bucket_lock(l, b, deadline_ns);
@@ -644,24 +662,33 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
                       uint64_t deadline_ns, sl_unpark_result *res, int *op_out,
                       uint32_t *woken, uint32_t woken_cap)
 {
+    sl_clear_error();
     memset(res, 0, sizeof *res);
     *op_out = SL_REQUEUE_ABORT;
     if (woken_cap < 1)
         return sl_fail(-EINVAL, "woken array too small");
+    /* allocated before the two bucket locks are taken, not while holding them */
+    uint32_t *requeue = malloc(sizeof(uint32_t) * l->nslots);
+    if (!requeue)
+        return sl_fail(-ENOMEM, "out of memory");
     uint32_t b1 = sl_bucket_of(l, key_from), b2 = sl_bucket_of(l, key_to);
     int rc = lock_pair(l, b1, b2, deadline_ns);
-    if (rc)
+    if (rc) {
+        free(requeue);
         return rc;
+    }
     sl_in_callback = 1;
     int op = sl_py_requeue_validate(ctx);
     sl_in_callback = 0;
     if (op < 0 || op > SL_REQUEUE_REQUEUE_ONE) {
+        free(requeue);
         unlock_pair(l, b1, b2);
         return op < 0 ? sl_fail(SL_ECALLBACK, "validate raised")
                       : sl_fail(SL_EBADVALUE, "validate returned %d", op);
     }
     *op_out = op;
     if (op == SL_REQUEUE_ABORT) {
+        free(requeue);
         unlock_pair(l, b1, b2);
         return 0;
     }
@@ -670,11 +697,6 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
                          : (op == SL_REQUEUE_UNPARK_ONE ? 0 : UINT32_MAX);
     /* choose: the first live thread to unpark (if asked), then those to requeue, in order */
     uint32_t wake = SL_NIL, nreq = 0;
-    uint32_t *requeue = malloc(sizeof(uint32_t) * l->nslots);
-    if (!requeue) {
-        unlock_pair(l, b1, b2);
-        return -ENOMEM;
-    }
     uint32_t link = BUCKET(l, b1)->head, steps = 0;
     while (link != SL_NIL) {
         int64_t next = next_link(l, b1, link, &steps);

@@ -93,6 +93,7 @@ static int64_t find_named(sl_lot *l, const char *name)
 
 int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index, int *created)
 {
+    sl_clear_error();
     int rc = name_ok(name);
     if (rc)
         return rc;
@@ -152,6 +153,7 @@ static void free_object(sl_object *o)
  * Returns the new count. */
 int sl_object_ref(sl_lot *l, uint32_t index, int delta)
 {
+    sl_clear_error();
     if (index >= l->nobjects)
         return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
     sl_object *o = OBJECT(l, index);
@@ -232,6 +234,7 @@ uint32_t sl_object_gen(sl_lot *l, uint32_t index)
 /* Remove a name. The record lives on while handles remain (like an unlinked file). */
 int sl_object_unlink(sl_lot *l, const char *name)
 {
+    sl_clear_error();
     int rc = name_ok(name);
     if (rc)
         return rc;
@@ -262,6 +265,7 @@ uint64_t sl_object_offset(sl_lot *l, uint32_t index)
 
 int sl_object_kind(sl_lot *l, uint32_t index)
 {
+    sl_clear_error();
     if (index >= l->nobjects)
         return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
     sl_object *o = OBJECT(l, index);
@@ -318,6 +322,7 @@ static int64_t hold_find(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, ui
 int sl_hold_add(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint64_t start,
                 uint32_t mode)
 {
+    sl_clear_error();
     if (key == 0 || l->nholds == 0)
         return sl_fail(-EINVAL, "cannot record a hold on key 0");
     return hold_add_n(l, key, pid, tid, start, mode, 1);
@@ -352,6 +357,7 @@ static int hold_add_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint6
 
 int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
 {
+    sl_clear_error();
     if (hold_remove_n(l, key, pid, tid, mode, 1) < 0)
         return sl_fail(-ENOENT, "no such hold");
     return 0;
@@ -393,6 +399,7 @@ static uint32_t hold_take(sl_hold *e)
 
 int sl_hold_take_dead(sl_lot *l, uint64_t key)
 {
+    sl_clear_error();
     int taken = 0;
     for (uint32_t i = 0; i < l->nholds; i++) {
         sl_hold *e = HOLD(l, i);
@@ -430,10 +437,11 @@ static void copy_slot(sl_lot *l, uint32_t i, sl_slot_info *o)
  * and keys are consistent; slots between states are copied as they are. */
 int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
 {
+    sl_clear_error();
     uint32_t n = 0;
     uint8_t *seen = calloc(l->nslots, 1);
     if (!seen)
-        return -ENOMEM;
+        return sl_fail(-ENOMEM, "out of memory");
     for (uint32_t b = 0; b < l->nbuckets && n < cap; b++) {
         if (LOAD(&BUCKET(l, b)->count) == 0)
             continue;
@@ -460,6 +468,7 @@ int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
 
 int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap)
 {
+    sl_clear_error();
     uint32_t n = 0;
     for (uint32_t i = 0; i < l->nobjects && n < cap; i++) {
         sl_object *o = OBJECT(l, i);
@@ -480,6 +489,7 @@ int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap)
 
 int sl_snapshot_holds(sl_lot *l, sl_hold_info *out, uint32_t cap)
 {
+    sl_clear_error();
     uint32_t n = 0;
     for (uint32_t i = 0; i < l->nholds && n < cap; i++) {
         sl_hold *e = HOLD(l, i);
@@ -511,6 +521,7 @@ static int dead(uint32_t pid, uint64_t start)
  * unlinked under their bucket's lock after re-checking. */
 int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
 {
+    sl_clear_error();
     *slots_freed = *holds_freed = 0;
     int rc = sl_registry_lock(l);
     if (rc)

@@ -10,6 +10,7 @@
 #include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "lot.h"
@@ -44,6 +45,7 @@ static sem_t *slot_sem(sl_lot *l, uint32_t slot, uint64_t lot_id)
 
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns)
 {
+    sl_clear_error();
     if (slot >= l->nslots)
         return sl_fail(SL_ECORRUPT, "slot index %u out of range", slot);
     sem_t *sem = slot_sem(l, slot, lot_id);
@@ -51,13 +53,15 @@ int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns)
         return sl_fail(-errno, "cannot open the semaphore of slot %u", slot);
     struct timespec ts = {(time_t)(deadline_ns / 1000000000ULL),
                           (long)(deadline_ns % 1000000000ULL)};
-    if (sem_clockwait(sem, CLOCK_MONOTONIC, &ts) == 0)
+    /* a deadline of 0 is "none" (api.h) */
+    int r = deadline_ns ? sem_clockwait(sem, CLOCK_MONOTONIC, &ts) : sem_wait(sem);
+    if (r == 0)
         return 0;
     if (errno == ETIMEDOUT)
         return 1;
     if (errno == EINTR)
         return 2;
-    return -errno;
+    return sl_fail(-errno, "waiting on the semaphore of slot %u: %s", slot, strerror(errno));
 }
 
 void sl_sem_close_all(sl_lot *l)

@@ -32,6 +32,7 @@ static uint64_t my_lock_bits(void)
 
 int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token)
 {
+    sl_clear_error();
     if (!sl_park_is_unparked(l, *slot))
         return 0;
     int rc = sl_park_finish(l, *slot, token);
@@ -66,6 +67,7 @@ static int sleep_first(sl_lot *l, uint32_t *slot, uint64_t deadline_ns, uint64_t
 int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint64_t slice_ns,
                  uint32_t *slot, uint64_t *token)
 {
+    sl_clear_error();
     int rc = sl_park_begin_native(l, key, 0, LOAD(word), word_is_parked, word, deadline_ns, slot);
     if (rc)
         return rc;
@@ -105,7 +107,7 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
     sl_maybe_die("word_unlock_locked"); /* test hook: the word changed, the waiter not woken */
     int burst = s->park_token == SL_TOKEN_BURST;
     *asleep = sl_mark_unparked(l, b, found - 1, token) != SL_WAIT_AHEAD;
-    /* the next in line, unless its thread is known dead (the guard; the next unlock drops it) */
+    /* the next in line, unless its thread is known dead (alive.c; the next unlock drops it) */
     if (burst && more && SLOT(l, second - 1)->park_token == SL_TOKEN_BURST &&
         sl_slot_owner_alive(l, second - 1) != 0 && sl_wake_ahead(l, second - 1))
         *ahead = second;
@@ -115,6 +117,7 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
 int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
                    uint32_t woken_cap)
 {
+    sl_clear_error();
     if (woken_cap < 1)
         return sl_fail(-EINVAL, "woken array too small");
     uint32_t b = sl_bucket_of(l, key);
@@ -144,6 +147,7 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, 
                  uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot, uint64_t *token,
                  uint32_t *woken, uint32_t woken_cap, int *nwoken)
 {
+    sl_clear_error();
     *nwoken = 0;
     uint64_t me = my_lock_bits();
     uint64_t old = LOAD(word);
@@ -172,7 +176,7 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, 
     if (count)
         STORE(count, saved);
     uint64_t ignored;
-    sl_park_cancel(l, *slot, 0, NULL, &ignored);
+    sl_park_cancel_native(l, *slot, NULL, NULL, &ignored);
     return rc;
 }
 
@@ -203,6 +207,7 @@ static int cond_timed_out(void *arg, uint64_t key, int was_last)
 int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, uint64_t *token,
                    int *requeued)
 {
+    sl_clear_error();
     struct cond_leave c = {cv_key, word, 0};
     int rc = sl_park_cancel_native(l, slot, cond_timed_out, &c, token);
     *requeued = c.requeued;
