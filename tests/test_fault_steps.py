@@ -247,6 +247,10 @@ STEP_TESTS = {
     ("wordlock.c", "unpark_before_wake"): ("test_owner_death",
                                            "test_holder_killed_while_releasing",
                                            "unpark_before_wake"),
+    # a process killed holding the registry lock (stopped there first, then SIGKILLed)
+    ("lot.c", "registry_locked"): ("test_internal_locks",
+                                   "test_registry_lock_of_a_killed_stopped_process_is_taken_over",
+                                   None),
     # a creator killed mid-create: the next open() replaces the segment
     ("lot.c", "create_opened"): ("test_vanished_lots", "test_open_replaces_a_dead_creators_segment",
                                  "create_opened"),
