@@ -61,6 +61,7 @@ _taken_lock = threading.Lock()
 _hook_pid = None            # the process the exit hooks are registered in
 _pins = []                  # [(lot, index, gen, n)] pinned by the last fork (see above)
 _pins_pid = 0               # the process that pinned them
+_pins_failed = 0            # records the last fork could not pin (hold table full)
 
 
 def _take(lot, index, gen):
@@ -105,17 +106,18 @@ def _release_all():
 
 def _pin_for_child():
     """Before fork, in the parent: pin every record this process holds (see above)."""
-    global _pins, _pins_pid
-    pins = []
+    global _pins, _pins_pid, _pins_failed
+    pins, failed = [], 0
     with _taken_lock:
         items = list(_taken.items())
     for (lot, index, gen), n in items:
         try:
             lot._object_ref(index, +1)
-        except Exception:  # a lot unmapped at shutdown: its handles are unusable anyway
+        except Exception:  # the hold table full (LotFullError): the child will say so
+            failed += 1
             continue
         pins.append((lot, index, gen, n))
-    _pins, _pins_pid = pins, os.getpid()
+    _pins, _pins_pid, _pins_failed = pins, os.getpid(), failed
 
 
 def _after_fork_in_parent():
@@ -131,7 +133,7 @@ def _adopt_inherited():
     _taken = {}
     _hook_pid = None
     pins, _pins = _pins, []
-    failed = 0
+    failed = _pins_failed
     for lot, index, gen, n in pins:
         try:
             lot._object_adopt(index, gen, _pins_pid, n)
