@@ -15,7 +15,7 @@ import weakref
 
 from . import lot as _lot
 from .errors import LotCorruptError, ObjectGoneError
-from .keys import key_for
+from .keys import check_u64, word_location
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
 
@@ -295,23 +295,34 @@ def _attach_shm(name):
 
 def at_place(kind, buffer, offset, size, lot=None, key=None):
     """Storage in the caller's own shared memory: ``buffer`` is a SharedMemory (or anything with
-    ``.buf`` and ``.name``), or a writable buffer with ``key=`` (or an mmap shared by fork)."""
+    ``.buf`` and ``.name``), or a writable buffer in shared memory (``shm.buf``, an ``mmap`` of a
+    shared file or an anonymous one shared by fork, a NumPy array over shared memory). The key
+    comes from the mapping that contains the word (see shmlot.keys), unless ``key=`` gives one
+    (needed for memory private to this process, where only its threads can share the word)."""
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, not {type(offset).__name__}")
     if offset < 0 or offset % 8:
         raise ValueError(f"offset must be a non-negative multiple of 8, got {offset}")
+    if key is not None:
+        check_u64(key, "key")
     lot = _lot_for_place(lot)
     shm = None
+    view = buffer
     if hasattr(buffer, "buf") and hasattr(buffer, "name"):
         shm = buffer
         view = buffer.buf
-        if key is None:
-            key = key_for(buffer.name, offset)
-    else:
-        view = buffer
-        if key is None:
-            key = key_for(buffer, offset)
-    if offset + size > memoryview(view).nbytes:
+    try:
+        nbytes = memoryview(view).nbytes
+    except TypeError:
+        raise TypeError("Kind.at() needs a SharedMemory or a writable buffer in shared memory, "
+                        f"not {type(buffer).__name__}") from None
+    if offset + size > nbytes:
         raise ValueError(f"offset {offset} + size {size} is outside the buffer")
+    natural, _address = word_location(view, offset)
+    if key is None:
+        if natural is None:
+            raise TypeError(f"this {type(buffer).__name__} is not in shared memory (a private "
+                            "mapping): place the object in a SharedMemory or an mmap, or pass "
+                            "key= to share it between the threads of this process only")
+        key = natural
     return Place(lot, view, offset, key, None, None, kind, False, shm)
-

@@ -23,7 +23,7 @@ from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT
                        FilterOp, ParkResult, RequeueOp, UnparkResult)
 from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
 from .errors import LotCorruptError, LotFullError, LotNotFoundError, ObjectGoneError
-from .keys import check_u64, name_key
+from .keys import check_u64, file_key
 
 __all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
            "ParkResult", "UnparkResult", "FilterOp", "RequeueOp",
@@ -262,7 +262,10 @@ class ParkingLot:
         self._closed = False
         self._owner = None   # for a handle made by _bound(): the handle that owns the mapping
         self._inner = None   # weak reference to this handle's _bound() twin
-        self._key_base = name_key(name)
+        # keys of the lot's own words: named by the segment's file, as key_for names any
+        # mapping's (key_for(lot.name, offset) == key_at(offset) while the name leads here)
+        self._key_base = (file_key(os.major(info.dev), os.minor(info.dev), info.ino)
+                          if info.ino else info.lot_id)
         self._pid = os.getpid()
         self._mode = self._segment_mode(name)
         self._waiter = make_waiter(info.waiter, _handle, info.lot_id, self._mode,
