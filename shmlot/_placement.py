@@ -15,7 +15,7 @@ import weakref
 
 from . import lot as _lot
 from .errors import LotCorruptError, ObjectGoneError
-from .keys import check_u64, word_location
+from .keys import check_u64, private_word_id, word_location
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
 
@@ -188,10 +188,10 @@ class Place:
     """A primitive's storage: ``buffer[offset:offset+size]``, its ``key``, the ``lot`` it parks
     on, and for registry records the ``index`` and ``name``."""
     __slots__ = ("lot", "buffer", "offset", "key", "index", "name", "kind", "created", "shm",
-                 "gen", "_finalizer", "__weakref__")
+                 "gen", "word", "_finalizer", "__weakref__")
 
     def __init__(self, lot, buffer, offset, key, index=None, name=None, kind=0, created=True,
-                 shm=None, gen=0):
+                 shm=None, gen=0, word=None):
         self.lot = lot
         self.buffer = buffer
         self.offset = offset
@@ -202,6 +202,9 @@ class Place:
         self.created = created
         self.shm = shm
         self.gen = gen  # the record's generation (registry records): which object it names
+        # the word's identity (from its mapping and offset, never 0), whatever key it parks on:
+        # a lock is handed over only to a waiter parked for the same word
+        self.word = word if word is not None else (key or 1)
         self._finalizer = None
         if index is not None:
             # one registry reference per Place (taken by the caller); given back when the Place
@@ -318,11 +321,12 @@ def at_place(kind, buffer, offset, size, lot=None, key=None):
                         f"not {type(buffer).__name__}") from None
     if offset + size > nbytes:
         raise ValueError(f"offset {offset} + size {size} is outside the buffer")
-    natural, _address = word_location(view, offset)
+    natural, address = word_location(view, offset)
     if key is None:
         if natural is None:
             raise TypeError(f"this {type(buffer).__name__} is not in shared memory (a private "
                             "mapping): place the object in a SharedMemory or an mmap, or pass "
                             "key= to share it between the threads of this process only")
         key = natural
-    return Place(lot, view, offset, key, None, None, kind, False, shm)
+    word = natural if natural is not None else private_word_id(address)
+    return Place(lot, view, offset, key, None, None, kind, False, shm, word=word or 1)

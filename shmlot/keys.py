@@ -19,7 +19,8 @@ import threading
 import weakref
 from collections import namedtuple
 
-__all__ = ["key_for", "name_key", "file_key", "check_u64", "U64_MAX", "word_location"]
+__all__ = ["key_for", "name_key", "file_key", "check_u64", "U64_MAX", "word_location",
+           "private_word_id"]
 
 U64_MAX = 2**64 - 1
 _FNV_OFFSET = 0xCBF29CE484222325
@@ -123,6 +124,13 @@ def word_location(buffer, offset):
     if m is None or not m.shared:
         return None, address
     return (file_key(m.major, m.minor, m.ino) + m.pgoff + (address - m.start)) & U64_MAX, address
+
+
+def private_word_id(address):
+    """An identity for a word in memory private to this process (see word_location): its
+    address, with this process's pid, since another process's private word at the same address
+    is another word."""
+    return _fnv(struct.pack("<QQ", os.getpid(), address)) or 1
 
 
 def key_for(obj, offset=0):

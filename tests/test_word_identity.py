@@ -23,13 +23,16 @@ FORK = multiprocessing.get_context("fork")
 
 def _shm(name=None, size=4096):
     from multiprocessing import shared_memory
-    shm = shared_memory.SharedMemory(name=name, create=True, size=size)
-    try:  # our own unlink() removes it; the resource tracker must not warn about it
-        from multiprocessing import resource_tracker
-        resource_tracker.unregister(shm._name, "shared_memory")
-    except Exception:
+    return shared_memory.SharedMemory(name=name, create=True, size=size)
+
+
+def _close(shm):
+    """Unlink; close too unless a failed test's locks still use the mapping."""
+    try:
+        shm.close()
+    except BufferError:
         pass
-    return shm
+    shm.unlink()
 
 
 def _readline(proc):
@@ -236,3 +239,89 @@ def test_private_memory_needs_a_key(plot):
     lk = shmlot.Lock.at(buf, 8, key=12345)
     assert lk.acquire(blocking=False) and not lk.acquire(blocking=False)
     lk.release()
+
+
+# ---- a hand-off goes only to a waiter of the same word ----------------------------------------
+
+def _acquire_and_report(lk, tag, out):
+    got = lk.acquire(timeout=30)
+    out.put((tag, got))
+    if got:
+        lk.release()
+
+
+def test_two_words_sharing_a_key_never_cross_deliver(plot):
+    """``Lock.at(buf_a, 0, key=1)`` and ``Lock.at(buf_b, 0, key=1)``, both held here; a process
+    waits for B, then another for A (one queue: the same key). Releasing A wakes A's waiter
+    and hands A over (the lot is fresh, so this first unlock is a fair hand-off); B's waiter
+    stays queued until B is released (before, it got the hand-off of A, and its acquire of B
+    returned True while B was held here)."""
+    a, b = _shm(), _shm()
+    try:
+        lock_a = shmlot.Lock.at(a, 0, key=1)
+        lock_b = shmlot.Lock.at(b, 0, key=1)
+        assert lock_a.key == lock_b.key == 1
+        lock_a.acquire()
+        lock_b.acquire()
+        out = FORK.Queue()
+        pb = FORK.Process(target=_acquire_and_report, args=(lock_b, "B", out))
+        pb.start()
+        wait_parked_on(plot, 1, 1)
+        pa = FORK.Process(target=_acquire_and_report, args=(lock_a, "A", out))
+        pa.start()
+        wait_parked_on(plot, 1, 2)
+        lock_a.release()
+        assert out.get(timeout=20) == ("A", True)
+        assert lock_b._owner() == (os.getpid(), lock_b._owner()[1])  # still ours
+        wait_parked_on(plot, 1, 1)  # B's waiter: still queued
+        assert out.empty()
+        lock_b.release()
+        assert out.get(timeout=20) == ("B", True)
+        for p in (pa, pb):
+            p.join(20)
+            assert p.exitcode == 0
+        del lock_a, lock_b
+    finally:
+        for s in (a, b):
+            _close(s)
+
+
+def _cond_wait(cond, out):
+    with cond:
+        out.put(("waiting", None))
+        out.put(("notified", cond.wait(30)))
+
+
+def test_condition_waiters_requeued_onto_a_shared_key_get_only_their_lock(plot):
+    """A Condition on lock A (key 7) whose waiter a notify moves onto A's queue, where a waiter
+    of lock B (also key 7) is queued ahead of it: releasing A hands A to the Condition's
+    waiter, never to B's (which would have its acquire of B return True while B is held)."""
+    a, b = _shm(), _shm()
+    try:
+        lock_a = shmlot.Lock.at(a, 0, key=7)
+        lock_b = shmlot.Lock.at(b, 0, key=7)
+        cond = shmlot.Condition(lock_a)
+        out = FORK.Queue()
+        pc = FORK.Process(target=_cond_wait, args=(cond, out))
+        pc.start()
+        assert out.get(timeout=20) == ("waiting", None)
+        wait_parked_on(plot, cond.key, 1)
+        lock_b.acquire()
+        pb = FORK.Process(target=_acquire_and_report, args=(lock_b, "B", out))
+        pb.start()
+        wait_parked_on(plot, 7, 1)
+        with cond:
+            cond.notify()  # moves the waiter onto key 7, behind B's waiter
+            wait_parked_on(plot, 7, 2)
+        assert out.get(timeout=20) == ("notified", True)
+        assert out.empty()
+        assert lock_b._owner()[0] == os.getpid()
+        lock_b.release()
+        assert out.get(timeout=20) == ("B", True)
+        for p in (pb, pc):
+            p.join(20)
+            assert p.exitcode == 0
+        del lock_a, lock_b, cond
+    finally:
+        for s in (a, b):
+            _close(s)

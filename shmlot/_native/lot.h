@@ -89,6 +89,12 @@ typedef struct {
      * by SIGKILL) the kernel marks it owner-died, so an unparker tells a dead waiter from a live
      * one with one load instead of reading /proc (see sl_slot_owner_alive). */
     pthread_mutex_t guard;
+    /* The lock word a waiter of a lock word parks for (sl_word_park, sl_cond_park): its
+     * identity, from the mapping and offset of the word, whatever key it parks on. An unlock
+     * hands over only to waiters of its own word, so two words that share a key (a user's
+     * key=) never cross-deliver. 0 for every other park. At the end: the layout before it is
+     * unchanged. */
+    uint64_t word;
 } sl_slot;
 
 typedef struct {
@@ -173,11 +179,12 @@ void sl_registry_unlock(sl_lot *l);
 void sl_maybe_die(const char *step);
 
 int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint,
-                         int (*validate)(void *), void *arg, uint64_t deadline_ns,
-                         uint32_t *slot);
+                         uint64_t word_id, int (*validate)(void *), void *arg,
+                         uint64_t deadline_ns, uint32_t *slot);
 int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint64_t, int),
                           void *arg, uint64_t *token);
-int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t *second);
+int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint64_t word_id, uint32_t *found,
+                  uint32_t *second);
 int sl_fair_timeout(sl_bucket *bk);
 uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token);
 int sl_wake_ahead(sl_lot *l, uint32_t idx);
