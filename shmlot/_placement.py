@@ -218,7 +218,9 @@ class Place:
         if self.index is not None:
             return ("record", self.lot.name, self.index, self.kind, self.gen)
         if self.shm is not None:
-            return ("shm", self.lot.name, self.shm.name, self.offset, self.kind)
+            # an explicit key= travels too (the receiver finds the natural one itself)
+            key = self.key if self.key != self.word else None
+            return ("shm", self.lot.name, self.shm.name, self.offset, self.kind, key)
         raise TypeError("a primitive placed with .at() on a plain buffer cannot be pickled; place "
                         "it in a multiprocessing.shared_memory.SharedMemory to share it")
 
@@ -278,9 +280,9 @@ def rebuild_place(args):
         if lot._object_kind(index) != kind:  # the same generation is the same object
             raise LotCorruptError(f"object {index} of lot {lot_name!r} changed kind")
         return place
-    _, lot_name, shm_name, offset, kind = args
+    _, lot_name, shm_name, offset, kind, key = args
     shm = _attach_shm(shm_name)
-    return at_place(kind, shm, offset, 8, lot_by_name(lot_name))
+    return at_place(kind, shm, offset, 8, lot_by_name(lot_name), key)
 
 
 def _attach_shm(name):

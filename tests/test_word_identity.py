@@ -325,3 +325,23 @@ def test_condition_waiters_requeued_onto_a_shared_key_get_only_their_lock(plot):
     finally:
         for s in (a, b):
             _close(s)
+
+
+def test_pickled_handle_keeps_an_explicit_key(plot):
+    """A lock placed in a SharedMemory with ``key=`` pickles with that key (a receiver that
+    computed the natural key would park on another queue than the sender's)."""
+    shm = _shm()
+    try:
+        lk = shmlot.Lock.at(shm, 8, key=99)
+        natural = shmlot.Lock.at(shm, 16)
+        r = run_python(f"""
+            import pickle
+            lk, natural = pickle.loads(bytes.fromhex({pickle.dumps((lk, natural)).hex()!r}))
+            print(lk.key, lk._place.word, natural.key)
+        """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+        key, word, natural_key = map(int, r.stdout.split())
+        assert key == 99 and word == shmlot.key_for(shm, 8) == lk._place.word
+        assert natural_key == shmlot.key_for(shm, 16) == natural.key
+        del lk, natural
+    finally:
+        _close(shm)
