@@ -15,7 +15,7 @@ import weakref
 
 from . import lot as _lot
 from .errors import LotCorruptError, ObjectGoneError
-from .keys import key_for
+from .keys import check_u64, private_word_id, word_location
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
 
@@ -64,6 +64,7 @@ _taken_lock = threading.Lock()
 _hook_pid = None            # the process the exit hooks are registered in
 _pins = []                  # [(lot, index, gen, n)] pinned by the last fork (see above)
 _pins_pid = 0               # the process that pinned them
+_pins_failed = 0            # records the last fork could not pin (hold table full)
 
 
 def _take(lot, index, gen):
@@ -108,17 +109,18 @@ def _release_all():
 
 def _pin_for_child():
     """Before fork, in the parent: pin every record this process holds (see above)."""
-    global _pins, _pins_pid
-    pins = []
+    global _pins, _pins_pid, _pins_failed
+    pins, failed = [], 0
     with _taken_lock:
         items = list(_taken.items())
     for (lot, index, gen), n in items:
         try:
             lot._object_ref(index, +1)
-        except Exception:  # a lot unmapped at shutdown: its handles are unusable anyway
+        except Exception:  # the hold table full (LotFullError): the child will say so
+            failed += 1
             continue
         pins.append((lot, index, gen, n))
-    _pins, _pins_pid = pins, os.getpid()
+    _pins, _pins_pid, _pins_failed = pins, os.getpid(), failed
 
 
 def _after_fork_in_parent():
@@ -134,7 +136,7 @@ def _adopt_inherited():
     _taken = {}
     _hook_pid = None
     pins, _pins = _pins, []
-    failed = 0
+    failed = _pins_failed
     for lot, index, gen, n in pins:
         try:
             lot._object_adopt(index, gen, _pins_pid, n)
@@ -189,10 +191,10 @@ class Place:
     """A primitive's storage: ``buffer[offset:offset+size]``, its ``key``, the ``lot`` it parks
     on, and for registry records the ``index`` and ``name``."""
     __slots__ = ("lot", "buffer", "offset", "key", "index", "name", "kind", "created", "shm",
-                 "gen", "_finalizer", "__weakref__")
+                 "gen", "word", "_finalizer", "__weakref__")
 
     def __init__(self, lot, buffer, offset, key, index=None, name=None, kind=0, created=True,
-                 shm=None, gen=0):
+                 shm=None, gen=0, word=None):
         self.lot = lot
         self.buffer = buffer
         self.offset = offset
@@ -203,6 +205,9 @@ class Place:
         self.created = created
         self.shm = shm
         self.gen = gen  # the record's generation (registry records): which object it names
+        # the word's identity (from its mapping and offset, never 0), whatever key it parks on:
+        # a lock is handed over only to a waiter parked for the same word
+        self.word = word if word is not None else (key or 1)
         self._finalizer = None
         if index is not None:
             # one registry reference per Place (taken by the caller); given back when the Place
@@ -216,7 +221,9 @@ class Place:
         if self.index is not None:
             return ("record", self.lot.name, self.index, self.kind, self.gen)
         if self.shm is not None:
-            return ("shm", self.lot.name, self.shm.name, self.offset, self.kind)
+            # an explicit key= travels too (the receiver finds the natural one itself)
+            key = self.key if self.key != self.word else None
+            return ("shm", self.lot.name, self.shm.name, self.offset, self.kind, key)
         raise TypeError("a primitive placed with .at() on a plain buffer cannot be pickled; place "
                         "it in a multiprocessing.shared_memory.SharedMemory to share it")
 
@@ -278,9 +285,9 @@ def rebuild_place(args):
         if lot._object_kind(index) != kind:  # the same generation is the same object
             raise LotCorruptError(f"object {index} of lot {lot_name!r} changed kind")
         return place
-    _, lot_name, shm_name, offset, kind = args
+    _, lot_name, shm_name, offset, kind, key = args
     shm = _attach_shm(shm_name)
-    return at_place(kind, shm, offset, 8, lot_by_name(lot_name))
+    return at_place(kind, shm, offset, 8, lot_by_name(lot_name), key)
 
 
 def _attach_shm(name):
@@ -298,23 +305,35 @@ def _attach_shm(name):
 
 def at_place(kind, buffer, offset, size, lot=None, key=None):
     """Storage in the caller's own shared memory: ``buffer`` is a SharedMemory (or anything with
-    ``.buf`` and ``.name``), or a writable buffer with ``key=`` (or an mmap shared by fork)."""
+    ``.buf`` and ``.name``), or a writable buffer in shared memory (``shm.buf``, an ``mmap`` of a
+    shared file or an anonymous one shared by fork, a NumPy array over shared memory). The key
+    comes from the mapping that contains the word (see shmlot.keys), unless ``key=`` gives one
+    (needed for memory private to this process, where only its threads can share the word)."""
     if isinstance(offset, bool) or not isinstance(offset, int):
         raise TypeError(f"offset must be an int, not {type(offset).__name__}")
     if offset < 0 or offset % 8:
         raise ValueError(f"offset must be a non-negative multiple of 8, got {offset}")
+    if key is not None:
+        check_u64(key, "key")
     lot = _lot_for_place(lot)
     shm = None
+    view = buffer
     if hasattr(buffer, "buf") and hasattr(buffer, "name"):
         shm = buffer
         view = buffer.buf
-        if key is None:
-            key = key_for(buffer.name, offset)
-    else:
-        view = buffer
-        if key is None:
-            key = key_for(buffer, offset)
-    if offset + size > memoryview(view).nbytes:
+    try:
+        nbytes = memoryview(view).nbytes
+    except TypeError:
+        raise TypeError("Kind.at() needs a SharedMemory or a writable buffer in shared memory, "
+                        f"not {type(buffer).__name__}") from None
+    if offset + size > nbytes:
         raise ValueError(f"offset {offset} + size {size} is outside the buffer")
-    return Place(lot, view, offset, key, None, None, kind, False, shm)
-
+    natural, address = word_location(view, offset)
+    if key is None:
+        if natural is None:
+            raise TypeError(f"this {type(buffer).__name__} is not in shared memory (a private "
+                            "mapping): place the object in a SharedMemory or an mmap, or pass "
+                            "key= to share it between the threads of this process only")
+        key = natural
+    word = natural if natural is not None else private_word_id(address)
+    return Place(lot, view, offset, key, None, None, kind, False, shm, word=word or 1)

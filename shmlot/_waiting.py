@@ -28,14 +28,14 @@ _full = threading.local()
 
 
 def park(lot, key, validate, before_sleep, timed_out, park_token, timeout, poll=None, poll_ns=0,
-         hint=0, word_ptr=None):
+         hint=0, word_ptr=None, word_id=0):
     """``lot._park`` for the primitives, which never raise LotFullError (SPEC section 6): when
     every slot of the lot is taken, wait a little (``full_backoff``) and return a *timed out*
     result, so that the caller re-checks its condition and parks again. Nothing was queued and
     ``before_sleep`` did not run."""
     try:
         result = lot._park(key, validate, before_sleep, timed_out, park_token, timeout, poll,
-                           poll_ns, hint, word_ptr)
+                           poll_ns, hint, word_ptr, word_id=word_id)
     except LotFullError:
         full_backoff(lot, timeout)
         return PARK_TIMED_OUT

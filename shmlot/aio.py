@@ -392,7 +392,7 @@ class _WordLockMixin:
                 if not ok:
                     continue
             t = lot._tl()
-            rc = lib.sl_aio_word_park(lot._h(), key, word_ptr, t.slot)
+            rc = lib.sl_aio_word_park(lot._h(), key, lock._place.word, word_ptr, t.slot)
             if rc == lib.SL_EFULL:
                 lot._reap_for_slot()
                 full += 1
@@ -657,12 +657,12 @@ class Condition(_WordLockMixin, _Wrapper):
         me = self._me()
         if lock._word() & ~PARKED != me:
             raise RuntimeError("cannot wait on un-acquired lock")
-        _key, word_ptr, count_ptr = lock._release_args
+        _key, lock_id, word_ptr, count_ptr = lock._release_args
         h, t = lot._h(), lot._tl()
         # queued on the condition's key, then the lock released, in one core call: no notify can
         # fall between the two
-        rc = lib.sl_cond_park(h, cv_key, _key, word_ptr, count_ptr, 0, 0, t.slot, t.token,
-                              t.woken, lot._slots, t.n)
+        rc = lib.sl_cond_park(h, cv_key, _key, lock_id, word_ptr, count_ptr, 0, 0, t.slot,
+                              t.token, t.woken, lot._slots, t.n)
         if rc >= 0:
             lot._wake(t, t.n[0])
         if rc == lib.SL_EFULL:

@@ -17,20 +17,20 @@ out-of-range ``offset`` raises ``ValueError``; a read-only buffer raises what Py
 
 ``.key`` names the word for ``park``/``unpark``:
 
-- given a ``SharedMemory`` (or any object with ``.buf`` and a ``.name``), it is
-  ``key_for(shm, offset)``: the same in every process that maps the segment, at whatever address;
 - given an object with an int ``.key`` and a ``.buf``, it is ``obj.key + offset``;
-- given a bare buffer (``shm.buf``, an ``mmap``, a ``bytearray``), the segment cannot be named, so
-  the key is the word's address, as ``key_for`` does for an anonymous ``mmap``: valid only in
-  processes that share the mapping at the same address (fork children). Pass the SharedMemory
-  itself to get a key that works across unrelated processes.
+- otherwise (a ``SharedMemory``, ``shm.buf``, an ``mmap``, a NumPy array) it is
+  ``key_for(buffer, offset)``: named by the file behind the mapping (device, inode) and the
+  offset in it, so the same in every process that maps it, at whatever address (for an
+  anonymous ``mmap`` shared by fork: in the processes that inherited it);
+- for memory private to this process (a ``bytearray``), which no other process can name, it is
+  the word's address.
 
 The atomic holds the buffer exported for as long as it lives: ``SharedMemory.close()`` (and
 ``mmap.close()``) raise ``BufferError`` until every atomic on it is gone or ``close()``d.
 Atomics cannot be pickled; pass the SharedMemory (or its name) and the offset instead.
 """
 from . import _fast
-from .keys import U64_MAX, name_key
+from .keys import U64_MAX, word_location
 
 __all__ = ["AtomicU32", "AtomicU64"]
 
@@ -41,10 +41,9 @@ def _key_of(buffer, offset, address):
         key = getattr(buffer, "key", None)
         if isinstance(key, int) and not isinstance(key, bool):
             return (key + offset) & U64_MAX
-        name = getattr(buffer, "name", None)
-        if isinstance(name, str) and name.lstrip("/"):
-            return (name_key(name) + offset) & U64_MAX
-    return address
+        buffer = buffer.buf
+    key, _ = word_location(buffer, offset)
+    return key if key is not None else address
 
 
 class _AtomicMixin:

@@ -120,7 +120,8 @@ class _WordLock:
             try:
                 # validate (in the core): the word is still LOCKED|PARKED
                 result = _waiting.park(lot, key, None, None, timed_out, TOKEN_NORMAL,
-                                       remaining, poll, OWNER_POLL_NS, word, self._word_ptr)
+                                       remaining, poll, OWNER_POLL_NS, word, self._word_ptr,
+                                       place.word)
             except BaseException as exc:
                 # Ctrl-C while parked: if the lock was handed to us meanwhile, give it back.
                 r = getattr(exc, "shmlot_park_result", None)
@@ -178,7 +179,8 @@ class _WordLock:
         """RawMutex::unlock_slow, in the core (one call, no Python callback): unpark the first
         waiter; on be_fair (or ``force_fair``) hand the lock over with the waiter's identity
         already in the word, else unlock; PARKED stays set while more wait."""
-        self._place.lot._word_unlock(self._place.key, self._word_ptr, force_fair)
+        place = self._place
+        place.lot._word_unlock(place.key, place.word, self._word_ptr, force_fair)
 
     # -- shared plumbing --
 
@@ -189,7 +191,7 @@ class _WordLock:
         self._word_ptr = ffi.cast("uint64_t *", self._address)
         # what Condition.wait hands the core to release this lock (sl_cond_park)
         count_ptr = ffi.cast("uint32_t *", self._address + 8) if self.SIZE > 8 else ffi.NULL
-        self._release_args = (place.key, self._word_ptr, count_ptr)
+        self._release_args = (place.key, place.word, self._word_ptr, count_ptr)
 
     @property
     def key(self):

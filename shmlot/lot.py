@@ -24,7 +24,7 @@ from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT
 from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
 from .errors import (LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError,
                      ObjectGoneError)
-from .keys import check_u64, name_key
+from .keys import check_u64, file_key
 
 __all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
            "ParkResult", "UnparkResult", "FilterOp", "RequeueOp",
@@ -265,7 +265,10 @@ class ParkingLot:
         self._closed = False
         self._owner = None   # for a handle made by _bound(): the handle that owns the mapping
         self._inner = None   # weak reference to this handle's _bound() twin
-        self._key_base = name_key(name)
+        # keys of the lot's own words: named by the segment's file, as key_for names any
+        # mapping's (key_for(lot.name, offset) == key_at(offset) while the name leads here)
+        self._key_base = (file_key(os.major(info.dev), os.minor(info.dev), info.ino)
+                          if info.ino else info.lot_id)
         self._pid = os.getpid()
         self._mode = self._segment_mode(name)
         self._file = (info.dev, info.ino)  # the segment this handle mapped
@@ -469,15 +472,17 @@ class ParkingLot:
         return self._park(key, validate, before_sleep, timed_out, park_token, timeout)
 
     def _park(self, key, validate, before_sleep, timed_out, park_token, timeout,
-              poll=None, poll_ns=0, hint=0, word_ptr=None, release=None):
+              poll=None, poll_ns=0, hint=0, word_ptr=None, release=None, word_id=0):
         """park() plus what primitives need: ``poll()`` is called every ``poll_ns`` while asleep;
         if it returns True the thread leaves the queue as on a timeout (TimedOut result, unless an
         unpark won), which is how a lock waiter notices a dead owner. ``hint`` is stored in the
         slot for introspection (the lock word it waits on). With ``word_ptr`` (a lock word's
         address) and no ``validate``, the core validates LOCKED|PARKED itself (sl_word_park): no
         Python callback under the bucket lock, and the hint is the word. With ``release`` (a
-        lock's ``(key, word_ptr, count_ptr)``, Condition.wait), the core parks and then releases
-        that lock, which the caller holds (sl_cond_park), in place of validate and before_sleep."""
+        lock's ``(key, word_id, word_ptr, count_ptr)``, Condition.wait), the core parks and then
+        releases that lock, which the caller holds (sl_cond_park), in place of validate and
+        before_sleep. ``word_id`` is the identity of the word at ``word_ptr`` (Place.word): an
+        unlock hands the lock only to a waiter parked for the same word."""
         check_u64(key, "key")
         check_u64(park_token, "park token")
         check_u64(hint, "hint")
@@ -500,13 +505,14 @@ class ParkingLot:
                     if release is not None:
                         slept = self._first_slice(poll, poll_ns)
                         rc = lib.sl_cond_park(h, key, release[0], release[1], release[2],
-                                              deadline, slept, t.slot, t.token, t.woken,
-                                              self._slots, t.n)
+                                              release[3], deadline, slept, t.slot, t.token,
+                                              t.woken, self._slots, t.n)
                         if rc >= 0:
                             self._wake(t, t.n[0])
                     elif word_ptr is not None and validate is None:
                         slept = self._first_slice(poll, poll_ns)
-                        rc = lib.sl_word_park(h, key, word_ptr, deadline, slept, t.slot, t.token)
+                        rc = lib.sl_word_park(h, key, word_id, word_ptr, deadline, slept, t.slot,
+                                              t.token)
                     else:
                         rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
                                                ctx.handle, deadline, t.slot)
@@ -568,9 +574,10 @@ class ParkingLot:
         otherwise). ``slow(waiter, code, timeout)`` handles the core's error codes."""
         if self._waiter_code != FUTEX:
             return None
-        count = int(ffi.cast("uintptr_t", lock._release_args[2]))
+        count = int(ffi.cast("uintptr_t", lock._release_args[3]))
         return _fast.CondWaiter(self, int(ffi.cast("uintptr_t", self._h())), cv_key,
-                                lock._place.key, lock._address, count, lock, slow)
+                                lock._place.key, lock._place.word, lock._address, count, lock,
+                                slow)
 
     @staticmethod
     def _slice(poll, poll_ns):
@@ -708,11 +715,13 @@ class ParkingLot:
 
     # -- lock words (Lock, RLock): the core's unlock_slow --
 
-    def _word_unlock(self, key, word_ptr, force_fair=False):
-        """Unlock a LOCKED|PARKED lock word (see sl_word_unlock); returns how many were woken."""
+    def _word_unlock(self, key, word_id, word_ptr, force_fair=False):
+        """Unlock a LOCKED|PARKED lock word (see sl_word_unlock) named ``word_id``; returns how
+        many were woken."""
         h = self._h()
         t = self._tl()
-        n = _check(lib.sl_word_unlock(h, key, word_ptr, bool(force_fair), t.woken, self._slots),
+        n = _check(lib.sl_word_unlock(h, key, word_id, word_ptr, bool(force_fair), t.woken,
+                                      self._slots),
                    "unlock")
         self._wake(t, n)
         return n

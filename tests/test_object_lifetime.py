@@ -179,3 +179,59 @@ def test_os_fork_daemon_outlives_its_parent(make_lot):
     del lk
     gc.collect()
     wait_until(lambda: used(lot) == 0, 10, "the record freed once the daemon has exited")
+
+
+# ---- reference tracking never lapses ------------------------------------------------------------
+
+def test_references_of_killed_processes_beyond_the_table_are_taken_back(make_lot):
+    """A lot whose hold table has room for 8 references (holds=16): 4 Events held here, and
+    one killed process after another taking its own references to all 4 (at fork and by
+    unpickling). Each newcomer finds the table full of the dead one's entries and takes them
+    back; none of its references go untracked, so once we drop ours and reap, every record is
+    freed (before: from the second process on, references silently went untracked and the 4
+    records leaked for good)."""
+    from test_placement import _killed_holder_of
+    lot = make_lot(holds=16, objects=8)
+    events = [shmlot.Event(lot=lot) for _ in range(4)]
+    for _ in range(4):
+        _killed_holder_of(events)
+    del events
+    gc.collect()
+    lot.reap()
+    assert used(lot) == 0
+
+
+def test_taking_a_reference_beyond_the_table_raises_lot_full(make_lot):
+    """Living processes hold every entry for references: taking one more (unpickling, creating)
+    raises LotFullError saying so, and takes nothing; once a holder exits, it works again."""
+    lot = make_lot(holds=16, objects=8)
+    events = [shmlot.Event(lot=lot) for _ in range(4)]  # 4 entries here
+    from conftest import start_python
+    holder = start_python("""
+        import pickle, sys
+        keep = pickle.loads(bytes.fromhex(sys.stdin.readline()))
+        print("holding", flush=True)
+        sys.stdin.readline()
+    """)
+    holder.stdin.write(pickle.dumps(events).hex() + "\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "holding"  # 8 entries: full
+    refs = [o.refs for o in snapshot(lot, processes=False).objects]
+    r = run_python(f"""
+        import pickle, shmlot
+        try:
+            pickle.loads(bytes.fromhex({pickle.dumps(events[0]).hex()!r}))
+        except shmlot.LotFullError as exc:
+            print("full:", exc)
+    """)
+    assert r.stdout.startswith("full:") and "hold table full" in r.stdout, r.stdout + r.stderr
+    with pytest.raises(shmlot.LotFullError, match="more holds"):
+        shmlot.Lock(lot=lot)  # our own 5th record: a 9th entry
+    assert [o.refs for o in snapshot(lot, processes=False).objects] == refs
+    holder.stdin.write("done\n")
+    holder.stdin.flush()
+    holder.wait(20)
+    lk = shmlot.Lock(lot=lot)  # the holder gave its references back at exit
+    del lk, events
+    gc.collect()
+    assert used(lot) == 0

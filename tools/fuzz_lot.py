@@ -55,7 +55,9 @@ from shmlot._core import ffi, lib  # noqa: E402
 MARGIN = 0.5          # seconds a timed call may overrun its timeout
 UNTIMED_LIMIT = 5.0   # seconds a call without a timeout may take (attach waits up to 2 s)
 HANG_SECONDS = 30     # watchdog per example
-BUCKETS, SLOTS, OBJECTS, HOLDS = 4, 8, 8, 8
+# HOLDS: half the hold table is for object references, and the 6 objects of an example need
+# an entry each (taking a reference the table cannot record raises LotFullError)
+BUCKETS, SLOTS, OBJECTS, HOLDS = 4, 8, 8, 16
 KEYS = list(range(1, 9))
 ALLOWED = (OSError, ValueError, RuntimeError, TypeError, KeyError)
 REGIONS = ("header", "bucket", "slot", "object", "hold", "lock")

@@ -221,25 +221,29 @@ int sl_hold_take_dead(sl_lot *l, uint64_t key);
  * at most at the deadline): if unparked meanwhile they finish the park, take the word if the
  * token is not already a hand-off (the token then becomes one: "the lock is yours") and return
  * SL_PARK_DONE. Otherwise they return 0 with the thread still queued in *slot, for the caller's
- * own sleeping loop (sl_futex_wait, ...).
+ * own sleeping loop (sl_futex_wait, ...). `word_id` (lock_id) names the word itself, from its
+ * mapping and offset, whatever key it parks on (never 0): an unlock hands over only to a
+ * waiter parked for the same word, so two words that share a key never cross-deliver.
  *   sl_word_park: park on key if the word is still LOCKED|PARKED (else SL_PARK_INVALID).
- *   sl_word_unlock: RawMutex::unlock_slow: unpark the first waiter; on be_fair (or force_fair)
+ *   sl_word_unlock: RawMutex::unlock_slow: unpark the first waiter parked for this word (others
+ *       on the same key stay queued); on be_fair (or force_fair)
  *       hand the lock over (the word gets the waiter's identity, token 1), else unlock (token 0);
  *       PARKED stays set while more wait. Returns how many were woken (0 or 1) into woken[]. */
-int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint64_t slice_ns,
-                 uint32_t *slot, uint64_t *token);
-int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
-                   uint32_t woken_cap);
-/*   sl_cond_park: Condition.wait's first half in one call: park on cv_key (always valid: the
+int sl_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, uint64_t deadline_ns,
+                 uint64_t slice_ns, uint32_t *slot, uint64_t *token);
+int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, int force_fair,
+                   uint32_t *woken, uint32_t woken_cap);
+/*   sl_cond_park: Condition.wait's first half in one call: park on cv_key, for the lock's word
+ *       (lock_id: a notify moves the waiter onto lock_key's queue) (always valid: the
  *       caller holds the lock, so no notify can come before it is queued), then release the lock
  *       word, an RLock's count (count != NULL) going to 0 first; with PARKED set the release is
  *       sl_word_unlock (*nwoken, woken[]: whom it woke). Returns 0 (queued, lock released, *slot
  *       set), SL_PARK_DONE (notified and woken within the first slice; the lock is ours again if
  *       the token is 1) or an error with nothing queued and the lock still held (count as it
  *       was). The caller restores an RLock's count once it holds the lock again. */
-int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, uint32_t *count,
-                 uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot, uint64_t *token,
-                 uint32_t *woken, uint32_t woken_cap, int *nwoken);
+int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t lock_id, uint64_t *word,
+                 uint32_t *count, uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot,
+                 uint64_t *token, uint32_t *woken, uint32_t woken_cap, int *nwoken);
 
 /*   sl_word_finish: if the parked *slot was unparked, finish it as sl_word_park's first sleep
  *       does (SL_PARK_DONE, *slot "none", token 1 when the word is ours); else 0.

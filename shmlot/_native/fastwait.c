@@ -38,8 +38,8 @@ uint64_t sl_fast_my_bits(void); /* fast.c: the calling thread's owner bits */
 #define SL_COND_POLL_NS 200000000ULL
 
 static struct {
-    int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t, uint64_t,
-                     uint32_t *, uint64_t *, uint32_t *, uint32_t, int *);
+    int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t,
+                     uint64_t, uint32_t *, uint64_t *, uint32_t *, uint32_t, int *);
     int (*futex_wait)(sl_lot *, uint32_t, uint64_t);
     int (*word_finish)(sl_lot *, uint32_t *, uint64_t *, uint64_t *);
     int (*cond_cancel)(sl_lot *, uint32_t, uint64_t, uint64_t *, uint64_t *, int *);
@@ -57,6 +57,7 @@ typedef struct {
     vectorcallfunc vectorcall;
     sl_lot *lot;
     uint64_t cv_key, lock_key;
+    uint64_t lock_id; /* the lock word's identity (sl_word_unlock's word_id) */
     uint64_t *word;   /* the lock's word, in the lock's buffer */
     uint32_t *count;  /* an RLock's count (NULL for a Lock) */
     PyObject *lock;   /* keeps the buffer of word and count alive; _acquire_restore */
@@ -69,14 +70,14 @@ static PyObject *cw_call(PyObject *self, PyObject *const *args, size_t nargsf, P
 
 static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"lotobj", "lot", "cv_key", "lock_key", "word", "count", "lock",
-                             "slow", NULL};
-    unsigned long long lot, cv_key, lock_key, word, count;
+    static char *kwlist[] = {"lotobj", "lot", "cv_key", "lock_key", "lock_id", "word", "count",
+                             "lock", "slow", NULL};
+    unsigned long long lot, cv_key, lock_key, lock_id, word, count;
     PyObject *lotobj, *lock, *slow;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKOO:CondWaiter", kwlist, &lotobj, &lot,
-                                     &cv_key, &lock_key, &word, &count, &lock, &slow))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKOO:CondWaiter", kwlist, &lotobj, &lot,
+                                     &cv_key, &lock_key, &lock_id, &word, &count, &lock, &slow))
         return -1;
-    if (!lot || !word || word % 8 || count % 4) {
+    if (!lot || !word || word % 8 || count % 4 || !lock_id) {
         PyErr_SetString(PyExc_ValueError, "CondWaiter: bad lot or word address");
         return -1;
     }
@@ -90,6 +91,7 @@ static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
     self->lot = (sl_lot *)(uintptr_t)lot;
     self->cv_key = cv_key;
     self->lock_key = lock_key;
+    self->lock_id = lock_id;
     self->word = (uint64_t *)(uintptr_t)word;
     self->count = (uint32_t *)(uintptr_t)count;
     Py_INCREF(lock);
@@ -166,8 +168,9 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
     int nwoken = 0, rc;
     uint64_t next_poll = now_ns() + SL_COND_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
-    rc = core.cond_park(self->lot, self->cv_key, self->lock_key, self->word, self->count,
-                        deadline, SL_COND_SLICE_NS, &slot, &token, woken, 1, &nwoken);
+    rc = core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
+                        self->count, deadline, SL_COND_SLICE_NS, &slot, &token, woken, 1,
+                        &nwoken);
     Py_END_ALLOW_THREADS
     if (rc != 0) /* SL_PARK_DONE: notified; an error: nothing queued, the lock still ours */
         return rc == SL_PARK_DONE ? 1 : rc;
@@ -346,7 +349,7 @@ PyTypeObject CondWaiter_Type = {
     .tp_name = "shmlot._fast.CondWaiter",
     .tp_basicsize = sizeof(CondWaiter),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, word, count, lock, slow)\n\n"
+    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, lock_id, word, count, lock, slow)\n\n"
               "Condition.wait(timeout=None) for a futex lot, as one callable (addresses as ints;\n"
               "count 0 for a Lock). slow(waiter, code, timeout) gets the core's error codes,\n"
               "with the lock held again.",

@@ -96,6 +96,11 @@ typedef struct {
     uint64_t parked_ns;      /* CLOCK_MONOTONIC when it parked */
     uint64_t hint;           /* what the parker saw it wait for (lock word), for introspection */
     uint64_t repair_mark;    /* (bucket << 32) | repair stamp: relinked by that repair */
+    /* The lock word a waiter of a lock word parks for (sl_word_park, sl_cond_park): its
+     * identity, from the mapping and offset of the word, whatever key it parks on. An unlock
+     * hands over only to waiters of its own word, so two words that share a key (a user's
+     * key=) never cross-deliver. 0 for every other park. */
+    uint64_t word;
 } sl_slot;
 
 typedef struct {
@@ -189,11 +194,12 @@ void sl_registry_unlock(sl_lot *l);
 void sl_maybe_die(const char *step);
 
 int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint,
-                         int (*validate)(void *), void *arg, uint64_t deadline_ns,
-                         uint32_t *slot);
+                         uint64_t word_id, int (*validate)(void *), void *arg,
+                         uint64_t deadline_ns, uint32_t *slot);
 int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint64_t, int),
                           void *arg, uint64_t *token);
-int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t *second);
+int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint64_t word_id, uint32_t *found,
+                  uint32_t *second);
 int sl_fair_timeout(sl_bucket *bk);
 uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token);
 int sl_wake_ahead(sl_lot *l, uint32_t idx);

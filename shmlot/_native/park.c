@@ -241,16 +241,17 @@ int sl_park_begin(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint, i
                   void *ctx, uint64_t deadline_ns, uint32_t *slot)
 {
     sl_clear_error();
-    return sl_park_begin_native(l, key, park_token, hint,
+    return sl_park_begin_native(l, key, park_token, hint, 0,
                                 has_validate ? call_in_lock_validate : NULL, ctx, deadline_ns,
                                 slot);
 }
 
 /* sl_park_begin with a C validate (NULL: always valid), run under the bucket lock; it returns
- * 1 (park), 0 (invalid) or -1 (a Python callback raised). */
+ * 1 (park), 0 (invalid) or -1 (a Python callback raised). word_id: the lock word the waiter
+ * parks for (see sl_slot.word; 0: none). */
 int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint,
-                         int (*validate)(void *), void *arg, uint64_t deadline_ns,
-                         uint32_t *slot)
+                         uint64_t word_id, int (*validate)(void *), void *arg,
+                         uint64_t deadline_ns, uint32_t *slot)
 {
     if (sl_in_callback)
         return sl_fail(SL_EREENTRANT, "park called from a callback under a bucket lock");
@@ -271,6 +272,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     s->park_token = park_token;
     s->unpark_token = 0;
     s->hint = hint;
+    s->word = word_id;
     s->parked_ns = sl_now_ns();
     STORE(&s->wait, SL_WAIT_SLEEP);
 
@@ -464,9 +466,11 @@ static void fill_first(sl_lot *l, sl_unpark_result *res, uint32_t idx)
 }
 
 /* Find the first live slot parked on `key` in bucket b (dropping dead ones on the way) and the
- * one after it (not checked for life). Returns 0 with *found and *second = index+1 (or SL_NIL),
- * or a negative error. */
-int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t *second)
+ * one after it (not checked for life); with word_id != 0, only slots parked for that lock word
+ * (sl_slot.word) count. Returns 0 with *found and *second = index+1 (or SL_NIL), or a negative
+ * error. */
+int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint64_t word_id, uint32_t *found,
+                  uint32_t *second)
 {
     uint32_t link = BUCKET(l, b)->head, steps = 0;
     *found = SL_NIL;
@@ -476,7 +480,7 @@ int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint32_t *found, uint32_t
         if (next < 0)
             return (int)next;
         uint32_t idx = link - 1;
-        if (SLOT(l, idx)->key == key) {
+        if (SLOT(l, idx)->key == key && (!word_id || SLOT(l, idx)->word == word_id)) {
             if (*found == SL_NIL) {
                 if (!drop_if_dead(l, b, idx, 1))
                     *found = link;
@@ -502,7 +506,7 @@ int sl_unpark_one(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint64_t
     if (rc)
         return rc;
     uint32_t found, second;
-    rc = sl_find_first(l, b, key, &found, &second);
+    rc = sl_find_first(l, b, key, 0, &found, &second);
     if (rc) {
         sl_bucket_unlock(l, b);
         return rc;

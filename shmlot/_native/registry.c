@@ -25,20 +25,40 @@ static uint32_t hold_take(sl_hold *e);
 
 /* ---- objects ------------------------------------------------------------------------------ */
 
-/* Record (delta > 0) or drop this process's references to record index as a counted hold, so
- * that the references of a process that dies holding them can be taken back. Best effort: with
- * the hold table full they go untracked (as in a lot made before this tracking). */
-static void track_refs(sl_lot *l, uint32_t index, int delta)
+static uint32_t reclaim_dead_refs(sl_lot *l);
+
+/* Under the registry mutex: record n new references of this process to record index as a
+ * counted hold, so that the references of a process that dies holding them can be taken back.
+ * Tracking never lapses: when the references' part of the hold table is full, the references
+ * of dead processes are taken back first; if it is still full, SL_EFULL, and the caller must
+ * not take the references. */
+static int track_add(sl_lot *l, uint32_t index, uint32_t n)
 {
-    if (l->nholds == 0 || delta == 0)
+    if (l->nholds == 0)
+        return 0;
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_identity(&pid, &tid, &start);
+    if (hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, n) == 0)
+        return 0;
+    reclaim_dead_refs(l);
+    if (hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, n) == 0)
+        return 0;
+    return sl_fail(SL_EFULL, "hold table full: cannot record this process's references to "
+                   "object %u (the lot's %u entries for references are taken by living "
+                   "processes; create the lot with more holds)", index,
+                   l->nholds - l->nholds / 2);
+}
+
+/* Drop n of this process's references to record index from its counted hold. */
+static void track_drop(sl_lot *l, uint32_t index, uint32_t n)
+{
+    if (l->nholds == 0)
         return;
     uint32_t pid, tid;
     uint64_t start;
     sl_identity(&pid, &tid, &start);
-    if (delta > 0)
-        hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, (uint32_t)delta);
-    else
-        hold_remove_n(l, REF_KEY_TAG | index, pid, 0, REF_MODE, (uint32_t)-delta);
+    hold_remove_n(l, REF_KEY_TAG | index, pid, 0, REF_MODE, n);
 }
 
 static void free_object(sl_object *o);
@@ -106,11 +126,12 @@ int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index
     if (name[0]) {
         int64_t found = find_named(l, name);
         if (found >= 0) {
-            ADD(&OBJECT(l, (uint32_t)found)->refs, 1);
-            track_refs(l, (uint32_t)found, 1);
+            rc = track_add(l, (uint32_t)found, 1);
+            if (!rc)
+                ADD(&OBJECT(l, (uint32_t)found)->refs, 1);
             sl_registry_unlock(l);
             *index = (uint32_t)found;
-            return 0;
+            return rc;
         }
     }
     sl_header *h = HDR(l);
@@ -122,6 +143,11 @@ int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index
             sl_object *o = OBJECT(l, i);
             if (LOAD(&o->state) != 0)
                 continue;
+            rc = track_add(l, i, 1); /* first, while the record is free: nothing to undo */
+            if (rc) {
+                sl_registry_unlock(l);
+                return rc;
+            }
             memset(o->data, 0, sizeof o->data);
             STORE(&o->gen, LOAD(&o->gen) + 1);
             o->kind = kind;
@@ -130,7 +156,6 @@ int sl_object_create(sl_lot *l, const char *name, uint32_t kind, uint32_t *index
             snprintf(o->name, sizeof o->name, "%s", name);
             STORE(&o->state, 1);
             h->object_hint = (i + 1) % l->nobjects;
-            track_refs(l, i, 1);
             sl_registry_unlock(l);
             *index = i;
             *created = 1;
@@ -157,12 +182,18 @@ int sl_object_ref(sl_lot *l, uint32_t index, int delta)
     if (index >= l->nobjects)
         return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
     sl_object *o = OBJECT(l, index);
-    track_refs(l, index, delta);
-    if (delta > 0)
-        return (int)ADD(&o->refs, (uint32_t)delta);
+    if (delta == 0)
+        return (int)LOAD(&o->refs);
     int rc = sl_registry_lock(l);
     if (rc)
         return rc;
+    if (delta > 0) {
+        rc = track_add(l, index, (uint32_t)delta);
+        int refs = rc ? rc : (int)ADD(&o->refs, (uint32_t)delta);
+        sl_registry_unlock(l);
+        return refs;
+    }
+    track_drop(l, index, (uint32_t)-delta);
     uint32_t refs = LOAD(&o->refs);
     refs = refs >= (uint32_t)-delta ? refs + (uint32_t)delta : 0;
     STORE(&o->refs, refs);
@@ -185,8 +216,8 @@ int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
         return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists: its last handle "
                        "was dropped, and the record may hold another object now", index, gen);
     }
-    int refs = (int)ADD(&o->refs, 1);
-    track_refs(l, index, 1);
+    rc = track_add(l, index, 1);
+    int refs = rc ? rc : (int)ADD(&o->refs, 1);
     sl_registry_unlock(l);
     return refs;
 }
@@ -205,12 +236,10 @@ int sl_object_adopt(sl_lot *l, uint32_t index, uint32_t gen, uint32_t parent_pid
         sl_registry_unlock(l);
         return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists", index, gen);
     }
-    uint32_t pid, tid;
-    uint64_t start;
-    sl_identity(&pid, &tid, &start);
-    if (l->nholds && hold_add_n(l, REF_KEY_TAG | index, pid, 0, start, REF_MODE, n) < 0) {
+    rc = track_add(l, index, n);
+    if (rc) {
         sl_registry_unlock(l);
-        return SL_EFULL;
+        return rc;
     }
     /* the pin is ours now: off the parent's count (it was never in the parent's own books).
      * If the parent's entry is gone, a reap took the pin back with it (the parent died): the

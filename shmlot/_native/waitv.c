@@ -334,9 +334,10 @@ static int word_is_parked(void *arg)
     return (LOAD(word) & (SL_LOCKED_BIT | SL_PARKED_BIT)) == (SL_LOCKED_BIT | SL_PARKED_BIT);
 }
 
-int sl_aio_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint32_t *slot)
+int sl_aio_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, uint32_t *slot)
 {
-    return sl_park_begin_native(l, key, SL_TOKEN_AIO, LOAD(word), word_is_parked, word, 0, slot);
+    return sl_park_begin_native(l, key, SL_TOKEN_AIO, LOAD(word), word_id, word_is_parked, word, 0,
+                                slot);
 }
 
 static int word_timed_out(void *arg, uint64_t key, int was_last)

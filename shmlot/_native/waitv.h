@@ -44,7 +44,7 @@ void sl_aio_close(sl_aio *a);
  *       the asyncio park token. 0 with *slot set, SL_PARK_INVALID, or an error.
  *   sl_aio_word_cancel: a lock waiter leaves the queue (task cancelled, owner poll): as
  *       sl_park_cancel, and the last waiter to leave clears PARKED (unless the word moved on). */
-int sl_aio_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint32_t *slot);
+int sl_aio_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, uint32_t *slot);
 int sl_aio_word_cancel(sl_lot *l, uint32_t slot, uint64_t *word, uint64_t *token);
 
 /* Without futex_waitv (and on the semaphore backend) a task's wait costs a thread: these are

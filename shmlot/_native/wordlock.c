@@ -64,28 +64,32 @@ static int sleep_first(sl_lot *l, uint32_t *slot, uint64_t deadline_ns, uint64_t
     return sl_word_finish(l, slot, word, token);
 }
 
-int sl_word_park(sl_lot *l, uint64_t key, uint64_t *word, uint64_t deadline_ns, uint64_t slice_ns,
-                 uint32_t *slot, uint64_t *token)
+int sl_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, uint64_t deadline_ns,
+                 uint64_t slice_ns, uint32_t *slot, uint64_t *token)
 {
     sl_clear_error();
-    int rc = sl_park_begin_native(l, key, 0, LOAD(word), word_is_parked, word, deadline_ns, slot);
+    int rc = sl_park_begin_native(l, key, 0, LOAD(word), word_id, word_is_parked, word,
+                                  deadline_ns, slot);
     if (rc)
         return rc;
     return sleep_first(l, slot, deadline_ns, slice_ns, word, token);
 }
 
-/* Under bucket b's lock: dequeue the first live waiter on key and decide the word, as
- * RawMutex::unlock_slow's callback does. Returns the slot index + 1, or 0 if nobody waits.
+/* Under bucket b's lock: dequeue the first live waiter on key that waits for this very word
+ * (word_id: waiters of another word with the same key are left queued, for their own word's
+ * unlock) and decide the word, as RawMutex::unlock_slow's callback does. Returns the slot
+ * index + 1, or 0 if nobody waits.
  * *asleep: whether the woken thread needs a futex wake (it does not if it was woken ahead);
  * *ahead: index + 1 of the next waiter, woken ahead when both are Condition waiters of a burst
  * (0: none). */
-static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *word, int force_fair,
-                              int *rc, int *asleep, uint32_t *ahead)
+static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t word_id,
+                              uint64_t *word, int force_fair, int *rc, int *asleep,
+                              uint32_t *ahead)
 {
     *asleep = 1;
     *ahead = SL_NIL;
     uint32_t found, second;
-    *rc = sl_find_first(l, b, key, &found, &second);
+    *rc = sl_find_first(l, b, key, word_id, &found, &second);
     if (*rc)
         return 0;
     if (found == SL_NIL) {
@@ -114,8 +118,8 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t *wor
     return found;
 }
 
-int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint32_t *woken,
-                   uint32_t woken_cap)
+int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, int force_fair,
+                   uint32_t *woken, uint32_t woken_cap)
 {
     sl_clear_error();
     if (woken_cap < 1)
@@ -126,7 +130,7 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
         return rc;
     int asleep;
     uint32_t ahead;
-    uint32_t found = unlock_locked(l, b, key, word, force_fair, &rc, &asleep, &ahead);
+    uint32_t found = unlock_locked(l, b, key, word_id, word, force_fair, &rc, &asleep, &ahead);
     if (found != SL_NIL)
         sl_maybe_die("unpark_locked"); /* the same test steps as sl_unpark_one */
     sl_bucket_unlock(l, b);
@@ -143,9 +147,9 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t *word, int force_fair, uint
     return 1;
 }
 
-int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, uint32_t *count,
-                 uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot, uint64_t *token,
-                 uint32_t *woken, uint32_t woken_cap, int *nwoken)
+int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t lock_id, uint64_t *word,
+                 uint32_t *count, uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot,
+                 uint64_t *token, uint32_t *woken, uint32_t woken_cap, int *nwoken)
 {
     sl_clear_error();
     *nwoken = 0;
@@ -153,7 +157,9 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, 
     uint64_t old = LOAD(word);
     if ((old & ~(uint64_t)SL_PARKED_BIT) != me)
         return sl_fail(-EPERM, "cannot wait on un-acquired lock");
-    int rc = sl_park_begin_native(l, cv_key, SL_TOKEN_BURST, 0, NULL, NULL, deadline_ns, slot);
+    /* parked for the lock's word: a notify moves it onto the lock's queue (unpark_requeue) */
+    int rc = sl_park_begin_native(l, cv_key, SL_TOKEN_BURST, 0, lock_id, NULL, NULL, deadline_ns,
+                                  slot);
     if (rc)
         return rc;
     uint32_t saved = count ? LOAD(count) : 0;
@@ -162,7 +168,7 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word, 
     /* Only PARKED can change under the owner (a parker setting it): retry the CAS on that. */
     for (;;) {
         if (old & SL_PARKED_BIT) {
-            rc = sl_word_unlock(l, lock_key, word, 0, woken, woken_cap);
+            rc = sl_word_unlock(l, lock_key, lock_id, word, 0, woken, woken_cap);
             if (rc >= 0) {
                 *nwoken = rc;
                 return sleep_first(l, slot, deadline_ns, slice_ns, word, token);
