@@ -14,7 +14,9 @@ it hands the slot to its event loop's *watch* and awaits a future. The watch's h
 sleep in Linux ``futex_waitv`` on up to 127 slot words each (plus a private control word for
 adding and removing slots while they sleep) and tell the loop through an eventfd which slots were
 unparked: the releaser's ordinary wake-up, no polling, and the loop's thread never sleeps in a
-futex. 1,000 waiting tasks cost 8 helper threads (``_native/waitv.c``).
+futex. A new wait starts in a small group (8 words: a helper on few words wakes sooner) and
+moves to a packed one after OWNER_POLL seconds; 1,000 waiting tasks cost at most 12 helper
+threads (``_native/waitv.c``).
 
 Where ``futex_waitv`` is missing (Linux before 5.16) and on the semaphore backend, each waiting
 task has a thread of its own, asleep on its slot's futex word or semaphore, which a cancelled
@@ -145,6 +147,11 @@ class _Watch:
             else:
                 w.lot._waiter._sem(w.slot).release()
 
+    def age(self, w):
+        """The wait has lasted a while: its slot moves to a packed helper group (waitv.c)."""
+        if self._a is not None and w.cookie in self._waits and w.lot._waiter_code == FUTEX:
+            lib.sl_aio_age(self._a, w.cookie)
+
     def _drain(self):
         buf, waits = self._buf, self._waits
         while True:
@@ -221,6 +228,7 @@ async def _sleep(lot, slot, poll=None):
     watch = _watch(loop)
     w = watch.arm(lot, slot)
     try:
+        aged = False
         while not w.fired:
             fut = w.fut = loop.create_future()
             timer = loop.call_later(OWNER_POLL, _settle, fut)
@@ -232,6 +240,9 @@ async def _sleep(lot, slot, poll=None):
                 return True
             if poll is not None and poll():
                 return False
+            if not aged:
+                watch.age(w)
+                aged = True
         return True
     finally:
         w.fut = None
