@@ -713,6 +713,8 @@ class Condition(_WordLockMixin, _Wrapper):
                 notified = bool(requeued[0])
         if t.token[0] == TOKEN_HANDOFF:
             self._taken(lock)  # handed over by the lock's unlocker, or taken when woken
+        elif isinstance(cancelled, GeneratorExit):
+            raise cancelled  # the coroutine is being closed (its loop is gone): no awaiting
         else:
             await self._reacquire()
         if cancelled is not None:
