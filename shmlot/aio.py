@@ -77,8 +77,9 @@ USE_WAITV = bool(lib.sl_aio_supported()) and os.environ.get("SHMLOT_AIO_WAITV", 
 
 class _SlotWait:
     """One parked task's slot, watched. ``fired`` once the slot was seen unparked; ``fut`` is
-    the future the task awaits now (the watch resolves it with True, its poll timer with
-    False)."""
+    a weak reference to the future the task awaits now (the watch resolves it with True, its
+    poll timer with False): weak, so that the watch (kept per loop) never keeps a loop alive
+    through it."""
     __slots__ = ("cookie", "lot", "slot", "fired", "fut", "cancelled", "__weakref__")
 
     def __init__(self, cookie, lot, slot):
@@ -91,14 +92,26 @@ class _SlotWait:
 
     def fire(self):
         self.fired = True
-        fut = self.fut
+        fut = self.fut() if self.fut is not None else None
         if fut is not None and not fut.done():
             fut.set_result(True)
 
 
-def _close_watch(handle, pid):
-    if os.getpid() == pid:  # a fork child has the memory but not the threads
-        lib.sl_aio_close(handle)
+class _Handle:
+    """A watch's C handle, apart from the watch: the loop's finalizer holds this (holding the
+    watch would keep the loop alive through the futures it resolves)."""
+    __slots__ = ("a", "pid")
+
+    def __init__(self, a, pid):
+        self.a, self.pid = a, pid
+
+
+def _close_watch(handle):
+    """The loop is gone: stop the helper threads. Waits of tasks destroyed after it (their
+    coroutines closed) still leave the queue, with nothing left to disarm."""
+    a, handle.a = handle.a, None
+    if a is not None and os.getpid() == handle.pid:  # a fork child has no threads
+        lib.sl_aio_close(a)
 
 
 class _Watch:
@@ -111,18 +124,22 @@ class _Watch:
         self._pid = os.getpid()
         self._waits = {}
         self._cookies = itertools.count(1)
-        self._a = None
+        self._h = _Handle(None, self._pid)
+
+    @property
+    def _a(self):
+        return self._h.a
 
     def _c_watch(self):
-        if self._a is None:
+        if self._h.a is None:
             out = ffi.new("sl_aio **")
             _lot._check(lib.sl_aio_new(out), "asyncio watch")
-            self._a = out[0]
+            self._h.a = out[0]
             self._buf = ffi.new("uint64_t[]", self.DRAIN)
             loop = self._loop_ref()
-            loop.add_reader(lib.sl_aio_fd(self._a), self._drain)
-            weakref.finalize(loop, _close_watch, self._a, self._pid)
-        return self._a
+            loop.add_reader(lib.sl_aio_fd(self._h.a), self._drain)
+            weakref.finalize(loop, _close_watch, self._h)
+        return self._h.a
 
     def arm(self, lot, slot):
         w = _SlotWait(next(self._cookies), lot, slot)
@@ -139,7 +156,8 @@ class _Watch:
         if self._waits.pop(w.cookie, None) is None:
             return
         if USE_WAITV and w.lot._waiter_code == FUTEX:
-            lib.sl_aio_remove(self._a, w.cookie)
+            if self._a is not None:
+                lib.sl_aio_remove(self._a, w.cookie)
         else:
             w.cancelled = True  # its thread exits at its next wake-up, which this gives it
             if w.lot._waiter_code == FUTEX:
@@ -154,7 +172,7 @@ class _Watch:
 
     def _drain(self):
         buf, waits = self._buf, self._waits
-        while True:
+        while self._a is not None:
             n = lib.sl_aio_drain(self._a, buf, self.DRAIN)
             for i in range(n):
                 w = waits.pop(buf[i], None)
@@ -230,7 +248,8 @@ async def _sleep(lot, slot, poll=None):
     try:
         aged = False
         while not w.fired:
-            fut = w.fut = loop.create_future()
+            fut = loop.create_future()
+            w.fut = weakref.ref(fut)
             timer = loop.call_later(OWNER_POLL, _settle, fut)
             try:
                 await fut
@@ -630,7 +649,9 @@ class Condition(_WordLockMixin, _Wrapper):
     async def __aenter__(self):
         await self.acquire()
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, exc_type, *exc):
+        if exc_type is GeneratorExit and self._lock._word() & ~PARKED != self._me():
+            return  # closed in wait() without the lock back: it is not ours to release
         self.release()
 
     def notify(self, n=1):
@@ -714,7 +735,10 @@ class Condition(_WordLockMixin, _Wrapper):
         if t.token[0] == TOKEN_HANDOFF:
             self._taken(lock)  # handed over by the lock's unlocker, or taken when woken
         elif isinstance(cancelled, GeneratorExit):
-            raise cancelled  # the coroutine is being closed (its loop is gone): no awaiting
+            # the coroutine is being closed (its loop is gone): no awaiting; take the lock if it
+            # is free, for the ``async with`` around us to release (see __aexit__)
+            self._try(lock, me)
+            raise cancelled
         else:
             await self._reacquire()
         if cancelled is not None:

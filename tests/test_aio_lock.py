@@ -381,3 +381,28 @@ def test_long_waits_still_wake_after_moving_to_packed_groups(alot, aio_mode):
         assert sorted(order) == list(range(20))
     run(main())
     assert alot.info()["slots_free"] == alot.slots
+
+
+def test_a_loop_closed_under_waiting_tasks_leaves_nothing_queued(alot):
+    """Tasks still waiting when their loop is closed and dropped: their coroutines are closed,
+    and each leaves the queue (a Condition waiter too) without touching the gone watch."""
+    import gc
+    alock = aio.Lock(lot=alot)
+    cond = aio.Condition(aio.Lock(lot=alot))
+    alock.sync.acquire()
+    loop = asyncio.new_event_loop()
+
+    async def cond_waiter():
+        async with cond:
+            await cond.wait()
+    tasks = [loop.create_task(alock.acquire()) for _ in range(5)]
+    tasks.append(loop.create_task(cond_waiter()))
+    loop.run_until_complete(asyncio.sleep(0.1))
+    assert len(queued(alot)) == 6
+    loop.close()
+    del loop, tasks
+    gc.collect()
+    assert not queued(alot)
+    alock.sync.release()
+    assert alock.sync._word() == 0
+    assert alot.info()["slots_free"] == alot.slots
