@@ -68,7 +68,6 @@ OWNER_POLL = _locks.OWNER_POLL_NS / 1e9  # seconds between a waiting task's live
 THREAD_SLICE_NS = 1_000_000_000  # a per-task thread's sleep slice (no futex_waitv)
 FULL_BACKOFF_MIN, FULL_BACKOFF_MAX = 0.0005, 0.05
 FULL_BACKOFF_STEPS = 4  # a task with no free slot waits FULL_BACKOFF_MIN * 2**4, randomised
-_NO_SLOT = 0xFFFFFFFF
 
 USE_WAITV = bool(lib.sl_aio_supported()) and os.environ.get("SHMLOT_AIO_WAITV", "1") != "0"
 
@@ -80,14 +79,15 @@ class _SlotWait:
     a weak reference to the future the task awaits now (the watch resolves it with True, its
     poll timer with False): weak, so that the watch (kept per loop) never keeps a loop alive
     through it."""
-    __slots__ = ("cookie", "lot", "slot", "fired", "fut", "cancelled", "__weakref__")
+    __slots__ = ("cookie", "lot", "slot", "fired", "fut", "threaded", "cancelled")
 
-    def __init__(self, cookie, lot, slot):
+    def __init__(self, cookie, lot, slot, threaded):
         self.cookie = cookie
         self.lot = lot  # kept alive while watched: the helper thread reads its mapping
         self.slot = slot
         self.fired = False
         self.fut = None
+        self.threaded = threaded  # a thread of its own (else the C watch's helpers)
         self.cancelled = False
 
     def fire(self):
@@ -142,8 +142,9 @@ class _Watch:
         return self._h.a
 
     def arm(self, lot, slot):
-        w = _SlotWait(next(self._cookies), lot, slot)
-        if USE_WAITV and lot._waiter_code == FUTEX:
+        w = _SlotWait(next(self._cookies), lot, slot,
+                      threaded=not (USE_WAITV and lot._waiter_code == FUTEX))
+        if not w.threaded:
             _lot._check(lib.sl_aio_add(self._c_watch(), lot._l, slot, w.cookie), "asyncio watch")
         else:
             threading.Thread(target=self._thread_wait, args=(w,), daemon=True,
@@ -155,7 +156,7 @@ class _Watch:
         """Stop watching (the task leaves the queue next). Harmless once fired."""
         if self._waits.pop(w.cookie, None) is None:
             return
-        if USE_WAITV and w.lot._waiter_code == FUTEX:
+        if not w.threaded:
             if self._a is not None:
                 lib.sl_aio_remove(self._a, w.cookie)
         else:
@@ -167,7 +168,7 @@ class _Watch:
 
     def age(self, w):
         """The wait has lasted a while: its slot moves to a packed helper group (waitv.c)."""
-        if self._a is not None and w.cookie in self._waits and w.lot._waiter_code == FUTEX:
+        if not w.threaded and self._a is not None and w.cookie in self._waits:
             lib.sl_aio_age(self._a, w.cookie)
 
     def _drain(self):
