@@ -172,8 +172,8 @@ static void *helper_main(void *arg)
         pthread_mutex_unlock(&a->mu);
         if (fired) {
             uint64_t one = 1;
-            ssize_t w = write(a->efd, &one, sizeof one);
-            (void)w; /* EAGAIN: the counter is already non-zero, the loop will read */
+            ssize_t written = write(a->efd, &one, sizeof one);
+            (void)written; /* EAGAIN: the counter is already non-zero, the loop will read */
             continue;
         }
         memset(&wv[n], 0, sizeof wv[n]);
@@ -218,14 +218,14 @@ int sl_aio_fd(sl_aio *a) { return a->efd; }
 static group *new_group(sl_aio *a, uint32_t cap, int *rc)
 {
     if (a->ngroups == a->gcap) {
-        uint32_t cap = a->gcap ? a->gcap * 2 : 4;
-        group **p = realloc(a->groups, cap * sizeof *p);
+        uint32_t gcap = a->gcap ? a->gcap * 2 : 4;
+        group **p = realloc(a->groups, gcap * sizeof *p);
         if (!p) {
             *rc = -ENOMEM;
             return NULL;
         }
         a->groups = p;
-        a->gcap = cap;
+        a->gcap = gcap;
     }
     group *g = calloc(1, sizeof *g);
     if (!g) {
