@@ -406,3 +406,47 @@ def test_a_loop_closed_under_waiting_tasks_leaves_nothing_queued(alot):
     alock.sync.release()
     assert alock.sync._word() == 0
     assert alot.info()["slots_free"] == alot.slots
+
+
+FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
+
+
+@pytest.mark.skipif(FUTEX_SYSCALL is None, reason="futex syscall number unknown here")
+def test_the_loop_thread_never_sleeps_in_a_futex(alot, aio_mode):
+    """While 200 tasks wait (and their timers come and go), a sampler thread reads what the
+    loop's thread is blocked in (/proc/.../syscall): never futex, the way a parked thread is."""
+    alock = aio.Lock(lot=alot)
+    sem = aio.Semaphore(0, lot=alot)
+    loop_tid = threading.get_native_id()
+    path = f"/proc/self/task/{loop_tid}/syscall"
+    samples = []
+    stop = threading.Event()
+
+    def sampler():
+        while not stop.is_set():
+            with open(path) as f:
+                first = f.read().split()[0]
+            if first.lstrip("-").isdigit():
+                samples.append(int(first))
+            time.sleep(0.0005)
+
+    async def main():
+        await alock.acquire()
+        tasks = [asyncio.create_task(alock.acquire()) for _ in range(100)]
+        tasks += [asyncio.create_task(sem.acquire()) for _ in range(100)]
+        await until(lambda: len(queued(alot)) == 200, 30)
+        t = threading.Thread(target=sampler)
+        t.start()
+        try:
+            await asyncio.sleep(aio.OWNER_POLL * 2.5)  # through the tasks' liveness checks
+        finally:
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, t.join)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        alock.release()
+    run(main())
+    assert len(samples) > 50
+    assert FUTEX_SYSCALL not in samples
+    assert alot.info()["slots_free"] == alot.slots
