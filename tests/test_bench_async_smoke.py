@@ -26,6 +26,8 @@ def test_bench_async_runs(tmp_path, lot_name):
     names = {r["name"] for r in rows}
     assert names == {
         "pingpong: shmlot.Event (threads)", "pingpong: shmlot.aio.Event (tasks)",
+        "pingpong, parking: shmlot.Event (threads)",
+        "pingpong, parking: shmlot.aio.Event (tasks)",
         "contended: shmlot.aio.Lock", "contended: filelock.AsyncFileLock",
         "contended: run_in_executor(multiprocessing.Lock)", "wakeup: 1 parked task",
         "wakeup: 1 of 1,000 parked tasks"}
@@ -35,6 +37,8 @@ def test_bench_async_runs(tmp_path, lot_name):
         assert math.isfinite(r["value"]), r
         assert "EXCLUSION" not in r["notes"], r
         if r["peer"] is not None:
-            assert r["ratio"] > 0 and r["target"] and isinstance(r["ok"], bool), r
+            assert r["ratio"] > 0, r
+        if r["target"] is not None:
+            assert isinstance(r["ok"], bool), r
     assert sum(1 for r in rows if r["name"] == "contended: shmlot.aio.Lock") == 2
     assert "pingpong: shmlot.aio.Event (tasks)" in proc.stdout

@@ -8,7 +8,10 @@
 Scenarios:
 
   pingpong    two processes hand a token back and forth through two Events: shmlot.aio.Event
-              (both sides asyncio) beside shmlot.Event (both sides threads)     (ns per round trip)
+              (both sides asyncio) beside shmlot.Event (both sides threads); then the same with
+              spinning turned off on both sides ("parking"), so that every hand-off is a
+              wake-up: a thread's futex wake beside a task's (helper thread, eventfd, loop)
+                                                                                (ns per round trip)
   contended   4 processes x 100 tasks loop on one lock (``async with lock:``, a tiny critical
               section, ``await asyncio.sleep(0)`` between turns): shmlot.aio.Lock beside
               filelock.AsyncFileLock (one per task, default poll interval) and
@@ -24,6 +27,7 @@ own (exported as SHMLOT_LOT to the children) and unlinks it at the end.
 """
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -39,6 +43,7 @@ if os.path.dirname(HERE) not in sys.path:
 
 import shmlot  # noqa: E402
 from shmlot import aio  # noqa: E402
+from shmlot import event as shmlot_event  # noqa: E402
 
 CTX = mp.get_context("spawn")
 PROCS, TASKS = 4, 100
@@ -56,7 +61,35 @@ def _atomics(raw):
 
 # ---- ping-pong ------------------------------------------------------------------------------------
 
-def _pp_child(style, names, rounds, ready):
+class _NoSpin:
+    """A SpinWait that never spins: every wait parks (the ping-pong's "parking" rows)."""
+
+    def spin(self):
+        return False
+
+    def reset(self):
+        pass
+
+
+@contextlib.contextmanager
+def _spinning(spin):
+    if spin:
+        yield
+        return
+    saved = shmlot_event.SpinWait, aio.SpinWait
+    shmlot_event.SpinWait = aio.SpinWait = _NoSpin
+    try:
+        yield
+    finally:
+        shmlot_event.SpinWait, aio.SpinWait = saved
+
+
+def _pp_child(style, names, rounds, ready, spin=True):
+    with _spinning(spin):
+        _pp_child_loop(style, names, rounds, ready)
+
+
+def _pp_child_loop(style, names, rounds, ready):
     lot = _lot()
     if style == "sync":
         a, b = (shmlot.Event(name=n, lot=lot) for n in names)
@@ -77,13 +110,19 @@ def _pp_child(style, names, rounds, ready):
     asyncio.run(main())
 
 
-def pingpong(style, rounds):
-    """ns per round trip between two processes through two Events."""
+def pingpong(style, rounds, spin=True):
+    """ns per round trip between two processes through two Events (``spin=False``: neither
+    side spins before parking, so every hand-off goes through a wake-up)."""
+    with _spinning(spin):
+        return _pingpong(style, rounds, spin)
+
+
+def _pingpong(style, rounds, spin):
     lot = _lot()
     names = [f"bench-pp-{secrets.token_hex(4)}-{i}" for i in range(2)]
     warm = min(200, rounds // 5)
     ready = CTX.Event()
-    child = CTX.Process(target=_pp_child, args=(style, names, warm + rounds, ready))
+    child = CTX.Process(target=_pp_child, args=(style, names, warm + rounds, ready, spin))
     child.start()
     try:
         ready.wait(60)
@@ -292,6 +331,10 @@ def run(repeats=3, quick=False, log=None):
             log(f"repeat {r + 1}/{repeats}")
             measure("pingpong: shmlot.Event (threads)", pingpong, "sync", pp_rounds)
             measure("pingpong: shmlot.aio.Event (tasks)", pingpong, "async", pp_rounds)
+            measure("pingpong, parking: shmlot.Event (threads)", pingpong, "sync",
+                    pp_rounds // 4, False)
+            measure("pingpong, parking: shmlot.aio.Event (tasks)", pingpong, "async",
+                    pp_rounds // 4, False)
             for kind in ("shmlot.aio.Lock", "filelock.AsyncFileLock",
                          "run_in_executor(multiprocessing.Lock)"):
                 if kind.startswith("filelock") and peers_missing:
@@ -334,6 +377,9 @@ def run(repeats=3, quick=False, log=None):
     sync_pp = "pingpong: shmlot.Event (threads)"
     add(sync_pp, "ns/rt")
     add("pingpong: shmlot.aio.Event (tasks)", "ns/rt", sync_pp, "<= 3x the threads' ping-pong", 3.0)
+    add("pingpong, parking: shmlot.Event (threads)", "ns/rt")
+    add("pingpong, parking: shmlot.aio.Event (tasks)", "ns/rt",
+        "pingpong, parking: shmlot.Event (threads)")
     for peer in ("filelock.AsyncFileLock", "run_in_executor(multiprocessing.Lock)"):
         add(f"contended: {peer}", "ops/s")
     for peer in ("filelock.AsyncFileLock", "run_in_executor(multiprocessing.Lock)"):
