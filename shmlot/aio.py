@@ -14,7 +14,9 @@ it hands the slot to its event loop's *watch* and awaits a future. The watch's h
 sleep in Linux ``futex_waitv`` on up to 127 slot words each (plus a private control word for
 adding and removing slots while they sleep) and tell the loop through an eventfd which slots were
 unparked: the releaser's ordinary wake-up, no polling, and the loop's thread never sleeps in a
-futex. 1,000 waiting tasks cost 8 helper threads (``_native/waitv.c``).
+futex. A new wait starts in a small group (8 words: a helper on few words wakes sooner) and
+moves to a packed one after OWNER_POLL seconds; 1,000 waiting tasks cost at most 12 helper
+threads (``_native/waitv.c``).
 
 Where ``futex_waitv`` is missing (Linux before 5.16) and on the semaphore backend, each waiting
 task has a thread of its own, asleep on its slot's futex word or semaphore, which a cancelled
@@ -66,7 +68,6 @@ OWNER_POLL = _locks.OWNER_POLL_NS / 1e9  # seconds between a waiting task's live
 THREAD_SLICE_NS = 1_000_000_000  # a per-task thread's sleep slice (no futex_waitv)
 FULL_BACKOFF_MIN, FULL_BACKOFF_MAX = 0.0005, 0.05
 FULL_BACKOFF_STEPS = 4  # a task with no free slot waits FULL_BACKOFF_MIN * 2**4, randomised
-_NO_SLOT = 0xFFFFFFFF
 
 USE_WAITV = bool(lib.sl_aio_supported()) and os.environ.get("SHMLOT_AIO_WAITV", "1") != "0"
 
@@ -75,28 +76,42 @@ USE_WAITV = bool(lib.sl_aio_supported()) and os.environ.get("SHMLOT_AIO_WAITV", 
 
 class _SlotWait:
     """One parked task's slot, watched. ``fired`` once the slot was seen unparked; ``fut`` is
-    the future the task awaits now (the watch resolves it with True, its poll timer with
-    False)."""
-    __slots__ = ("cookie", "lot", "slot", "fired", "fut", "cancelled", "__weakref__")
+    a weak reference to the future the task awaits now (the watch resolves it with True, its
+    poll timer with False): weak, so that the watch (kept per loop) never keeps a loop alive
+    through it."""
+    __slots__ = ("cookie", "lot", "slot", "fired", "fut", "threaded", "cancelled")
 
-    def __init__(self, cookie, lot, slot):
+    def __init__(self, cookie, lot, slot, threaded):
         self.cookie = cookie
         self.lot = lot  # kept alive while watched: the helper thread reads its mapping
         self.slot = slot
         self.fired = False
         self.fut = None
+        self.threaded = threaded  # a thread of its own (else the C watch's helpers)
         self.cancelled = False
 
     def fire(self):
         self.fired = True
-        fut = self.fut
+        fut = self.fut() if self.fut is not None else None
         if fut is not None and not fut.done():
             fut.set_result(True)
 
 
-def _close_watch(handle, pid):
-    if os.getpid() == pid:  # a fork child has the memory but not the threads
-        lib.sl_aio_close(handle)
+class _Handle:
+    """A watch's C handle, apart from the watch: the loop's finalizer holds this (holding the
+    watch would keep the loop alive through the futures it resolves)."""
+    __slots__ = ("a", "pid")
+
+    def __init__(self, a, pid):
+        self.a, self.pid = a, pid
+
+
+def _close_watch(handle):
+    """The loop is gone: stop the helper threads. Waits of tasks destroyed after it (their
+    coroutines closed) still leave the queue, with nothing left to disarm."""
+    a, handle.a = handle.a, None
+    if a is not None and os.getpid() == handle.pid:  # a fork child has no threads
+        lib.sl_aio_close(a)
 
 
 class _Watch:
@@ -109,22 +124,27 @@ class _Watch:
         self._pid = os.getpid()
         self._waits = {}
         self._cookies = itertools.count(1)
-        self._a = None
+        self._h = _Handle(None, self._pid)
+
+    @property
+    def _a(self):
+        return self._h.a
 
     def _c_watch(self):
-        if self._a is None:
+        if self._h.a is None:
             out = ffi.new("sl_aio **")
             _lot._check(lib.sl_aio_new(out), "asyncio watch")
-            self._a = out[0]
+            self._h.a = out[0]
             self._buf = ffi.new("uint64_t[]", self.DRAIN)
             loop = self._loop_ref()
-            loop.add_reader(lib.sl_aio_fd(self._a), self._drain)
-            weakref.finalize(loop, _close_watch, self._a, self._pid)
-        return self._a
+            loop.add_reader(lib.sl_aio_fd(self._h.a), self._drain)
+            weakref.finalize(loop, _close_watch, self._h)
+        return self._h.a
 
     def arm(self, lot, slot):
-        w = _SlotWait(next(self._cookies), lot, slot)
-        if USE_WAITV and lot._waiter_code == FUTEX:
+        w = _SlotWait(next(self._cookies), lot, slot,
+                      threaded=not (USE_WAITV and lot._waiter_code == FUTEX))
+        if not w.threaded:
             _lot._check(lib.sl_aio_add(self._c_watch(), lot._l, slot, w.cookie), "asyncio watch")
         else:
             threading.Thread(target=self._thread_wait, args=(w,), daemon=True,
@@ -136,8 +156,9 @@ class _Watch:
         """Stop watching (the task leaves the queue next). Harmless once fired."""
         if self._waits.pop(w.cookie, None) is None:
             return
-        if USE_WAITV and w.lot._waiter_code == FUTEX:
-            lib.sl_aio_remove(self._a, w.cookie)
+        if not w.threaded:
+            if self._a is not None:
+                lib.sl_aio_remove(self._a, w.cookie)
         else:
             w.cancelled = True  # its thread exits at its next wake-up, which this gives it
             if w.lot._waiter_code == FUTEX:
@@ -145,9 +166,14 @@ class _Watch:
             else:
                 w.lot._waiter._sem(w.slot).release()
 
+    def age(self, w):
+        """The wait has lasted a while: its slot moves to a packed helper group (waitv.c)."""
+        if not w.threaded and self._a is not None and w.cookie in self._waits:
+            lib.sl_aio_age(self._a, w.cookie)
+
     def _drain(self):
         buf, waits = self._buf, self._waits
-        while True:
+        while self._a is not None:
             n = lib.sl_aio_drain(self._a, buf, self.DRAIN)
             for i in range(n):
                 w = waits.pop(buf[i], None)
@@ -221,8 +247,10 @@ async def _sleep(lot, slot, poll=None):
     watch = _watch(loop)
     w = watch.arm(lot, slot)
     try:
+        aged = False
         while not w.fired:
-            fut = w.fut = loop.create_future()
+            fut = loop.create_future()
+            w.fut = weakref.ref(fut)
             timer = loop.call_later(OWNER_POLL, _settle, fut)
             try:
                 await fut
@@ -232,6 +260,9 @@ async def _sleep(lot, slot, poll=None):
                 return True
             if poll is not None and poll():
                 return False
+            if not aged:
+                watch.age(w)
+                aged = True
         return True
     finally:
         w.fut = None
@@ -619,7 +650,9 @@ class Condition(_WordLockMixin, _Wrapper):
     async def __aenter__(self):
         await self.acquire()
 
-    async def __aexit__(self, *exc):
+    async def __aexit__(self, exc_type, *exc):
+        if exc_type is GeneratorExit and self._lock._word() & ~PARKED != self._me():
+            return  # closed in wait() without the lock back: it is not ours to release
         self.release()
 
     def notify(self, n=1):
@@ -702,6 +735,11 @@ class Condition(_WordLockMixin, _Wrapper):
                 notified = bool(requeued[0])
         if t.token[0] == TOKEN_HANDOFF:
             self._taken(lock)  # handed over by the lock's unlocker, or taken when woken
+        elif isinstance(cancelled, GeneratorExit):
+            # the coroutine is being closed (its loop is gone): no awaiting; take the lock if it
+            # is free, for the ``async with`` around us to release (see __aexit__)
+            self._try(lock, me)
+            raise cancelled
         else:
             await self._reacquire()
         if cancelled is not None:

@@ -272,3 +272,63 @@ def test_rwlock_dead_writer_reaches_a_waiting_task(alot, aio_mode):
             pass
     run(main())
     assert alot.info()["slots_free"] == alot.slots
+
+
+# ---- across processes ---------------------------------------------------------------------------
+
+SYNC_SIDE = r"""
+import sys, threading
+import shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+cond = shmlot.Condition(name="xcv", lot=lot)
+barrier = shmlot.Barrier(4, name="xbar", lot=lot)
+box = shmlot.Semaphore(0, name="xbox", lot=lot)   # items produced (the "queue" is a count)
+taken = shmlot.Semaphore(0, name="xtaken", lot=lot)
+rounds = int(sys.argv[2])
+
+def party():
+    for _ in range(rounds):
+        barrier.wait(timeout=30)
+
+threads = [threading.Thread(target=party) for _ in range(2)]
+for t in threads:
+    t.start()
+for i in range(rounds):
+    with cond:
+        box.release()
+        cond.notify()
+    assert taken.acquire(timeout=30)
+for t in threads:
+    t.join()
+print("ok")
+"""
+
+
+@pytest.mark.timeout(120)
+def test_condition_and_barrier_between_a_sync_and_an_async_process(alot, aio_mode):
+    """Another process's threads notify a Condition whose waiters are tasks here, and are two
+    of the four parties of a Barrier whose other two are tasks here."""
+    rounds = 30
+    cond = aio.Condition(name="xcv", lot=alot)
+    barrier = aio.Barrier(4, name="xbar", lot=alot)
+    box = shmlot.Semaphore(0, name="xbox", lot=alot)
+    taken = shmlot.Semaphore(0, name="xtaken", lot=alot)
+    child = start_python(SYNC_SIDE, alot.name, rounds, env=mode_env(aio_mode))
+
+    async def consumer():
+        for _ in range(rounds):
+            async with cond:
+                await cond.wait_for(lambda: box.acquire(blocking=False))
+            taken.release()
+
+    async def party():
+        return [await barrier.wait() for _ in range(rounds)]
+
+    async def main():
+        return await asyncio.gather(consumer(), party(), party())
+    _c, a, b = run(main(), timeout=100)
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0 and "ok" in out, err
+    assert all(0 <= i < 4 for i in a + b)
+    assert not barrier.broken
+    assert alot.info()["slots_free"] == alot.slots

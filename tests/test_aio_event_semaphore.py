@@ -162,3 +162,32 @@ def test_bounded_semaphore(alot):
     assert isinstance(aio.BoundedSemaphore.from_sync(sem.sync), aio.BoundedSemaphore)
     with pytest.raises(TypeError):
         aio.BoundedSemaphore.from_sync(shmlot.Semaphore(lot=alot))
+
+
+def test_async_objects_pickle_to_a_spawned_child(alot, aio_mode):
+    """An anonymous aio object travels to a child process as its synchronous handle does."""
+    import multiprocessing as mp
+    sem = aio.Semaphore(0, lot=alot)
+    ev = aio.Event(lot=alot)
+    ctx = mp.get_context("spawn")
+    child = ctx.Process(target=_child_releases, args=(sem, ev))
+    child.start()
+    try:
+        async def main():
+            await asyncio.wait_for(ev.wait(), 30)
+            assert await asyncio.wait_for(sem.acquire(), 30)
+        run(main())
+    finally:
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+
+
+def _child_releases(sem, ev):
+    assert isinstance(sem, aio.Semaphore) and isinstance(ev, aio.Event)
+
+    async def main():
+        ev.set()
+        sem.release()
+    asyncio.run(main())

@@ -1,7 +1,8 @@
 """Cancellation storm: tasks of several processes cancelled at random moments while they wait for
-one Lock and one Semaphore (and a thread per process using them synchronously). Exclusion never
-breaks, the semaphore never admits more than its value, and afterwards nothing is left: no slot
-taken, no waiter counted, PARKED clear, the semaphore's value whole."""
+one Lock, one Semaphore and one RWLock (and a thread per process using the first two
+synchronously). Exclusion never breaks, the semaphore never admits more than its value, and
+afterwards nothing is left: no slot taken, no waiter counted, PARKED clear, the semaphore's value
+whole, the RWLock free with no reader or writer counted."""
 import pytest
 
 import shmlot
@@ -21,8 +22,9 @@ seed, tasks, rounds = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 rng = random.Random(seed)
 lock = aio.Lock(name="storm-lock", lot=lot)
 sem = aio.Semaphore(3, name="storm-sem", lot=lot)
+rw = aio.RWLock(name="storm-rw", lot=lot)
 # segment words: 0 lock holders now, 8 broken exclusions, 16 semaphore holders now,
-# 24 semaphore over-admissions, 32 completed, 40 cancelled
+# 24 semaphore over-admissions, 32 completed, 40 cancelled, 48 writers now, 56 readers now
 
 def in_lock():
     if seg.fetch_add(0, 1) != 0:
@@ -58,10 +60,31 @@ async def hold_sem():
         finally:
             out_sem()
 
+async def hold_rw(write):
+    if write:
+        async with rw.write():
+            if seg.fetch_add(48, 1) != 0 or seg.load(56) != 0:
+                seg.fetch_add(8, 1)
+            try:
+                await asyncio.sleep(0)
+            finally:
+                seg.fetch_add(48, -1)
+    else:
+        async with rw.read():
+            seg.fetch_add(56, 1)
+            if seg.load(48) != 0:
+                seg.fetch_add(8, 1)
+            try:
+                await asyncio.sleep(0)
+            finally:
+                seg.fetch_add(56, -1)
+
 async def worker(i):
     r = random.Random(seed * 1000 + i)
     for _ in range(rounds):
-        job = hold_lock() if r.random() < 0.6 else hold_sem()
+        pick = r.random()
+        job = (hold_lock() if pick < 0.45 else hold_sem() if pick < 0.7
+               else hold_rw(r.random() < 0.4))
         t = asyncio.ensure_future(job)
         how = r.random()
         if how < 0.4:
@@ -106,6 +129,7 @@ def test_cancellation_storm(alot, aio_mode, shm_segment):
     seg = shm_segment(64)
     lock = shmlot.Lock(name="storm-lock", lot=alot)
     sem = shmlot.Semaphore(3, name="storm-sem", lot=alot)
+    rw = shmlot.RWLock(name="storm-rw", lot=alot)
     nproc, tasks = 3, 40
     rounds = 60 if aio_mode == "futex" else 15  # a thread per wait costs more
     procs = [start_python(STORM, alot.name, seg.name, seed, tasks, rounds,
@@ -116,11 +140,13 @@ def test_cancellation_storm(alot, aio_mode, shm_segment):
     attempts = nproc * tasks * rounds
     assert seg.load(32) + seg.load(40) == attempts
     assert seg.load(40) >= attempts // 4  # a storm, not a drizzle
-    assert seg.load(8) == 0, "two holders of the lock at once"
+    assert seg.load(8) == 0, "exclusion broken (Lock, or RWLock)"
     assert seg.load(24) == 0, "the semaphore admitted more than 3"
     # nothing left behind
     assert lock._word() == 0  # unlocked, PARKED clear
     assert sem._value() == 3 and sem._words[1].load() == 0
+    assert [rw._words[i].load() for i in range(4)] == [0, 0, 0, 0]
+    assert not alot._holds_on(rw.key) and not alot._holds_on(rw._wkey)
     assert not queued(alot)
     info = alot.info()
     assert info["slots_free"] == alot.slots

@@ -1,12 +1,21 @@
 /* The asyncio watch (see waitv.h): helper threads that sleep in futex_waitv on many slots' wait
  * words at once and tell an event loop, through an eventfd, which slots were unparked.
  *
- * Groups. futex_waitv takes at most 128 words, so slots are watched in groups of
+ * Groups. futex_waitv takes at most 128 words, so slots are watched in groups of at most
  * SL_AIO_GROUP_WORDS (127), each served by one helper thread that also waits on the group's
  * control word `ctl` (private to this process: FUTEX_PRIVATE_FLAG on that entry only; the slot
  * words are shared, so theirs have no flag). Adding or removing a slot bumps `ctl` and wakes it,
- * and the thread re-reads its group. A watch with N slots has ceil(N / 127) threads; threads are
- * created as needed and stay (idle in futex_waitv) until the watch closes.
+ * and the thread re-reads its group. Threads are created as needed and stay (idle in
+ * futex_waitv) until the watch closes.
+ *
+ * Young and packed groups. A futex_waitv call costs the kernel work per word, on the way in and
+ * on the way out: a helper asleep on 127 words wakes ~40 us later than one asleep on a few. Most
+ * waits are short (a contended lock, a ping-pong) and a few are long (idle tasks), so a slot
+ * starts in a *young* group (SL_AIO_YOUNG_WORDS words; at most SL_AIO_YOUNG_GROUPS of them) and
+ * the loop moves it to a packed group (127 words) once it has waited a while (sl_aio_age, at the
+ * task's first liveness check). When the young groups are full, new slots go to packed groups at
+ * once. So N waiting tasks cost at most SL_AIO_YOUNG_GROUPS + ceil(N / 127) threads (12 for
+ * 1,000), and a short wait is woken by a helper that sleeps on few words.
  *
  * Protocol with the unparker. The unparker stores 0 in the slot's wait word under the bucket
  * lock, then FUTEX_WAKEs it: either the helper sees 0 when it (re)scans its group, or it is
@@ -70,6 +79,7 @@ typedef struct {
     pthread_t thread;
     uint32_t ctl; /* private futex word: bumped (under the watch's mutex) on every change */
     uint32_t n;
+    uint32_t cap; /* SL_AIO_YOUNG_WORDS (a young group) or SL_AIO_GROUP_WORDS */
     entry e[SL_AIO_GROUP_WORDS];
 } group;
 
@@ -140,9 +150,12 @@ static void *helper_main(void *arg)
         int fired = 0;
         for (uint32_t i = 0; i < g->n;) {
             sl_slot *s = SLOT(g->e[i].l, g->e[i].slot);
-            uint32_t expected = SL_WAIT_AHEAD;
-            CAS(&s->wait, &expected, SL_WAIT_SLEEP); /* woken ahead: nothing to spin with */
-            if (LOAD(&s->wait) != SL_WAIT_SLEEP || LOAD(&s->state) == SLOT_UNPARKED) {
+            uint32_t w = LOAD(&s->wait);
+            if (w == SL_WAIT_AHEAD) { /* woken ahead: a task has nothing to spin with */
+                CAS(&s->wait, &w, SL_WAIT_SLEEP);
+                w = LOAD(&s->wait);
+            }
+            if (w != SL_WAIT_SLEEP || LOAD(&s->state) == SLOT_UNPARKED) {
                 if (push_ready(a, g->e[i].cookie) == 0) {
                     g->e[i] = g->e[--g->n];
                     fired = 1;
@@ -159,8 +172,8 @@ static void *helper_main(void *arg)
         pthread_mutex_unlock(&a->mu);
         if (fired) {
             uint64_t one = 1;
-            ssize_t w = write(a->efd, &one, sizeof one);
-            (void)w; /* EAGAIN: the counter is already non-zero, the loop will read */
+            ssize_t written = write(a->efd, &one, sizeof one);
+            (void)written; /* EAGAIN: the counter is already non-zero, the loop will read */
             continue;
         }
         memset(&wv[n], 0, sizeof wv[n]);
@@ -200,18 +213,19 @@ int sl_aio_new(sl_aio **out)
 
 int sl_aio_fd(sl_aio *a) { return a->efd; }
 
-/* Under mu: a new group and its thread (signals blocked in it: they are the loop's). */
-static group *new_group(sl_aio *a, int *rc)
+/* Under mu: a new group of `cap` words and its thread (signals blocked in it: they are the
+ * loop's). */
+static group *new_group(sl_aio *a, uint32_t cap, int *rc)
 {
     if (a->ngroups == a->gcap) {
-        uint32_t cap = a->gcap ? a->gcap * 2 : 4;
-        group **p = realloc(a->groups, cap * sizeof *p);
+        uint32_t gcap = a->gcap ? a->gcap * 2 : 4;
+        group **p = realloc(a->groups, gcap * sizeof *p);
         if (!p) {
             *rc = -ENOMEM;
             return NULL;
         }
         a->groups = p;
-        a->gcap = cap;
+        a->gcap = gcap;
     }
     group *g = calloc(1, sizeof *g);
     if (!g) {
@@ -219,6 +233,7 @@ static group *new_group(sl_aio *a, int *rc)
         return NULL;
     }
     g->a = a;
+    g->cap = cap;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setstacksize(&attr, HELPER_STACK);
@@ -237,18 +252,54 @@ static group *new_group(sl_aio *a, int *rc)
     return g;
 }
 
+/* Under mu: a group of capacity `cap` with room (a new one if there is none and, for young
+ * groups, fewer than SL_AIO_YOUNG_GROUPS exist). NULL with *rc 0: no young group available. */
+static group *group_with_room(sl_aio *a, uint32_t cap, int *rc)
+{
+    uint32_t same = 0;
+    for (uint32_t i = 0; i < a->ngroups; i++) {
+        group *g = a->groups[i];
+        if (g->cap != cap)
+            continue;
+        if (g->n < cap)
+            return g;
+        same++;
+    }
+    if (cap == SL_AIO_YOUNG_WORDS && same >= SL_AIO_YOUNG_GROUPS)
+        return NULL;
+    return new_group(a, cap, rc);
+}
+
+/* Under mu: the entry of `cookie` (its group in *gout), or NULL. */
+static entry *find_entry(sl_aio *a, uint64_t cookie, group **gout)
+{
+    for (uint32_t i = 0; i < a->ngroups; i++) {
+        group *g = a->groups[i];
+        for (uint32_t k = 0; k < g->n; k++) {
+            if (g->e[k].cookie == cookie) {
+                *gout = g;
+                return &g->e[k];
+            }
+        }
+    }
+    return NULL;
+}
+
+static void remove_entry(group *g, entry *e)
+{
+    *e = g->e[--g->n];
+    poke(g);
+}
+
 int sl_aio_add(sl_aio *a, sl_lot *l, uint32_t slot, uint64_t cookie)
 {
     if (slot >= l->nslots)
         return sl_fail(SL_ECORRUPT, "slot index %u out of range", slot);
     int rc = 0;
     pthread_mutex_lock(&a->mu);
-    group *g = NULL;
-    for (uint32_t i = 0; i < a->ngroups && !g; i++)
-        if (a->groups[i]->n < SL_AIO_GROUP_WORDS)
-            g = a->groups[i];
-    if (!g)
-        g = new_group(a, &rc);
+    group *g = group_with_room(a, SL_AIO_YOUNG_WORDS, &rc);
+    if (!g && !rc)
+        g = group_with_room(a, SL_AIO_GROUP_WORDS, &rc);
     if (g) {
         g->e[g->n++] = (entry){l, slot, cookie};
         poke(g);
@@ -257,23 +308,35 @@ int sl_aio_add(sl_aio *a, sl_lot *l, uint32_t slot, uint64_t cookie)
     return rc;
 }
 
-int sl_aio_remove(sl_aio *a, uint64_t cookie)
+int sl_aio_age(sl_aio *a, uint64_t cookie)
 {
-    int found = 0;
+    int rc = 0;
     pthread_mutex_lock(&a->mu);
-    for (uint32_t i = 0; i < a->ngroups && !found; i++) {
-        group *g = a->groups[i];
-        for (uint32_t k = 0; k < g->n; k++) {
-            if (g->e[k].cookie == cookie) {
-                g->e[k] = g->e[--g->n];
-                poke(g);
-                found = 1;
-                break;
-            }
+    group *from = NULL;
+    entry *e = find_entry(a, cookie, &from);
+    if (e && from->cap == SL_AIO_YOUNG_WORDS) {
+        group *to = group_with_room(a, SL_AIO_GROUP_WORDS, &rc);
+        if (to) {
+            /* added before it is removed: a wake between the two is caught by one of the
+             * helpers (and one woken on a word it no longer watches passes the wake on) */
+            to->e[to->n++] = *e;
+            poke(to);
+            remove_entry(from, e);
         }
     }
     pthread_mutex_unlock(&a->mu);
-    return found;
+    return rc;
+}
+
+int sl_aio_remove(sl_aio *a, uint64_t cookie)
+{
+    pthread_mutex_lock(&a->mu);
+    group *g = NULL;
+    entry *e = find_entry(a, cookie, &g);
+    if (e)
+        remove_entry(g, e);
+    pthread_mutex_unlock(&a->mu);
+    return e != NULL;
 }
 
 int sl_aio_drain(sl_aio *a, uint64_t *out, uint32_t cap)

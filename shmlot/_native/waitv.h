@@ -18,6 +18,8 @@
  * shmlot-stat can tell a task from a thread */
 #define SL_TOKEN_AIO 0x4153594E43
 #define SL_AIO_GROUP_WORDS 127 /* slot words per helper thread (futex_waitv takes 128 words) */
+#define SL_AIO_YOUNG_WORDS 8   /* slot words per helper thread of a young group (see waitv.c) */
+#define SL_AIO_YOUNG_GROUPS 4
 
 typedef struct sl_aio sl_aio;
 
@@ -27,9 +29,10 @@ int sl_aio_supported(void);
 int sl_aio_new(sl_aio **out);
 int sl_aio_fd(sl_aio *a);
 /* Watch slot's wait word; `cookie` comes back from sl_aio_drain once the slot is unparked
- * (or woken ahead and put back to sleep: the caller re-checks). A helper thread is started for
- * every SL_AIO_GROUP_WORDS slots watched at once. */
+ * (the caller re-checks). Helper threads are started as the groups need them (waitv.c). */
 int sl_aio_add(sl_aio *a, sl_lot *l, uint32_t slot, uint64_t cookie);
+/* A slot that has waited a while moves from its young group to a packed one (see waitv.c). */
+int sl_aio_age(sl_aio *a, uint64_t cookie);
 /* Stop watching (a cancelled task): 1 if it was still watched, 0 if it had already fired. */
 int sl_aio_remove(sl_aio *a, uint64_t cookie);
 /* Cookies of fired slots (at most cap), oldest first; clears the eventfd. */
