@@ -752,8 +752,11 @@ static PyObject *lock_word_store(SlWord *self, PyObject *arg)
 
 #define ACQUIRE_DOC(what)                                                                          \
     "acquire($self, /, blocking=True, timeout=-1)\n--\n\n"                                         \
-    "Acquire the " what ", as threading." what ".acquire does. The uncontended case is\n"          \
-    "handled here; anything else calls self._acquire_slow(blocking, timeout)."
+    "Acquire the " what " as threading." what ".acquire does: block until it is free (at most\n"  \
+    "`timeout` seconds; -1: no limit), or with blocking=False only try. Returns True if\n"        \
+    "acquired, False if not. If the holder died (its process is gone), the lock is taken over\n"  \
+    "and OwnerDiedError raised with it held: repair what it protects, then release().\n"          \
+    "(`with` reports the death with OwnerDiedWarning instead.)"
 
 #define WORD_PRIVATE_METHODS                                                                       \
     {"_word", (PyCFunction)lock_word_load, METH_NOARGS,                                            \
@@ -769,10 +772,11 @@ static PyObject *lock_word_store(SlWord *self, PyObject *arg)
 static PyMethodDef lock_methods[] = {
     {"acquire", METH(lock_acquire), METH_FASTCALL | METH_KEYWORDS, ACQUIRE_DOC("Lock")},
     {"release", (PyCFunction)lock_release, METH_NOARGS,
-     "release($self, /)\n--\n\nRelease the lock (any thread may). RuntimeError if it is not\n"
-     "locked; when a thread may be parked on it, calls self._release_slow()."},
+     "release($self, /)\n--\n\nRelease the lock (any thread may, as with threading.Lock);\n"
+     "RuntimeError if it is not locked. Wakes one waiter if any."},
     {"__enter__", (PyCFunction)lock_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nacquire()"},
+     "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the\n"
+     "lock taken over."},
     {"__exit__", METH(lock_exit), METH_FASTCALL, "__exit__($self, /, *args)\n--\n\nrelease()"},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nWhether the lock is held."},
@@ -941,9 +945,10 @@ static PyMethodDef rlock_methods[] = {
     {"acquire", METH(rlock_acquire), METH_FASTCALL | METH_KEYWORDS, ACQUIRE_DOC("RLock")},
     {"release", (PyCFunction)rlock_release, METH_NOARGS,
      "release($self, /)\n--\n\nRelease one level of recursion; RuntimeError if the calling\n"
-     "thread does not own the lock. The last release calls self._release_slow() when a\n"
-     "thread may be parked on the word (count is already 0 then)."},
-    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nacquire()"},
+     "thread does not own the lock. The last release wakes one waiter if any."},
+    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the\n"
+     "lock taken over."},
     {"__exit__", METH(rlock_exit), METH_FASTCALL, "__exit__($self, /, *args)\n--\n\nrelease()"},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nWhether the lock is held (by anyone)."},
