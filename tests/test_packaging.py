@@ -174,3 +174,94 @@ def test_help_explains_the_primitives():
     for cls in (shmlot.RLock, shmlot.Condition, shmlot.Semaphore, shmlot.Event, shmlot.Barrier,
                 shmlot.RWLock, shmlot.get_context):
         assert len((cls.__doc__ or "").strip()) > 40, cls
+
+
+# ---- the other Pythons ------------------------------------------------------------------------
+#
+# The whole suite runs on the interpreter that runs pytest; every other Python the package claims
+# (3.9-3.13) that is on this machine gets the sdist built and installed into a fresh venv (which
+# compiles the C-API module against that version's headers, with its version-only branches) and a
+# representative subset of the suite run from the sdist's own tests/. Interpreters that are not
+# here are skipped; two run at a time.
+
+CLAIMED = [(3, minor) for minor in range(9, 14)]
+SUBSET = ["test_lock_tests.py",          # threading's exact behaviour, version by version
+          "test_with_owner_death.py",    # owner death in `with`, a Pool with killed workers
+          "test_context.py",             # multiprocessing's call forms and context
+          "test_atomics.py"]             # the C-API module's atomics, LockCore subclasses
+
+
+def _find_python(version):
+    """A working interpreter of ``version`` (major, minor): on PATH or under ~/.pyenv."""
+    import glob
+    name = "python%d.%d" % version
+    candidates = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version[0]}."
+                                                     f"{version[1]}.*/bin/{name}")), reverse=True)
+    on_path = shutil.which(name)
+    if on_path:
+        candidates.append(on_path)
+    for exe in candidates:
+        try:
+            out = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0 and out.stdout.strip() == str(version):
+            return exe
+    return None
+
+
+OTHERS = [v for v in CLAIMED if v != sys.version_info[:2]]
+
+
+def _subset_run(python, sdist, workdir):
+    """venv + ``pip install sdist[test]`` + the subset; returns (ok, log)."""
+    log = []
+    try:
+        vpy = make_venv(os.path.join(workdir, "venv"), python)
+        _run([vpy, "-m", "pip", "install", "-q", f"{sdist}[test]"], cwd=workdir, timeout=900)
+        with tarfile.open(sdist) as tar:
+            tar.extractall(workdir)
+        src = os.path.join(workdir, os.path.basename(str(sdist))[:-len(".tar.gz")])
+        # the sdist's tests and tools, without its shmlot/ (which conftest would put first on
+        # sys.path, in place of the installed package)
+        suite = os.path.join(workdir, "suite")
+        for part in ("tests", "tools"):
+            shutil.copytree(os.path.join(src, part), os.path.join(suite, part))
+        shutil.copy(os.path.join(src, "pyproject.toml"), suite)  # pytest's settings
+        tests = [os.path.join(suite, "tests", t) for t in SUBSET]
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        env.pop("SHMLOT_LOT", None)
+        proc = subprocess.run([vpy, "-m", "pytest", "-p", "no:cacheprovider", "-q"] + tests,
+                              cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=1200)
+        log.append(proc.stdout[-6000:] + proc.stderr[-3000:])
+        return proc.returncode == 0, "\n".join(log)
+    except (AssertionError, subprocess.TimeoutExpired) as exc:
+        log.append(str(exc)[-6000:])
+        return False, "\n".join(log)
+
+
+@pytest.fixture(scope="module")
+def other_python_runs(dists, tmp_path_factory):
+    """Start every other claimed Python's subset run, two at a time; {version: future}."""
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(max_workers=2)
+    futures = {}
+    for version in OTHERS:
+        python = _find_python(version)
+        if python is not None:
+            workdir = str(tmp_path_factory.mktemp("py%d%d" % version))
+            futures[version] = pool.submit(_subset_run, python, dists[0], workdir)
+    yield futures
+    pool.shutdown(wait=True)
+
+
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("version", OTHERS, ids=["py%d.%d" % v for v in OTHERS])
+def test_other_python_builds_and_passes_subset(other_python_runs, version):
+    if version not in other_python_runs:
+        pytest.skip("Python %d.%d is not installed here" % version)
+    ok, log = other_python_runs[version].result()
+    assert ok, log
