@@ -43,10 +43,10 @@ def owner_alive(word):
 
 
 def warn_owner_died(exc, release, stacklevel=3):
-    # stacklevel 3: this function, the _enter_slow that calls it, and the `with` statement
     """Report a dead owner found by a ``with`` statement: the lock is held by the caller, who
     runs the body. If the warning is turned into an exception, ``release()`` first: a ``with``
     whose ``__enter__`` raises never runs ``__exit__``."""
+    # stacklevel 3 names the `with` statement: 1 is this function, 2 the _enter_slow calling it
     try:
         warnings.warn(f"{exc} (taken over by a with statement, whose body runs)",
                       OwnerDiedWarning, stacklevel=stacklevel)
