@@ -4,7 +4,7 @@ Two native modules are built from the C sources in shmlot/_native/:
 - shmlot._core  (cffi, out-of-line API mode; see cffi_build.py): the table, park/unpark, waiters.
   Every call through it releases the GIL, which is right for everything that may block.
 - shmlot._fast  (plain CPython C-API): atomics and the uncontended lock paths, which must keep the
-  GIL (SPEC section 1: a GIL hand-off per call costs 10-30 us with a second busy thread).
+  GIL (a GIL hand-off per call costs 10-30 us when a second thread is busy).
 """
 from setuptools import Extension, setup
 

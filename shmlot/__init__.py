@@ -1,7 +1,7 @@
 """shmlot: a parking lot in shared memory, and inter-process primitives built on it.
 
-The low-level API (SPEC section 2) is ``ParkingLot`` and its operations; the module-level
-``park``, ``unpark_one``, ... act on ``default_lot()``. The primitives (SPEC section 3) are
+The low-level API is ``ParkingLot`` and its operations; the module-level
+``park``, ``unpark_one``, ... act on ``default_lot()``. The primitives are
 drop-in replacements for ``threading``'s that also work across processes.
 """
 from threading import BrokenBarrierError

@@ -1,4 +1,4 @@
-"""The exceptions shmlot raises (SPEC section 6)."""
+"""The exceptions (and the warning) shmlot raises."""
 
 __all__ = ["LotNotFoundError", "LotUnlinkedError", "LotCorruptError", "LotFullError",
            "OwnerDiedError", "OwnerDiedWarning", "ObjectGoneError"]

@@ -43,10 +43,10 @@ def owner_alive(word):
 
 
 def warn_owner_died(exc, release, stacklevel=3):
-    # stacklevel 3: this function, the _enter_slow that calls it, and the `with` statement
     """Report a dead owner found by a ``with`` statement: the lock is held by the caller, who
     runs the body. If the warning is turned into an exception, ``release()`` first: a ``with``
     whose ``__enter__`` raises never runs ``__exit__``."""
+    # stacklevel 3 names the `with` statement: 1 is this function, 2 the _enter_slow calling it
     try:
         warnings.warn(f"{exc} (taken over by a with statement, whose body runs)",
                       OwnerDiedWarning, stacklevel=stacklevel)
@@ -229,10 +229,24 @@ def _rebuild(cls, args):
 class Lock(_WordLock, _fast.LockCore):
     """``threading.Lock`` across processes.
 
-    ``Lock()`` is anonymous (pickles to children); ``Lock(name="jobs")`` creates or opens a named
-    lock in the lot; ``Lock.at(buffer, offset)`` places its 8 bytes in your own shared memory.
-    A holder that dies is detected by the next acquirer, which gets the lock and
-    ``OwnerDiedError``.
+    Creating one:
+      ``Lock()``                      anonymous, in the default lot: pass it to other processes
+                                      (fork, spawn, forkserver, a Pool's initializer; it pickles
+                                      as a handle); freed when the last handle anywhere is gone.
+      ``Lock(name="jobs")``           named: every process of the same user that asks for "jobs"
+                                      (in the same lot) gets the same lock; it lives until
+                                      ``shmlot.unlink_object("jobs")``.
+      ``Lock(lot=shmlot.ParkingLot.open("mylot"))``  in another lot (e.g. one shared by users).
+      ``Lock.at(shm, offset)``        its 8 bytes inside your own SharedMemory (zero: unlocked).
+
+    Using it: exactly as ``threading.Lock``: ``acquire(blocking=True, timeout=-1)``,
+    ``release()`` (any thread or process may release it), ``locked()``, ``with lock:``.
+
+    A holder that dies (SIGKILL included) is detected by the next acquirer, which takes the
+    lock over: ``acquire()`` then raises ``OwnerDiedError`` with the lock held (repair, then
+    ``release()``); ``with lock:`` issues ``OwnerDiedWarning`` and runs its body holding it.
+    For multiprocessing's call forms (``acquire(block, timeout)``), use
+    ``shmlot.get_context().Lock()``.
     """
     SIZE = 8
     KIND = _pl.LOCK
@@ -260,7 +274,10 @@ class Lock(_WordLock, _fast.LockCore):
 
 
 class RLock(_WordLock, _fast.RLockCore):
-    """``threading.RLock`` across processes (same placements as ``Lock``)."""
+    """``threading.RLock`` across processes: the thread that holds it may acquire it again, and
+    must release it as many times. Created, shared and placed (16 bytes) as ``Lock`` is; a dead
+    holder is reported the same way (``OwnerDiedError`` from ``acquire()``, ``OwnerDiedWarning``
+    from ``with``), and the taker's recursion count starts at 1."""
     SIZE = 16
     KIND = _pl.RLOCK
     _CORE = _fast.RLockCore

@@ -27,3 +27,41 @@ def test_example_runs(example, waiter):
         assert lot.info()["slots_free"] == lot.slots  # nobody left parked
     finally:
         lot.unlink()
+
+
+@pytest.mark.timeout(180)
+def test_job_queue_steps_run_on_their_own():
+    """job_queue.py's steps, started as separate programs as its docstring says: a worker first
+    (nothing exists yet), then the producer, then stats and remove."""
+    lot_name = f"shmlot-test-ex-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lot = shmlot.ParkingLot.create(lot_name)
+    queue = f"shmlot-test-jobs-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, SHMLOT_LOT=lot_name,
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    script = [sys.executable, os.path.join(ROOT, "tools", "examples", "job_queue.py")]
+
+    def step(*args):
+        return subprocess.run(script + list(args), env=env, capture_output=True, text=True,
+                              timeout=120)
+
+    try:
+        worker = subprocess.Popen(script + ["work", queue], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        try:
+            produced = step("produce", queue, "50")
+            assert produced.returncode == 0, produced.stderr
+            out, err = worker.communicate(timeout=120)
+        finally:
+            worker.kill()
+            worker.wait()
+        assert worker.returncode == 0, err
+        assert "worker processed 50 jobs" in out
+        stats = step("stats", queue)
+        assert stats.returncode == 0, stats.stderr
+        assert f"jobs done: 50, sum of results: {sum(j * j for j in range(1, 51))}" in stats.stdout
+        assert step("remove", queue).returncode == 0
+        assert not os.path.exists(f"/dev/shm/{queue}")
+    finally:
+        if os.path.exists(f"/dev/shm/{queue}"):
+            os.unlink(f"/dev/shm/{queue}")
+        lot.unlink()

@@ -631,6 +631,22 @@ static PyObject *call_acquire_slow(PyObject *self, int blocking, double timeout)
     return call_slow(self, str_acquire_slow, blocking, timeout);
 }
 
+/* __enter__'s slow path: self._enter_slow(True, -1.0), or _acquire_slow for a subclass that
+ * defines no _enter_slow (then `with` and acquire() behave alike). */
+static PyObject *call_enter_slow(PyObject *self)
+{
+    PyObject *meth = PyObject_GetAttr(self, str_enter_slow);
+    if (!meth) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return NULL;
+        PyErr_Clear();
+        return call_acquire_slow(self, 1, -1.0);
+    }
+    PyObject *r = PyObject_CallFunctionObjArgs(meth, Py_True, float_minus_one, NULL);
+    Py_DECREF(meth);
+    return r;
+}
+
 static PyObject *call_release_slow(PyObject *self)
 {
     return PyObject_CallMethodObjArgs(self, str_release_slow, NULL);
@@ -649,9 +665,10 @@ static PyObject *call_release_slow(PyObject *self)
  *     anyone, possibly a dead process, possibly this very thread). Arguments are validated and
  *     normalised: `blocking` is a bool, `timeout` a float, -1.0 meaning none (always -1.0 when
  *     blocking is False). Its result (or exception) is what acquire() returns (raises).
- *   _enter_slow(blocking, timeout): the same for __enter__ (always True, -1.0). It differs from
- *     _acquire_slow in what a dead owner means: a `with` statement must not leave the lock held
- *     when __enter__ raises, since __exit__ then never runs.
+ *   _enter_slow(blocking, timeout), optional: the same for __enter__ (always True, -1.0); without
+ *     it __enter__ calls _acquire_slow. It differs from _acquire_slow in what a dead owner means:
+ *     a `with` statement must not leave the lock held when __enter__ raises, since __exit__
+ *     then never runs.
  *   _release_slow(): called with the word LOCKED | PARKED (owner bits may be anyone's); it must
  *     do the unlocking itself. Its result is what release() returns (None). __exit__ returns None.
  * Both run with the GIL held, like everything here; they may release it to park.
@@ -691,7 +708,7 @@ static PyObject *lock_enter(SlWord *self, PyObject *Py_UNUSED(ignored))
     LOCK_WORD(self)
     if (LIKELY(sl_word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
         Py_RETURN_TRUE;
-    return call_slow((PyObject *)self, str_enter_slow, 1, -1.0);
+    return call_enter_slow((PyObject *)self);
 }
 
 static PyObject *lock_release(SlWord *self, PyObject *Py_UNUSED(ignored))
@@ -758,8 +775,11 @@ static PyObject *lock_word_store(SlWord *self, PyObject *arg)
 
 #define ACQUIRE_DOC(what)                                                                          \
     "acquire($self, /, blocking=True, timeout=-1)\n--\n\n"                                         \
-    "Acquire the " what ", as threading." what ".acquire does. The uncontended case is\n"          \
-    "handled here; anything else calls self._acquire_slow(blocking, timeout)."
+    "Acquire the " what " as threading." what ".acquire does: block until it is free (at most\n"  \
+    "`timeout` seconds; -1: no limit), or with blocking=False only try. Returns True if\n"        \
+    "acquired, False if not. If the holder died (its process is gone), the lock is taken over\n"  \
+    "and OwnerDiedError raised with it held: repair what it protects, then release().\n"          \
+    "(`with` reports the death with OwnerDiedWarning instead.)"
 
 #define WORD_PRIVATE_METHODS                                                                       \
     {"_word", (PyCFunction)lock_word_load, METH_NOARGS,                                            \
@@ -775,10 +795,11 @@ static PyObject *lock_word_store(SlWord *self, PyObject *arg)
 static PyMethodDef lock_methods[] = {
     {"acquire", METH(lock_acquire), METH_FASTCALL | METH_KEYWORDS, ACQUIRE_DOC("Lock")},
     {"release", (PyCFunction)lock_release, METH_NOARGS,
-     "release($self, /)\n--\n\nRelease the lock (any thread may). RuntimeError if it is not\n"
-     "locked; when a thread may be parked on it, calls self._release_slow()."},
+     "release($self, /)\n--\n\nRelease the lock (any thread may, as with threading.Lock);\n"
+     "RuntimeError if it is not locked. Wakes one waiter if any."},
     {"__enter__", (PyCFunction)lock_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nacquire()"},
+     "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the\n"
+     "lock taken over."},
     {"__exit__", METH(lock_exit), METH_FASTCALL, "__exit__($self, /, *args)\n--\n\nrelease()"},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nWhether the lock is held."},
@@ -835,7 +856,7 @@ static inline int rlock_is_mine(uint64_t word, uint64_t me_locked)
     return (word & ~SL_PARKED_BIT) == me_locked;
 }
 
-static PyObject *rlock_do_acquire(SlWord *self, PyObject *slow, int blocking, double timeout)
+static PyObject *rlock_do_acquire(SlWord *self, int enter, int blocking, double timeout)
 {
     uint64_t *w = (uint64_t *)self->addr;
     uint64_t me = my_bits() | SL_LOCKED_BIT;
@@ -854,7 +875,8 @@ static PyObject *rlock_do_acquire(SlWord *self, PyObject *slow, int blocking, do
         __atomic_store_n(count, 1, __ATOMIC_RELAXED);
         Py_RETURN_TRUE;
     }
-    PyObject *r = call_slow((PyObject *)self, slow, blocking, timeout);
+    PyObject *r = enter ? call_enter_slow((PyObject *)self)
+                        : call_acquire_slow((PyObject *)self, blocking, timeout);
     /* The slow path may have taken the lock (also when it raises OwnerDiedError). The buffer may
      * have been dropped meanwhile: re-read addr. */
     if (self->addr && rlock_is_mine(__atomic_load_n((uint64_t *)self->addr, SEQ), me))
@@ -873,14 +895,14 @@ static PyObject *rlock_acquire(SlWord *self, PyObject *const *args, Py_ssize_t n
         if (parse_acquire(args, nargs, kwnames, &blocking, &timeout) < 0)
             return NULL;
     }
-    return rlock_do_acquire(self, str_acquire_slow, blocking, timeout);
+    return rlock_do_acquire(self, 0, blocking, timeout);
 }
 
 static PyObject *rlock_enter(SlWord *self, PyObject *Py_UNUSED(ignored))
 {
     if (UNLIKELY(!self->addr))
         return unbound_error(self);
-    return rlock_do_acquire(self, str_enter_slow, 1, -1.0);
+    return rlock_do_acquire(self, 1, 1, -1.0);
 }
 
 static PyObject *rlock_release(SlWord *self, PyObject *Py_UNUSED(ignored))
@@ -947,9 +969,10 @@ static PyMethodDef rlock_methods[] = {
     {"acquire", METH(rlock_acquire), METH_FASTCALL | METH_KEYWORDS, ACQUIRE_DOC("RLock")},
     {"release", (PyCFunction)rlock_release, METH_NOARGS,
      "release($self, /)\n--\n\nRelease one level of recursion; RuntimeError if the calling\n"
-     "thread does not own the lock. The last release calls self._release_slow() when a\n"
-     "thread may be parked on the word (count is already 0 then)."},
-    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS, "__enter__($self, /)\n--\n\nacquire()"},
+     "thread does not own the lock. The last release wakes one waiter if any."},
+    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the\n"
+     "lock taken over."},
     {"__exit__", METH(rlock_exit), METH_FASTCALL, "__exit__($self, /, *args)\n--\n\nrelease()"},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nWhether the lock is held (by anyone)."},

@@ -1,9 +1,16 @@
 """Unrelated worker processes sharing a named Condition-based job queue.
 
-Nothing is inherited: the producer and each worker are started as separate programs
-(``python job_queue.py produce NAME`` / ``python job_queue.py work NAME``) and find each other
-by name: the queue's storage is a SharedMemory segment called NAME, its Condition is
-``shmlot.Condition(name=NAME)`` in the default lot.
+Nothing is inherited: the producer and each worker are started as separate programs, in any
+order, for instance from two shells::
+
+    python job_queue.py work jobs          # shell 1 (waits for jobs)
+    python job_queue.py produce jobs 100   # shell 2
+    python job_queue.py stats jobs         # jobs done and the sum of their results
+    python job_queue.py remove jobs        # when done: remove the segment and the Condition
+
+They find each other by name: the queue's storage is a SharedMemory segment called NAME (the
+first step to run creates it), its Condition is ``shmlot.Condition(name=NAME)`` in the default
+lot (so all of them must run as the same user, or share a lot: see the README).
 
 Queue layout (u64 words): [0] head, [1] tail, [2] done count, [3] closed flag, [4] sum of
 results, then CAPACITY job slots. The Condition's lock guards all of it; ``notify`` wakes
@@ -27,11 +34,8 @@ SIZE = 8 * (HEADER_WORDS + CAPACITY)
 
 
 class JobQueue:
-    def __init__(self, name, create=False):
-        if create:
-            self.shm = shared_memory.SharedMemory(name, create=True, size=SIZE)
-        else:
-            self.shm = _attach(name)
+    def __init__(self, name):
+        self.shm = _open_or_create(name)
         self.cond = shmlot.Condition(name=name)
 
     def _get(self, i):
@@ -78,13 +82,30 @@ class JobQueue:
         self.shm.close()
 
 
-def _attach(name):
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name, track=False)
-    shm = shared_memory.SharedMemory(name)
-    from multiprocessing import resource_tracker
-    resource_tracker.unregister(shm._name, "shared_memory")  # the producer owns it
+def _open_or_create(name):
+    """The segment NAME, created (all zero: an empty, open queue) by whichever step runs first.
+    Untracked: Python's resource tracker would remove it when the creating process exits, under
+    the feet of the others; ``remove`` (or the demo) removes it."""
+    untracked = {"track": False} if sys.version_info >= (3, 13) else {}
+    try:
+        shm = shared_memory.SharedMemory(name, create=True, size=SIZE, **untracked)
+    except FileExistsError:
+        shm = shared_memory.SharedMemory(name, **untracked)
+    if not untracked:
+        from multiprocessing import resource_tracker
+        resource_tracker.unregister(shm._name, "shared_memory")
     return shm
+
+
+def remove(name):
+    """Remove the queue's segment and its named Condition."""
+    shm = _open_or_create(name)
+    shm.close()
+    shm.unlink()
+    try:
+        shmlot.unlink_object(name)
+    except KeyError:
+        pass
 
 
 def produce(name, jobs):
@@ -93,6 +114,14 @@ def produce(name, jobs):
         q.put(job)
     q.close()
     q.detach()
+    print(f"produced {jobs} jobs")
+
+
+def stats(name):
+    q = JobQueue(name)
+    done, total = q.stats()
+    q.detach()
+    print(f"jobs done: {done}, sum of results: {total}")
 
 
 def work(name):
@@ -107,7 +136,7 @@ def work(name):
 
 def demo(jobs=500, workers=3):
     name = f"shmlot-jobs-{uuid.uuid4().hex[:8]}"
-    q = JobQueue(name, create=True)
+    q = JobQueue(name)
     try:
         me = [sys.executable, __file__]
         procs = [subprocess.Popen(me + ["work", name]) for _ in range(workers)]
@@ -118,9 +147,8 @@ def demo(jobs=500, workers=3):
         print(f"jobs done: {done}/{jobs}, sum of results {total} (expected {expected})")
         return 0 if done == jobs and total == expected and not any(codes) else 1
     finally:
-        shmlot.unlink_object(name)
         q.detach()
-        q.shm.unlink()
+        remove(name)
 
 
 if __name__ == "__main__":
@@ -129,5 +157,9 @@ if __name__ == "__main__":
         produce(sys.argv[2], int(sys.argv[3]))
     elif cmd == "work":
         work(sys.argv[2])
+    elif cmd == "stats":
+        stats(sys.argv[2])
+    elif cmd == "remove":
+        remove(sys.argv[2])
     else:
         sys.exit(demo())
