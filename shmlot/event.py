@@ -58,11 +58,21 @@ class Event(Primitive, _fast.EventCore):
     def wait(self, timeout=None):
         """Block until the flag is set or ``timeout`` seconds pass; return the flag (True also
         when a set() released this wait and a clear() followed before it ran, as in threading)."""
+        if timeout is None:  # the hand-off's case first: nothing to check, nothing to compute
+            start = self._spin_wait(SPIN_NS)
+            if start is True:
+                return True
+            return self._wait_slow(start, Deadline(None))
         deadline = Deadline(timeout)  # checks the timeout (ValueError/TypeError) up front
-        word = self._words[0]
-        start = self._spin_wait(0 if timeout is not None and timeout <= 0 else SPIN_NS)
+        start = self._spin_wait(SPIN_NS if timeout > 0 else 0)
         if start is True:
             return True
+        return self._wait_slow(start, deadline)
+
+    def _wait_slow(self, start, deadline):
+        """wait() once the first spin has not seen a set(): `start` is the word it began from.
+        (A method of its own: its closure would cost wait()'s fast path a cell per variable.)"""
+        word = self._words[0]
         gen = start & GEN_MASK
 
         def done():  # set now, or set (and maybe cleared) since this wait began
