@@ -226,3 +226,32 @@ def test_registry_names_the_families():
     assert [label for label, _ in registry.get("contended").expand(cfg)] == [
         "contended (2 procs)", "contended (8 procs)"]
     assert len(registry.get("scale").expand(cfg)) == 5
+
+
+def test_external_rows_become_paired_scenarios():
+    from benchlib.scenarios.external import rows_to_scenarios
+    rows = [
+        {"scenario": "async_pingpong", "title": "async ping-pong", "unit": "ns/rt",
+         "subject": "shmlot.Event", "family": "shmlot", "samples": [10.0, 11.0, 10.5]},
+        {"scenario": "async_pingpong", "subject": "shmlot.aio.Event", "family": "shmlot",
+         "samples": [20.0, 22.0, 21.0],
+         "target": {"ref": "shmlot.Event", "op": "<=", "threshold": 3.0,
+                    "text": "<= 3 x the synchronous one"}},
+        {"scenario": "async_lock", "subject": "filelock.AsyncFileLock", "status": "n/a",
+         "reason": "filelock not installed"},
+    ]
+    scs = {sc.id: sc for sc in rows_to_scenarios(rows, None)}
+    pp = scs["async_pingpong"]
+    assert pp.rounds == 3 and pp.unit == "ns/rt"
+    (t,) = pp.targets
+    assert t.verdict == "PASS" and t.estimate.value == pytest.approx(2.0)
+    row = scs["async_lock"].rows["filelock.AsyncFileLock"]
+    assert row.status == "n/a" and "filelock" in row.reason
+
+
+def test_bench_without_bench_async_says_so(tmp_path):
+    proc, doc = _run(tmp_path, "--only", "async")
+    (sc,) = doc["scenarios"]
+    if os.path.exists(os.path.join(ROOT, "tools", "bench_async.py")):
+        pytest.skip("tools/bench_async.py is there")
+    assert sc["note"].startswith("skipped") and sc["rows"][0]["status"] == "n/a"
