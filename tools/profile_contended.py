@@ -6,25 +6,43 @@ under `perf stat` / `perf record` (docs/performance.md, section 3).
 
 Prints the total number of operations on stdout, and the throughput and the slowest process's
 share of the mean on stderr. Uses the lot named by $SHMLOT_LOT (or the default lot)."""
-import os, sys, time, multiprocessing as mp
-kind, nprocs, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+import multiprocessing
+import sys
+import time
+
 import shmlot
-ctx = mp.get_context("fork")
-lock = shmlot.Lock() if kind == "shmlot" else ctx.Lock()
-counts = ctx.RawArray("q", nprocs)
-def child(i):
+
+
+def child(lock, secs, counts, i):
     acq, rel = lock.acquire, lock.release
     n = 0
     end = time.monotonic() + secs
     while True:
         for _ in range(100):
-            acq(); rel()
+            acq()
+            rel()
         n += 100
         if time.monotonic() > end:
             break
     counts[i] = n
-ps = [ctx.Process(target=child, args=(i,)) for i in range(nprocs)]
-for p in ps: p.start()
-for p in ps: p.join()
-print(kind, nprocs, "ops/s %.0f" % (sum(counts) / secs), "min share %.2f" % (min(counts) / (sum(counts) / nprocs)), file=sys.stderr)
-print(sum(counts))
+
+
+def main(argv):
+    kind, nprocs, secs = argv[0], int(argv[1]), float(argv[2])
+    ctx = multiprocessing.get_context("fork")
+    lock = shmlot.Lock() if kind == "shmlot" else ctx.Lock()
+    counts = ctx.RawArray("q", nprocs)
+    procs = [ctx.Process(target=child, args=(lock, secs, counts, i)) for i in range(nprocs)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    total = sum(counts)
+    print(f"{kind} {nprocs} processes: {total / secs:.0f} ops/s, slowest "
+          f"{min(counts) / (total / nprocs):.2f} of the mean", file=sys.stderr)
+    print(total)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
