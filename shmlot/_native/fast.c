@@ -974,10 +974,11 @@ static PyTypeObject RLockCore_Type = {
  *   [1] how many threads may be parked on the event's key.
  * set() of an unset event CASes in the flag and the next generation, then, if word [1] says a
  * thread may be parked, calls self._wake_waiters() (the subclass unparks them). _spin_wait(ns)
- * is the first part of wait(): it watches word [0] for up to `ns` nanoseconds, keeping the GIL,
- * and returns True as soon as the flag is set or the generation moves, else the word it started
- * from, from which the caller's slow path goes on (so a set() and clear() during the spin are not
- * missed). A two-process hand-off usually completes inside the spin, without a system call.
+ * is the first part of wait(): it watches word [0] for a while (adaptive, at most `ns`
+ * nanoseconds), keeping the GIL, and returns True as soon as the flag is set or the generation
+ * moves, else the word it started from, from which the caller's slow path goes on (so a set()
+ * and clear() during the spin are not missed). A two-process hand-off on an idle core usually
+ * completes inside the spin, without a system call.
  */
 #define EV_FLAG ((uint64_t)1)
 #define EV_GEN_ONE ((uint64_t)2)
@@ -1032,29 +1033,43 @@ static inline uint64_t mono_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* How long this process's waits have needed to spin lately (an average, ns). A wait spins for
+ * twice that plus SPIN_MIN_NS, at most the caller's bound: a spin that succeeds pulls the average
+ * a quarter of the way to the time it took, one that gives up halves it. So hand-offs answered within a
+ * microsecond or two on another core keep a short, useful spin, and on an oversubscribed machine,
+ * where the partner waits for a CPU that the spinner holds, the spin shrinks to almost nothing
+ * and the wait goes on to yield and park (glibc's adaptive mutex learns its spin count the same
+ * way). Written only with the GIL held. */
+#define SPIN_MIN_NS 500u
+static uint64_t spin_avg_ns = 4000u;
+
 static PyObject *event_spin_wait(SlWord *self, PyObject *arg)
 {
-    uint64_t spin_ns;
+    uint64_t max_ns;
     LOCK_WORD(self)
-    if (u64_arg(arg, UINT64_MAX, "ns", &spin_ns) < 0)
+    if (u64_arg(arg, UINT64_MAX, "ns", &max_ns) < 0)
         return NULL;
     uint64_t start = __atomic_load_n(w, SEQ);
     if (start & EV_FLAG)
         Py_RETURN_TRUE;
-    uint64_t until = 0;
-    for (unsigned n = 1; spin_ns; n++) {
+    if (!max_ns)
+        return from_u64(start);
+    uint64_t budget = 2 * spin_avg_ns + SPIN_MIN_NS;
+    if (budget > max_ns)
+        budget = max_ns;
+    uint64_t t0 = mono_ns(), t = t0;
+    for (unsigned n = 1;; n++) {
         uint64_t v = __atomic_load_n(w, SEQ);
-        if ((v & EV_FLAG) || (v & EV_GEN_MASK) != (start & EV_GEN_MASK))
+        if ((v & EV_FLAG) || (v & EV_GEN_MASK) != (start & EV_GEN_MASK)) {
+            uint64_t took = mono_ns() - t0;
+            spin_avg_ns += ((int64_t)took - (int64_t)spin_avg_ns) / 4;
             Py_RETURN_TRUE;
-        sl_cpu_relax();
-        if ((n & 63) == 0) { /* the clock every 64 rounds: a few hundred ns apart */
-            uint64_t t = mono_ns();
-            if (!until)
-                until = t + spin_ns;
-            else if (t >= until)
-                break;
         }
+        sl_cpu_relax();
+        if ((n & 15) == 0 && (t = mono_ns()) - t0 >= budget)
+            break;
     }
+    spin_avg_ns /= 2;
     return from_u64(start);
 }
 
