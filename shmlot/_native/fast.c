@@ -1035,12 +1035,13 @@ static inline uint64_t mono_ns(void)
 
 /* How long this process's waits have needed to spin lately (an average, ns). A wait spins for
  * twice that plus SPIN_MIN_NS, at most the caller's bound: a spin that succeeds pulls the average
- * a quarter of the way to the time it took, one that gives up halves it. So hand-offs answered within a
+ * a quarter of the way to the time it took, one that gives up halves it. SPIN_MIN_NS is about
+ * what a park and a wake-up cost: a wait never loses more than that to spinning. So hand-offs answered within a
  * microsecond or two on another core keep a short, useful spin, and on an oversubscribed machine,
  * where the partner waits for a CPU that the spinner holds, the spin shrinks to almost nothing
  * and the wait goes on to yield and park (glibc's adaptive mutex learns its spin count the same
  * way). Written only with the GIL held. */
-#define SPIN_MIN_NS 500u
+#define SPIN_MIN_NS 2000u
 static uint64_t spin_avg_ns = 4000u;
 
 static PyObject *event_spin_wait(SlWord *self, PyObject *arg)
