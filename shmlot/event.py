@@ -1,14 +1,16 @@
 """``Event``, as in ``threading``, across processes.
 
 Words: [0] bit 0 the flag, bits 1-63 a generation that every set() of an unset event advances;
-[1] how many threads may be parked. ``wait`` spins briefly before parking, so a two-process
-ping-pong usually completes without a system call.
+[1] how many threads may be parked. ``set``, ``clear``, ``is_set`` and the first spin of ``wait``
+are C (``_fast.EventCore``, keeping the GIL); ``wait`` spins on the word for up to SPIN_NS
+before it backs off and parks, so a two-process ping-pong usually completes without a system call.
 
 As in threading, a waiter released by a ``set()`` returns True even if the flag was cleared again
 before it ran. It knows from the generation: one that moved since the wait began means a set()
 happened during the wait. (A wake-up token could not say this: a late wake-up from an earlier
 set() would release a later wait that no set() answered.)
 """
+from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from ._waiting import Deadline, park
@@ -20,9 +22,10 @@ FLAG = 1
 GEN_ONE = 2
 GEN_MASK = (1 << 64) - 2
 POLL_NS = 200_000_000
+SPIN_NS = 20_000  # the partner of a hand-off usually answers within a few microseconds
 
 
-class Event(Primitive):
+class Event(Primitive, _fast.EventCore):
     """``threading.Event()``; ``name=`` / ``lot=`` / ``.at()`` as for ``Lock``."""
     KIND = _pl.EVENT
     WORDS = 2
@@ -30,6 +33,10 @@ class Event(Primitive):
 
     def __init__(self, *, name=None, lot=None):
         self._bind(self._new(name, lot))
+
+    def _bind(self, place):
+        super()._bind(place)
+        _fast.EventCore.__init__(self, place.buffer, place.offset)
 
     @classmethod
     def at(cls, buffer, offset=0, *, init_value=None, lot=None, key=None):
@@ -41,33 +48,31 @@ class Event(Primitive):
             obj._words[0].fetch_or(FLAG)
         return obj
 
-    def is_set(self):
-        return bool(self._words[0].load() & FLAG)
+    # is_set(), set() and clear() are _fast.EventCore's
+    isSet = _fast.EventCore.is_set  # threading keeps the old spelling too
 
-    isSet = is_set  # threading keeps the old spelling too
-
-    def set(self):
-        """Set the flag and wake every waiter."""
-        word = self._words[0]
-        w = word.load()
-        while not w & FLAG:
-            ok, w = word.compare_exchange(w, ((w + GEN_ONE) & GEN_MASK) | FLAG)
-            if ok:
-                if self._words[1].load():
-                    self._place.lot.unpark_all(self._place.key)
-                return
-
-    def clear(self):
-        self._words[0].fetch_and(GEN_MASK)
+    def _wake_waiters(self):
+        """set() changed the flag and a thread may be parked: wake them all."""
+        self._place.lot.unpark_all(self._place.key)
 
     def wait(self, timeout=None):
         """Block until the flag is set or ``timeout`` seconds pass; return the flag (True also
         when a set() released this wait and a clear() followed before it ran, as in threading)."""
+        if timeout is None:  # the hand-off's case first: nothing to check, nothing to compute
+            start = self._spin_wait(SPIN_NS)
+            if start is True:
+                return True
+            return self._wait_slow(start, Deadline(None))
         deadline = Deadline(timeout)  # checks the timeout (TypeError) up front
-        word = self._words[0]
-        start = word.load()
-        if start & FLAG:
+        start = self._spin_wait(SPIN_NS if timeout > 0 else 0)
+        if start is True:
             return True
+        return self._wait_slow(start, deadline)
+
+    def _wait_slow(self, start, deadline):
+        """wait() once the first spin has not seen a set(): `start` is the word it began from.
+        (A method of its own: its closure would cost wait()'s fast path a cell per variable.)"""
+        word = self._words[0]
         gen = start & GEN_MASK
 
         def done():  # set now, or set (and maybe cleared) since this wait began

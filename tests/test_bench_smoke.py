@@ -226,3 +226,44 @@ def test_registry_names_the_families():
     assert [label for label, _ in registry.get("contended").expand(cfg)] == [
         "contended (2 procs)", "contended (8 procs)"]
     assert len(registry.get("scale").expand(cfg)) == 5
+
+
+def test_external_rows_become_paired_scenarios():
+    from benchlib.scenarios.external import rows_to_scenarios
+    rows = [
+        {"scenario": "async_pingpong", "title": "async ping-pong", "unit": "ns/rt",
+         "subject": "shmlot.Event", "family": "shmlot", "samples": [10.0, 11.0, 10.5]},
+        {"scenario": "async_pingpong", "subject": "shmlot.aio.Event", "family": "shmlot",
+         "samples": [20.0, 22.0, 21.0],
+         "target": {"ref": "shmlot.Event", "op": "<=", "threshold": 3.0,
+                    "text": "<= 3 x the synchronous one"}},
+        {"scenario": "async_lock", "subject": "filelock.AsyncFileLock", "status": "n/a",
+         "reason": "filelock not installed"},
+    ]
+    scs = {sc.id: sc for sc in rows_to_scenarios(rows, None)}
+    pp = scs["async_pingpong"]
+    assert pp.rounds == 3 and pp.unit == "ns/rt"
+    (t,) = pp.targets
+    assert t.verdict == "PASS" and t.estimate.value == pytest.approx(2.0)
+    row = scs["async_lock"].rows["filelock.AsyncFileLock"]
+    assert row.status == "n/a" and "filelock" in row.reason
+
+
+@pytest.mark.timeout(300)
+def test_bench_async_scenarios_in_the_main_run(tmp_path):
+    """tools/bench.py runs tools/bench_async.py's scenarios with paired rounds and judges their
+    targets like its own."""
+    proc, doc = _run(tmp_path, "--only", "async", timeout=280)
+    by_id = {sc["id"]: sc for sc in doc["scenarios"]}
+    assert set(by_id) == {"async_pingpong", "async_pingpong_parking", "async_contended",
+                          "async_wakeup"}, list(by_id)
+    subjects = {r["subject"] for r in by_id["async_contended"]["rows"]}
+    assert subjects == {"shmlot.aio.Lock", "filelock.AsyncFileLock", "run_in_executor(mp.Lock)"}
+    texts = {t["text"] for sc in by_id.values() for t in sc["targets"]}
+    assert texts == {"<= 3 x the synchronous one", "ahead of filelock.AsyncFileLock",
+                     "ahead of run_in_executor(mp.Lock)", "<= 1.5 x with no other task parked"}
+    for sc in by_id.values():
+        for t in sc["targets"]:
+            assert t["verdict"] in ("PASS", "FAIL", "undecided"), t
+            _check_interval(t["interval"] and dict(zip(("lo", "hi"), t["interval"]),
+                                                   value=t["value"], n=t["n"]))

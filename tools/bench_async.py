@@ -305,11 +305,9 @@ def _filelock_async():
         return f"filelock.AsyncFileLock unavailable ({e})"
 
 
-def run(repeats=3, quick=False, log=None):
-    """Every scenario, ``repeats`` times (medians). Returns a list of result dicts:
-    name, value, unit, peer (the name of the row it is compared with, or None), ratio
-    (value / peer's value), target (text), ok (the target met, or None), and notes. A subject
-    compared with two peers has a row for each."""
+def collect(repeats=3, quick=False, log=None):
+    """Every scenario, ``repeats`` rounds, subjects interleaved within each round. Returns
+    ({name: [one figure per round]}, why filelock's row is missing or "")."""
     log = log or (lambda msg: None)
     own = "SHMLOT_LOT" not in os.environ
     if own:
@@ -347,6 +345,15 @@ def run(repeats=3, quick=False, log=None):
         if own:
             lot.unlink()
             del os.environ["SHMLOT_LOT"]
+    return samples, peers_missing
+
+
+def run(repeats=3, quick=False, log=None):
+    """Every scenario, ``repeats`` times (medians). Returns a list of result dicts:
+    name, value, unit, peer (the name of the row it is compared with, or None), ratio
+    (value / peer's value), target (text), ok (the target met, or None), and notes. A subject
+    compared with two peers has a row for each."""
+    samples, peers_missing = collect(repeats, quick, log)
 
     def med(name):
         vals = samples.get(name)
@@ -389,6 +396,61 @@ def run(repeats=3, quick=False, log=None):
     add("wakeup: 1 of 1,000 parked tasks", "ns", "wakeup: 1 parked task",
         "<= 1.5x with no other task parked", 1.5)
     return results
+
+
+# tools/bench.py's view of the same figures: one row per subject with a figure per round, so
+# that its ratios are paired round by round (see tools/benchlib/scenarios/external.py)
+_SCENARIOS = [
+    ("async_pingpong", "async Event ping-pong across processes (round trip)", "ns/rt", "lower",
+     [("shmlot.Event", "pingpong: shmlot.Event (threads)", None),
+      ("shmlot.aio.Event", "pingpong: shmlot.aio.Event (tasks)",
+       ("shmlot.Event", "<=", 3.0, "<= 3 x the synchronous one"))]),
+    ("async_pingpong_parking", "async Event ping-pong, spinning off on both sides", "ns/rt",
+     "lower",
+     [("shmlot.Event", "pingpong, parking: shmlot.Event (threads)", None),
+      ("shmlot.aio.Event", "pingpong, parking: shmlot.aio.Event (tasks)", None)]),
+    ("async_contended", "contended async Lock, 4 processes x 100 tasks", "ops/s", "higher",
+     [("filelock.AsyncFileLock", "contended: filelock.AsyncFileLock", None),
+      ("run_in_executor(mp.Lock)", "contended: run_in_executor(multiprocessing.Lock)", None),
+      ("shmlot.aio.Lock", "contended: shmlot.aio.Lock",
+       ("filelock.AsyncFileLock", ">=", 1.0, "ahead of filelock.AsyncFileLock")),
+      ("shmlot.aio.Lock", None,
+       ("run_in_executor(mp.Lock)", ">=", 1.0, "ahead of run_in_executor(mp.Lock)"))]),
+    ("async_wakeup", "wake-up of one task, alone or among 1,000 parked in the process", "ns",
+     "lower",
+     [("1 parked task", "wakeup: 1 parked task", None),
+      ("1 of 1,000 parked tasks", "wakeup: 1 of 1,000 parked tasks",
+       ("1 parked task", "<=", 1.5, "<= 1.5 x with no other task parked"))]),
+]
+
+
+def scenario_rows(repeat=3, quick=False):
+    """The figures as rows for tools/bench.py: one dict per subject, with every round's figure."""
+    samples, peers_missing = collect(max(repeat, 2), quick)
+    rows = []
+    for sid, title, unit, better, subjects in _SCENARIOS:
+        for subject, name, target in subjects:
+            row = {"scenario": sid, "title": title, "unit": unit, "better": better,
+                   "subject": subject, "family": subject.split(".")[0].split("(")[0]}
+            if name is None:  # a second target for a subject listed already
+                row = next(r for r in rows if r["scenario"] == sid and r["subject"] == subject)
+            else:
+                vals = samples.get(name)
+                if not vals:
+                    row.update(status="n/a", reason=peers_missing or "not measured")
+                elif isinstance(vals[0], tuple):  # (ops/s, exclusion held)
+                    row["samples"] = [v[0] for v in vals]
+                    if not all(v[1] for v in vals):
+                        row.update(status="failed", reason="EXCLUSION BROKEN")
+                else:
+                    row["samples"] = list(vals)
+                rows.append(row)
+            if target:
+                ref, op, threshold, text = target
+                row.setdefault("targets", []).append(
+                    {"ref": ref, "op": op, "threshold": threshold, "text": text,
+                     "level": "raised"})
+    return rows
 
 
 def _fmt(v, unit):

@@ -35,14 +35,9 @@ import sys
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-for p in (REPO, HERE):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+import shmlot
+from stress_harness import StatsSegment, die_with_parent, on_termination_signals_exit
 
-import shmlot  # noqa: E402
-from torture import Stats, die_with_parent, on_termination_signals_exit  # noqa: E402
 
 GENEROUS = 5.0        # seconds: a wait that must not time out
 TINY = 0.0005         # seconds: a wait that may
@@ -60,6 +55,7 @@ S_LOST, S_STALLS = 80, 81
 S_READERS = 82                     # readers inside
 S_ANOMALIES = 83
 S_PAIRS = 84                       # 84..87: turn counters of the Condition ping-pong pairs
+STATS_SIZE = 8 * 128
 
 OPS = ("lock", "rlock", "cond_put", "cond_get", "sem", "bsem", "rw_read", "rw_write", "park",
        "anon", "tiny_lock", "tiny_sem", "tiny_rw", "barrier", "event_pingpong", "cond_pingpong")
@@ -81,7 +77,7 @@ def objects(lot):
 class Worker:
     def __init__(self, args):
         self.lot = shmlot.ParkingLot.attach(args.lot)
-        self.st = Stats(args.stats)
+        self.st = StatsSegment(args.stats, STATS_SIZE)
         self.i = args.index
         self.me = os.getpid()
         self.o = objects(self.lot)
@@ -307,7 +303,7 @@ def sample(lot, procs):
 def coordinator(args):
     name = f"shmlot-soak-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     lot = shmlot.ParkingLot.create(name, waiter=args.waiter)
-    st = Stats(f"{name}-stats", create=True)
+    st = StatsSegment(f"{name}-stats", STATS_SIZE, create=True)
     objs = objects(lot)
     procs = []
     log_path = f"/tmp/{name}.log"

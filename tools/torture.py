@@ -69,19 +69,11 @@ import tempfile
 import time
 import uuid
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
-
-import mmap  # noqa: E402
-
-import _posixshmem  # noqa: E402
-
-import shmlot  # noqa: E402
-from shmlot import _fast  # noqa: E402
-from shmlot._core import ffi, lib  # noqa: E402
-from shmlot.errors import OwnerDiedError  # noqa: E402
+import shmlot
+from shmlot import _fast
+from shmlot._core import ffi, lib
+from shmlot.errors import OwnerDiedError
+from stress_harness import StatsSegment, die_with_parent, on_termination_signals_exit
 
 # ---- shared layout of the stats segment (u64 words) ----------------------------------------------
 
@@ -117,32 +109,11 @@ COND_WAIT = 0.2
 BARRIER_WAIT = 0.5
 
 
-class Stats:
-    """The stats segment: u64 atomics by word index."""
+class Stats(StatsSegment):
+    """The stats segment of the torture run, with its ledger of owner deaths."""
 
     def __init__(self, name, create=False):
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
-        fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
-        try:
-            if create:
-                os.ftruncate(fd, STATS_SIZE)
-            self.buf = mmap.mmap(fd, STATS_SIZE)
-        finally:
-            os.close(fd)
-        self.name = name
-        self._w = {}
-
-    def __getitem__(self, i):
-        a = self._w.get(i)
-        if a is None:
-            a = self._w[i] = _fast.AtomicU64(self.buf, 8 * i)
-        return a
-
-    def get(self, i):
-        return self[i].load()
-
-    def add(self, i, n=1):
-        return self[i].fetch_add(n & 0xFFFFFFFFFFFFFFFF)
+        super().__init__(name, STATS_SIZE, create)
 
     def ops(self, group):
         return self.get(W_OPS + GROUPS.index(group))
@@ -160,12 +131,6 @@ class Stats:
         if i < LEDGER_CAP:
             self[W_LEDGER + i].store(LOCKABLES.index(lockable) << 32 | pid)
         return pid
-
-    def unlink(self):
-        try:
-            _posixshmem.shm_unlink("/" + self.name)
-        except FileNotFoundError:
-            pass
 
 
 def open_objects(lot, barrier_parties, action=None):
@@ -192,28 +157,6 @@ def word_holder(word):
     if not word & 1:
         return 0
     return _fast.word_owner(word)[0]
-
-
-def die_with_parent():
-    """A worker or the zygote must not outlive the process that started it (a coordinator killed
-    by a timeout would otherwise leave its workers hammering the lot forever)."""
-    import ctypes
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent or parent == 1:
-        os._exit(1)
-
-
-def on_termination_signals_exit():
-    """SIGTERM/SIGHUP unwind the coordinator (its finally kills the workers and unlinks the
-    lot) instead of killing it on the spot."""
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, stop)
 
 
 # ---- worker ---------------------------------------------------------------------------------------

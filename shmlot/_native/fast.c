@@ -12,6 +12,8 @@
  *   AtomicU32, AtomicU64   sequentially consistent atomics on a naturally aligned word
  *   LockCore               the u64 lock word of ident.h, threading.Lock-shaped fast paths
  *   RLockCore              the same word plus a u32 recursion count (16 bytes)
+ *   EventCore              Event's flag/generation word and waiter count: set, clear, is_set,
+ *                          and the spin that begins wait()
  *   SpinWait               parking_lot_core's exponential back-off counter
  *   CondWaiter             Condition.wait in one call (fastwait.c): the exception to "nothing
  *                          here blocks": it releases the GIL around its calls into the core
@@ -22,10 +24,12 @@
 #include <Python.h>
 
 #include <limits.h>
+#include <stddef.h>
 #include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "ident.h"
 
@@ -55,7 +59,9 @@ typedef struct {
     uint64_t bits; /* sl_owner_bits(pid, tid, start), flags clear */
     uint32_t tid;
 } thread_ident;
-static __thread thread_ident t_ident;
+/* initial-exec: a direct thread-pointer access instead of a __tls_get_addr call on every lock
+ * operation (the dynamic linker keeps room in the static TLS block for modules loaded later). */
+static __thread thread_ident t_ident __attribute__((tls_model("initial-exec")));
 
 static void atfork_child(void)
 {
@@ -795,12 +801,8 @@ static PyObject *lock_word_store(SlWord *self, PyObject *arg)
 static PyMethodDef lock_methods[] = {
     {"acquire", METH(lock_acquire), METH_FASTCALL | METH_KEYWORDS, ACQUIRE_DOC("Lock")},
     {"release", (PyCFunction)lock_release, METH_NOARGS,
-     "release($self, /)\n--\n\nRelease the lock (any thread may, as with threading.Lock);\n"
-     "RuntimeError if it is not locked. Wakes one waiter if any."},
-    {"__enter__", (PyCFunction)lock_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the\n"
-     "lock taken over."},
-    {"__exit__", METH(lock_exit), METH_FASTCALL, "__exit__($self, /, *args)\n--\n\nrelease()"},
+     "release($self, /)\n--\n\nRelease the lock (any thread may). RuntimeError if it is not\n"
+     "locked; when a thread may be parked on it, calls self._release_slow()."},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nWhether the lock is held."},
     WORD_PRIVATE_METHODS,
@@ -969,11 +971,8 @@ static PyMethodDef rlock_methods[] = {
     {"acquire", METH(rlock_acquire), METH_FASTCALL | METH_KEYWORDS, ACQUIRE_DOC("RLock")},
     {"release", (PyCFunction)rlock_release, METH_NOARGS,
      "release($self, /)\n--\n\nRelease one level of recursion; RuntimeError if the calling\n"
-     "thread does not own the lock. The last release wakes one waiter if any."},
-    {"__enter__", (PyCFunction)rlock_enter, METH_NOARGS,
-     "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the\n"
-     "lock taken over."},
-    {"__exit__", METH(rlock_exit), METH_FASTCALL, "__exit__($self, /, *args)\n--\n\nrelease()"},
+     "thread does not own the lock. The last release calls self._release_slow() when a\n"
+     "thread may be parked on the word (count is already 0 then)."},
     {"locked", (PyCFunction)lock_locked, METH_NOARGS,
      "locked($self, /)\n--\n\nWhether the lock is held (by anyone)."},
     {"_is_owned", (PyCFunction)rlock_is_owned, METH_NOARGS,
@@ -1002,6 +1001,380 @@ static PyTypeObject RLockCore_Type = {
     .tp_init = (initproc)rlock_init,
     .tp_new = PyType_GenericNew,
 };
+
+/* ---------------------------------------------------------------------------------------------
+ * EventCore: the fast paths of Event, on its two u64 words (16 bytes, 8-byte aligned):
+ *   [0] bit 0 the flag, bits 1-63 a generation that every set() of an unset event advances;
+ *   [1] how many threads may be parked on the event's key.
+ * set() of an unset event CASes in the flag and the next generation, then, if word [1] says a
+ * thread may be parked, calls self._wake_waiters() (the subclass unparks them). _spin_wait(ns)
+ * is the first part of wait(): it watches word [0] for a while (adaptive, at most `ns`
+ * nanoseconds), keeping the GIL, and returns True as soon as the flag is set or the generation
+ * moves, else the word it started from, from which the caller's slow path goes on (so a set()
+ * and clear() during the spin are not missed). A two-process hand-off on an idle core usually
+ * completes inside the spin, without a system call.
+ */
+#define EV_FLAG ((uint64_t)1)
+#define EV_GEN_ONE ((uint64_t)2)
+#define EV_GEN_MASK (~EV_FLAG)
+
+static PyObject *str_wake_waiters;
+
+static int event_init(SlWord *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "offset", NULL};
+    PyObject *buffer;
+    Py_ssize_t offset = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:EventCore", kwlist, &buffer, &offset))
+        return -1;
+    return word_bind(self, buffer, offset, 16, 8);
+}
+
+static PyObject *event_is_set(SlWord *self, PyObject *Py_UNUSED(ignored))
+{
+    LOCK_WORD(self)
+    return PyBool_FromLong((long)(__atomic_load_n(w, SEQ) & EV_FLAG));
+}
+
+static PyObject *event_set(SlWord *self, PyObject *Py_UNUSED(ignored))
+{
+    LOCK_WORD(self)
+    uint64_t old = __atomic_load_n(w, SEQ);
+    while (!(old & EV_FLAG)) {
+        if (__atomic_compare_exchange_n(w, &old, ((old + EV_GEN_ONE) & EV_GEN_MASK) | EV_FLAG, 0,
+                                        SEQ, SEQ)) {
+            /* seq_cst: a waiter counts itself in [1] before it re-checks [0], we read [1] after
+             * the CAS, so one of the two sees the other */
+            if (__atomic_load_n(w + 1, SEQ))
+                return PyObject_CallMethodObjArgs((PyObject *)self, str_wake_waiters, NULL);
+            break;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *event_clear(SlWord *self, PyObject *Py_UNUSED(ignored))
+{
+    LOCK_WORD(self)
+    __atomic_fetch_and(w, EV_GEN_MASK, SEQ);
+    Py_RETURN_NONE;
+}
+
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* How long this process's waits have needed to spin lately (an average, ns). A wait spins for
+ * twice that plus SPIN_MIN_NS, at most the caller's bound: a spin that succeeds pulls the average
+ * a quarter of the way to the time it took, one that gives up halves it. SPIN_MIN_NS is about
+ * what a park and a wake-up cost: a wait never loses more than that to spinning. So hand-offs answered within a
+ * microsecond or two on another core keep a short, useful spin, and on an oversubscribed machine,
+ * where the partner waits for a CPU that the spinner holds, the spin shrinks to almost nothing
+ * and the wait goes on to yield and park (glibc's adaptive mutex learns its spin count the same
+ * way). Written only with the GIL held. */
+#define SPIN_MIN_NS 2000u
+static uint64_t spin_avg_ns = 4000u;
+
+static PyObject *event_spin_wait(SlWord *self, PyObject *arg)
+{
+    uint64_t max_ns;
+    LOCK_WORD(self)
+    if (u64_arg(arg, UINT64_MAX, "ns", &max_ns) < 0)
+        return NULL;
+    uint64_t start = __atomic_load_n(w, SEQ);
+    if (start & EV_FLAG)
+        Py_RETURN_TRUE;
+    if (!max_ns)
+        return from_u64(start);
+    uint64_t budget = 2 * spin_avg_ns + SPIN_MIN_NS;
+    if (budget > max_ns)
+        budget = max_ns;
+    uint64_t t0 = mono_ns(), t = t0;
+    for (unsigned n = 1;; n++) {
+        uint64_t v = __atomic_load_n(w, SEQ);
+        if ((v & EV_FLAG) || (v & EV_GEN_MASK) != (start & EV_GEN_MASK)) {
+            uint64_t took = mono_ns() - t0;
+            spin_avg_ns += ((int64_t)took - (int64_t)spin_avg_ns) / 4;
+            Py_RETURN_TRUE;
+        }
+        sl_cpu_relax();
+        if ((n & 15) == 0 && (t = mono_ns()) - t0 >= budget)
+            break;
+    }
+    spin_avg_ns /= 2;
+    return from_u64(start);
+}
+
+static PyMethodDef event_methods[] = {
+    {"is_set", (PyCFunction)event_is_set, METH_NOARGS,
+     "is_set($self, /)\n--\n\nWhether the flag is set."},
+    {"set", (PyCFunction)event_set, METH_NOARGS,
+     "set($self, /)\n--\n\nSet the flag; when a thread may be parked, call\n"
+     "self._wake_waiters()."},
+    {"clear", (PyCFunction)event_clear, METH_NOARGS, "clear($self, /)\n--\n\nReset the flag."},
+    {"_spin_wait", (PyCFunction)event_spin_wait, METH_O,
+     "_spin_wait($self, ns, /)\n--\n\nWatch the flag word for up to `ns` nanoseconds (keeping\n"
+     "the GIL): True once it is set or its generation moves, else the word seen first."},
+    {"_release_buffer", (PyCFunction)word_close, METH_NOARGS,
+     "_release_buffer($self, /)\n--\n\nDrop the buffer; later operations raise ValueError."},
+    {NULL, NULL, 0, NULL}};
+
+static PyTypeObject EventCore_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmlot._fast.EventCore",
+    .tp_basicsize = sizeof(SlWord),
+    .tp_dealloc = (destructor)word_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "EventCore(buffer, offset=0)\n--\n\n"
+              "Fast paths of an Event on 16 bytes at byte `offset` of a writable buffer, 8-byte\n"
+              "aligned. A subclass supplies _wake_waiters().",
+    .tp_traverse = (traverseproc)word_traverse,
+    .tp_clear = (inquiry)word_clear,
+    .tp_methods = event_methods,
+    .tp_getset = lock_getset,
+    .tp_init = (initproc)event_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ---------------------------------------------------------------------------------------------
+ * `with lock:` without a new bound method per call.
+ *
+ * `with` looks __enter__ and __exit__ up on the type and binds each one to the object. With
+ * ordinary methods, each binding is a new bound-method object (allocated, tracked by the GC,
+ * untracked and freed at the end of the statement): about half the instructions of an
+ * uncontended `with lock:`. So LockCore's and RLockCore's __enter__ and __exit__ are WithMethod
+ * descriptors, whose binding is a WithBound: a small object without GC tracking, recycled
+ * through a free list, holding a strong reference to the lock (a `with` block may hold the only
+ * one) and the function to call. Both are callable like the methods they replace:
+ * lock.__enter__(), lock.__exit__(*exc_info), LockCore.__exit__(lock, None, None, None).
+ */
+typedef PyObject *(*with_fn)(SlWord *self, PyObject *const *args, Py_ssize_t nargs);
+
+typedef struct {
+    const char *name; /* "__enter__" or "__exit__" */
+    PyTypeObject *type;
+    with_fn fn;
+    int takes_args; /* __exit__ takes (and ignores) any positional arguments; __enter__ none */
+    const char *doc;
+} with_def;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    const with_def *def;
+} WithMethod;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *self; /* strong reference; NULL only while on the free list */
+    const with_def *def;
+} WithBound;
+
+static PyTypeObject WithMethod_Type, WithBound_Type;
+
+#define WITH_FREE_MAX 16
+static WithBound *with_free[WITH_FREE_MAX]; /* GIL-protected, like everything here */
+static int with_nfree;
+
+static PyObject *with_call(const with_def *def, PyObject *self, PyObject *const *args,
+                           size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (UNLIKELY((kwnames && PyTuple_GET_SIZE(kwnames)) || (nargs && !def->takes_args))) {
+        PyErr_Format(PyExc_TypeError, "%s() takes no %s", def->name,
+                     kwnames && PyTuple_GET_SIZE(kwnames) ? "keyword arguments" : "arguments");
+        return NULL;
+    }
+    return def->fn((SlWord *)self, args, nargs);
+}
+
+static PyObject *with_bound_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                       PyObject *kwnames)
+{
+    WithBound *b = (WithBound *)callable;
+    return with_call(b->def, b->self, args, nargsf, kwnames);
+}
+
+static void with_bound_dealloc(WithBound *b)
+{
+    PyObject *self = b->self;
+    b->self = NULL;
+    if (with_nfree < WITH_FREE_MAX)
+        with_free[with_nfree++] = b;
+    else
+        PyObject_Free(b);
+    Py_XDECREF(self); /* last: the lock's own dealloc may run here */
+}
+
+static PyObject *with_bound_repr(WithBound *b)
+{
+    return PyUnicode_FromFormat("<built-in method %s of %s object at %p>", b->def->name,
+                                Py_TYPE(b->self)->tp_name, (void *)b->self);
+}
+
+static PyObject *with_bound_self(WithBound *b, void *Py_UNUSED(closure))
+{
+    Py_INCREF(b->self);
+    return b->self;
+}
+
+static PyObject *with_bound_name(WithBound *b, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(b->def->name);
+}
+
+static PyObject *with_bound_doc(WithBound *b, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(b->def->doc);
+}
+
+static PyGetSetDef with_bound_getset[] = {
+    {"__self__", (getter)with_bound_self, NULL, NULL, NULL},
+    {"__name__", (getter)with_bound_name, NULL, NULL, NULL},
+    {"__doc__", (getter)with_bound_doc, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject WithBound_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmlot._fast.with_method",
+    .tp_basicsize = sizeof(WithBound),
+    .tp_dealloc = (destructor)with_bound_dealloc,
+    .tp_vectorcall_offset = offsetof(WithBound, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_repr = (reprfunc)with_bound_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_getset = with_bound_getset,
+};
+
+static PyObject *with_method_get(WithMethod *m, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(m);
+        return (PyObject *)m;
+    }
+    if (UNLIKELY(!PyObject_TypeCheck(obj, m->def->type))) {
+        PyErr_Format(PyExc_TypeError, "descriptor '%s' for '%s' objects doesn't apply to a '%.100s' object",
+                     m->def->name, m->def->type->tp_name, Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    WithBound *b;
+    if (LIKELY(with_nfree > 0)) {
+        b = with_free[--with_nfree];
+        PyObject_Init((PyObject *)b, &WithBound_Type);
+    } else {
+        b = PyObject_New(WithBound, &WithBound_Type);
+        if (!b)
+            return NULL;
+    }
+    b->vectorcall = with_bound_vectorcall;
+    b->def = m->def;
+    Py_INCREF(obj);
+    b->self = obj;
+    return (PyObject *)b;
+}
+
+/* Called on the class: LockCore.__exit__(lock, *exc_info). */
+static PyObject *with_method_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                        PyObject *kwnames)
+{
+    const with_def *def = ((WithMethod *)callable)->def;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || !PyObject_TypeCheck(args[0], def->type)) {
+        PyErr_Format(PyExc_TypeError, "descriptor '%s' of '%s' object needs an argument",
+                     def->name, def->type->tp_name);
+        return NULL;
+    }
+    return with_call(def, args[0], args + 1, (size_t)(nargs - 1), kwnames);
+}
+
+static void with_method_dealloc(WithMethod *m)
+{
+    PyObject_Free(m);
+}
+
+static PyObject *with_method_repr(WithMethod *m)
+{
+    return PyUnicode_FromFormat("<method '%s' of '%s' objects>", m->def->name,
+                                m->def->type->tp_name);
+}
+
+static PyObject *with_method_name(WithMethod *m, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(m->def->name);
+}
+
+static PyObject *with_method_doc(WithMethod *m, void *Py_UNUSED(closure))
+{
+    return PyUnicode_FromString(m->def->doc);
+}
+
+static PyObject *with_method_objclass(WithMethod *m, void *Py_UNUSED(closure))
+{
+    Py_INCREF(m->def->type);
+    return (PyObject *)m->def->type;
+}
+
+static PyGetSetDef with_method_getset[] = {
+    {"__name__", (getter)with_method_name, NULL, NULL, NULL},
+    {"__doc__", (getter)with_method_doc, NULL, NULL, NULL},
+    {"__objclass__", (getter)with_method_objclass, NULL, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL}};
+
+static PyTypeObject WithMethod_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "shmlot._fast.with_method_descriptor",
+    .tp_basicsize = sizeof(WithMethod),
+    .tp_dealloc = (destructor)with_method_dealloc,
+    .tp_vectorcall_offset = offsetof(WithMethod, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_repr = (reprfunc)with_method_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_getset = with_method_getset,
+    .tp_descr_get = (descrgetfunc)with_method_get,
+};
+
+static PyObject *lock_enter_fc(SlWord *self, PyObject *const *Py_UNUSED(a), Py_ssize_t Py_UNUSED(n))
+{
+    return lock_enter(self, NULL);
+}
+
+static PyObject *rlock_enter_fc(SlWord *self, PyObject *const *Py_UNUSED(a), Py_ssize_t Py_UNUSED(n))
+{
+    return rlock_enter(self, NULL);
+}
+
+static const with_def with_defs[] = {
+    {"__enter__", &LockCore_Type, lock_enter_fc, 0, "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the "
+     "lock taken over."},
+    {"__exit__", &LockCore_Type, lock_exit, 1, "__exit__($self, /, *args)\n--\n\nrelease()"},
+    {"__enter__", &RLockCore_Type, rlock_enter_fc, 0, "__enter__($self, /)\n--\n\nacquire(); a dead holder is reported by OwnerDiedWarning and the "
+     "lock taken over."},
+    {"__exit__", &RLockCore_Type, rlock_exit, 1, "__exit__($self, /, *args)\n--\n\nrelease()"},
+};
+
+/* Put the WithMethod descriptors into the (ready) lock types' dicts. */
+static int install_with_methods(void)
+{
+    if (PyType_Ready(&WithMethod_Type) < 0 || PyType_Ready(&WithBound_Type) < 0)
+        return -1;
+    for (size_t i = 0; i < sizeof with_defs / sizeof with_defs[0]; i++) {
+        WithMethod *m = PyObject_New(WithMethod, &WithMethod_Type);
+        if (!m)
+            return -1;
+        m->vectorcall = with_method_vectorcall;
+        m->def = &with_defs[i];
+        int r = PyDict_SetItemString(with_defs[i].type->tp_dict, with_defs[i].name, (PyObject *)m);
+        Py_DECREF(m);
+        if (r < 0)
+            return -1;
+        PyType_Modified(with_defs[i].type);
+    }
+    return 0;
+}
 
 /* ---------------------------------------------------------------------------------------------
  * SpinWait: parking_lot_core::SpinWait.
@@ -1232,9 +1605,10 @@ PyMODINIT_FUNC PyInit__fast(void)
         str_acquire_slow = PyUnicode_InternFromString("_acquire_slow");
         str_enter_slow = PyUnicode_InternFromString("_enter_slow");
         str_release_slow = PyUnicode_InternFromString("_release_slow");
+        str_wake_waiters = PyUnicode_InternFromString("_wake_waiters");
         float_minus_one = PyFloat_FromDouble(-1.0);
         if (!str_blocking || !str_timeout || !str_acquire_slow || !str_enter_slow ||
-            !str_release_slow || !float_minus_one)
+            !str_release_slow || !str_wake_waiters || !float_minus_one)
             return NULL;
     }
     PyObject *thread = PyImport_ImportModule("_thread");
@@ -1257,7 +1631,8 @@ PyMODINIT_FUNC PyInit__fast(void)
     if (add_type(m, &AtomicU32_Type, "AtomicU32") < 0 ||
         add_type(m, &AtomicU64_Type, "AtomicU64") < 0 ||
         add_type(m, &LockCore_Type, "LockCore") < 0 ||
-        add_type(m, &RLockCore_Type, "RLockCore") < 0 ||
+        add_type(m, &RLockCore_Type, "RLockCore") < 0 || install_with_methods() < 0 ||
+        add_type(m, &EventCore_Type, "EventCore") < 0 ||
         add_type(m, &SpinWait_Type, "SpinWait") < 0 ||
         add_type(m, &CondWaiter_Type, "CondWaiter") < 0 ||
         PyModule_AddIntConstant(m, "LOCKED_BIT", (long)SL_LOCKED_BIT) < 0 ||

@@ -112,6 +112,7 @@ def main(argv=None):
     names = args.only or registry.default_names(cfg.quick)
     subjects = [x.strip() for x in (args.subjects or "").split(",") if x.strip()]
     t_begin = time.monotonic()
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     env = None
     try:
         env = Env(args.start_method, args.waiter, subjects)
@@ -131,7 +132,7 @@ def main(argv=None):
             by_id["busy"].floor_constant = by_id["uncontended"].median(FLOOR)
         meta = {
             "tool": "shmlot tools/bench.py", "format": 2,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "started": started,
             "python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "cpus": os.cpu_count(),
             "loadavg": os.getloadavg(),

@@ -96,7 +96,7 @@ def _target_col(t, unit):
         val = f"{e.value:.3g}"
     else:
         val = f"{e.value:.3g} [{e.lo:.3g}-{e.hi:.3g}]"
-    lvl = "" if t.level == "base" else " (raised)"
+    lvl = "" if t.level == "base" else f" ({t.level})"
     return f"{t.verdict}: {t.text}{lvl} ({val})"
 
 

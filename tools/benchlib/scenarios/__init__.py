@@ -1,2 +1,2 @@
 """The scenario families. Importing this package registers them, in the order of the report."""
-from . import single, pingpong, contended, notify, park, memory, instructions, scale  # noqa: F401
+from . import single, pingpong, contended, notify, park, memory, instructions, scale, external  # noqa: F401

@@ -6,7 +6,7 @@ import threading
 import time
 
 from .. import targets as T
-from ..common import BenchTimeout, Unavailable, pc
+from ..common import BenchTimeout, Unavailable, expect, kill_procs, pc
 from ..registry import scenario
 from ..results import Scenario
 from ..runner import run_rounds
@@ -128,29 +128,73 @@ class parked_threads:
             raise RuntimeError(f"{stuck} of {self.n} parked threads did not wake on unpark_all")
 
 
-def park(cfg, env, parked, sid="park", label=None):
+def _parked_child(lot_name, n, conn):
+    """Park `n` threads of this (child) process until the parent says stop."""
+    try:
+        import shmlot
+        lot = shmlot.ParkingLot.attach(lot_name)
+        with parked_threads(lot, n):
+            conn.send("ready")
+            conn.recv()
+        conn.send("done")
+    except BaseException as e:
+        try:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+        except Exception:
+            pass
+
+
+class parked_elsewhere:
+    """`n` threads parked on distinct keys of the lot, in a child process, for the block."""
+
+    def __init__(self, env, n):
+        self.env, self.n = env, n
+
+    def __enter__(self):
+        self.conn, child = self.env.ctx.Pipe()
+        self.proc = self.env.ctx.Process(target=_parked_child,
+                                         args=(self.env.lot_name, self.n, child), daemon=True)
+        self.proc.start()
+        expect(self.conn, 120 + self.n / 20)
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.conn.send("stop")
+            expect(self.conn, 60)
+        finally:
+            self.proc.join(10)
+            kill_procs([self.proc])
+
+
+def park(cfg, env, parked, sid="park", label=None, elsewhere=()):
+    """Rows: one per count in `parked` (threads of this process), and one per count in
+    `elsewhere` (threads of another process: the table's cost without this process's GIL)."""
     sc = Scenario(env, sid, "park + unpark_one round trip between two threads pinned to one CPU, "
                   "N threads parked on other keys", "ns/rt", reference=None)
     label = label or (lambda n: f"shmlot park, {n} parked")
-    names = [label(n) for n in parked]
+    plan = [(label(n), n, False) for n in parked]
+    plan += [(label(n) + " in another process", n, True) for n in elsewhere]
+    names = [p[0] for p in plan]
     for n in names:
         sc.row(n, "shmlot")
     sc.targets = [T.Target(n, f"<= 1.5 x ({names[0].split(', ')[1]})", "<=", 1.5,
                            T.ratio(n, names[0])) for n in names[1:]]
 
     def one(name, row, rnd):
-        nparked = parked[names.index(name)]
+        _, nparked, other = plan[names.index(name)]
         env.shmlot()
         lot = env.lot
         if lot is None or not hasattr(lot, "park"):
             raise Unavailable("shmlot.ParkingLot.park does not exist yet")
-        with parked_threads(lot, nparked) as pt:
+        base = secrets.randbits(62)
+        with (parked_elsewhere(env, nparked) if other else parked_threads(lot, nparked)):
             # Both ping-pong threads on one CPU (the parked ones stay where they are): a
             # hand-off is then a plain context switch, and the figure does not jump between
             # "same core" and "other core" modes from sample to sample (2.5-3x apart on a
             # 2-vCPU VM), which would drown the flatness being measured.
             with pinned_to_one_cpu():
-                row.add(rnd, park_roundtrips(lot, pt.base, pt.base + 1, cfg.park_budget),
+                row.add(rnd, park_roundtrips(lot, base, base + 1, cfg.park_budget),
                         parked=nparked)
 
     return run_rounds(sc, cfg, names, one)

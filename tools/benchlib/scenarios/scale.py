@@ -41,7 +41,7 @@ def scale_park(cfg, env):
     slots = getattr(env.lot, "slots", 4096)
     full = slots - 2
     return park(_Override(cfg, repeat=_rounds(cfg)[0], max_repeat=_rounds(cfg)[1]), env,
-                [1, full], sid="park_full",
+                [1, full], sid="park_full", elsewhere=[full],
                 label=lambda n: f"shmlot park, {n} parked" + (" (table full)" if n == full
                                                                 else ""))
 
