@@ -86,20 +86,20 @@ def kill_reader_at(lot, step):
         import shmlot
         lot = shmlot.ParkingLot.attach({lot.name!r})
         rw = shmlot.RWLock(name="rw", lot=lot)
-        lot = rw._place.lot  # the handle the RWLock is bound to
+        bound = rw._place.lot  # the handle the primitive uses (it outlives a close of ours)
         def die(*args):
             os.kill(os.getpid(), signal.SIGKILL)
         step = {step!r}
         if step == "after_share":
-            lot._hold_add = die
+            bound._hold_add = die
             rw.acquire_read()
         else:
             rw.acquire_read()
-            remove = lot._hold_remove
+            remove = bound._hold_remove
             def remove_then_die(*args):
                 remove(*args)
                 die()
-            lot._hold_remove = remove_then_die
+            bound._hold_remove = remove_then_die
             rw.release_read()
         print("survived")
     """
