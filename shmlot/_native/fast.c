@@ -1116,6 +1116,8 @@ static PyTypeObject EventCore_Type = {
  * through a free list, holding a strong reference to the lock (a `with` block may hold the only
  * one) and the function to call. Both are callable like the methods they replace:
  * lock.__enter__(), lock.__exit__(*exc_info), LockCore.__exit__(lock, None, None, None).
+ * The one difference: the GC does not see a WithBound's reference, so a cycle that goes through a
+ * stored `lock.__exit__` (kept in the lock's own __dict__, say) is never collected.
  */
 typedef PyObject *(*with_fn)(SlWord *self, PyObject *const *args, Py_ssize_t nargs);
 
