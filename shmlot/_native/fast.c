@@ -1,4 +1,4 @@
-/* shmlot._fast: the paths that must keep the GIL (SPEC section 1).
+/* shmlot._fast: the paths that must keep the GIL.
  *
  * A cffi call releases and re-takes the GIL; with a second busy Python thread each release hands
  * the GIL away (10-30 us). So the operations that run on every uncontended acquire/release, and the
