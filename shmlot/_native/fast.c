@@ -1,4 +1,4 @@
-/* shmlot._fast: the paths that must keep the GIL (SPEC section 1).
+/* shmlot._fast: the paths that must keep the GIL.
  *
  * A cffi call releases and re-takes the GIL; with a second busy Python thread each release hands
  * the GIL away (10-30 us). So the operations that run on every uncontended acquire/release, and the
@@ -1150,6 +1150,8 @@ static PyTypeObject EventCore_Type = {
  * through a free list, holding a strong reference to the lock (a `with` block may hold the only
  * one) and the function to call. Both are callable like the methods they replace:
  * lock.__enter__(), lock.__exit__(*exc_info), LockCore.__exit__(lock, None, None, None).
+ * The one difference: the GC does not see a WithBound's reference, so a cycle that goes through a
+ * stored `lock.__exit__` (kept in the lock's own __dict__, say) is never collected.
  */
 typedef PyObject *(*with_fn)(SlWord *self, PyObject *const *args, Py_ssize_t nargs);
 

@@ -136,7 +136,7 @@ def print_table(scs, meta, env=None, out=sys.stdout):
     targets = [t for sc in scs for t in sc.targets]
     count = {v: sum(1 for t in targets if t.verdict == v)
              for v in ("PASS", "FAIL", "undecided", "n/a")}
-    w(f"\nSPEC section 7 targets: {count['PASS']} PASS, {count['FAIL']} FAIL, "
+    w(f"\nTargets: {count['PASS']} PASS, {count['FAIL']} FAIL, "
       f"{count['undecided']} undecided, {count['n/a']} n/a   (total {meta['elapsed_s']:.0f} s)\n")
     for t in targets:
         if t.verdict == "undecided":

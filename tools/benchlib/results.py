@@ -80,8 +80,12 @@ class Scenario:
         return r.median if r else None
 
     def mp_ref(self, subject):
-        if subject.startswith("shmlot."):
-            twin = "mp." + subject.split(".", 1)[1]
+        """The row `subject` is compared with: its multiprocessing twin (shmlot.Lock -> mp.Lock;
+        "threading.Lock acquire()+release()" -> "mp.Lock acquire()+release()") when there is one,
+        else the scenario's reference."""
+        head, _, rest = subject.partition(".")
+        if head == "shmlot" or " " in rest:
+            twin = "mp." + rest
             if twin in self.rows:
                 return twin
         return self.reference

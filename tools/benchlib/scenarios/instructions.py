@@ -22,7 +22,10 @@ from ..results import Scenario
 LOCK_ROWS = [("shmlot.Lock", "shmlot.Lock", "with"),
              ("shmlot.RLock", "shmlot.RLock", "with"),
              ("threading.Lock", "threading.Lock", "with"),
-             ("mp.Lock", "mp.Lock", "with")]
+             ("mp.Lock", "mp.Lock", "with"),
+             ("shmlot.Lock acquire()+release()", "shmlot.Lock", "acq_rel"),
+             ("threading.Lock acquire()+release()", "threading.Lock", "acq_rel"),
+             ("mp.Lock acquire()+release()", "mp.Lock", "acq_rel")]
 EVENT_ROWS = [("shmlot.Event set()+clear()", "shmlot.Event", "set_clear"),
               ("threading.Event set()+clear()", "threading.Event", "set_clear"),
               ("mp.Event set()+clear()", "mp.Event", "set_clear"),
@@ -52,6 +55,12 @@ def loop_with(_, n, obj):
     for _ in range(n):
         with obj:
             pass
+
+def loop_acq_rel(_, n, obj):
+    a, r = obj.acquire, obj.release
+    for _ in range(n):
+        a()
+        r()
 
 def loop_set_clear(_, n, obj):
     s, c = obj.set, obj.clear
@@ -137,8 +146,9 @@ def count_floor(env, n1, n2):
     return (totals[1] - totals[0]) / (n2 - n1)
 
 
-@scenario("instructions", "instructions per uncontended `with lock:` and per Event.set()+clear() "
-                          "/ is_set() under valgrind's callgrind: deterministic (instr per op)",
+@scenario("instructions", "instructions per uncontended `with lock:` (and acquire()+release() "
+                          "through bound methods), per Event.set()+clear() / is_set() under "
+                          "valgrind's callgrind: deterministic (instr per op)",
           aliases=("callgrind", "instr"))
 def instructions(cfg, env):
     locks = Scenario(env, "instructions_lock", "instructions per uncontended `with lock:` "
