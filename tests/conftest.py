@@ -180,15 +180,22 @@ def wait_until(predicate, timeout=10.0, message="condition", interval=0.001):
 Parked = collections.namedtuple("Parked", "pid tid key park_token index wait guard")
 
 
-def parked(lot, key=None):
-    """The threads queued in ``lot`` (on ``key`` if given), in queue order (per bucket)."""
+def parked(lot, key=None, timeout=30.0):
+    """The threads queued in ``lot`` (on ``key`` if given), in queue order (per bucket). A
+    snapshot copies a bucket whose lock stays busy (a holder descheduled on a loaded machine) out
+    of queue order: take another until every slot wanted was copied in order."""
     cap = lot.slots
     buf = ffi.new("sl_slot_info[]", cap)
-    n = lib.sl_snapshot_slots(lot._h(), buf, cap)
-    assert n >= 0, ffi.string(lib.sl_last_error()).decode()
-    return [Parked(s.pid, s.tid, s.key, s.park_token, s.index, s.wait, s.guard_alive)
-            for s in buf[0:n]
-            if s.state == SLOT_QUEUED and (key is None or s.key == key)]
+    deadline = time.monotonic() + timeout
+    while True:
+        n = lib.sl_snapshot_slots(lot._h(), buf, cap)
+        assert n >= 0, ffi.string(lib.sl_last_error()).decode()
+        found = [s for s in buf[0:n]
+                 if s.state == SLOT_QUEUED and (key is None or s.key == key)]
+        if all(s.in_order for s in found):
+            return [Parked(s.pid, s.tid, s.key, s.park_token, s.index, s.wait, s.guard_alive)
+                    for s in found]
+        assert time.monotonic() < deadline, "no snapshot of the queue in order"
 
 
 def wait_parked(lot, key, n, timeout=10.0):

@@ -83,6 +83,9 @@ typedef struct {
     uint32_t wait;           /* 0 unparked, 1 asleep, 2 woken ahead of its turn (spinning) */
     int32_t guard_alive;     /* the cheap liveness check's view of its thread (alive.c): 1 alive,
                                 0 dead, -1 it cannot tell */
+    int32_t in_order;        /* 1: copied by the walk of its bucket's queue under the bucket lock,
+                                so its place among the others is the queue's; 0: copied as it
+                                was (its bucket stayed busy, or it is between states) */
 } sl_slot_info;
 
 typedef struct {

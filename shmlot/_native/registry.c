@@ -459,6 +459,7 @@ static void copy_slot(sl_lot *l, uint32_t i, sl_slot_info *o)
     o->bucket = s->bucket;
     o->wait = LOAD(&s->wait);
     o->guard_alive = sl_slot_owner_alive(l, i);
+    o->in_order = 0;
 }
 
 /* Every slot that is not free. Queued ones are copied bucket by bucket under that bucket's lock
@@ -482,7 +483,8 @@ int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
             if (seen[i])
                 break;
             seen[i] = 1;
-            copy_slot(l, i, &out[n++]);
+            copy_slot(l, i, &out[n]);
+            out[n++].in_order = 1;
             link = SLOT(l, i)->next;
         }
         sl_bucket_unlock(l, b);
