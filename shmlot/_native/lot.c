@@ -527,6 +527,18 @@ void sl_slot_free(sl_lot *l, uint32_t idx)
     }
 }
 
+/* Is the segment's file still as long as the lot? Anyone who may write it may also truncate it
+ * after we attached, and reading past its end is SIGBUS: the calls that read the whole lot
+ * (sl_info, the snapshots, for shmlot-stat) check first. */
+int sl_check_size(sl_lot *l)
+{
+    struct stat st;
+    if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_size < l->size)
+        return sl_fail(SL_ECORRUPT, "segment is %llu bytes, header says %llu (truncated)",
+                       (unsigned long long)st.st_size, (unsigned long long)l->size);
+    return 0;
+}
+
 /* The owning thread gives its slot back. */
 void sl_slot_release(sl_lot *l, uint32_t idx) { sl_slot_free(l, idx); }
 
@@ -543,6 +555,9 @@ int sl_info(sl_lot *l, sl_lot_info *o)
     sl_clear_error();
     sl_header *h = HDR(l);
     memset(o, 0, sizeof *o);
+    int rc = sl_check_size(l);
+    if (rc)
+        return rc;
     o->version = h->version;
     o->nbuckets = l->nbuckets;
     o->nslots = l->nslots;

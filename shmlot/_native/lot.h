@@ -160,6 +160,7 @@ void sl_bucket_unlock(sl_lot *l, uint32_t b);
 int sl_slot_alloc(sl_lot *l, uint32_t *out);
 void sl_slot_free(sl_lot *l, uint32_t idx);
 void sl_slot_release(sl_lot *l, uint32_t idx);
+int sl_check_size(sl_lot *l);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
 int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start);
 void sl_count(sl_lot *l, int which, uint64_t n);
