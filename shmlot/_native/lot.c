@@ -533,7 +533,10 @@ void sl_slot_free(sl_lot *l, uint32_t idx)
 int sl_check_size(sl_lot *l)
 {
     struct stat st;
-    if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_size < l->size)
+    /* only while the descriptor is still the segment's (it may have been closed behind our
+     * back, and its number reused) */
+    if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_dev == l->dev && (uint64_t)st.st_ino == l->ino &&
+        (uint64_t)st.st_size < l->size)
         return sl_fail(SL_ECORRUPT, "segment is %llu bytes, header says %llu (truncated)",
                        (unsigned long long)st.st_size, (unsigned long long)l->size);
     return 0;
