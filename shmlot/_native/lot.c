@@ -550,7 +550,7 @@ void sl_slot_release(sl_lot *l, uint32_t idx) { sl_slot_free(l, idx); }
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx)
 {
     sl_slot *s = SLOT(l, idx);
-    return sl_peer_alive(LOAD(&s->pid), LOAD(&s->tid), LOAD(&s->start));
+    return sl_peer_alive(LOAD(&s->pid), LOAD(&s->tid), LOAD(&s->start), LOAD(&s->pidfs_ino));
 }
 
 int sl_info(sl_lot *l, sl_lot_info *o)

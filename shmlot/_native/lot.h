@@ -96,6 +96,8 @@ typedef struct {
     uint64_t parked_ns;      /* CLOCK_MONOTONIC when it parked */
     uint64_t hint;           /* what the parker saw it wait for (lock word), for introspection */
     uint64_t repair_mark;    /* (bucket << 32) | repair stamp: relinked by that repair */
+    uint64_t pidfs_ino;      /* the owner process's pidfd inode (pidfs; 0 unknown): lets a
+                                checker verify a pidfd it opens without reading /proc */
 } sl_slot;
 
 typedef struct {
@@ -162,7 +164,8 @@ void sl_slot_free(sl_lot *l, uint32_t idx);
 void sl_slot_release(sl_lot *l, uint32_t idx);
 int sl_check_size(sl_lot *l);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
-int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start);
+int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start, uint64_t pidfs_ino);
+uint64_t sl_self_pidfs_ino(void);
 void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);
