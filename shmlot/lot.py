@@ -831,7 +831,7 @@ class ParkingLot:
     def info(self):
         """Header and counters, as a dict."""
         i = ffi.new("sl_lot_info *")
-        lib.sl_info(self._h(), i)
+        _check(lib.sl_info(self._h(), i), "info")
         return {
             "name": self._name, "version": i.version, "size": i.total_size,
             "buckets": i.nbuckets, "slots": i.nslots, "slots_free": i.slots_free,

@@ -27,8 +27,9 @@ Helpers (import them: ``from conftest import wait_until, run_python, ...``)
 ``wait_until(pred, ...)``   poll ``pred()`` until true or fail at a deadline (never sleep blindly).
 ``parked(lot, key=None)``   the threads queued in ``lot`` (on ``key``), in queue order, as
                             ``Parked(pid, tid, key, park_token, index, wait, guard)`` records (index:
-                            slot; wait: its wait word, 2 = woken ahead of its turn; guard:
-                            the slot guard's view of the thread, 1 alive, 0 dead, -1 unknown).
+                            slot; wait: its wait word, 2 = woken ahead of its turn; guard: the
+                            cheap liveness check's view of the thread (alive.c), 1 alive, 0 dead,
+                            -1 it cannot tell).
 ``wait_parked(lot, key, n)``wait until exactly ``n`` threads are queued on ``key``.
 ``ParkerThread(lot, key, **park_kwargs)``: a thread that parks once; ``.start()`` returns it,
                             ``.outcome()`` joins and returns its ParkResult.

@@ -385,6 +385,26 @@ def test_truncated_lot_is_exit_1(flot):
                               f"header says {size}", "truncated")
 
 
+def test_lot_truncated_while_watched_is_exit_1(flot):
+    """Truncated after shmlot-stat attached: the next refresh says so (exit 1, one line)
+    instead of reading past the end of the file (SIGBUS)."""
+    proc = subprocess.Popen([sys.executable, "-m", "shmlot.stat", "--watch", "0.5", "--json",
+                             flot.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO_ROOT, env=python_env())
+    try:
+        assert json.loads(proc.stdout.readline())["lot"]  # the first look, then a 0.5 s sleep
+        size = os.path.getsize(f"/dev/shm/{flot.name}")
+        os.truncate(f"/dev/shm/{flot.name}", size // 2)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 1, (proc.returncode, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "truncated" in lines[0] and "Traceback" not in err, err
+
+
 def test_not_permitted_is_exit_1(flot, monkeypatch, capsys):
     def forbidden(name):
         raise PermissionError(13, "Permission denied")

@@ -7,8 +7,10 @@
  * kernel only, never from the segment:
  *
  * - a per-process cache of pidfds, one per peer process (pid + start time), opened on first sight
- *   (pidfd_open, then the start time read from /proc, so a reused pid is never taken for the
- *   process the slot names), at most CACHE_SIZE of them, under a private mutex;
+ *   and verified then, so that a reused pid is never taken for the process the slot names: by
+ *   the pidfd's inode, which the parker recorded in its slot (pidfs gives every process its own
+ *   inode, never reused while the system runs), else by the start time read from /proc; at
+ *   most CACHE_SIZE of them, under a private mutex;
  * - a process is dead when its pidfd polls readable: it has exited, zombies included (a killed
  *   process that nobody has waited for yet must not absorb a wake-up);
  * - a thread other than a process's main thread is looked up with tgkill(pid, tid, 0): a thread
@@ -58,9 +60,11 @@ static pidfd_entry cache[CACHE_SIZE];
 static uint64_t uses;
 static int usable = -1;    /* read and written with __atomic (read outside the mutex) */ /* -1 not tried yet, 0 no (no pidfd_open or no pidfs), 1 yes */
 static int test_disabled;
+static uint64_t self_ino = UINT64_MAX; /* this process's pidfd inode; UINT64_MAX: not known yet */
 
 static void after_fork_child(void)
 {
+    self_ino = UINT64_MAX;
     pthread_mutex_init(&cache_mutex, NULL);
     for (int i = 0; i < CACHE_SIZE; i++) {
         if (cache[i].pid)
@@ -69,6 +73,7 @@ static void after_fork_child(void)
     }
 }
 
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void register_atfork(void) { pthread_atfork(NULL, NULL, after_fork_child); }
 
 static int still_ours(const pidfd_entry *e)
@@ -108,10 +113,11 @@ static pidfd_entry *free_entry(void)
     return oldest;
 }
 
-/* Open and remember a pidfd for (pid, start). Returns the entry, NULL with *answer set when
- * that already settles it (0: the process is gone or the pid is another process's now), or NULL
- * with *answer -1 when the cache cannot help. */
-static pidfd_entry *open_entry(uint32_t pid, uint64_t start, int *answer)
+/* Open and remember a pidfd for (pid, start), the process whose pidfd inode the slot says is
+ * `ino` (0: not known). Returns the entry, NULL with *answer set when that already settles it
+ * (0: the process is gone or the pid is another process's now), or NULL with *answer -1 when
+ * the cache cannot help. */
+static pidfd_entry *open_entry(uint32_t pid, uint64_t start, uint64_t ino, int *answer)
 {
     *answer = -1;
     int fd = (int)syscall(SYS_pidfd_open, (pid_t)pid, 0);
@@ -122,16 +128,23 @@ static pidfd_entry *open_entry(uint32_t pid, uint64_t start, int *answer)
             STORE(&usable, 0);
         return NULL;
     }
-    /* opened first, then checked: if the start time matches now, the pidfd is that process's */
-    char state;
-    uint64_t actual;
+    /* opened first, then checked: if its inode is the one the parker recorded, or failing
+     * that the start time in /proc matches now, the pidfd is that process's */
     struct stat st;
-    int r = sl_proc_stat(pid, &state, &actual);
-    if (r == 0 || (r == 1 && actual != start))
-        *answer = 0;
-    if (r != 1 || actual != start || !check_usable(fd) || fstat(fd, &st) != 0) {
+    if (!check_usable(fd) || fstat(fd, &st) != 0) {
         close(fd);
         return NULL;
+    }
+    if (!ino || (uint64_t)st.st_ino != ino) {
+        char state;
+        uint64_t actual;
+        int r = sl_proc_stat(pid, &state, &actual);
+        if (r == 0 || (r == 1 && actual != start))
+            *answer = 0;
+        if (r != 1 || actual != start) {
+            close(fd);
+            return NULL;
+        }
     }
     pidfd_entry *e = free_entry();
     if (!e) {
@@ -152,7 +165,7 @@ static pidfd_entry *open_entry(uint32_t pid, uint64_t start, int *answer)
 }
 
 /* 1 alive, 0 exited, -1 cannot tell; the cache mutex held. */
-static int cached_alive(uint32_t pid, uint64_t start)
+static int cached_alive(uint32_t pid, uint64_t start, uint64_t ino)
 {
     pidfd_entry *e = NULL;
     for (int i = 0; i < CACHE_SIZE && !e; i++)
@@ -164,7 +177,7 @@ static int cached_alive(uint32_t pid, uint64_t start)
     }
     if (!e) {
         int answer;
-        e = open_entry(pid, start, &answer);
+        e = open_entry(pid, start, ino, &answer);
         if (!e)
             return answer;
     }
@@ -176,10 +189,9 @@ static int cached_alive(uint32_t pid, uint64_t start)
     return n == 1 && (p.revents & POLLIN) ? 0 : 1;
 }
 
-int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start)
+int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start, uint64_t pidfs_ino)
 {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, register_atfork);
+    pthread_once(&atfork_once, register_atfork);
     if (pid == 0)
         return 0;
     uint32_t my_pid, my_tid;
@@ -190,7 +202,7 @@ int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start)
     if (!LOAD(&usable) || LOAD(&test_disabled))
         return -1;
     pthread_mutex_lock(&cache_mutex);
-    int alive = cached_alive(pid, start);
+    int alive = cached_alive(pid, start, pidfs_ino);
     pthread_mutex_unlock(&cache_mutex);
     if (alive == 0)
         return sl_thread_gone(pid, tid, start) ? 0 : -1; /* confirmed by /proc */
@@ -198,6 +210,26 @@ int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start)
         errno == ESRCH)
         return 0; /* the process lives on without that thread */
     return alive;
+}
+
+/* This process's pidfd inode (0 if there is no pidfs), recorded in the slots it parks in. */
+uint64_t sl_self_pidfs_ino(void)
+{
+    pthread_once(&atfork_once, register_atfork);
+    uint64_t ino = LOAD(&self_ino);
+    if (ino != UINT64_MAX)
+        return ino;
+    ino = 0;
+    int fd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (fd >= 0) {
+        struct statfs sf;
+        struct stat st;
+        if (fstatfs(fd, &sf) == 0 && (uint64_t)sf.f_type == PIDFS_MAGIC && fstat(fd, &st) == 0)
+            ino = (uint64_t)st.st_ino;
+        close(fd);
+    }
+    STORE(&self_ino, ino);
+    return ino;
 }
 
 /* test hook: 0 makes sl_peer_alive answer "cannot tell" (-1), as where pidfds are unusable */

@@ -608,6 +608,21 @@ void sl_slot_free(sl_lot *l, uint32_t idx)
     }
 }
 
+/* Is the segment's file still as long as the lot? Anyone who may write it may also truncate it
+ * after we attached, and reading past its end is SIGBUS: the calls that read the whole lot
+ * (sl_info, the snapshots, for shmlot-stat) check first. */
+int sl_check_size(sl_lot *l)
+{
+    struct stat st;
+    /* only while the descriptor is still the segment's (it may have been closed behind our
+     * back, and its number reused) */
+    if (fstat(l->fd, &st) == 0 && (uint64_t)st.st_dev == l->dev && (uint64_t)st.st_ino == l->ino &&
+        (uint64_t)st.st_size < l->size)
+        return sl_fail(SL_ECORRUPT, "segment is %llu bytes, header says %llu (truncated)",
+                       (unsigned long long)st.st_size, (unsigned long long)l->size);
+    return 0;
+}
+
 /* The owning thread gives its slot back. */
 void sl_slot_release(sl_lot *l, uint32_t idx) { sl_slot_free(l, idx); }
 
@@ -616,7 +631,7 @@ void sl_slot_release(sl_lot *l, uint32_t idx) { sl_slot_free(l, idx); }
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx)
 {
     sl_slot *s = SLOT(l, idx);
-    return sl_peer_alive(LOAD(&s->pid), LOAD(&s->tid), LOAD(&s->start));
+    return sl_peer_alive(LOAD(&s->pid), LOAD(&s->tid), LOAD(&s->start), LOAD(&s->pidfs_ino));
 }
 
 int sl_info(sl_lot *l, sl_lot_info *o)
@@ -624,6 +639,9 @@ int sl_info(sl_lot *l, sl_lot_info *o)
     sl_clear_error();
     sl_header *h = HDR(l);
     memset(o, 0, sizeof *o);
+    int rc = sl_check_size(l);
+    if (rc)
+        return rc;
     o->version = h->version;
     o->nbuckets = l->nbuckets;
     o->nslots = l->nslots;

@@ -101,6 +101,8 @@ typedef struct {
      * hands over only to waiters of its own word, so two words that share a key (a user's
      * key=) never cross-deliver. 0 for every other park. */
     uint64_t word;
+    uint64_t pidfs_ino;      /* the owner process's pidfd inode (pidfs; 0 unknown): lets a
+                                checker verify a pidfd it opens without reading /proc */
 } sl_slot;
 
 typedef struct {
@@ -169,8 +171,10 @@ void sl_bucket_unlock(sl_lot *l, uint32_t b);
 int sl_slot_alloc(sl_lot *l, uint32_t *out);
 void sl_slot_free(sl_lot *l, uint32_t idx);
 void sl_slot_release(sl_lot *l, uint32_t idx);
+int sl_check_size(sl_lot *l);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
-int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start);
+int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start, uint64_t pidfs_ino);
+uint64_t sl_self_pidfs_ino(void);
 void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);

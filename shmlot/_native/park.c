@@ -267,6 +267,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     STORE(&s->pid, pid);
     s->tid = tid;
     s->start = start;
+    s->pidfs_ino = sl_self_pidfs_ino();
     STORE(&s->state, SLOT_ALLOCATED);
     s->key = key;
     s->park_token = park_token;

@@ -468,6 +468,9 @@ static void copy_slot(sl_lot *l, uint32_t i, sl_slot_info *o)
 int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
 {
     sl_clear_error();
+    int size_rc = sl_check_size(l);
+    if (size_rc)
+        return size_rc;
     uint32_t n = 0;
     uint8_t *seen = calloc(l->nslots, 1);
     if (!seen)
@@ -500,6 +503,9 @@ int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
 int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap)
 {
     sl_clear_error();
+    int size_rc = sl_check_size(l);
+    if (size_rc)
+        return size_rc;
     uint32_t n = 0;
     for (uint32_t i = 0; i < l->nobjects && n < cap; i++) {
         sl_object *o = OBJECT(l, i);
@@ -521,6 +527,9 @@ int sl_snapshot_objects(sl_lot *l, sl_object_info *out, uint32_t cap)
 int sl_snapshot_holds(sl_lot *l, sl_hold_info *out, uint32_t cap)
 {
     sl_clear_error();
+    int size_rc = sl_check_size(l);
+    if (size_rc)
+        return size_rc;
     uint32_t n = 0;
     for (uint32_t i = 0; i < l->nholds && n < cap; i++) {
         sl_hold *e = HOLD(l, i);

@@ -111,9 +111,11 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t word
     sl_maybe_die("word_unlock_locked"); /* test hook: the word changed, the waiter not woken */
     int burst = s->park_token == SL_TOKEN_BURST;
     *asleep = sl_mark_unparked(l, b, found - 1, token) != SL_WAIT_AHEAD;
-    /* the next in line, unless its thread is known dead (alive.c; the next unlock drops it) */
+    /* the next in line, without asking whether it lives (two system calls on every step of a
+     * notify_all chain): waking a dead thread ahead costs one futex wake, and the next unlock,
+     * which does ask, drops it */
     if (burst && more && SLOT(l, second - 1)->park_token == SL_TOKEN_BURST &&
-        sl_slot_owner_alive(l, second - 1) != 0 && sl_wake_ahead(l, second - 1))
+        sl_wake_ahead(l, second - 1))
         *ahead = second;
     return found;
 }
