@@ -11,7 +11,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE = os.path.join(HERE, "shmlot", "_native")
-SOURCES = ["lot.c", "park.c", "registry.c", "wordlock.c", "semwait.c"]
+SOURCES = ["lot.c", "park.c", "registry.c", "wordlock.c", "semwait.c", "rwstep.c"]
 
 
 def _cdef_text():
