@@ -27,10 +27,11 @@ from .barrier import HOLD_MODE as BARRIER_HOLD
 from .errors import LotCorruptError
 from .lot import ParkingLot, default_lot_name
 from .rwlock import READ_HOLD
+from .semaphore import PERMIT_HOLD
 
 __all__ = ["snapshot", "resolve_lot", "Snapshot", "ParkedThread", "ObjectState", "HoldInfo",
            "ProcessInfo", "process_info", "lock_word_owner", "token_text", "HOLD_MODE_NAMES",
-           "RESOURCE_HOLD", "READ_HOLD", "BARRIER_HOLD"]
+           "RESOURCE_HOLD", "READ_HOLD", "BARRIER_HOLD", "PERMIT_HOLD"]
 
 U64 = 2**64 - 1
 LOCKED = _fast.LOCKED_BIT
@@ -45,7 +46,8 @@ SLOT_STATE_NAMES = {SLOT_ALLOCATED: "allocated", SLOT_QUEUED: "parked",
 # Hold modes (see registry.c): RWLock read shares, Barrier waiting parties, and the resources of
 # shmlot.deadlock.acquire_resource (not counted: the reaper frees a dead process's ones).
 RESOURCE_HOLD = 16
-HOLD_MODE_NAMES = {READ_HOLD: "read", BARRIER_HOLD: "barrier-wait", RESOURCE_HOLD: "resource"}
+HOLD_MODE_NAMES = {READ_HOLD: "read", BARRIER_HOLD: "barrier-wait", RESOURCE_HOLD: "resource",
+                   PERMIT_HOLD: "permit"}
 
 # Which keys of an object's record threads park on, and what they wait for there.
 _ROLES = {

@@ -408,7 +408,7 @@ def reap_lot(lot):
     OwnerDiedError) and dead Barrier parties are left for the barrier's waiters (who break it):
     both are only reported. Returns a dict (see docs/stat.md)."""
     from . import _placement as _pl
-    from .snapshot import READ_HOLD, RESOURCE_HOLD, snapshot
+    from .snapshot import BARRIER_HOLD, PERMIT_HOLD, READ_HOLD, RESOURCE_HOLD, snapshot
 
     before = snapshot(lot)
     dead_slots = [p for p in before.parked + before.in_transit if not p.alive]
@@ -432,19 +432,29 @@ def reap_lot(lot):
             shares.append({"object": o.name, "index": o.index, "label": o.label, "shares": n,
                            "pids": sorted({h.pid for h in dead_readers})})
 
+    permits = []
+    for o in after.objects:
+        dead_owners = [h for h in o.holds if h.mode == PERMIT_HOLD and not h.alive]
+        if o.kind_code != _pl.BOUNDED_SEMAPHORE or not dead_owners:
+            continue
+        n = _reclaim_permits(lot, o)
+        if n:
+            permits.append({"object": o.name, "index": o.index, "label": o.label,
+                            "permits": n, "pids": sorted({h.pid for h in dead_owners})})
+
     final = snapshot(lot, processes=False)
     dead_owners = [{"object": o.name, "index": o.index, "label": o.label, "kind": o.kind,
                     "pid": o.owner_pid, "tid": o.owner_tid}
                    for o in final.objects if o.owner is not None and o.owner_alive is False]
     dead_parties = [{"pid": h.pid, "tid": h.tid, "key": h.key,
                      "label": final.object_at(h.key)[0].label if final.object_at(h.key) else None}
-                    for h in final.holds
-                    if not h.alive and h.counted and h.mode != READ_HOLD]
+                    for h in final.holds if not h.alive and h.mode == BARRIER_HOLD]
     return {
         "lot": lot.name, "slots_freed": slots, "holds_freed": holds,
         "slots": [p.to_dict() for p in freed_slots],
         "holds": [h.to_dict() for h in freed_holds],
         "read_shares_reclaimed": shares,
+        "permits_given_back": permits,
         "dead_lock_owners": dead_owners,
         "dead_barrier_parties": dead_parties,
         "resource_holds_freed": sum(1 for h in freed_holds if h.mode == RESOURCE_HOLD),
@@ -463,6 +473,20 @@ def _reclaim_read_shares(lot, obj):
     rw = RWLock.__new__(RWLock)
     rw._bind(place)
     return rw._reclaim_readers()
+
+
+def _reclaim_permits(lot, obj):
+    """Give the permits of dead owners back to a registry BoundedSemaphore (as its next
+    acquirer would). Returns how many."""
+    from . import _placement as _pl
+    from .semaphore import BoundedSemaphore
+    try:
+        place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.BOUNDED_SEMAPHORE))
+    except Exception:
+        return 0  # freed meanwhile
+    sem = BoundedSemaphore.__new__(BoundedSemaphore)
+    sem._bind(place)
+    return sem._reclaim()
 
 
 def _label_of(p):
@@ -489,6 +513,11 @@ def _reap_lines(r):
         pids = ",".join(map(str, s["pids"]))
         lines.append(_clip(f"  {s['label']}: {s['shares']} read share"
                            f"{'s' if s['shares'] != 1 else ''} of dead pid {pids} reclaimed",
+                           _width()))
+    for s in r["permits_given_back"]:
+        pids = ",".join(map(str, s["pids"]))
+        lines.append(_clip(f"  {s['label']}: {s['permits']} permit"
+                           f"{'s' if s['permits'] != 1 else ''} of dead pid {pids} given back",
                            _width()))
     if r["dead_lock_owners"]:
         lines.append("left held (the next acquirer gets OwnerDiedError and repairs the state):")
