@@ -267,6 +267,8 @@ int sl_rw_step(sl_lot *l, uint64_t *words, uint64_t key, uint64_t wkey, int op, 
 int64_t sl_test_slot_guard(sl_lot *l, uint32_t idx, uint32_t *size);
 /* test hook: SIGKILL self at a named step (environment SHMLOT_TEST_DIE_AT), see faults.c */
 int sl_test_set_die_at(const char *step);
+/* the same hook, for steps taken in Python (a no-op unless armed) */
+void sl_maybe_die(const char *step);
 /* CDEF END */
 
 #endif
