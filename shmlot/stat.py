@@ -422,7 +422,7 @@ def reap_lot(lot):
 
     shares = []
     for o in after.objects:
-        if o.kind_code != _pl.RWLOCK or o.owner is not None:
+        if o.kind_code != _pl.RWLOCK:
             continue
         dead_readers = [h for h in o.holds if h.mode == READ_HOLD and not h.alive]
         if not dead_readers:

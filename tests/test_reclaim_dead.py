@@ -1,7 +1,11 @@
-"""A BoundedSemaphore's permits are owned by the process that took them: a process SIGKILLed
-while holding some does not take them along. The next acquirer that finds none free gives them
-back (one already waiting included), and so does ``shmlot-stat --reap``. A plain Semaphore is a
-counter anyone may release: its permits are not owned, and it says so."""
+"""What SIGKILLed processes leave is reclaimable.
+
+- A BoundedSemaphore's permits are owned by the process that took them: a process killed while
+  holding some does not take them along. The next acquirer that finds none free gives them back
+  (one already waiting included), and so does ``shmlot-stat --reap``. A plain Semaphore is a
+  counter anyone may release: its permits are not owned, and it says so.
+- An RWLock reader killed inside its bookkeeping leaves a hold that ``--reap`` takes back.
+"""
 import json
 import os
 import signal
@@ -100,3 +104,30 @@ def test_plain_semaphore_says_its_permits_are_not_owned():
     assert "not owned" in shmlot.Semaphore.__doc__
     readme = open(os.path.join(REPO_ROOT, "README.md")).read()
     assert "not owned" in readme
+
+
+@pytest.mark.parametrize("step", ["rw_read_mid", "rw_unread_mid"])
+def test_reap_takes_back_a_dead_readers_hold_whatever_the_count_says(plot, step):
+    """A reader killed inside its bookkeeping step (its hold and the count disagree, the
+    RWLock's mutex held by the dead): shmlot-stat --reap leaves no hold of it, and a writer
+    gets in at once."""
+    rw = shmlot.RWLock(name="rw", lot=plot)
+    r = subprocess.run([sys.executable, "-c", r"""
+import sys, shmlot
+from shmlot._core import lib
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+rw = shmlot.RWLock(name="rw", lot=lot)
+if sys.argv[2] == "rw_unread_mid":
+    rw.acquire_read()
+lib.sl_test_set_die_at(sys.argv[2].encode())
+rw.acquire_read() if sys.argv[2] == "rw_read_mid" else rw.release_read()
+""", plot.name, step], env=child_env(plot), cwd=REPO_ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == -signal.SIGKILL, r.stderr
+    r = subprocess.run([sys.executable, "-m", "shmlot.stat", plot.name, "--reap"],
+                       capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert not [h for h in plot._snapshot_holds() if h["key"] == rw.key]
+    assert rw.acquire_write(blocking=False)
+    rw.release_write()
