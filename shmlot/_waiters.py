@@ -11,6 +11,7 @@ costs at most one slice, and signals reach the main thread promptly.
 """
 import errno
 import os
+import re
 import time
 
 from ._core import ffi, lib
@@ -19,6 +20,10 @@ FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE
 NAMES = {"futex": FUTEX, "semaphore": SEMAPHORE}
 
 UNPARKED, SLICE_OVER, INTERRUPTED = 0, 1, 2
+SEM_DIR = "/dev/shm"  # where glibc keeps named semaphores, as files "sem.NAME"
+# A glibc named semaphore's file, value 0: sem_t (32 bytes on the 64-bit platforms shmlot
+# supports) holding struct new_sem {u64 value and waiters; int private = FUTEX_SHARED (128)}.
+SEM_FILE_ZERO = (0).to_bytes(8, "little") + (128).to_bytes(4, "little") + bytes(20)
 ORPHAN_SLICE_NS = 10_000_000  # semaphore backend, lot unlinked while in use: poll this often
 
 
@@ -55,6 +60,10 @@ class FutexWaiter:
     def unlink(self, lot_id, nslots):
         """Nothing to remove."""
 
+    def reap_stale(self, lot_id):
+        """Nothing to remove."""
+        return 0
+
 
 class SemaphoreWaiter:
     name = "semaphore"
@@ -84,28 +93,42 @@ class SemaphoreWaiter:
         return sem
 
     def _open(self, name):
-        """Create the semaphore with the lot's mode, or open it. The umask takes bits off the
-        mode at creation, which would lock the other users of a shared (e.g. 0666) lot out, so
-        the creator puts the lot's mode back; an opener that comes in between retries."""
+        """Create the semaphore with the lot's mode, or open it.
+
+        glibc's sem_open(O_CREAT) writes a file under a random name (sem.XXXXXX) and links it
+        to the final one: a process killed in between leaves that file behind, and nothing
+        says whose it is. So the file is made here instead, under a name derived from the
+        semaphore's own (NAME.tmp<pid>: its lot, its slot, its maker), written in full, given
+        the lot's mode (whatever the umask), then linked to the final name (which a racing
+        maker may have taken first: then this one is dropped) and removed; the reaper removes
+        what a killed maker left (reap_stale). posix_ipc then opens the final name."""
         ipc = self._ipc
+        final = f"{SEM_DIR}/sem.{name[1:]}"
+        if not os.path.exists(final):
+            tmp = f"{final}.tmp{os.getpid()}"
+            try:
+                os.unlink(tmp)  # left by a killed process that had our pid
+            except FileNotFoundError:
+                pass
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, SEM_FILE_ZERO)
+                os.fchmod(fd, self._mode)
+            finally:
+                os.close(fd)
+            lib.sl_maybe_die(b"sem_file_written")  # test hook: a maker killed before linking
+            try:
+                os.link(tmp, final)
+            except FileExistsError:
+                pass
+            finally:
+                os.unlink(tmp)
         deadline = None
         while True:
             try:
-                sem = ipc.Semaphore(name, ipc.O_CREX, mode=self._mode, initial_value=0)
+                sem = ipc.Semaphore(name)
             except ipc.ExistentialError:
-                pass
-            else:
-                try:
-                    os.chmod(f"/dev/shm/sem.{name[1:]}", self._mode)  # Linux's sem_open files
-                except OSError:
-                    pass
-                if self._is_orphaned():
-                    self._unlink_name(name)  # leave no name behind an unlinked lot
-                return sem
-            try:
-                return ipc.Semaphore(name)
-            except ipc.ExistentialError:
-                continue  # unlinked meanwhile: create it
+                return self._open(name)  # unlinked meanwhile: make it again
             except ipc.PermissionsError:
                 now = time.monotonic()
                 if deadline is None:
@@ -113,6 +136,30 @@ class SemaphoreWaiter:
                 elif now > deadline:
                     raise PermissionError(errno.EACCES, f"cannot open semaphore {name}") from None
                 time.sleep(0.001)
+                continue
+            if self._is_orphaned():
+                self._unlink_name(name)  # leave no name behind an unlinked lot
+            return sem
+
+    def reap_stale(self, lot_id):
+        """Remove the half-made semaphore files of this lot whose maker is dead (see _open);
+        returns how many."""
+        pattern = re.compile(rf"sem\.sl{lot_id:016x}\.\d+\.tmp(\d+)$")
+        removed = 0
+        try:
+            entries = os.listdir(SEM_DIR)
+        except OSError:
+            return 0
+        for entry in entries:
+            m = pattern.match(entry)
+            if m is None or _pid_alive(int(m.group(1))):
+                continue
+            try:
+                os.unlink(f"{SEM_DIR}/{entry}")
+                removed += 1
+            except OSError:
+                pass
+        return removed
 
     def sleep(self, slot, deadline_ns):
         if lib.sl_park_is_unparked(self._l, slot):
@@ -168,10 +215,21 @@ class SemaphoreWaiter:
                 finally:
                     sem.close()
             self._unlink_name(name)
+        self.reap_stale(lot_id)
         # Forget the handles but do not close them: another thread of this process may be
         # asleep in acquire() on one of them, and sem_close() unmaps it under that thread
         # (SIGSEGV). The mappings (one page each) go when the process exits.
         self._sems = {}
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def make_waiter(code, lot, lot_id, mode, linked=None):

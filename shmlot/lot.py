@@ -826,6 +826,8 @@ class ParkingLot:
         if _ctx().busy:
             raise RuntimeError("reap cannot be called from a callback")
         _check(lib.sl_reap(self._h(), a, b), "reap")
+        # and the half-made semaphore files of dead processes (semaphore backend)
+        self._waiter.reap_stale(self._lot_id)
         return a[0], b[0]
 
     def info(self):

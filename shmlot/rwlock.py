@@ -16,20 +16,25 @@ gets ``OwnerDiedError``. Every read share and every waiting writer is also recor
 hold (on the key of word 0, resp. word 1), and the count and the hold change together under the
 readers' mutex. So: a dead reader's share, or a dead waiting writer, is found by its hold and
 taken back by whoever waits on the lock (every OWNER_POLL_NS); a process killed in the middle of
-such a change dies holding the mutex, and the next thread to take the mutex (OwnerDiedError on the
-mutex) recomputes the counts from the holds of the living.
+such a change dies holding the mutex, and the next thread to find the mutex held by a dead owner
+recomputes the counts from the holds of the living.
+
+Asynchronous exceptions. Each change of that bookkeeping (the count, the hold, and the calling
+thread's own count of its shares) is one call into the core (``sl_rw_step``, rwstep.c), so a
+Ctrl-C strikes before or after it, never inside; ``read()`` and ``write()`` give back what an
+exception took between the core call and the ``with`` block.
 """
-import contextlib
 import os
 import threading
 
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._core import lib
+from ._core import ffi, lib
 from ._results import FilterOp
 from ._waiting import Deadline, acquire_timeout, full_backoff, full_done, park
 from .errors import LotFullError, OwnerDiedError
+from .lot import _check
 from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive, warn_owner_died
 from .spinwait import SpinWait
 
@@ -80,40 +85,73 @@ class RWLock(Primitive):
         self._rkey = (place.lot.name, place.key)
         self._mutex = Lock.at(place.buffer, place.offset + 24, lot=place.lot,
                               key=(place.key + 24) & 0xFFFFFFFFFFFFFFFF)
+        self._wptr = ffi.cast("uint64_t *", self._mutex._address - 24)  # the four words
 
     # Read shares of the calling thread, per lock (not per handle: two handles on one RWLock,
-    # e.g. a named one opened twice, are the same lock for re-entrant reads).
-    def _my_reads(self):
-        return getattr(_reads, "d", {}).get(self._rkey, 0)
-
-    def _add_my_reads(self, n):
+    # e.g. a named one opened twice, are the same lock for re-entrant reads). A cell the core
+    # counts in, in the same call that changes the lock's count and hold.
+    def _cell(self):
         d = getattr(_reads, "d", None)
         if d is None:
             d = _reads.d = {}
-        left = d.get(self._rkey, 0) + n
-        if left:
-            d[self._rkey] = left
-        else:
-            d.pop(self._rkey, None)
+        cell = d.get(self._rkey)
+        if cell is None:
+            cell = d[self._rkey] = ffi.new("uint32_t[1]")
+        return cell
 
-    # -- the readers' mutex --
+    def _wait_cell(self):
+        """The calling thread's mark (1) of waiting as a writer, set and cleared by the core with
+        the waiting-writers count. Found set when the thread starts an acquire, it was left by
+        an exception that struck before the wait's end could clear it: clear it now, or new
+        readers would wait for a writer that is not there."""
+        d = getattr(_reads, "d", None)
+        if d is None:
+            d = _reads.d = {}
+        key = (self._rkey, "w")
+        cell = d.get(key)
+        if cell is None:
+            cell = d[key] = ffi.new("uint32_t[1]")
+        elif cell[0]:
+            self._step(lib.SL_RW_UNWAIT, False, cell)
+        return cell
 
-    @contextlib.contextmanager
-    def _locked(self):
-        """Hold the mutex that makes a count change and its hold one step. If its holder died
-        (mid-step), recompute the counts from the holds before going on."""
+    def _my_reads(self):
+        cell = getattr(_reads, "d", {}).get(self._rkey)
+        return cell[0] if cell is not None else 0
+
+    # -- the readers' mutex: only ever held inside one core call (sl_rw_step) --
+
+    def _step(self, op, granted=False, cell=ffi.NULL):
+        """One bookkeeping step in the core; returns (code, out). Waits (spinning, then
+        yielding) while another thread is inside a step; if the mutex's holder died inside one,
+        recounts from the holds first."""
+        out = ffi.new("uint64_t *")
+        h = self._place.lot._h()
+        spin = SpinWait()
+        while True:
+            rc = lib.sl_rw_step(h, self._wptr, self._place.key, self._wkey, op, granted, cell,
+                                out)
+            if rc != lib.SL_RW_BUSY:
+                if rc < 0 and rc != lib.SL_EFULL:
+                    _check(rc, "RWLock")
+                return rc, out[0]
+            word = out[0]
+            if word & LOCKED and not owner_alive(word):
+                self._repair_mutex(word)
+            elif not spin.spin():
+                os.sched_yield()
+
+    def _repair_mutex(self, word):
+        """The mutex's holder died inside a step: take the mutex and recount from the holds."""
+        mutex = self._words[3]
+        me = _fast.self_owner_bits() | LOCKED
+        ok, _ = mutex.compare_exchange(word, me)
+        if not ok:
+            return
         try:
-            self._mutex.acquire()
-        except OwnerDiedError:
-            try:
-                self._recount()
-            except BaseException:
-                self._mutex.release()
-                raise
-        try:
-            yield
+            self._recount()
         finally:
-            self._mutex.release()
+            mutex.store(0)
 
     def _recount(self):
         """(Mutex held.) Readers := the read shares of living holders; writers waiting := the
@@ -158,7 +196,7 @@ class RWLock(Primitive):
             self._dead_writer = _fast.word_owner(s)[:2]
             self._raise_writer_died()
         changed = self._reclaim_waiting_writers()
-        mutex = self._mutex._word()
+        mutex = self._words[3].load()
         if s or (mutex & LOCKED and not owner_alive(mutex)):
             changed = self._reclaim_readers() or changed
         return changed
@@ -166,28 +204,17 @@ class RWLock(Primitive):
     def _reclaim_readers(self):
         """Take back the read shares of dead readers (and whatever a death under the mutex
         left); returns how many shares were taken (0: none)."""
-        lot, key = self._place.lot, self._place.key
-        with self._locked():
-            shares = lot._hold_take_dead(key)
-            if not shares:
-                return 0
-            s = self._words[0].fetch_sub(READER * shares) - READER * shares
-            if s == READ_PHASE:
-                self._end_read_phase()
-            elif s == 0:
-                self._after_reader_exit(0)
-        return shares
+        shares, s = self._step(lib.SL_RW_RECLAIM_READERS)
+        if shares > 0 and s == 0:
+            self._after_reader_exit(0)
+        return max(shares, 0)
 
     def _reclaim_waiting_writers(self):
         """Waiting writers that died: they no longer keep new readers out."""
         if not self._words[2].load():
             return False
-        lot = self._place.lot
-        with self._locked():
-            dead = lot._hold_take_dead(self._wkey)
-            if dead:
-                self._words[2].fetch_sub(min(dead, self._words[2].load()))
-        return bool(dead)
+        dead, _ = self._step(lib.SL_RW_RECLAIM_WRITERS)
+        return dead > 0
 
     def _raise_writer_died(self):
         pid, tid = self._dead_writer
@@ -203,35 +230,22 @@ class RWLock(Primitive):
         the usual growing interval) and return False, for the caller to retry."""
         if self._my_reads():
             granted = True  # re-entrant: never waits for writers
-        state = self._words[0]
-        s = state.load()
+        s = self._words[0].load()
         if s & LOCKED or not (granted or not self._words[2].load()):
             return False
-        lot, key = self._place.lot, self._place.key
-        pid, tid, start = _fast.self_ident()
-        with self._locked():
-            try:
-                lot._hold_add(key, pid, tid, start, READ_HOLD)
-            except LotFullError:
-                full = True  # no room to record the share: back off (unlocked), then retry
-            else:
-                full = False
-                s = state.load()
-                while not s & LOCKED and (granted or not self._words[2].load()):
-                    ok, s = state.compare_exchange(s, s + READER)
-                    if ok:
-                        self._add_my_reads(1)
-                        full_done()
-                        return True
-                lot._hold_remove(key, pid, tid, READ_HOLD)
-        if full:
-            full_backoff(lot, backoff)
+        rc, _ = self._step(lib.SL_RW_READ, granted, self._cell())
+        if rc == lib.SL_RW_DONE:
+            full_done()
+            return True
+        if rc == lib.SL_EFULL:  # no room to record the share: back off, then retry
+            full_backoff(self._place.lot, backoff)
         return False
 
     def acquire_read(self, blocking=True, timeout=-1):
         """Take a read share; returns False on timeout / when non-blocking and unavailable.
         RuntimeError (rather than a wait that cannot end) if this thread holds the write lock."""
         timeout = acquire_timeout(blocking, timeout)
+        self._wait_cell()  # (clears a waiting-writer mark an exception left)
         if self._try_read(backoff=0):
             return True
         if timeout != 0:
@@ -246,17 +260,9 @@ class RWLock(Primitive):
         return bool(s & LOCKED) or (bool(self._words[2].load()) and not self._my_reads())
 
     def release_read(self):
-        if not self._my_reads():
+        rc, s = self._step(lib.SL_RW_UNREAD, False, self._cell())
+        if rc == lib.SL_RW_NOT_HELD:
             raise RuntimeError("cannot release un-acquired read lock")
-        lot, key = self._place.lot, self._place.key
-        pid, tid, _ = _fast.self_ident()
-        with self._locked():
-            lot._hold_remove(key, pid, tid, READ_HOLD)
-            self._add_my_reads(-1)
-            s = self._words[0].fetch_sub(READER) - READER
-            if s == READ_PHASE:
-                self._end_read_phase()
-                s = 0
         self._after_reader_exit(s)
 
     def _end_read_phase(self):
@@ -291,6 +297,7 @@ class RWLock(Primitive):
         RuntimeError (rather than a wait that cannot end) if this thread holds a read share or
         the write lock already: there is no upgrade; release_read() first."""
         timeout = acquire_timeout(blocking, timeout)
+        self._wait_cell()  # (clears a waiting-writer mark an exception left)
         if self._try_write():
             return True
         if timeout != 0:
@@ -299,40 +306,30 @@ class RWLock(Primitive):
             self._reclaim()
             return self._try_write()
         lot = self._place.lot
-        pid, tid, start = _fast.self_ident()
         deadline = Deadline(timeout)
-        while True:
-            with self._locked():  # from here on, new readers wait for us
-                try:
-                    lot._hold_add(self._wkey, pid, tid, start, WRITE_WAIT)
-                except LotFullError:
-                    full = True
-                else:
-                    full = False
-                    self._words[2].fetch_add(1)
-            if not full:
-                full_done()
-                break
-            # the hold table is full: back off (not holding the mutex) and retry, as the
-            # primitives do when the lot is full, never raising LotFullError
-            if self._try_write():
-                return True
-            remaining = deadline.remaining()
-            if remaining == 0.0:
-                return False
-            full_backoff(lot, remaining)
+        waiting = self._wait_cell()  # 1 while counted as a waiting writer (by the core)
         try:
+            while True:
+                rc, _ = self._step(lib.SL_RW_WAIT, False, waiting)  # new readers now wait
+                if rc != lib.SL_EFULL:
+                    full_done()
+                    break
+                # the hold table is full: back off and retry, as the primitives do when the
+                # lot is full, never raising LotFullError
+                if self._try_write():
+                    return True
+                remaining = deadline.remaining()
+                if remaining == 0.0:
+                    return False
+                full_backoff(lot, remaining)
             return self._wait(self._wkey, lambda: self._words[0].load() != 0, self._try_write,
                               deadline)
         finally:
-            with self._locked():
-                lot._hold_remove(self._wkey, pid, tid, WRITE_WAIT)
-                left = self._words[2].load()
-                if left:
-                    self._words[2].fetch_sub(1)
-            # a writer leaving the queue (timeout, error) may be what kept readers out
-            if left <= 1 and self._words[1].load() and not self._words[0].load() & LOCKED:
-                self._place.lot.unpark_all(self._place.key, TOKEN_READ_GRANT)
+            if waiting[0]:
+                _, left = self._step(lib.SL_RW_UNWAIT, False, waiting)
+                # a writer leaving the queue (timeout, error) may be what kept readers out
+                if left <= 1 and self._words[1].load() and not self._words[0].load() & LOCKED:
+                    lot.unpark_all(self._place.key, TOKEN_READ_GRANT)
 
     def release_write(self):
         """Release the write lock. The readers parked now go first: under their bucket lock the
@@ -407,40 +404,17 @@ class RWLock(Primitive):
 
     # -- context managers --
 
-    @contextlib.contextmanager
     def read(self, timeout=None):
         """``with rw.read():`` holds a read share for the block. A writer that died holding the
         lock is reported by ``OwnerDiedWarning`` (the write lock it left is released and the
         read share taken), not by an exception: see ``Lock``'s ``with``."""
-        deadline = Deadline(timeout)
-        while True:
-            remaining = deadline.remaining()
-            try:
-                if not self.acquire_read(timeout=-1 if remaining is None else remaining):
-                    raise TimeoutError("RWLock.read() timed out")
-                break
-            except OwnerDiedError as exc:  # we hold the dead writer's write lock now
-                warn_owner_died(exc, self.release_write, stacklevel=4)
-                self.release_write()
-        try:
-            yield self
-        finally:
-            self.release_read()
+        return _Held(self, True, timeout)
 
-    @contextlib.contextmanager
     def write(self, timeout=None):
         """``with rw.write():`` holds the write lock for the block. A writer that died holding it
         is reported by ``OwnerDiedWarning`` and the block runs holding the lock: see ``Lock``'s
         ``with``."""
-        try:
-            if not self.acquire_write(timeout=-1 if timeout is None else timeout):
-                raise TimeoutError("RWLock.write() timed out")
-        except OwnerDiedError as exc:
-            warn_owner_died(exc, self.release_write, stacklevel=4)
-        try:
-            yield self
-        finally:
-            self.release_write()
+        return _Held(self, False, timeout)
 
     def __repr__(self):
         s = self._words[0].load()
@@ -453,3 +427,73 @@ class RWLock(Primitive):
             state = "unlocked"
         name = f" {self._place.name!r}" if self._place.name else ""
         return f"<shmlot.RWLock{name} {state}>"
+
+
+class _Held:
+    """What ``read()`` / ``write()`` return. An asynchronous exception (Ctrl-C) can strike after
+    the lock was taken inside ``__enter__``, before the ``with`` block is entered (then
+    ``__exit__`` never runs): ``__enter__`` gives back what it took if it raises. Whether this
+    guard still holds is read from the lock itself (the thread's share count reaching this
+    guard's depth, the write word naming this thread), so nothing is given back twice.
+
+    As with any ``__exit__`` written in Python (threading.Condition's and Semaphore's too), an
+    exception that strikes as ``__exit__`` begins leaves the lock held by the thread, whole
+    (count, hold and the thread's own count agree): ``release_read()`` gives it back."""
+    __slots__ = ("_rw", "_read", "_timeout", "_depth", "_me")
+
+    def __init__(self, rw, read, timeout):
+        self._rw, self._read, self._timeout = rw, read, timeout
+        self._depth = 0   # read: the thread's share count with this guard's share (0: none)
+        self._me = None   # write: our lock word while this guard holds the write lock
+
+    def __enter__(self):
+        rw = self._rw
+        timeout = -1 if self._timeout is None else self._timeout
+        if self._read:
+            cell = rw._cell()
+            before = cell[0]
+            deadline = Deadline(self._timeout)
+            while True:
+                remaining = deadline.remaining()
+                try:
+                    ok = rw.acquire_read(timeout=-1 if remaining is None else remaining)
+                    break
+                except OwnerDiedError as exc:  # we hold the dead writer's write lock now
+                    # stacklevel 3: warn_owner_died, this __enter__, the with statement
+                    warn_owner_died(exc, rw.release_write, stacklevel=3)
+                    rw.release_write()
+                except BaseException:
+                    if cell[0] > before:  # taken before the exception struck: give it back
+                        rw.release_read()
+                    raise
+            if ok:
+                self._depth = before + 1
+        else:
+            me = _fast.self_owner_bits() | LOCKED
+            try:
+                ok = rw.acquire_write(timeout=timeout)
+            except OwnerDiedError as exc:  # held now: the with block runs holding it
+                warn_owner_died(exc, rw.release_write, stacklevel=3)
+                ok = True
+            except BaseException:
+                if rw._words[0].load() == me:
+                    rw.release_write()
+                raise
+            if ok:
+                self._me = me
+        if not ok:
+            raise TimeoutError(f"RWLock.{'read' if self._read else 'write'}() timed out")
+        return rw
+
+    def _holds(self):
+        if self._read:
+            return bool(self._depth) and self._rw._my_reads() >= self._depth
+        return self._me is not None and self._rw._words[0].load() == self._me
+
+    def __exit__(self, *exc):
+        if self._holds():
+            if self._read:
+                self._rw.release_read()
+            else:
+                self._rw.release_write()
+        self._depth, self._me = 0, None

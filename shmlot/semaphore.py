@@ -3,14 +3,26 @@
 Words: [0] the value, [1] how many threads may be parked (see ``_waiting``), [2] the bound of a
 BoundedSemaphore. Acquire takes one unit by CAS (GIL kept); only a thread that finds the value 0
 parks, and release unparks only when the waiter count says someone may be parked.
+
+Owner death. A ``Semaphore``'s permits are not owned: it is a counter that anyone may release
+(one process may acquire and another release, as with a producer and a consumer), so a permit
+taken by a process that dies before releasing it is gone. A ``BoundedSemaphore``'s permits are
+owned: each process's are recorded as a counted hold on the semaphore's key (taken after the
+unit, given back before it), so those of a dead process are given back by the next acquirer
+that finds none free (it looks every POLL_NS while it waits) and by ``shmlot-stat --reap``.
 """
+from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._waiting import Deadline, wait_until
+from ._core import lib
+from ._waiting import Deadline, full_backoff, full_done, wait_until
+from .errors import LotFullError
 
 __all__ = ["Semaphore", "BoundedSemaphore"]
 
 VALUE_MAX = 2**64 - 1  # the value is one u64 word
+PERMIT_HOLD = 4 | lib.SL_HOLD_COUNTED  # a process's BoundedSemaphore permits (tid 0: per process)
+POLL_NS = 200_000_000  # how often a waiting acquirer of a BoundedSemaphore looks for dead owners
 
 
 def _check_value(value):
@@ -25,7 +37,11 @@ def _check_value(value):
 
 class Semaphore(Primitive):
     """``threading.Semaphore(value=1)``; ``name=`` / ``lot=`` / ``.at()`` as for ``Lock``. A named
-    semaphore takes ``value`` only when this call creates it."""
+    semaphore takes ``value`` only when this call creates it.
+
+    Its permits are not owned: it is a counter anyone may release, so a process that dies
+    holding permits takes them along (use ``BoundedSemaphore``, whose permits are given back
+    when their process dies, to limit how many processes do something at once)."""
     KIND = _pl.SEMAPHORE
     WORDS = 3
     SIZE = 24
@@ -65,14 +81,22 @@ class Semaphore(Primitive):
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
         deadline = Deadline(timeout)  # checks the timeout (TypeError) up front
-        if self._try_take():
+        if self._try_take() or (self._reclaim() and self._try_take()):
             return True
         if not blocking:
             return False
         value = self._words[0]
         got = wait_until(self._place.lot, self._place.key, self._try_take,
-                         lambda: value.load() == 0, self._words[1], deadline)
+                         lambda: value.load() == 0, self._words[1], deadline, *self._poll())
         return bool(got)
+
+    def _poll(self):
+        """wait_until's (poll, poll_ns) for a waiting acquirer (none: it re-checks the value)."""
+        return ()
+
+    def _reclaim(self):
+        """Permits of dead processes given back (none: a Semaphore's permits are not owned)."""
+        return 0
 
     __enter__ = acquire
 
@@ -119,11 +143,67 @@ class Semaphore(Primitive):
 
 
 class BoundedSemaphore(Semaphore):
-    """``threading.BoundedSemaphore``: release() beyond the initial value raises ValueError."""
+    """``threading.BoundedSemaphore``: release() beyond the initial value raises ValueError.
+
+    Its permits are owned by the process that acquired them (recorded as a hold on the
+    semaphore's key): those of a process that dies holding them are given back, by the next
+    acquirer that finds none free and by ``shmlot-stat --reap``. A release by a process that
+    holds none (another process's permit) gives back an anonymous unit, as threading allows."""
     KIND = _pl.BOUNDED_SEMAPHORE
 
     def _add(self, n):
         self._add_within(n, self._words[2].load(), "Semaphore released too many times")
+
+    def _try_take(self):
+        if not super()._try_take():
+            return False
+        # owned from here on: record it (with the table full, put the unit back and retry later)
+        pid, _, start = _fast.self_ident()
+        try:
+            self._place.lot._hold_add(self._place.key, pid, 0, start, PERMIT_HOLD)
+        except LotFullError:
+            self._words[0].fetch_add(1)
+            full_backoff(self._place.lot, 0.0)
+            return False
+        full_done()
+        return True
+
+    def release(self, n=1):
+        """Give back ``n`` units (this process's permits first)."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise ValueError("n must be one or more")
+        self._add(n)  # ValueError beyond the bound, with nothing changed
+        lot, key = self._place.lot, self._place.key
+        pid, _, _ = _fast.self_ident()
+        for _ in range(n):
+            if not lot._hold_remove(key, pid, 0, PERMIT_HOLD):
+                break  # not ours: an anonymous unit
+        if self._words[1].load():
+            self._wake(n)
+
+    def _poll(self):
+        return (lambda: self._reclaim() > 0 or self._words[0].load() > 0, POLL_NS)
+
+    def _reclaim(self):
+        """Give back the permits of dead processes (never beyond the bound); returns how many
+        were given back."""
+        dead = self._place.lot._hold_take_dead(self._place.key)
+        if dead <= 0:
+            return 0
+        value, bound = self._words[0], self._words[2].load()
+        v = value.load()
+        while True:
+            n = min(dead, max(0, bound - v))
+            if not n:
+                return 0
+            ok, v = value.compare_exchange(v, v + n)
+            if ok:
+                break
+        if self._words[1].load():
+            self._wake(n)
+        return n
 
     def __repr__(self):
         return super().__repr__()[:-1] + f"/{self._words[2].load()}>"

@@ -27,10 +27,11 @@ from .barrier import HOLD_MODE as BARRIER_HOLD
 from .errors import LotCorruptError
 from .lot import ParkingLot, default_lot_name
 from .rwlock import READ_HOLD
+from .semaphore import PERMIT_HOLD
 
 __all__ = ["snapshot", "resolve_lot", "Snapshot", "ParkedThread", "ObjectState", "HoldInfo",
-           "ProcessInfo", "process_info", "lock_word_owner", "HOLD_MODE_NAMES",
-           "RESOURCE_HOLD", "READ_HOLD", "BARRIER_HOLD"]
+           "ProcessInfo", "process_info", "lock_word_owner", "token_text", "HOLD_MODE_NAMES",
+           "RESOURCE_HOLD", "READ_HOLD", "BARRIER_HOLD", "PERMIT_HOLD"]
 
 U64 = 2**64 - 1
 LOCKED = _fast.LOCKED_BIT
@@ -45,7 +46,8 @@ SLOT_STATE_NAMES = {SLOT_ALLOCATED: "allocated", SLOT_QUEUED: "parked",
 # Hold modes (see registry.c): RWLock read shares, Barrier waiting parties, and the resources of
 # shmlot.deadlock.acquire_resource (not counted: the reaper frees a dead process's ones).
 RESOURCE_HOLD = 16
-HOLD_MODE_NAMES = {READ_HOLD: "read", BARRIER_HOLD: "barrier-wait", RESOURCE_HOLD: "resource"}
+HOLD_MODE_NAMES = {READ_HOLD: "read", BARRIER_HOLD: "barrier-wait", RESOURCE_HOLD: "resource",
+                   PERMIT_HOLD: "permit"}
 
 # Which keys of an object's record threads park on, and what they wait for there.
 _ROLES = {
@@ -58,6 +60,27 @@ _ROLES = {
     _pl.BARRIER: ((0, "wait"),),
     _pl.RWLOCK: ((0, "read"), (8, "write")),
 }
+# The park tokens the primitives use, by kind and role: what a parked thread is, in words.
+TOKEN_BURST = 0x4255525354  # lot.h SL_TOKEN_BURST: a Condition waiter parked by the core's wait
+_TOKEN_WORDS = {
+    ("Lock", "acquire"): "acquirer", ("RLock", "acquire"): "acquirer",
+    ("Condition", "lock"): "acquirer", ("Condition", "wait"): "waiter",
+    ("Semaphore", "acquire"): "acquirer", ("BoundedSemaphore", "acquire"): "acquirer",
+    ("Event", "wait"): "waiter", ("Barrier", "wait"): "party",
+    ("RWLock", "read"): "reader", ("RWLock", "write"): "writer",
+}
+
+
+def token_text(kind, role, token):
+    """A parked thread's park token in words where its object's kind says what it means
+    ("reader", "writer", "waiter", "notified": a Condition waiter moved onto the lock's queue,
+    ...), else the number (hex when large)."""
+    if kind == "Condition" and token == TOKEN_BURST:
+        return "notified" if role == "lock" else "waiter"
+    if token == 0 and (kind, role) in _TOKEN_WORDS:
+        return _TOKEN_WORDS[(kind, role)]
+    return str(token) if token < 10**10 else f"0x{token:x}"
+
 
 
 def lock_word_owner(word):
@@ -171,7 +194,9 @@ class ParkedThread:
             "key": self.key, "key_hex": _hex(self.key),
             "object": self.object_name, "object_index": self.object.index if self.object else None,
             "kind": self.kind, "role": self.role,
-            "park_token": self.park_token, "parked_seconds": round(self.parked_seconds, 6),
+            "park_token": self.park_token,
+            "token_text": token_text(self.kind, self.role, self.park_token),
+            "parked_seconds": round(self.parked_seconds, 6),
             "hint": self.hint, "hint_owner": {"pid": owner[0], "tid": owner[1]} if owner else None,
             "bucket": self.bucket,
         }

@@ -34,7 +34,9 @@ __all__ = ["main", "fmt_duration", "fmt_size", "render", "list_lots", "reap_lot"
 
 SCHEMA = 1
 EXIT_OK, EXIT_LOT, EXIT_USAGE, EXIT_DEADLOCK = 0, 1, 2, 3
-WIDTH = 100
+WIDTH = 100       # when the output is not a terminal and COLUMNS is not set
+MIN_WIDTH = 80    # narrower terminals get 80-column lines
+KEY_WIDTH = 100   # below this, the parked threads' KEY column is left out
 SHM_DIR = "/dev/shm"
 MAGIC = b"\0SHMLOT1"  # lot.h SL_MAGIC, as it lies in the file (little-endian u64)
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
@@ -104,8 +106,14 @@ def _table(columns, rows):
     return [line([c[0] for c in columns])] + [line(r) for r in rows]
 
 
-def _wrap_items(prefix, items, width=WIDTH):
+def _width():
+    """The terminal's width (COLUMNS first, as shutil says), else WIDTH; at least MIN_WIDTH."""
+    return max(MIN_WIDTH, shutil.get_terminal_size((WIDTH, 40)).columns)
+
+
+def _wrap_items(prefix, items, width=None):
     """``prefix`` then "name value" items, wrapped at ``width`` with a hanging indent."""
+    width = width or _width()
     lines, cur = [], prefix
     indent = " " * len(prefix)
     for item in items:
@@ -148,7 +156,7 @@ def _header_lines(snap):
         f"created {fmt_duration(snap.taken_at - h['created'])} ago by pid {h['creator_pid']}  "
         f"(lot id {h['lot_id']:016x}, layout v{h['version']})",
     ]
-    return [_clip(x, WIDTH) for x in lines]
+    return [_clip(x, _width()) for x in lines]
 
 
 def _counter_lines(snap):
@@ -165,19 +173,70 @@ def _object_cell(p):
     return f"{label} ({role})" if role else label
 
 
-PARKED_COLUMNS = [("PID", 7, ">"), ("TID", 7, ">"), ("PROCESS", 15, "<"), ("ALIVE", 5, "<"),
-                  ("KEY", 18, "<"), ("OBJECT", 22, "<"), ("TOKEN", 10, ">"),
-                  ("PARKED", 7, ">")]
+PARKED_FIXED = [("PID", 7, ">"), ("TID", 7, ">"), ("PROCESS", 12, "<"), ("ALIVE", 5, "<"),
+                ("KEY", 18, "<")]
+PARKED_TAIL = [("TOKEN", 9, "<")]   # then HELD BY (flexible), then PARKED
+PARKED_TIME = ("PARKED", 7, ">")
+
+
+def _held_by(snap, p):
+    """Who holds what the parked thread ``p`` waits for: [{"pid", "tid", "alive"}] (empty:
+    nobody, or not a kind that has holders)."""
+    from . import _fast
+    from .deadlock import _holders
+    out, seen = [], set()
+    for h in _holders(snap, p):
+        if (h.pid, h.tid) in seen or (h.pid, h.tid) == (p.pid, p.tid):
+            continue
+        seen.add((h.pid, h.tid))
+        out.append({"pid": h.pid, "tid": h.tid,
+                    "alive": bool(_fast.process_alive(h.pid, h.start, h.mask))})
+    return out
+
+
+def _held_by_cell(holders):
+    if not holders:
+        return "-"
+    h = holders[0]
+    text = f"pid {h['pid']} tid {h['tid']}" + ("" if h["alive"] else " DEAD")
+    if len(holders) > 1:
+        text += f" +{len(holders) - 1}"
+    return text
+
+
+def _flex(fixed, flexible, width):
+    """Widths for the ``flexible`` columns [(title, wanted, minimum)] so that the row fits in
+    ``width`` next to the ``fixed`` ones: each gets at least its minimum, then the room left
+    goes to them in order, up to what they want."""
+    room = width - sum(w + 1 for _, w, _ in fixed) - len(flexible)
+    widths = [m for _, _, m in flexible]
+    room -= sum(widths)
+    for i, (_, wanted, m) in enumerate(flexible):
+        extra = max(0, min(room, wanted - m))
+        widths[i] += extra
+        room -= extra
+    return widths
 
 
 def _parked_lines(snap):
     n = len(snap.parked)
     lines = [f"PARKED THREADS: {n}" if n else "PARKED THREADS: none"]
     if n:
-        rows = [[p.pid, p.tid, p.process or "?", "yes" if p.alive else "DEAD", _key(p.key),
-                 _object_cell(p), _token(p.park_token), fmt_duration(p.parked_seconds)]
-                for p in snap.parked]
-        lines += _table(PARKED_COLUMNS, rows)
+        from .snapshot import token_text
+        rows = []
+        for p in snap.parked:
+            rows.append(([p.pid, p.tid, p.process or "?", "yes" if p.alive else "DEAD",
+                          _key(p.key)], _object_cell(p),
+                         token_text(p.kind, p.role, p.park_token),
+                         _held_by_cell(_held_by(snap, p)), fmt_duration(p.parked_seconds)))
+        width = _width()
+        fixed = PARKED_FIXED if width >= KEY_WIDTH else PARKED_FIXED[:-1]
+        obj_w, held_w = _flex(fixed + PARKED_TAIL + [PARKED_TIME],
+                              [("OBJECT", max(len(_esc(r[1])) for r in rows), 14),
+                               ("HELD BY", max(len(r[3]) for r in rows), 7)], width)
+        cols = fixed + [("OBJECT", obj_w, "<")] + PARKED_TAIL + \
+            [("HELD BY", held_w, "<"), PARKED_TIME]
+        lines += _table(cols, [r[0][:len(fixed)] + [r[1], r[2], r[3], r[4]] for r in rows])
     if snap.in_transit:
         dead = sum(1 for p in snap.in_transit if not p.alive)
         extra = f", {dead} of dead processes (--reap frees them)" if dead else ""
@@ -189,8 +248,7 @@ def _parked_lines(snap):
     return lines
 
 
-OBJECT_COLUMNS = [("NAME", 20, "<"), ("KIND", 16, "<"), ("STATE", 38, "<"), ("OWNER", 7, ">"),
-                  ("WAITERS", 7, ">"), ("REFS", 5, ">")]
+OBJECT_FIXED = [("KIND", 16, "<"), ("OWNER", 7, ">"), ("WAITERS", 7, ">"), ("REFS", 5, ">")]
 
 
 def _object_state_cell(o):
@@ -210,7 +268,12 @@ def _objects_lines(snap):
         rows = [[o.name if o.name is not None else f"#{o.index} (anon)", o.kind,
                  _object_state_cell(o), o.owner_pid if o.owner_pid is not None else "-",
                  o.waiters, o.refs] for o in objs]
-        lines += _table(OBJECT_COLUMNS, rows)
+        name_w, state_w = _flex(OBJECT_FIXED,
+                                [("NAME", max(len(_esc(r[0])) for r in rows), 12),
+                                 ("STATE", max(len(r[2]) for r in rows), 24)], _width())
+        cols = [("NAME", name_w, "<"), OBJECT_FIXED[0], ("STATE", state_w, "<")] + \
+            OBJECT_FIXED[1:]
+        lines += _table(cols, rows)
     from .snapshot import RESOURCE_HOLD
     res = [h for h in snap.holds if h.mode == RESOURCE_HOLD]
     if res:
@@ -246,7 +309,7 @@ def _deadlock_lines(cycles):
             role = f" ({r['role']})" if r.get("role") in ("read", "write") else ""
             lines.append(_clip(f"  {_who(r)} waits {fmt_duration(r['parked_seconds'])} for "
                                f"{_what(r['label'], r['key'])}{role}, held by pid {nxt['pid']} "
-                               f"tid {nxt['tid']}", WIDTH))
+                               f"tid {nxt['tid']}", _width()))
             held = [_what(n, k) for k, n in zip(r["held"], r["held_names"])]
             lines += _wrap_items("      holds: ", [h + "," for h in held[:-1]] + held[-1:]
                                  if held else ["nothing recorded"])
@@ -324,7 +387,7 @@ def _list_lines(lots):
     now = time.time()
     rest = [("WAITER", 9, "<"), ("SIZE", 9, ">"), ("PARKED", 6, ">"), ("SLOTS", 6, ">"),
             ("OBJECTS", 7, ">"), ("USER", 8, "<"), ("MODE", 4, "<"), ("AGE", 6, ">")]
-    room = WIDTH - sum(w + 1 for _, w, _ in rest)
+    room = _width() - sum(w + 1 for _, w, _ in rest)
     name_w = min(room, max(4, max(len(_esc(x["name"])) for x in lots)))
     cols = [("NAME", name_w, "<")] + rest
     lines = _table(cols, [])
@@ -348,7 +411,7 @@ def reap_lot(lot):
     OwnerDiedError) and dead Barrier parties are left for the barrier's waiters (who break it):
     both are only reported. Returns a dict (see docs/stat.md)."""
     from . import _placement as _pl
-    from .snapshot import READ_HOLD, RESOURCE_HOLD, snapshot
+    from .snapshot import BARRIER_HOLD, PERMIT_HOLD, READ_HOLD, RESOURCE_HOLD, snapshot
 
     before = snapshot(lot)
     dead_slots = [p for p in before.parked + before.in_transit if not p.alive]
@@ -362,7 +425,7 @@ def reap_lot(lot):
 
     shares = []
     for o in after.objects:
-        if o.kind_code != _pl.RWLOCK or o.owner is not None:
+        if o.kind_code != _pl.RWLOCK:
             continue
         dead_readers = [h for h in o.holds if h.mode == READ_HOLD and not h.alive]
         if not dead_readers:
@@ -372,19 +435,29 @@ def reap_lot(lot):
             shares.append({"object": o.name, "index": o.index, "label": o.label, "shares": n,
                            "pids": sorted({h.pid for h in dead_readers})})
 
+    permits = []
+    for o in after.objects:
+        dead_owners = [h for h in o.holds if h.mode == PERMIT_HOLD and not h.alive]
+        if o.kind_code != _pl.BOUNDED_SEMAPHORE or not dead_owners:
+            continue
+        n = _reclaim_permits(lot, o)
+        if n:
+            permits.append({"object": o.name, "index": o.index, "label": o.label,
+                            "permits": n, "pids": sorted({h.pid for h in dead_owners})})
+
     final = snapshot(lot, processes=False)
     dead_owners = [{"object": o.name, "index": o.index, "label": o.label, "kind": o.kind,
                     "pid": o.owner_pid, "tid": o.owner_tid}
                    for o in final.objects if o.owner is not None and o.owner_alive is False]
     dead_parties = [{"pid": h.pid, "tid": h.tid, "key": h.key,
                      "label": final.object_at(h.key)[0].label if final.object_at(h.key) else None}
-                    for h in final.holds
-                    if not h.alive and h.counted and h.mode != READ_HOLD]
+                    for h in final.holds if not h.alive and h.mode == BARRIER_HOLD]
     return {
         "lot": lot.name, "slots_freed": slots, "holds_freed": holds,
         "slots": [p.to_dict() for p in freed_slots],
         "holds": [h.to_dict() for h in freed_holds],
         "read_shares_reclaimed": shares,
+        "permits_given_back": permits,
         "dead_lock_owners": dead_owners,
         "dead_barrier_parties": dead_parties,
         "resource_holds_freed": sum(1 for h in freed_holds if h.mode == RESOURCE_HOLD),
@@ -406,6 +479,20 @@ def _reclaim_read_shares(lot, obj):
     return rw._reclaim_readers()
 
 
+def _reclaim_permits(lot, obj):
+    """Give the permits of dead owners back to a registry BoundedSemaphore (as its next
+    acquirer would). Returns how many."""
+    from . import _placement as _pl
+    from .semaphore import BoundedSemaphore
+    try:
+        place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.BOUNDED_SEMAPHORE))
+    except Exception:
+        return 0  # freed meanwhile
+    sem = BoundedSemaphore.__new__(BoundedSemaphore)
+    sem._bind(place)
+    return sem._reclaim()
+
+
 def _label_of(p):
     if p.get("kind") is None:
         return None
@@ -422,25 +509,30 @@ def _reap_lines(r):
         on = f"{obj} [{p['key_hex']}]" if obj else p["key_hex"]
         lines.append(_clip(f"  slot {p['slot']:<5} pid {p['pid']} tid {p['tid']} "
                            f"{p['state']} on {on} for {fmt_duration(p['parked_seconds'])}",
-                           WIDTH))
+                           _width()))
     for h in r["holds"]:
         lines.append(_clip(f"  hold  {h['what']} of {h['key_hex']} by pid {h['pid']} "
-                           f"tid {h['tid']} (x{h['count']})", WIDTH))
+                           f"tid {h['tid']} (x{h['count']})", _width()))
     for s in r["read_shares_reclaimed"]:
         pids = ",".join(map(str, s["pids"]))
         lines.append(_clip(f"  {s['label']}: {s['shares']} read share"
                            f"{'s' if s['shares'] != 1 else ''} of dead pid {pids} reclaimed",
-                           WIDTH))
+                           _width()))
+    for s in r["permits_given_back"]:
+        pids = ",".join(map(str, s["pids"]))
+        lines.append(_clip(f"  {s['label']}: {s['permits']} permit"
+                           f"{'s' if s['permits'] != 1 else ''} of dead pid {pids} given back",
+                           _width()))
     if r["dead_lock_owners"]:
         lines.append("left held (the next acquirer gets OwnerDiedError and repairs the state):")
         for o in r["dead_lock_owners"]:
             lines.append(_clip(f"  {o['label']} held by dead pid {o['pid']} tid {o['tid']}",
-                               WIDTH))
+                               _width()))
     if r["dead_barrier_parties"]:
         lines.append("left for the barrier's waiters (they break the barrier):")
         for b in r["dead_barrier_parties"]:
             lines.append(_clip(f"  {b['label'] or _key(b['key'])}: dead party pid {b['pid']} "
-                               f"tid {b['tid']}", WIDTH))
+                               f"tid {b['tid']}", _width()))
     return lines
 
 
@@ -545,6 +637,8 @@ def _view_once(lot, args, sections):
     if args.json:
         doc = {"schema": SCHEMA}
         doc.update(snap.to_dict())
+        for entry, p in zip(doc["parked"], snap.parked):
+            entry["held_by"] = _held_by(snap, p)
         doc["deadlocks"] = cycles
         return doc, status
     return render(snap, sections, cycles), status

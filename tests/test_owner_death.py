@@ -553,14 +553,13 @@ def test_rwlock_waiting_writer_killed_does_not_keep_readers_out(plot):
 def _read_and_die_mid_update(rw, step):
     """Take a read share (or give one back) and SIGKILL ourselves in the middle of it: between
     the hold and the count, with the RWLock's internal mutex held."""
-    lot = rw._place.lot
-    die = lambda *a: os.kill(os.getpid(), signal.SIGKILL)  # noqa: E731
+    from shmlot._core import lib
     if step == "acquire":
-        lot._hold_add = lambda *a: (type(lot)._hold_add(lot, *a), die())
+        lib.sl_test_set_die_at(b"rw_read_mid")  # the core's step hook (rwstep.c)
         rw.acquire_read()
     else:
         rw.acquire_read()
-        lot._hold_remove = lambda *a: (type(lot)._hold_remove(lot, *a), die())
+        lib.sl_test_set_die_at(b"rw_unread_mid")
         rw.release_read()
     time.sleep(120)
 

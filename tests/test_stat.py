@@ -155,7 +155,7 @@ PARKED_KEYS = {"pid": int, "tid": int, "key": int, "park_token": int, "parked_se
                "object": (str, type(None)), "kind": (str, type(None)),
                "role": (str, type(None)), "key_hex": str, "slot": int, "state": str,
                "hint": int, "hint_owner": (dict, type(None)), "bucket": int,
-               "object_index": (int, type(None))}
+               "object_index": (int, type(None)), "token_text": str}
 OBJECT_KEYS = {"name": (str, type(None)), "kind": str, "state": str,
                "owner_pid": (int, type(None)), "owner_tid": (int, type(None)),
                "owner_alive": (bool, type(None)), "waiters": int, "key": int, "key_hex": str,
@@ -189,6 +189,8 @@ def validate_document(doc):
     assert all(isinstance(v, int) for v in doc["counters"].values())
     for p in doc["parked"] + doc["in_transit"]:
         check_keys(p, PARKED_KEYS, "parked entry")
+    for p in doc["parked"]:
+        check_keys(p, {"held_by": list}, "parked entry")
     for o in doc["objects"]:
         check_keys(o, OBJECT_KEYS, "object")
         for h in o["holds"]:
@@ -637,3 +639,53 @@ lk.release()
     finally:
         lk.release()
         assert proc.wait(20) == 0
+
+
+def test_default_view_uses_the_terminal_width_decodes_tokens_and_names_holders(lot):
+    """COLUMNS=200: a 60-character RWLock name is shown whole with its role; the park tokens
+    read "writer", "reader", "waiter"; each parked row names who holds what it waits for."""
+    long = "config-" + "x" * 53
+    rw = shmlot.RWLock(name=long, lot=lot)
+    cond = shmlot.Condition(name="cv", lot=lot)
+    rw.acquire_read()  # held by this process: the writer below waits for it
+    child = start_python(r"""
+import sys, threading, shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+rw = shmlot.RWLock(name=sys.argv[2], lot=lot)
+cond = shmlot.Condition(name="cv", lot=lot)
+def wait_cv():
+    with cond:
+        cond.wait(30)
+t = threading.Thread(target=wait_cv)
+t.start()
+print("go", flush=True)
+rw.acquire_write(timeout=30)   # waits for this test's read share
+rw.release_write()
+t.join()
+""", lot.name, long)
+    try:
+        assert child.stdout.readline().strip() == "go"
+        wait_until(lambda: len(snapshot(lot).parked) == 2, 20, "the writer and the waiter")
+        me = os.getpid()
+        r = run_stat(lot.name, env={"COLUMNS": "200"})
+        assert r.returncode == 0, r.stderr
+        rows = [line for line in r.stdout.splitlines() if line.strip().startswith(str(child.pid))]
+        assert all(len(line) <= 200 for line in r.stdout.splitlines())
+        [writer] = [x for x in rows if long in x]
+        assert f"RWLock '{long}' (write)" in writer and " writer " in writer
+        assert f"pid {me} tid {me}" in writer          # the reader it waits for
+        [waiter] = [x for x in rows if "Condition 'cv'" in x]
+        assert "(wait)" in waiter and " waiter " in waiter
+        narrow = run_stat(lot.name, env={"COLUMNS": "80"})
+        assert all(len(line) <= 80 for line in narrow.stdout.splitlines()), narrow.stdout
+        doc = json.loads(run_stat(lot.name, "--json").stdout)
+        [w] = [p for p in doc["parked"] if p["role"] == "write"]
+        assert w["token_text"] == "writer"
+        assert w["held_by"] == [{"pid": me, "tid": me, "alive": True}]
+        [c] = [p for p in doc["parked"] if p["role"] == "wait"]
+        assert c["token_text"] == "waiter" and c["held_by"] == []
+    finally:
+        rw.release_read()
+        with cond:
+            cond.notify_all()
+        assert child.wait(30) == 0

@@ -262,12 +262,33 @@ int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, ui
  * Python signal handler but SIGINT's by its own SignalError, losing it. */
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);
 
+/* RWLock bookkeeping (rwstep.c): one step under the readers' mutex (words[3]), whole or not at
+ * all. `words` are the RWLock's four words, `mine` the calling thread's count (read shares, or 1
+ * while it waits as a writer). Returns SL_RW_DONE, SL_RW_BLOCKED (a writer holds or waits),
+ * SL_RW_BUSY (the mutex is held: *out is its word; try again, or repair if its owner died),
+ * SL_RW_NOT_HELD, a hold error (SL_EFULL), or for the reclaim steps how many were taken back.
+ * *out: the state word after an UNREAD or RECLAIM_READERS, the writers that waited for UNWAIT. */
+#define SL_RW_DONE 0
+#define SL_RW_BLOCKED 1
+#define SL_RW_BUSY 2
+#define SL_RW_NOT_HELD 3
+#define SL_RW_READ 1
+#define SL_RW_UNREAD 2
+#define SL_RW_WAIT 3
+#define SL_RW_UNWAIT 4
+#define SL_RW_RECLAIM_READERS 5
+#define SL_RW_RECLAIM_WRITERS 6
+int sl_rw_step(sl_lot *l, uint64_t *words, uint64_t key, uint64_t wkey, int op, int granted,
+               uint32_t *mine, uint64_t *out);
+
 /* test hook: 0 turns off the cheap liveness check of parked threads (alive.c), as on a system
  * without pidfds, so that /proc answers instead; 1 turns it back on. */
 int sl_test_liveness_cache(int enable);
 /* test hook: SIGKILL self at a named step (sl_maybe_die); "stop:STEP" stops the process there
  * (SIGSTOP) instead, once */
 int sl_test_set_die_at(const char *step);
+/* the same hook, for steps taken in Python (a no-op unless armed) */
+void sl_maybe_die(const char *step);
 /* CDEF END */
 
 #endif
