@@ -12,6 +12,7 @@ costs at most one slice, and signals reach the main thread promptly.
 import errno
 import os
 import re
+import threading
 import time
 
 from ._core import ffi, lib
@@ -98,16 +99,17 @@ class SemaphoreWaiter:
         glibc's sem_open(O_CREAT) writes a file under a random name (sem.XXXXXX) and links it
         to the final one: a process killed in between leaves that file behind, and nothing
         says whose it is. So the file is made here instead, under a name derived from the
-        semaphore's own (NAME.tmp<pid>: its lot, its slot, its maker), written in full, given
+        semaphore's own (NAME.tmp<pid>-<tid>: its lot, its slot, its maker; the thread too, since
+        two threads of a process may make the same slot's semaphore at once), written in full, given
         the lot's mode (whatever the umask), then linked to the final name (which a racing
         maker may have taken first: then this one is dropped) and removed; the reaper removes
         what a killed maker left (reap_stale). posix_ipc then opens the final name."""
         ipc = self._ipc
         final = f"{SEM_DIR}/sem.{name[1:]}"
         if not os.path.exists(final):
-            tmp = f"{final}.tmp{os.getpid()}"
+            tmp = f"{final}.tmp{os.getpid()}-{threading.get_native_id()}"
             try:
-                os.unlink(tmp)  # left by a killed process that had our pid
+                os.unlink(tmp)  # left by a killed process that had our pid and tid
             except FileNotFoundError:
                 pass
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -144,7 +146,7 @@ class SemaphoreWaiter:
     def reap_stale(self, lot_id):
         """Remove the half-made semaphore files of this lot whose maker is dead (see _open);
         returns how many."""
-        pattern = re.compile(rf"sem\.sl{lot_id:016x}\.\d+\.tmp(\d+)$")
+        pattern = re.compile(rf"sem\.sl{lot_id:016x}\.\d+\.tmp(\d+)-\d+$")
         removed = 0
         try:
             entries = os.listdir(SEM_DIR)
