@@ -41,16 +41,29 @@ def start_child(lot, code):
     return p
 
 
+def fill_after_child_opened(lot, child):
+    """Once ``child`` has opened its object (which records its reference, a hold of its own),
+    fill the hold table and let the child go on to the step that needs one more hold."""
+    line = child.stdout.readline()
+    assert line.strip() == "ready", (line, child.stderr.read() if child.poll() is not None else "")
+    keys = fill_holds(lot)
+    child.stdin.write("go\n")
+    child.stdin.flush()
+    return keys
+
+
 def test_barrier_party_waits_for_room_in_the_hold_table(make_lot):
     lot = make_lot(holds=24)
     b = shmlot.Barrier(2, name="b", lot=lot)
-    keys = fill_holds(lot)
     child = start_child(lot, """
 import sys, shmlot
 lot = shmlot.ParkingLot.attach(sys.argv[1])
 b = shmlot.Barrier(2, name="b", lot=lot)
+print("ready", flush=True)
+sys.stdin.readline()
 print("index", b.wait(30), flush=True)
 """)
+    keys = fill_after_child_opened(lot, child)
     wait_until(lambda: full_waits(lot) > 0, 20, "the party to find the hold table full")
     free_holds(lot, keys)
     assert b.wait(30) in (0, 1)
@@ -82,14 +95,16 @@ def test_rwlock_waits_for_room_in_the_hold_table(make_lot, side):
     rw = shmlot.RWLock(name="rw", lot=lot)
     if side == "write":
         rw.acquire_read()
-    keys = fill_holds(lot)
     child = start_child(lot, f"""
 import sys, shmlot
 lot = shmlot.ParkingLot.attach(sys.argv[1])
 rw = shmlot.RWLock(name="rw", lot=lot)
+print("ready", flush=True)
+sys.stdin.readline()
 print("got", rw.acquire_{side}(timeout=30), flush=True)
 rw.release_{side}()
 """)
+    keys = fill_after_child_opened(lot, child)
     wait_until(lambda: full_waits(lot) > 0, 20, "the child to find the hold table full")
     free_holds(lot, keys)
     if side == "write":
