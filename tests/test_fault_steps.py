@@ -251,6 +251,13 @@ STEP_TESTS = {
     ("lot.c", "registry_locked"): ("test_internal_locks",
                                    "test_registry_lock_of_a_killed_stopped_process_is_taken_over",
                                    None),
+    # a reader killed between its hold and the share count, either way (rwstep.c)
+    ("rwstep.c", "rw_read_mid"): (
+        "test_reclaim_dead", "test_reap_takes_back_a_dead_readers_hold_whatever_the_count_says",
+        "rw_read_mid"),
+    ("rwstep.c", "rw_unread_mid"): (
+        "test_reclaim_dead", "test_reap_takes_back_a_dead_readers_hold_whatever_the_count_says",
+        "rw_unread_mid"),
     # a creator killed mid-create: the next open() replaces the segment
     ("lot.c", "create_opened"): ("test_vanished_lots", "test_open_replaces_a_dead_creators_segment",
                                  "create_opened"),
