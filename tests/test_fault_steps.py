@@ -406,8 +406,12 @@ def zombie_parked_on(lot, key, main_thread=True):
     os.kill(proc.pid, signal.SIGKILL)
 
     def zombie():
+        # the main thread a zombie and every other thread gone: a killed process's other
+        # threads finish exiting after its main thread turned zombie, and until they have, its
+        # pidfd does not report the exit yet (see alive.c)
         with open(f"/proc/{proc.pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
+            state = f.read().rpartition(")")[2].split()[0]
+        return state == "Z" and os.listdir(f"/proc/{proc.pid}/task") == [str(proc.pid)]
 
     wait_until(zombie, message="child is a zombie")
     return proc

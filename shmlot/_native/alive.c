@@ -12,7 +12,10 @@
  *   inode, never reused while the system runs), else by the start time read from /proc; at
  *   most CACHE_SIZE of them, under a private mutex;
  * - a process is dead when its pidfd polls readable: it has exited, zombies included (a killed
- *   process that nobody has waited for yet must not absorb a wake-up);
+ *   process that nobody has waited for yet must not absorb a wake-up). The kernel reports the
+ *   exit once every thread of the process has exited: for the moment a killed process's other
+ *   threads take to finish exiting, a waiter among them still counts as alive (a wake-up it
+ *   takes then is lost to it, as one taken just before the kill would be);
  * - a thread other than a process's main thread is looked up with tgkill(pid, tid, 0): a thread
  *   that is gone from a live process (the process exec'd) is dead too;
  * - our own process is alive (its threads are parked, not gone).
