@@ -12,6 +12,7 @@ costs at most one slice, and signals reach the main thread promptly.
 import errno
 import os
 import re
+import threading
 import time
 
 from ._core import ffi, lib
@@ -98,16 +99,16 @@ class SemaphoreWaiter:
         glibc's sem_open(O_CREAT) writes a file under a random name (sem.XXXXXX) and links it
         to the final one: a process killed in between leaves that file behind, and nothing
         says whose it is. So the file is made here instead, under a name derived from the
-        semaphore's own (NAME.tmp<pid>: its lot, its slot, its maker), written in full, given
+        semaphore's own (NAME.tmp<pid>-<tid>: its lot, slot and maker), written in full, given
         the lot's mode (whatever the umask), then linked to the final name (which a racing
         maker may have taken first: then this one is dropped) and removed; the reaper removes
         what a killed maker left (reap_stale). posix_ipc then opens the final name."""
         ipc = self._ipc
         final = f"{SEM_DIR}/sem.{name[1:]}"
         if not os.path.exists(final):
-            tmp = f"{final}.tmp{os.getpid()}"
+            tmp = f"{final}.tmp{os.getpid()}-{threading.get_native_id()}"
             try:
-                os.unlink(tmp)  # left by a killed process that had our pid
+                os.unlink(tmp)  # left by a killed thread that had our ids
             except FileNotFoundError:
                 pass
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -119,10 +120,13 @@ class SemaphoreWaiter:
             lib.sl_maybe_die(b"sem_file_written")  # test hook: a maker killed before linking
             try:
                 os.link(tmp, final)
-            except FileExistsError:
-                pass
+            except (FileExistsError, FileNotFoundError):
+                pass  # another maker was first (or the lot went, its leftovers with it)
             finally:
-                os.unlink(tmp)
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass  # the lot was unlinked meanwhile, its leftovers with it
         deadline = None
         while True:
             try:
@@ -144,7 +148,7 @@ class SemaphoreWaiter:
     def reap_stale(self, lot_id):
         """Remove the half-made semaphore files of this lot whose maker is dead (see _open);
         returns how many."""
-        pattern = re.compile(rf"sem\.sl{lot_id:016x}\.\d+\.tmp(\d+)$")
+        pattern = re.compile(rf"sem\.sl{lot_id:016x}\.\d+\.tmp(\d+)-\d+$")
         removed = 0
         try:
             entries = os.listdir(SEM_DIR)

@@ -45,7 +45,7 @@ lot.park(7, timeout=5)   # opens (so first makes) its slot's semaphore: killed t
         assert r.returncode == -9, r.stderr
         prefix = f"sem.sl{lot._lot_id:016x}."
         left = [e for e in os.listdir(SEM_DIR) if e.startswith(prefix) and ".tmp" in e]
-        assert len(left) == 1 and re.match(rf"{re.escape(prefix)}\d+\.tmp\d+$", left[0]), left
+        assert len(left) == 1 and re.match(rf"{re.escape(prefix)}\d+\.tmp\d+-\d+$", left[0]), left
         assert {e for e in os.listdir(SEM_DIR) if GLIBC_TEMP.match(e)} <= before
         lot.reap()
         assert not [e for e in os.listdir(SEM_DIR) if e.startswith(prefix) and ".tmp" in e]
