@@ -99,8 +99,7 @@ class SemaphoreWaiter:
         glibc's sem_open(O_CREAT) writes a file under a random name (sem.XXXXXX) and links it
         to the final one: a process killed in between leaves that file behind, and nothing
         says whose it is. So the file is made here instead, under a name derived from the
-        semaphore's own (NAME.tmp<pid>-<tid>: its lot, its slot, its maker; the thread too, since
-        two threads of a process may make the same slot's semaphore at once), written in full, given
+        semaphore's own (NAME.tmp<pid>-<tid>: its lot, slot and maker), written in full, given
         the lot's mode (whatever the umask), then linked to the final name (which a racing
         maker may have taken first: then this one is dropped) and removed; the reaper removes
         what a killed maker left (reap_stale). posix_ipc then opens the final name."""
@@ -109,7 +108,7 @@ class SemaphoreWaiter:
         if not os.path.exists(final):
             tmp = f"{final}.tmp{os.getpid()}-{threading.get_native_id()}"
             try:
-                os.unlink(tmp)  # left by a killed process that had our pid and tid
+                os.unlink(tmp)  # left by a killed thread that had our ids
             except FileNotFoundError:
                 pass
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -121,10 +120,13 @@ class SemaphoreWaiter:
             lib.sl_maybe_die(b"sem_file_written")  # test hook: a maker killed before linking
             try:
                 os.link(tmp, final)
-            except FileExistsError:
-                pass
+            except (FileExistsError, FileNotFoundError):
+                pass  # another maker was first (or the lot went, its leftovers with it)
             finally:
-                os.unlink(tmp)
+                try:
+                    os.unlink(tmp)
+                except FileNotFoundError:
+                    pass  # the lot was unlinked meanwhile, its leftovers with it
         deadline = None
         while True:
             try:

@@ -136,7 +136,10 @@ class RWLock(Primitive):
                     _check(rc, "RWLock")
                 return rc, out[0]
             word = out[0]
-            if word & LOCKED and not owner_alive(word):
+            if word & LOCKED and (not owner_alive(word) or
+                                  word & ~2 == _fast.self_owner_bits() | LOCKED):
+                # its holder died inside a step, or it is this thread (an exception struck a
+                # repair of ours before it let go): repair it
                 self._repair_mutex(word)
             elif not spin.spin():
                 os.sched_yield()

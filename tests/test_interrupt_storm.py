@@ -1,7 +1,7 @@
 """A storm of asynchronous exceptions (real SIGINTs, KeyboardInterrupt, every 50-250 microseconds,
 thousands of them) while a process takes and gives back an
-RWLock's read shares and write lock through ``read()`` / ``write()``: afterwards no share is
-torn. What the stormed thread still holds (an exception that
+RWLock's read shares and write lock through ``read()`` / ``write()``, with another process
+contending: afterwards no share is torn. What the stormed thread still holds (an exception that
 struck as a ``with`` block's ``__exit__`` began, which no Python ``__exit__`` can prevent) agrees
 everywhere: its own count, its hold and the lock's readers count; no waiting writer is left
 counted; once it gives back what its count says, the lock is free and a writer of another
@@ -24,12 +24,15 @@ from conftest import start_python
 pytestmark = pytest.mark.timeout(120)
 
 STORMED = r"""
+import faulthandler
+faulthandler.dump_traceback_later(40, exit=True)  # a stuck child says where, on stderr
 import json, os, select, signal, sys, time
 import shmlot
 from shmlot._core import lib
 lot = shmlot.ParkingLot.attach(sys.argv[1])
 rw = shmlot.RWLock(name="rw", lot=lot)
 pid = os.getpid()
+stop_file = sys.argv[2]
 me = shmlot._fast.self_owner_bits() | 1
 caught = [0]
 done = [0]
@@ -53,7 +56,7 @@ def body(i):
 
 def storm():
     i = 0
-    while not select.select([sys.stdin], [], [], 0)[0]:  # until the test says stop
+    while not os.path.exists(stop_file):  # until the test says stop
         try:
             # a share left by an __exit__ the storm struck as it began is whole and ours:
             # give it back, as a program that caught the KeyboardInterrupt would
@@ -81,9 +84,8 @@ t0 = time.monotonic()
 
 def run():
     if not started:
-        print("ready", flush=True)
-        sys.stdin.readline()
         started.append(1)
+        print("ready", flush=True)
     storm()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -116,13 +118,30 @@ sys.stdin.readline()
 
 
 
-def test_interrupt_storm_leaves_no_share_behind(make_lot):
+CONTENDER = r"""
+import os, sys, time, shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+rw = shmlot.RWLock(name="rw", lot=lot)
+print("ready", flush=True)
+n = 0
+while not os.path.exists(sys.argv[2]):
+    with rw.write():
+        n += 1
+    with rw.read():
+        n += 1
+    time.sleep(0.002)
+print(n, flush=True)
+"""
+
+
+def test_interrupt_storm_leaves_no_share_behind(make_lot, tmp_path):
     lot = make_lot()
     rw = shmlot.RWLock(name="rw", lot=lot)
-    stormed = start_python(STORMED, lot.name)
+    stop_file = os.path.join(str(tmp_path), "stop")
+    contender = start_python(CONTENDER, lot.name, stop_file)  # contends, unstormed
+    assert contender.stdout.readline().strip() == "ready"
+    stormed = start_python(STORMED, lot.name, stop_file)
     assert stormed.stdout.readline().strip() == "ready"
-    stormed.stdin.write("go\n")
-    stormed.stdin.flush()
     # real SIGINTs (Ctrl-C: KeyboardInterrupt), one every 50-250 microseconds, for 4 s
     sent = 0
     end = time.monotonic() + 4
@@ -132,12 +151,13 @@ def test_interrupt_storm_leaves_no_share_behind(make_lot):
         time.sleep(random.uniform(0.00005, 0.00025))
     time.sleep(0.1)
     assert stormed.poll() is None, stormed.communicate()
-    stormed.stdin.write("stop\n")
-    stormed.stdin.flush()
+    open(stop_file, "w").close()
+    out, err = contender.communicate(timeout=30)
+    assert contender.returncode == 0 and int(out) > 0, err
     line = stormed.stdout.readline()
     while line and not line.startswith("{"):  # "ready" again, if a signal struck after it
         line = stormed.stdout.readline()
-    assert line, stormed.communicate()
+    assert line, stormed.communicate(timeout=30)
     out = json.loads(line)
     assert out["caught"] >= 1000 and out["done"] > 0 and out["torn"] == [], (sent, out)
     left = out["left"]
