@@ -29,7 +29,7 @@ _full = threading.local()
 
 def park(lot, key, validate, before_sleep, timed_out, park_token, timeout, poll=None, poll_ns=0,
          hint=0, word_ptr=None, word_id=0):
-    """``lot._park`` for the primitives, which never raise LotFullError (SPEC section 6): when
+    """``lot._park`` for the primitives, which never raise LotFullError: when
     every slot of the lot is taken, wait a little (``full_backoff``) and return a *timed out*
     result, so that the caller re-checks its condition and parks again. Nothing was queued and
     ``before_sleep`` did not run."""

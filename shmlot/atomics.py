@@ -1,4 +1,4 @@
-"""Atomic integers on shared memory: what custom primitives are built from (SPEC section 2).
+"""Atomic integers on shared memory: what custom primitives are built from.
 
 ``AtomicU32(buffer, offset=0)`` and ``AtomicU64(buffer, offset=0)`` name a naturally aligned
 word at byte ``offset`` of a writable buffer and operate on it with sequentially consistent

@@ -1,4 +1,4 @@
-"""Cross-process deadlock detection (SPEC section 4), after parking_lot's ``deadlock`` module.
+"""Cross-process deadlock detection, after parking_lot's ``deadlock`` module.
 
 ``check(lot=None)`` builds a wait-for graph from a snapshot of the lot: a parked thread waits for
 the threads that hold the key it is parked on; a cycle of parked threads is a deadlock. Holders

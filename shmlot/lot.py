@@ -1,4 +1,4 @@
-"""The parking lot: a table of wait queues in a shared-memory segment (SPEC section 2).
+"""The parking lot: a table of wait queues in a shared-memory segment.
 
 Every operation locks the bucket of its key (a futex lock in the segment, see ilock.c), runs
 the caller's callbacks under that lock, and wakes threads after unlocking. The C core

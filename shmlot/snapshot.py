@@ -1,4 +1,4 @@
-"""A consistent, read-only picture of a live lot (SPEC sections 4 and 5).
+"""A consistent, read-only picture of a live lot.
 
 ``snapshot(lot)`` copies the lot's header, counters, every slot in use, every object of the
 registry and every hold, and decodes them: who is parked on which key (with the process name,

@@ -1,4 +1,4 @@
-"""SpinWait: parking_lot's back-off counter for spin loops (SPEC section 2).
+"""SpinWait: parking_lot's back-off counter for spin loops.
 
 Exactly ``parking_lot_core::SpinWait``::
 

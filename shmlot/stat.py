@@ -1,4 +1,4 @@
-"""``shmlot-stat``: look into a live lot without blocking it (SPEC section 5).
+"""``shmlot-stat``: look into a live lot without blocking it.
 
     shmlot-stat [LOT]                 header, counters, one row per parked thread
     shmlot-stat [LOT] --objects       the objects of the registry: kind, state, owner, waiters

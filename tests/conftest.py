@@ -2,7 +2,7 @@
 
 Fixtures
 --------
-``waiter``      "futex" or "semaphore": parametrizes a test over both waiter backends (SPEC 1: the
+``waiter``      "futex" or "semaphore": parametrizes a test over both waiter backends (the
                 semaphore backend must pass the same suite). Every fixture below that makes a lot
                 depends on it, so a test using ``lot`` or ``make_lot`` runs once per backend.
 ``lot``         a fresh ``ParkingLot`` (buckets=256, slots=256) on the current backend, with a unique

@@ -1,4 +1,4 @@
-"""Barrier (SPEC section 3) across threads and processes: rounds in lockstep, the action once per
+"""Barrier across threads and processes: rounds in lockstep, the action once per
 round (also when more threads than parties arrive at once), timeouts, reset, abort, and a party
 killed while the others wait breaking the barrier for them (BrokenBarrierError, promptly).
 Both backends.

@@ -1,4 +1,4 @@
-"""Callback semantics of the low-level API (SPEC section 2), on both backends:
+"""Callback semantics of the low-level API, on both backends:
 
 - ``validate`` False: *invalid*, nothing enqueued; a raising ``validate`` enqueues nothing;
 - unpark callbacks run also when nothing was unparked; one that raises leaves the queue as it was

@@ -1,4 +1,4 @@
-"""Condition (SPEC section 3): notify/notify_all move waiters onto the lock's queue
+"""Condition: notify/notify_all move waiters onto the lock's queue
 (``unpark_requeue``) instead of waking them to fight for the lock; every waiter re-acquires; a
 dead waiter never absorbs a notification nor wakes anyone; a lock holder that dies while waiters
 are queued on the lock is recovered (OwnerDiedError for one of them). Threads and processes, both
@@ -93,7 +93,7 @@ def test_notify_all_requeues_threads_and_processes(plot, segment, lock_kind):
 
 
 def test_notify_all_requeues_32_processes(plot, segment):
-    """The benchmark's shape (SPEC 7): 32 waiting processes, one notify_all, all re-acquire."""
+    """The benchmark's shape (tools/bench.py): 32 waiting processes, one notify_all, all re-acquire."""
     cond = shmlot.Condition()
     seg = segment(8 * 64)
     n = 32

@@ -1,4 +1,4 @@
-"""shmlot.deadlock (SPEC section 4): wait-for cycles across processes.
+"""shmlot.deadlock: wait-for cycles across processes.
 
 Mirrors parking_lot's deadlock-detection tests (three-thread cycle, self-deadlock on a mutex,
 reentrant-mutex cycle, RwLock cycles), with every thread in its own process; plus the two-process

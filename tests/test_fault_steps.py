@@ -1,4 +1,4 @@
-"""Death inside the parking lot, made deterministic (issue 5).
+"""Death inside the parking lot, made deterministic.
 
 A child process attaches to the lot, arms the C core's test hook
 (``lib.sl_test_set_die_at(step)``, see ``sl_maybe_die`` in park.c) or kills itself from a callback

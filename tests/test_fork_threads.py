@@ -1,4 +1,4 @@
-"""os.fork() while other threads of the parent are parked or hold locks (issue 5).
+"""os.fork() while other threads of the parent are parked or hold locks.
 
 A helper process (so that pytest itself never forks with threads running) sets the scene: threads
 parked in the lot, holding a Lock, an RLock (the forking thread holds one too) and a read share

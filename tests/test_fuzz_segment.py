@@ -1,5 +1,4 @@
-"""A corrupted or hostile segment makes calls fail, never crash or hang (SPEC sections 1 and 6,
-issue 5).
+"""A corrupted or hostile segment makes calls fail, never crash or hang (docs/design.md).
 
 - A bounded run of tools/fuzz_lot.py per waiter backend, in a subprocess (a crash is a signal
   exit, a hang the driver's faulthandler watchdog: "Timeout" and every stack): bytes written over every region of a live lot,

@@ -1,4 +1,4 @@
-"""Ctrl-C during every blocking call (SPEC section 2, issue 5).
+"""Ctrl-C during every blocking call.
 
 A child process blocks in its main thread in one call, on an object this test process makes
 unavailable (holds the Lock, the write side...). The test waits until the child is parked in the

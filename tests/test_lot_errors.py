@@ -1,4 +1,4 @@
-"""Errors and bad input (SPEC sections 2 and 6): every failure is a clear exception and loses or
+"""Errors and bad input: every failure is a clear exception and loses or
 corrupts nothing.
 
 FileExistsError, LotNotFoundError (a FileNotFoundError), LotCorruptError naming what is wrong

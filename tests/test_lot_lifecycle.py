@@ -1,5 +1,5 @@
 """Creating, attaching, opening, closing and unlinking lots; the default lot and the module-level
-functions (SPEC section 2), on both backends, within one process. (Other processes:
+functions, on both backends, within one process. (Other processes:
 test_lot_processes.py.)"""
 import os
 import pickle

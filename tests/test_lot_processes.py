@@ -1,4 +1,4 @@
-"""A lot between processes (SPEC sections 2 and 6), on both backends: children started by
+"""A lot between processes, on both backends: children started by
 multiprocessing (fork: the handle inherited; spawn and forkserver: the handle pickled, i.e.
 attached by name) and unrelated interpreters (``python -c``) that attach by name. Also: ``open``
 racing in 8 processes, the resource tracker never unlinking a lot, ``key_for`` agreeing across

@@ -1,4 +1,4 @@
-"""What a lot cannot check by itself: PID namespaces and the C library (issue 5).
+"""What a lot cannot check by itself: PID namespaces and the C library.
 
 - Liveness is decided by pid and process start time, so it is only sound between processes of
   one PID namespace. The header records the creator's namespace (``info()['pidns']``, the inode

@@ -1,4 +1,4 @@
-"""Owner death (SPEC section 3): a process SIGKILLed while holding, waiting for, or releasing a
+"""Owner death: a process SIGKILLed while holding, waiting for, or releasing a
 Lock, an RLock or the write side of an RWLock never strands the lock; a dead reader's share of an
 RWLock is reclaimed; liveness is pid *and* start time.
 
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(60)
 FORK = multiprocessing.get_context("fork")
 LOCKED, PARKED = _fast.LOCKED_BIT, _fast.PARKED_BIT
 KINDS = ("Lock", "RLock", "RWLock")
-DEATH_BOUND = 1.0  # seconds from the kill to the next acquirer holding the lock (SPEC section 3)
+DEATH_BOUND = 1.0  # seconds from the kill to the next acquirer holding the lock
 
 
 # ---- the three lock kinds behind one interface ------------------------------------------------

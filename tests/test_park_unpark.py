@@ -1,4 +1,4 @@
-"""park / unpark_one / unpark_all between threads of one process (SPEC section 2), on both
+"""park / unpark_one / unpark_all between threads of one process, on both
 waiter backends: results and tokens, FIFO order, exact have_more_threads, timeouts, LotFullError,
 be_fair, and spurious wake-ups that must not end a park."""
 import ctypes

@@ -1,4 +1,4 @@
-"""Lots are private to their user unless shared on purpose (SPEC section 6, issue 5).
+"""Lots are private to their user unless shared on purpose.
 
 Root ignores file modes, so the *attaching* process must be unprivileged: a helper process (root,
 with shmlot already imported) creates the lot, then forks children that drop to uid/gid 65534

@@ -1,4 +1,4 @@
-"""Where primitives live (SPEC section 3): named objects (create-or-open, by unrelated
+"""Where primitives live: named objects (create-or-open, by unrelated
 ``python -c`` processes too, TypeError for another kind, ``unlink_object``), anonymous objects
 (pickled to fork, spawn and forkserver children, Pool and ProcessPoolExecutor initializers and
 task arguments, freed with their last handle: a million created and dropped do not exhaust the

@@ -1,4 +1,4 @@
-"""The primitives across threads and processes at once (SPEC section 3): mutual exclusion with
+"""The primitives across threads and processes at once: mutual exclusion with
 exact counters (threads of this process, fork and spawn children, and unrelated ``python -c``
 processes that open the object by name, all contending together), hand-offs between processes
 (Semaphore, Event), every timeout path and every error path. Both waiter backends.
@@ -503,7 +503,7 @@ def full_waits(lot):
 def test_full_lot_primitives_wait_instead_of_raising(tiny_lot, kind):
     """Five threads block on a primitive in a lot with two slots: the three without a slot back
     off and retry (counted in full_waits) instead of raising LotFullError; all five get through
-    once the primitive is released. SPEC section 6."""
+    once the primitive is released."""
     objs = {"Lock": shmlot.Lock, "RLock": shmlot.RLock, "Semaphore": lambda: shmlot.Semaphore(0),
             "Event": shmlot.Event, "Condition": shmlot.Condition, "RWLock": shmlot.RWLock,
             "Barrier": lambda: shmlot.Barrier(6)}
@@ -563,7 +563,7 @@ def test_full_lot_primitives_wait_instead_of_raising(tiny_lot, kind):
 
 
 def test_public_park_still_raises_lot_full(tiny_lot):
-    """The low-level park() does raise LotFullError (SPEC section 6); only primitives wait."""
+    """The low-level park() does raise LotFullError; only primitives wait."""
     ts = [threading.Thread(target=tiny_lot.park, args=(1,), kwargs={"timeout": 10})
           for _ in range(2)]
     for t in ts:

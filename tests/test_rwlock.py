@@ -1,4 +1,4 @@
-"""RWLock (SPEC section 3): many readers at once, one writer alone, writers not starved by a
+"""RWLock: many readers at once, one writer alone, writers not starved by a
 stream of readers, readers not starved by a stream of writers, re-entrant reads, timeouts, the
 ``read()`` / ``write()`` context managers; across threads and processes, both backends.
 (Owner death of readers and writers: test_owner_death.py.)

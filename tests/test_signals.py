@@ -1,4 +1,4 @@
-"""Signals and a parked thread (SPEC section 2), on both backends:
+"""Signals and a parked thread, on both backends:
 
 - Ctrl-C (SIGINT) reaches a thread parked in the main thread as KeyboardInterrupt within 0.2 s,
   and leaves nothing queued (the parker runs in a ``python -c`` child; the parent sends SIGINT);

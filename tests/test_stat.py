@@ -1,4 +1,4 @@
-"""shmlot-stat (SPEC section 5), run as ``python -m shmlot.stat`` against real processes that park
+"""shmlot-stat, run as ``python -m shmlot.stat`` against real processes that park
 and hold locks while it looks: the default view, --objects, --json (validated against the keys
 docs/stat.md documents), --reap (a dead parked process shown dead, then freed), --list, --unlink,
 --watch in a pseudo-terminal interrupted by Ctrl-C, exit statuses 0/1/2 (never a traceback), and

@@ -1,4 +1,4 @@
-"""A few seconds of tools/torture.py per waiter backend (issue 5), plus the owner deaths it found
+"""A few seconds of tools/torture.py per waiter backend, plus the owner deaths it found
 made deterministic.
 
 The torture run itself checks its invariants and exits 1 with the failures in its JSON summary

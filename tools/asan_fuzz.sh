@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the segment fuzzer (tools/fuzz_lot.py) against a copy of shmlot whose native modules are
-# built with AddressSanitizer (issue 5).
+# built with AddressSanitizer.
 #
 #   tools/asan_fuzz.sh                      # 300 examples per waiter backend
 #   tools/asan_fuzz.sh 1000                 # 1000 each

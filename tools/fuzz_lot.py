@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fuzz a lot's shared segment (issue 5): scribble arbitrary bytes over one region of a live lot,
+"""Fuzz a lot's shared segment: scribble arbitrary bytes over one region of a live lot,
 then drive every operation on it.
 
 Each example creates a small lot (4 buckets, 8 slots, 8 objects, 8 holds: every key lands in a

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Soak: eight processes mix every primitive with timeouts for a minute (issue 5). On demand,
+"""Soak: eight processes mix every primitive with timeouts for a minute. On demand,
 not in CI.
 
     python tools/soak.py                     # 60 s, 8 processes, futex waiter

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""SIGKILL torture for shmlot's primitives (issue 5).
+"""SIGKILL torture for shmlot's primitives.
 
 Unrelated worker processes (``python tools/torture.py --worker ...``, each attaching to the lot
 and to a stats segment by name) hammer named primitives while the coordinator SIGKILLs a random
