@@ -875,21 +875,26 @@ class RWLock(_Wrapper):
         if rw._try_write():
             return True
         lot = rw._place.lot
-        pid, tid, start = _fast.self_ident()
-        with rw._locked():  # from here on, new readers wait for us
-            lot._hold_add(rw._wkey, pid, tid, start, _rwlock.WRITE_WAIT)
-            rw._words[2].fetch_add(1)
+        # this task's mark of waiting as a writer, set and cleared by the core with the count of
+        # waiting writers and the hold (a cell of its own: the tasks of a loop share a thread)
+        waiting = ffi.new("uint32_t[1]")
+        full = 0
         try:
+            while True:
+                rc, _ = rw._step(lib.SL_RW_WAIT, False, waiting)  # new readers now wait for us
+                if rc != lib.SL_EFULL:
+                    break
+                if rw._try_write():  # the hold table is full: back off, as the sync one does
+                    return True
+                full += 1
+                await _full_backoff(lot, full)
             return await self._wait(rw._wkey, lambda: rw._words[0].load() != 0, rw._try_write)
         finally:
-            with rw._locked():
-                lot._hold_remove(rw._wkey, pid, tid, _rwlock.WRITE_WAIT)
-                left = rw._words[2].load()
-                if left:
-                    rw._words[2].fetch_sub(1)
-            # a writer leaving the queue (cancelled) may be what kept readers out
-            if left <= 1 and rw._words[1].load() and not rw._words[0].load() & LOCKED:
-                lot.unpark_all(rw._place.key, _rwlock.TOKEN_READ_GRANT)
+            if waiting[0]:
+                _, left = rw._step(lib.SL_RW_UNWAIT, False, waiting)
+                # a writer leaving the queue (cancelled) may be what kept readers out
+                if left <= 1 and rw._words[1].load() and not rw._words[0].load() & LOCKED:
+                    lot.unpark_all(rw._place.key, _rwlock.TOKEN_READ_GRANT)
 
     def release_write(self):
         self._sync.release_write()
