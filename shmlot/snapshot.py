@@ -75,6 +75,8 @@ def token_text(kind, role, token):
     """A parked thread's park token in words where its object's kind says what it means
     ("reader", "writer", "waiter", "notified": a Condition waiter moved onto the lock's queue,
     ...), else the number (hex when large)."""
+    if token == lib.SL_TOKEN_AIO:
+        return "asyncio"  # a task of an event loop (shmlot.aio), parked like a thread
     if kind == "Condition" and token == TOKEN_BURST:
         return "notified" if role == "lock" else "waiter"
     if token == 0 and (kind, role) in _TOKEN_WORDS:

@@ -129,12 +129,6 @@ def _key(key):
     return f"0x{key:016x}"
 
 
-def _token(tok):
-    if tok == lib.SL_TOKEN_AIO:
-        return "asyncio"  # a task of an event loop (shmlot.aio), parked like a thread
-    return str(tok) if tok < 10**10 else f"0x{tok:x}"
-
-
 # ---- sections ---------------------------------------------------------------------------------
 
 COUNTER_LABELS = [
