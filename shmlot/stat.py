@@ -458,33 +458,35 @@ def reap_lot(lot):
     }
 
 
+def _registry_object(lot, obj, cls):
+    """A handle of class ``cls`` on registry object ``obj`` (a snapshot's), or None if it was
+    freed since the snapshot."""
+    from . import _placement as _pl
+    from .errors import ObjectGoneError
+    try:
+        place = _pl.rebuild_place(("record", lot.name, obj.index, obj.kind_code,
+                                   lot._object_gen(obj.index)))
+    except ObjectGoneError:
+        return None
+    handle = cls.__new__(cls)
+    handle._bind(place)
+    return handle
+
+
 def _reclaim_read_shares(lot, obj):
     """Take the read shares of dead readers back from a registry RWLock (the reader part of its
     own reclaim, under the RWLock's mutex: never touches a writer). Returns the shares taken."""
-    from . import _placement as _pl
     from .rwlock import RWLock
-    try:
-        place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.RWLOCK,
-                                   lot._object_gen(obj.index)))
-    except Exception:
-        return 0  # freed meanwhile
-    rw = RWLock.__new__(RWLock)
-    rw._bind(place)
-    return rw._reclaim_readers()
+    rw = _registry_object(lot, obj, RWLock)
+    return rw._reclaim_readers() if rw is not None else 0
 
 
 def _reclaim_permits(lot, obj):
     """Give the permits of dead owners back to a registry BoundedSemaphore (as its next
     acquirer would). Returns how many."""
-    from . import _placement as _pl
     from .semaphore import BoundedSemaphore
-    try:
-        place = _pl.rebuild_place(("record", lot.name, obj.index, _pl.BOUNDED_SEMAPHORE))
-    except Exception:
-        return 0  # freed meanwhile
-    sem = BoundedSemaphore.__new__(BoundedSemaphore)
-    sem._bind(place)
-    return sem._reclaim()
+    sem = _registry_object(lot, obj, BoundedSemaphore)
+    return sem._reclaim() if sem is not None else 0
 
 
 def _label_of(p):
