@@ -203,7 +203,9 @@ int sl_object_ref(sl_lot *l, uint32_t index, int delta)
     return (int)refs;
 }
 
-int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
+/* Take the registry lock with record `index` still holding generation `gen` (the object a
+ * handle names); SL_EGONE, unlocked, if it was freed since. */
+static int lock_live_record(sl_lot *l, uint32_t index, uint32_t gen, sl_object **out)
 {
     if (index >= l->nobjects)
         return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
@@ -216,6 +218,17 @@ int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
         return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists: its last handle "
                        "was dropped, and the record may hold another object now", index, gen);
     }
+    *out = o;
+    return 0;
+}
+
+int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
+{
+    sl_clear_error();
+    sl_object *o;
+    int rc = lock_live_record(l, index, gen, &o);
+    if (rc)
+        return rc;
     rc = track_add(l, index, 1);
     int refs = rc ? rc : (int)ADD(&o->refs, 1);
     sl_registry_unlock(l);
@@ -224,18 +237,13 @@ int sl_object_acquire(sl_lot *l, uint32_t index, uint32_t gen)
 
 int sl_object_adopt(sl_lot *l, uint32_t index, uint32_t gen, uint32_t parent_pid, uint32_t n)
 {
-    if (index >= l->nobjects)
-        return sl_fail(SL_ECORRUPT, "object index %u out of range", index);
+    sl_clear_error();
     if (n == 0)
         return sl_fail(-EINVAL, "no references to adopt");
-    sl_object *o = OBJECT(l, index);
-    int rc = sl_registry_lock(l);
+    sl_object *o;
+    int rc = lock_live_record(l, index, gen, &o);
     if (rc)
         return rc;
-    if (LOAD(&o->state) != 1 || LOAD(&o->gen) != gen) {
-        sl_registry_unlock(l);
-        return sl_fail(SL_EGONE, "object %u (generation %u) no longer exists", index, gen);
-    }
     rc = track_add(l, index, n);
     if (rc) {
         sl_registry_unlock(l);
