@@ -2,8 +2,8 @@
  *
  * Why here: on notify_all, the waiters re-acquire the lock one after another, each woken by the
  * previous one's release, so every waiter's path from "woken" to "released the lock again" is on
- * the critical path of the whole wake-up. Through Python (lot._park and its helpers) that path
- * was ~300 bytecodes a step, run cold in a process that has slept: most of the step. Here the
+ * the critical path of the whole wake-up. Through Python (the lot's park and its helpers) that path
+ * is ~300 bytecodes a step, run cold in a process that has slept: most of the step. So the
  * whole wait is C; Python is left the re-acquire when the lock was not handed over, and the
  * count of an RLock.
  *

@@ -361,7 +361,7 @@ PyGetSetDef sl_fast_lock_getset[] = {WORD_GETSETS("_"), {NULL, NULL, NULL, NULL,
 
 PyTypeObject LockCore_Type = WORD_TYPE("shmlot._fast.LockCore",
     "LockCore(buffer, offset=0)\n--\n\n"
-              "Fast paths of a Lock whose u64 word (layout in ident.h) is at byte `offset` of a\n"
+              "Fast paths of a Lock whose u64 word (layout in api.h) is at byte `offset` of a\n"
               "writable buffer, 8-byte aligned. A subclass supplies _acquire_slow(blocking, timeout)\n"
               "and _release_slow().",
     lock_methods, sl_fast_lock_getset, lock_init);

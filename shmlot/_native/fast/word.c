@@ -86,8 +86,8 @@ int word_traverse(SlWord *self, visitproc visit, void *arg)
     /* view.obj (the exporter our buffer view pins) is deliberately not visited: the collector
      * then counts our reference as one from outside, so it never clears the exporter while we
      * still hold an export on it. A memoryview cleared that way crashes when the export is
-     * released afterwards (its buffer is already gone), which happened at interpreter exit when
-     * a lot, its primitives and a function of __main__ formed one cycle. The exporters used
+     * released afterwards (its buffer is already gone), as at interpreter exit when
+     * a lot, its primitives and a function of __main__ form one cycle. The exporters used
      * here (a lot's view of its mapping, a SharedMemory's buf, bytearrays) do not refer back to
      * the words, so no collectable cycle goes through this edge. */
     Py_VISIT(self->owner);
