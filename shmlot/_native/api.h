@@ -316,7 +316,7 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
 #define SL_HOLD_RESOURCE 16    /* a user's resource (ParkingLot.hold) */
 int sl_hold_take_dead(sl_lot *l, uint64_t key);
 
-/* Lock words (ident.h layout) handled inside the core: the contended paths of Lock and RLock
+/* Lock words (layout above) handled inside the core: the contended paths of Lock and RLock
  * are one call with no Python callback. `word` is the word's address in this process.
  * The two park calls also sleep for the first slice (futex backend, slice_ns > 0; the slice ends
  * at most at the deadline): if unparked meanwhile they finish the park, take the word if the

@@ -1,5 +1,5 @@
-/* Process identity and liveness, the lock-word layout and the lock-word CAS, shared by the cffi
- * core and the C-API fast module.
+/* Process identity and liveness, and the lock-word helpers (owner bits, the CAS; the layout is
+ * in api.h), shared by the cffi core and the C-API fast module.
  *
  * A process is named by (pid, start time); the start time is field 22 of /proc/PID/stat, in clock
  * ticks since boot, so a pid reused by a later process is not mistaken for the one that died.

@@ -379,8 +379,8 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
         return sl_fail(-ENOMEM, "out of memory");
     }
     rc = validate_header(l, &hcopy, (uint64_t)st.st_size);
-    if (!rc)
-        rc = map_fd(fd, l->size, &l->base);
+    if (!rc && (rc = map_fd(fd, l->size, &l->base)) != 0)
+        sl_fail(rc, "mmap: %s", strerror(-rc));
     if (rc) {
         close(fd);
         free(l);
@@ -432,8 +432,6 @@ uint32_t sl_bucket_of(sl_lot *l, uint64_t key)
     uint64_t h = key * 0x9E3779B97F4A7C15ULL;
     return (uint32_t)((h >> 32) % l->nbuckets);
 }
-
-int sl_queue_check_link(sl_lot *l, uint32_t link) { return link <= l->nslots; }
 
 /* A process died holding bucket b's lock, maybe half-way through changing its queue. Rebuild the
  * queue from what is certain: walk the links forward from head, keeping slots that say they are

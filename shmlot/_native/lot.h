@@ -31,12 +31,12 @@ typedef struct {
     uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
     uint64_t buckets_off, slots_off, objects_off, holds_off;
     uint32_t waiter;         /* SL_WAITER_FUTEX or SL_WAITER_SEMAPHORE */
-    uint32_t reserved0;
+    uint32_t pad1;           /* alignment of the u64 fields that follow */
     uint64_t created_ns;     /* CLOCK_REALTIME at creation */
     uint64_t lot_id;         /* random; names the lot's semaphores */
     uint64_t pidns;          /* inode of the creator's /proc/self/ns/pid */
     uint32_t creator_pid;
-    uint32_t reserved1;
+    uint32_t pad2;
     uint64_t free_head;      /* slot free list: (tag << 32) | (index + 1); tag defeats ABA */
     uint64_t objects_used;   /* informational */
     uint32_t object_hint;    /* where to start looking for a free object record */
@@ -97,8 +97,7 @@ typedef struct {
     uint64_t data[6];        /* the object's own state; data[0] is its key's word */
     char name[SL_NAME_MAX + 4];
     /* bumped each time the record is allocated: a handle carries it, so a handle whose object
-     * was freed (and the record maybe reused) is told so instead of naming another object.
-     * Takes the tail of what was the name's padding: the layout is unchanged. */
+     * was freed (and the record maybe reused) is told so instead of naming another object */
     uint32_t gen;
 } sl_object;
 
@@ -167,11 +166,9 @@ int sl_check_size(sl_lot *l);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
 int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start, uint64_t pidfs_ino);
 uint64_t sl_self_pidfs_ino(void);
-void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_unlink(sl_lot *l, uint32_t b, uint32_t idx);
-int sl_queue_check_link(sl_lot *l, uint32_t link);
 void sl_wake_slot(sl_lot *l, uint32_t idx);
 
 int sl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

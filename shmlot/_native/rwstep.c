@@ -3,8 +3,8 @@
  * A read share is three things that must agree: the readers count in the state word, the
  * reader's counted hold (what lets others take back a dead reader's share), and the reader
  * thread's own count (what makes its reads re-entrant and lets it release). Done as Python
- * statements, an asynchronous exception (Ctrl-C) between two of them tore them apart and leaked
- * the share for good. Here each step is one C call, so it happens whole or not at all as far as
+ * statements, an asynchronous exception (Ctrl-C) between two of them would tear them apart and
+ * leak the share for good. Here each step is one C call, so it happens whole or not at all as far as
  * Python is concerned; the readers' mutex (a lock word, word 3) makes it one step for other
  * processes too, and a process killed inside it leaves the mutex to a dead owner, which the next
  * user sees (SL_RW_BUSY with the word) and repairs from the holds (rwlock.py _recount).
@@ -83,6 +83,7 @@ static int reclaim_readers(sl_lot *l, uint64_t *words, uint64_t key, uint64_t *o
 int sl_rw_step(sl_lot *l, uint64_t *words, uint64_t key, uint64_t wkey, int op, int granted,
                uint32_t *mine, uint64_t *out)
 {
+    sl_clear_error();
     uint32_t pid, tid;
     uint64_t start;
     sl_identity(&pid, &tid, &start);

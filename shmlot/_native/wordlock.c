@@ -1,6 +1,6 @@
 /* Lock-word operations done inside the core, so that each contended path of Lock and RLock
  * is one cffi call with no Python callback (parking_lot's lock_slow / unlock_slow,
- * specialised). The word is the u64 of ident.h: LOCKED, PARKED, owner bits.
+ * specialised). The word is the u64 of api.h: LOCKED, PARKED, owner bits.
  *
  * `word` points into this process's own mapping of the object (the Python object that owns the
  * buffer passes its address), so it is trusted the way a local variable is; what the word holds

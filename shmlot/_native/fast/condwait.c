@@ -2,8 +2,8 @@
  *
  * Why here: on notify_all, the waiters re-acquire the lock one after another, each woken by the
  * previous one's release, so every waiter's path from "woken" to "released the lock again" is on
- * the critical path of the whole wake-up. Through Python (lot._park and its helpers) that path
- * was ~300 bytecodes a step, run cold in a process that has slept: most of the step. Here the
+ * the critical path of the whole wake-up. Through Python (the lot's park and its helpers) that path
+ * is ~300 bytecodes a step, run cold in a process that has slept: most of the step. So the
  * whole wait is C; Python is left the re-acquire when the lock was not handed over, and the
  * count of an RLock.
  *
@@ -16,20 +16,11 @@
  * before waking it. Leaving the queue (timeout, poll, exception) goes through sl_cond_cancel,
  * which settles the race with an unparker under the bucket lock.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
 #include <math.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <time.h>
 
-#include "api.h"
-#include "ident.h"
-
-uint64_t sl_fast_my_bits(void); /* fast.c: the calling thread's owner bits */
-
-#define SEQ __ATOMIC_SEQ_CST
+#include "fast.h"
 
 static struct {
     int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t,
@@ -286,7 +277,7 @@ static PyObject *cw_call(PyObject *obj, PyObject *const *args, size_t nargsf, Py
         PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to the core");
         return NULL;
     }
-    uint64_t me = sl_fast_my_bits() | SL_LOCKED_BIT;
+    uint64_t me = my_bits() | SL_LOCKED_BIT;
     if ((__atomic_load_n(self->word, SEQ) & ~(uint64_t)SL_PARKED_BIT) != me) {
         PyErr_SetString(PyExc_RuntimeError, "cannot wait on un-acquired lock");
         return NULL;
