@@ -376,7 +376,7 @@ def cond_waiter(lot, cv_key, word, lock, slow):
     """A ``_fast.CondWaiter``: Condition.wait on ``cv_key`` releasing the lock ``word`` in one
     C call (futex backend; None on the semaphore backend). ``slow(waiter, code, timeout)``
     handles the core's error codes."""
-    if lot._waiter_code != FUTEX:
+    if lot._sleep_code != FUTEX:
         return None
     return _fast.CondWaiter(lot, int(ffi.cast("uintptr_t", lot._h())), cv_key, word.key,
                             word.word_id, word.address, word.count_address, lock, slow)
@@ -536,7 +536,7 @@ def _slice(poll, poll_ns):
 def _first_slice(lot, poll, poll_ns):
     """The slice the core sleeps itself right after queueing (0: it does not; the semaphore
     backend's sleep needs its semaphore opened here first)."""
-    return _slice(poll, poll_ns) if lot._waiter_code == FUTEX else 0
+    return _slice(poll, poll_ns) if lot._sleep_code == FUTEX else 0
 
 
 def _sleep_slices(lot, slot, deadline, poll, poll_ns, slept=0):
@@ -946,7 +946,7 @@ def slot_unparked(lot, slot):
 
 def slot_sleep(lot, slot, until):
     """One sleep of a task's own thread on its slot, at most until ``until`` (ns)."""
-    if lot._waiter_code == FUTEX:
+    if lot._sleep_code == FUTEX:
         lib.sl_aio_wait_once(lot._l, slot, until)
     else:
         lot._sleep.sleep(slot, until)
@@ -955,7 +955,7 @@ def slot_sleep(lot, slot, until):
 def slot_wake_sleeper(lot, slot, *, exiting=False):
     """Wake a task's own thread asleep on ``slot`` so that it exits (``exiting``: the thread
     itself, passing on a futex wake it may have taken from whoever parks on the slot now)."""
-    if lot._waiter_code == FUTEX:
+    if lot._sleep_code == FUTEX:
         lib.sl_aio_wake(lot._l, slot, 1 if exiting else 1 << 30)
     elif not exiting:
         lot._sleep._sem(slot).release()
@@ -963,7 +963,7 @@ def slot_wake_sleeper(lot, slot, *, exiting=False):
 
 def watched_by_watch(lot):
     """Can the C watch (futex_waitv) watch this lot's slots? (Else a thread per wait.)"""
-    return AIO_SUPPORTED and lot._waiter_code == FUTEX
+    return AIO_SUPPORTED and lot._sleep_code == FUTEX
 
 
 class Watch:

@@ -1,13 +1,13 @@
 """``Condition``, as in ``threading``, across processes, after parking_lot's Condvar.
 
-A waiter parks on the condition's key and releases the lock in ``before_sleep`` (it is already
-queued, so no notify can be missed). ``notify`` moves waiters onto the lock's queue with
+A waiter is queued on the condition's key and the lock is released in the same core call
+(``_engine.park_releasing``, or ``_fast.CondWaiter`` on a futex lot), so no notify can be missed. ``notify`` moves waiters onto the lock's queue with
 ``unpark_requeue`` while the lock is held, instead of waking them to fight for it: each then gets
 the lock when it is released, usually by direct hand-off. Dead waiters are dropped by the lot (their
 process no longer exists), so they never absorb a notification.
 
 Record layout (named/anonymous): bytes 0-15 the RLock created with the condition (when no lock is
-given), bytes 16-23 unused by the protocol (kept for the condition's own state).
+given; ``RLock.on_place``); bytes 16-23 are never written: waiters park on their key.
 """
 import time
 
@@ -53,10 +53,10 @@ class Condition:
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
         # Condition.wait as one C call (futex backend; see _native/fastwait.c); the instance
         # attribute shadows the method below, which the semaphore backend keeps using
-        self._waiter = _e.cond_waiter(place.lot, self._cv_key, lock._lockword, lock,
-                                      _waiter_slow)
-        if self._waiter is not None:
-            self.wait = self._waiter
+        self._fast_wait = _e.cond_waiter(place.lot, self._cv_key, lock._lockword, lock,
+                                         _fast_wait_slow)
+        if self._fast_wait is not None:
+            self.wait = self._fast_wait
         self.acquire = lock.acquire
         self.release = lock.release
         # threading.Condition exports its lock's protocol methods too
@@ -230,7 +230,7 @@ def _full_backoff(lock, lot, deadline):
         lock._acquire_restore(state)
 
 
-def _waiter_slow(waiter, code, timeout):
+def _fast_wait_slow(waiter, code, timeout):
     """What a CondWaiter's core error code means (the lock is held again when it calls;
     ``timeout`` is the caller's argument, already checked)."""
     if code == _e.ETIMEDOUT:

@@ -120,7 +120,7 @@ class ParkingLot:
         self._buckets = info.nbuckets
         self._slots = info.nslots
         self._lot_id = info.lot_id
-        self._waiter_code = info.waiter
+        self._sleep_code = info.waiter
         self._closed = False
         self._owner = None   # for a handle made by _bound(): the handle that owns the mapping
         self._inner = None   # weak reference to this handle's _bound() twin
@@ -236,7 +236,7 @@ class ParkingLot:
     name = property(lambda self: self._name)
     buckets = property(lambda self: self._buckets)
     slots = property(lambda self: self._slots)
-    waiter = property(lambda self: waiter_name(self._waiter_code))
+    waiter = property(lambda self: waiter_name(self._sleep_code))
     closed = property(lambda self: self._closed)
 
     def close(self):
