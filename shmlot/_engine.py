@@ -38,8 +38,9 @@ FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE  # sleep backend
 
 LOCKED = _fast.LOCKED_BIT   # lock word bits (see _native/ident.h)
 PARKED = _fast.PARKED_BIT
-TOKEN_NORMAL = 0            # unpark tokens of a lock word: woken, the lock left free ...
-TOKEN_HANDOFF = 1           # ... or handed over (the word already names the woken thread)
+# A lock word's unpark token: the lock was handed over (the word names the woken thread); 0: the
+# waiter was woken with the lock left free.
+TOKEN_HANDOFF = 1
 OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that an owner is alive
 
 NO_DEADLINE = 0  # a deadline: none
@@ -77,8 +78,6 @@ RW_READ, RW_UNREAD, RW_WAIT, RW_UNWAIT = lib.SL_RW_READ, lib.SL_RW_UNREAD, lib.S
     lib.SL_RW_UNWAIT
 RW_RECLAIM_READERS, RW_RECLAIM_WRITERS = lib.SL_RW_RECLAIM_READERS, lib.SL_RW_RECLAIM_WRITERS
 RW_DONE, RW_BUSY, RW_NOT_HELD = lib.SL_RW_DONE, lib.SL_RW_BUSY, lib.SL_RW_NOT_HELD
-
-TOKEN_AIO = lib.SL_TOKEN_AIO  # the park token of an asyncio task (snapshots name it)
 
 NULL = ffi.NULL
 
@@ -155,15 +154,17 @@ def deadline_after(seconds):
     return lib.sl_now_ns() + max(1, int(min(seconds, 1e9) * 1e9))
 
 
-def check_timeout(timeout):
-    """The low-level API's timeout: seconds (int/float, >= 0) or None; returns it."""
+def park_deadline(timeout):
+    """The low-level API's timeout (``ParkingLot.park``), as a deadline: seconds (int/float,
+    >= 0) or None; stricter than threading's rules: a negative or NaN one is ValueError, a bool
+    TypeError."""
     if timeout is None:
-        return None
+        return NO_DEADLINE
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be a non-negative number, got {timeout}")
-    return timeout
+    return deadline_after(timeout)
 
 
 def wait_deadline(timeout):

@@ -312,9 +312,9 @@ class ParkingLot:
         """
         check_u64(key, "key")
         check_u64(park_token, "park token")
-        deadline = _e.deadline_after(_e.check_timeout(timeout))
         return _e.park_once(self, key, validate=validate, before_sleep=before_sleep,
-                            timed_out=timed_out, token=park_token, deadline=deadline)
+                            timed_out=timed_out, token=park_token,
+                            deadline=_e.park_deadline(timeout))
 
     def unpark_one(self, key, callback=None):
         """Unpark the oldest thread parked on ``key``. ``callback(result) -> token`` runs under
