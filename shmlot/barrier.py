@@ -16,6 +16,7 @@ from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
+from .kinds import BARRIER_HOLD as HOLD_MODE  # counted: a dead party's breaks the barrier
 from .errors import LotFullError
 
 __all__ = ["Barrier", "BrokenBarrierError"]
@@ -26,9 +27,6 @@ BROKEN = 1 << 63
 COUNT_MASK = 0xFFFFFFFF
 GEN_ONE = 1 << 32
 GEN_MASK = ((1 << 31) - 1) << 32
-# hold mode marking "waiting at this barrier"; counted (HOLD_COUNTED) so that the reaper
-# leaves it for the waiters, who turn a dead party's hold into a broken barrier
-HOLD_MODE = 3 | _e.HOLD_COUNTED
 POLL_NS = 200_000_000   # how often a waiter checks that the other waiting parties are alive
 
 

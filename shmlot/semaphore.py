@@ -15,12 +15,12 @@ from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
+from .kinds import PERMIT_HOLD  # a process's BoundedSemaphore permits (tid 0: per process)
 from .errors import LotFullError
 
 __all__ = ["Semaphore", "BoundedSemaphore"]
 
 VALUE_MAX = 2**64 - 1  # the value is one u64 word
-PERMIT_HOLD = 4 | _e.HOLD_COUNTED  # a process's BoundedSemaphore permits (tid 0: per process)
 POLL_NS = 200_000_000  # how often a waiting acquirer of a BoundedSemaphore looks for dead owners
 
 
