@@ -290,8 +290,8 @@ def _release_and_die(obj, go, how):
             obj._release_slow = lambda: type(obj)._release_slow(obj, force_fair=True)
     elif how == "before_unpark":
         # RWLock: after the state word is released, before any unpark
-        obj._place.lot.unpark_one = die
-        obj._place.lot.unpark_all = die
+        shmlot._engine.unpark_one = die
+        shmlot._engine.unpark_all = die
     release(obj)
     time.sleep(120)  # not reached when the death step is on the path
 

@@ -9,7 +9,7 @@ import pytest
 import posix_ipc
 
 from shmlot import ParkingLot
-from shmlot._waiters import SEM_DIR, SEM_FILE_ZERO
+from shmlot._sleep import SEM_DIR, SEM_FILE_ZERO
 
 from helpers.processes import run_python
 

@@ -16,7 +16,7 @@ import pytest
 
 from helpers.processes import start_python
 from helpers.waiting import parked, wait_parked, wait_until
-from shmlot import DEFAULT_PARK_TOKEN
+from shmlot import _engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -241,8 +241,8 @@ def test_exception_at_any_point_of_park_leaves_the_lot_consistent(lot, path):
     sleep slice (its deadline is far away)."""
     key = 0x171A
     park = {
-        "timeout": lambda: lot._park(key, None, None, None, DEFAULT_PARK_TOKEN, 60,
-                                     poll=lambda: True, poll_ns=1_000_000),
+        "timeout": lambda: _engine.park_once(lot, key, deadline=_engine.deadline_after(60),
+                                             poll=lambda: True, poll_ns=1_000_000),
         "unparked": lambda: lot.park(key, before_sleep=lambda: lot.unpark_one(key, lambda r: 5),
                                      timeout=5),
         "invalid": lambda: lot.park(key, validate=lambda: False),
