@@ -21,7 +21,8 @@ import pytest
 from shmlot import FilterOp, RequeueOp
 from shmlot._core import ffi, lib
 
-from conftest import ParkerThread, parked, run_python, start_python, wait_parked, wait_until
+from helpers.processes import run_python, start_python
+from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

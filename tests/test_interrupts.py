@@ -20,7 +20,8 @@ import pytest
 
 import shmlot
 
-from conftest import start_python, wait_until
+from helpers.processes import start_python
+from helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -22,8 +22,9 @@ import pytest
 import shmlot
 from shmlot import LotCorruptError, LotNotFoundError, ParkingLot, FilterOp, RequeueOp
 
-from conftest import (SHM_DIR, ParkerThread, Segment, parked, run_python, wait_parked,
-                      wait_until)
+from helpers import SHM_DIR
+from helpers.processes import run_python
+from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

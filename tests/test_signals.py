@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from conftest import parked, start_python, wait_parked, wait_until
+from helpers.processes import start_python
+from helpers.waiting import parked, wait_parked, wait_until
 from shmlot import DEFAULT_PARK_TOKEN
 
 pytestmark = pytest.mark.timeout(120)

@@ -18,7 +18,8 @@
  *   CondWaiter             Condition.wait in one call (fastwait.c): the exception to "nothing
  *                          here blocks": it releases the GIL around its calls into the core
  * Functions: self_ident, self_owner_bits, owner_bits, word_owner, process_alive, cpu_relax,
- * thread_yield, bind_core; constants LOCKED_BIT, PARKED_BIT, START_MASK, LOCK_SIZE, RLOCK_SIZE.
+ * thread_yield, bind_core; the api.h constants the GIL-holding paths use (LOCKED_BIT, PARKED_BIT,
+ * START_MASK, LOCK_SIZE, RLOCK_SIZE, TOKEN_HANDOFF, ...: see `constants` below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -686,7 +687,7 @@ static int lock_init(SlWord *self, PyObject *args, PyObject *kwds)
     Py_ssize_t offset = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:LockCore", kwlist, &buffer, &offset))
         return -1;
-    return word_bind(self, buffer, offset, 8, 8);
+    return word_bind(self, buffer, offset, SL_LOCK_SIZE, 8);
 }
 
 #define LOCK_WORD(self)                                                                            \
@@ -840,8 +841,7 @@ static PyTypeObject LockCore_Type = {
  * 0, or, when PARKED is set, call self._release_slow() (which sees count 0 and the word still
  * LOCKED with our owner bits).
  */
-#define RLOCK_SIZE 16
-#define RLOCK_COUNT(self) ((uint32_t *)((self)->addr + 8))
+#define RLOCK_COUNT(self) ((uint32_t *)((self)->addr + SL_RLOCK_COUNT_OFFSET))
 
 static int rlock_init(SlWord *self, PyObject *args, PyObject *kwds)
 {
@@ -850,7 +850,7 @@ static int rlock_init(SlWord *self, PyObject *args, PyObject *kwds)
     Py_ssize_t offset = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:RLockCore", kwlist, &buffer, &offset))
         return -1;
-    return word_bind(self, buffer, offset, RLOCK_SIZE, 8);
+    return word_bind(self, buffer, offset, SL_RLOCK_SIZE, 8);
 }
 
 static inline int rlock_is_mine(uint64_t word, uint64_t me_locked)
@@ -1014,9 +1014,7 @@ static PyTypeObject RLockCore_Type = {
  * and clear() during the spin are not missed). A two-process hand-off on an idle core usually
  * completes inside the spin, without a system call.
  */
-#define EV_FLAG ((uint64_t)1)
-#define EV_GEN_ONE ((uint64_t)2)
-#define EV_GEN_MASK (~EV_FLAG)
+#define EV_GEN_MASK (~SL_EVENT_FLAG)
 
 static PyObject *str_wake_waiters;
 
@@ -1027,21 +1025,21 @@ static int event_init(SlWord *self, PyObject *args, PyObject *kwds)
     Py_ssize_t offset = 0;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|n:EventCore", kwlist, &buffer, &offset))
         return -1;
-    return word_bind(self, buffer, offset, 16, 8);
+    return word_bind(self, buffer, offset, SL_EVENT_SIZE, 8);
 }
 
 static PyObject *event_is_set(SlWord *self, PyObject *Py_UNUSED(ignored))
 {
     LOCK_WORD(self)
-    return PyBool_FromLong((long)(__atomic_load_n(w, SEQ) & EV_FLAG));
+    return PyBool_FromLong((long)(__atomic_load_n(w, SEQ) & SL_EVENT_FLAG));
 }
 
 static PyObject *event_set(SlWord *self, PyObject *Py_UNUSED(ignored))
 {
     LOCK_WORD(self)
     uint64_t old = __atomic_load_n(w, SEQ);
-    while (!(old & EV_FLAG)) {
-        if (__atomic_compare_exchange_n(w, &old, ((old + EV_GEN_ONE) & EV_GEN_MASK) | EV_FLAG, 0,
+    while (!(old & SL_EVENT_FLAG)) {
+        if (__atomic_compare_exchange_n(w, &old, ((old + SL_EVENT_GEN_ONE) & EV_GEN_MASK) | SL_EVENT_FLAG, 0,
                                         SEQ, SEQ)) {
             /* seq_cst: a waiter counts itself in [1] before it re-checks [0], we read [1] after
              * the CAS, so one of the two sees the other */
@@ -1085,7 +1083,7 @@ static PyObject *event_spin_wait(SlWord *self, PyObject *arg)
     if (u64_arg(arg, UINT64_MAX, "ns", &max_ns) < 0)
         return NULL;
     uint64_t start = __atomic_load_n(w, SEQ);
-    if (start & EV_FLAG)
+    if (start & SL_EVENT_FLAG)
         Py_RETURN_TRUE;
     if (!max_ns)
         return from_u64(start);
@@ -1095,7 +1093,7 @@ static PyObject *event_spin_wait(SlWord *self, PyObject *arg)
     uint64_t t0 = mono_ns(), t = t0;
     for (unsigned n = 1;; n++) {
         uint64_t v = __atomic_load_n(w, SEQ);
-        if ((v & EV_FLAG) || (v & EV_GEN_MASK) != (start & EV_GEN_MASK)) {
+        if ((v & SL_EVENT_FLAG) || (v & EV_GEN_MASK) != (start & EV_GEN_MASK)) {
             uint64_t took = mono_ns() - t0;
             spin_avg_ns += ((int64_t)took - (int64_t)spin_avg_ns) / 4;
             Py_RETURN_TRUE;
@@ -1591,6 +1589,35 @@ static int add_type(PyObject *m, PyTypeObject *t, const char *name)
     return 0;
 }
 
+/* The api.h constants the GIL-holding paths use, under their names without SL_ (the cffi
+ * module has them all as lib.SL_*). */
+#define CONSTANT(name) {#name, SL_##name}
+static const struct {
+    const char *name;
+    unsigned long long value;
+} constants[] = {
+    CONSTANT(LOCKED_BIT),     CONSTANT(PARKED_BIT),      CONSTANT(FLAG_MASK),
+    CONSTANT(PID_SHIFT),      CONSTANT(TID_SHIFT),       CONSTANT(START_SHIFT),
+    CONSTANT(ID_MASK),        CONSTANT(START_MASK),      CONSTANT(LOCK_SIZE),
+    CONSTANT(RLOCK_SIZE),     CONSTANT(RLOCK_COUNT_OFFSET), CONSTANT(EVENT_FLAG),
+    CONSTANT(EVENT_GEN_ONE),  CONSTANT(EVENT_SIZE),      CONSTANT(TOKEN_NORMAL),
+    CONSTANT(TOKEN_HANDOFF),  CONSTANT(TOKEN_BURST),     CONSTANT(NO_SLOT),
+    CONSTANT(SLICE_MAIN_NS),  CONSTANT(SLICE_OTHER_NS),  CONSTANT(OWNER_POLL_NS),
+};
+#undef CONSTANT
+
+static int add_constants(PyObject *m)
+{
+    for (size_t i = 0; i < sizeof constants / sizeof constants[0]; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(constants[i].value);
+        if (!v || PyModule_AddObject(m, constants[i].name, v) < 0) {
+            Py_XDECREF(v);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 PyMODINIT_FUNC PyInit__fast(void)
 {
     static int atfork_registered;
@@ -1636,12 +1663,7 @@ PyMODINIT_FUNC PyInit__fast(void)
         add_type(m, &RLockCore_Type, "RLockCore") < 0 || install_with_methods() < 0 ||
         add_type(m, &EventCore_Type, "EventCore") < 0 ||
         add_type(m, &SpinWait_Type, "SpinWait") < 0 ||
-        add_type(m, &CondWaiter_Type, "CondWaiter") < 0 ||
-        PyModule_AddIntConstant(m, "LOCKED_BIT", (long)SL_LOCKED_BIT) < 0 ||
-        PyModule_AddIntConstant(m, "PARKED_BIT", (long)SL_PARKED_BIT) < 0 ||
-        PyModule_AddIntConstant(m, "START_MASK", (long)SL_START_MASK) < 0 ||
-        PyModule_AddIntConstant(m, "LOCK_SIZE", 8) < 0 ||
-        PyModule_AddIntConstant(m, "RLOCK_SIZE", RLOCK_SIZE) < 0) {
+        add_type(m, &CondWaiter_Type, "CondWaiter") < 0 || add_constants(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -155,7 +155,7 @@ static void *helper_main(void *arg)
                 CAS(&s->wait, &w, SL_WAIT_SLEEP);
                 w = LOAD(&s->wait);
             }
-            if (w != SL_WAIT_SLEEP || LOAD(&s->state) == SLOT_UNPARKED) {
+            if (w != SL_WAIT_SLEEP || LOAD(&s->state) == SL_SLOT_UNPARKED) {
                 if (push_ready(a, g->e[i].cookie) == 0) {
                     g->e[i] = g->e[--g->n];
                     fired = 1;
@@ -429,13 +429,15 @@ int sl_aio_wait_once(sl_lot *l, uint32_t slot, uint64_t deadline_ns)
     sl_slot *s = SLOT(l, slot);
     uint32_t expected = SL_WAIT_AHEAD;
     CAS(&s->wait, &expected, SL_WAIT_SLEEP);
-    if (LOAD(&s->wait) != SL_WAIT_SLEEP || LOAD(&s->state) == SLOT_UNPARKED)
-        return 0;
+    if (LOAD(&s->wait) != SL_WAIT_SLEEP || LOAD(&s->state) == SL_SLOT_UNPARKED)
+        return SL_SLEEP_UNPARKED;
     struct timespec ts = {(time_t)(deadline_ns / 1000000000ULL),
                           (long)(deadline_ns % 1000000000ULL)};
     syscall(SYS_futex, &s->wait, FUTEX_WAIT_BITSET, SL_WAIT_SLEEP, &ts, NULL,
             FUTEX_BITSET_MATCH_ANY);
-    return LOAD(&s->wait) == 0 || LOAD(&s->state) == SLOT_UNPARKED ? 0 : 1;
+    return LOAD(&s->wait) == SL_WAIT_UNPARKED || LOAD(&s->state) == SL_SLOT_UNPARKED
+               ? SL_SLEEP_UNPARKED
+               : SL_SLEEP_TIMED_OUT;
 }
 
 int sl_aio_wake(sl_lot *l, uint32_t slot, int n)

@@ -1,4 +1,4 @@
-"""Shared by the asyncio tests: the three ways a task can wait, and how a child process is told.
+"""The asyncio tests' helpers: the three ways a task can wait, and how a child process is told.
 
 "futex": helper threads in futex_waitv (the default on Linux 5.16+); "futex-threads": a thread
 per waiting task on a futex lot (what a kernel without futex_waitv gets); "semaphore": the
@@ -7,8 +7,6 @@ semaphore backend (a thread per waiting task).
 import asyncio
 
 import pytest
-
-from shmlot import ParkingLot, aio
 
 MODES = ("futex", "futex-threads", "semaphore")
 
@@ -20,22 +18,6 @@ def mode_waiter(mode):
 def mode_env(mode):
     """Environment for a child process of this mode."""
     return {"SHMLOT_AIO_WAITV": "0" if mode == "futex-threads" else "1"}
-
-
-@pytest.fixture(params=MODES)
-def aio_mode(request, monkeypatch):
-    """The waiting mode of this test (this process follows it; pass mode_env() to children)."""
-    monkeypatch.setattr(aio, "USE_WAITV", request.param != "futex-threads" and aio.USE_WAITV)
-    return request.param
-
-
-@pytest.fixture
-def alot(lot_name, aio_mode):
-    """A lot (256 buckets, 1,024 slots) on the backend of this test's mode; unlinked after."""
-    lot = ParkingLot.create(lot_name("aio-"), buckets=256, slots=1024,
-                            waiter=mode_waiter(aio_mode))
-    yield lot
-    lot.unlink()
 
 
 def run(coro, timeout=60):
