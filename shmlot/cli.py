@@ -30,7 +30,7 @@ from .deadlock import check, held_by
 from .errors import LotCorruptError, LotNotFoundError
 from .kinds import BARRIER_HOLD, PERMIT_HOLD, READ_HOLD, RESOURCE_HOLD, token_text
 from .lot import NAME_MAX, ParkingLot, default_lot_name
-from .snapshot import snapshot
+from .snapshot import is_lot_file, snapshot
 
 __all__ = ["main", "fmt_duration", "fmt_size", "render", "list_lots", "reap_lot", "SCHEMA",
            "EXIT_OK", "EXIT_LOT", "EXIT_USAGE", "EXIT_DEADLOCK"]
@@ -41,7 +41,6 @@ WIDTH = 100       # when the output is not a terminal and COLUMNS is not set
 MIN_WIDTH = 80    # narrower terminals get 80-column lines
 KEY_WIDTH = 100   # below this, the parked threads' KEY column is left out
 SHM_DIR = "/dev/shm"
-MAGIC = b"\0SHMLOT1"  # lot.h SL_MAGIC, as it lies in the file (little-endian u64)
 CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen
 
 PROG = "shmlot-stat"
@@ -316,14 +315,6 @@ def render(snap, sections, cycles=None):
 
 # ---- --list -------------------------------------------------------------------------------------
 
-def _has_magic(path):
-    try:
-        with open(path, "rb") as f:
-            return f.read(8) == MAGIC
-    except OSError:
-        return False
-
-
 def list_lots():
     """Every lot in /dev/shm this user can attach: a list of dicts (name, size, buckets, slots,
     slots_used, objects_used, waiter, uid, user, mode, created)."""
@@ -340,7 +331,7 @@ def list_lots():
             st = os.stat(path)
         except OSError:
             continue
-        if not _stat.S_ISREG(st.st_mode) or st.st_size < 4096 or not _has_magic(path):
+        if not is_lot_file(path):
             continue
         try:
             lot = ParkingLot.attach(name)
