@@ -27,16 +27,16 @@ PARKED = _fast.PARKED_BIT
 # Kind codes of registry records (0 is "none").
 LOCK, RLOCK, CONDITION, SEMAPHORE, BOUNDED_SEMAPHORE, EVENT, BARRIER, RWLOCK = range(1, 9)
 
-# Hold modes. COUNTED: the primitive also counts the share in its own word, so the reaper leaves
-# it for the primitive, which takes a dead holder's share back itself.
-READ_HOLD = 1 | lib.SL_HOLD_COUNTED        # an RWLock read share, on the RWLock's key
-WRITE_WAIT_HOLD = 2 | lib.SL_HOLD_COUNTED  # an RWLock writer waiting, on its writers' key
-BARRIER_HOLD = 3 | lib.SL_HOLD_COUNTED     # a Barrier party waiting: a dead one breaks it
-PERMIT_HOLD = 4 | lib.SL_HOLD_COUNTED      # a process's BoundedSemaphore permits (tid 0)
-RESOURCE_HOLD = 16                          # deadlock.acquire_resource(key)
+# Hold modes (api.h). COUNTED ones are shares the primitive also counts in its own word: the
+# reaper leaves them for the primitive, which takes a dead holder's share back itself.
+READ_HOLD = lib.SL_HOLD_READ              # an RWLock read share, on the RWLock's key
+WRITE_WAIT_HOLD = lib.SL_HOLD_WRITE_WAIT  # an RWLock writer waiting, on its writers' key
+BARRIER_HOLD = lib.SL_HOLD_BARRIER        # a Barrier party waiting: a dead one breaks it
+PERMIT_HOLD = lib.SL_HOLD_PERMIT          # a process's BoundedSemaphore permits (tid 0)
+RESOURCE_HOLD = lib.SL_HOLD_RESOURCE      # deadlock.acquire_resource(key)
 
-TOKEN_BURST = 0x4255525354  # a Condition waiter parked by the core's wait ("BURST")
-WRITERS_OFFSET = 8          # an RWLock's writers park on the key of its word 1
+TOKEN_BURST = lib.SL_TOKEN_BURST  # a Condition waiter parked by the core's wait
+WRITERS_OFFSET = 8                # an RWLock's writers park on the key of its word 1
 
 
 def lock_word_owner(word):
@@ -124,7 +124,7 @@ def _decode_lock(data, holds, recursive=False, condition=False):
     owner_ = lock_word_owner(word)
     details = {"locked": owner_ is not None, "parked_bit": bool(word & PARKED)}
     if recursive:
-        details["count"] = (data[1] & 0xFFFFFFFF) if owner_ else 0
+        details["count"] = (data[1] & 0xFFFFFFFF) if owner_ else 0  # a u32 at byte 8
     if owner_:
         state = f"locked by pid {owner_[0]} tid {owner_[1]}"
         if recursive and details["count"] > 1:
@@ -153,7 +153,7 @@ def _decode_bounded_semaphore(data, holds):
 
 
 def _decode_event(data, holds):
-    is_set = bool(data[0] & 1)
+    is_set = bool(data[0] & lib.SL_EVENT_FLAG)
     return ("set" if is_set else "unset"), {"set": is_set}, None
 
 
@@ -171,7 +171,7 @@ def _decode_barrier(data, holds):
 def _decode_rwlock(data, holds):
     word = data[0]
     owner_ = lock_word_owner(word)
-    n = 0 if owner_ else word >> 2
+    n = 0 if owner_ else word // lib.SL_RW_READER
     pids = sorted({h.pid for h in holds if h.mode == READ_HOLD})
     details = {"writer": {"pid": owner_[0], "tid": owner_[1]} if owner_ else None,
                "readers": n, "reader_pids": pids, "readers_waiting": data[1],
@@ -199,12 +199,14 @@ _WAITERS = "how many threads may be parked"
 _ACQUIRE = Role(0, "acquire", {0: "acquirer"}, (owner,))
 
 KINDS = (
-    Kind(LOCK, "Lock", 8, (_LOCK_WORD,), _decode_lock, (_ACQUIRE,), lock_word=0),
-    Kind(RLOCK, "RLock", 16,
-         (_LOCK_WORD, Word(8, "count", "bits 0-31 the holder's recursion count")),
+    Kind(LOCK, "Lock", lib.SL_LOCK_SIZE, (_LOCK_WORD,), _decode_lock, (_ACQUIRE,), lock_word=0),
+    Kind(RLOCK, "RLock", lib.SL_RLOCK_SIZE,
+         (_LOCK_WORD, Word(lib.SL_RLOCK_COUNT_OFFSET, "count",
+                           "bits 0-31 the holder's recursion count")),
          _decode_rlock, (_ACQUIRE,), lock_word=0),
     Kind(CONDITION, "Condition", 24,
-         (_LOCK_WORD, Word(8, "count", "bits 0-31 the recursion count of its RLock"),
+         (_LOCK_WORD, Word(lib.SL_RLOCK_COUNT_OFFSET, "count",
+                           "bits 0-31 the recursion count of its RLock"),
           Word(16, "condition", "names the key its waiters park on")),
          _decode_condition,
          (Role(0, "lock", {0: "acquirer", TOKEN_BURST: "notified"}, (owner,)),
@@ -218,7 +220,7 @@ KINDS = (
           Word(16, "bound", "the initial value, which release() may not exceed")),
          _decode_bounded_semaphore, (Role(0, "acquire", {0: "acquirer"}),),
          holds=(PERMIT_HOLD,), reclaim=("semaphore", "BoundedSemaphore", "_reclaim")),
-    Kind(EVENT, "Event", 16,
+    Kind(EVENT, "Event", lib.SL_EVENT_SIZE,
          (Word(0, "flag", "bit 0 set, bits 1-63 a generation every set() advances"),
           Word(8, "waiters", _WAITERS)),
          _decode_event, (Role(0, "wait", {0: "waiter"}),)),

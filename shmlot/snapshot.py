@@ -19,6 +19,7 @@ A lot whose contents fail a check (bad slot state, an index out of range) raises
 """
 import errno
 import os
+import stat
 import time
 
 from . import _fast
@@ -29,13 +30,14 @@ from .errors import LotCorruptError
 from .kinds import HOLD_MODE_NAMES, lock_word_owner, token_text
 from .lot import ParkingLot, default_lot_name
 
-__all__ = ["snapshot", "resolve_lot", "Snapshot", "ParkedThread", "ObjectState", "HoldInfo",
-           "ProcessInfo", "process_info"]
+__all__ = ["snapshot", "resolve_lot", "is_lot_file", "Snapshot", "ParkedThread", "ObjectState",
+           "HoldInfo", "ProcessInfo", "process_info"]
 
 U64 = kinds.U64
 FULL_START = U64                # slots and holds store the full start time
 WORD_START = _fast.START_MASK   # lock words keep its low 18 bits
 SLOT_STATES = ("allocated", "parked", "unparked")  # a slot in use, as the lot's copy names it
+MAGIC = lib.SL_MAGIC.to_bytes(8, "little")  # the first bytes of a lot's segment
 
 
 # ---- processes -------------------------------------------------------------------------------
@@ -303,6 +305,20 @@ def resolve_lot(lot=None):
     if isinstance(lot, str):
         return _pl.lot_by_name(lot)
     raise TypeError(f"lot must be a ParkingLot, a lot name or None, not {type(lot).__name__}")
+
+
+def is_lot_file(path):
+    """Whether the file at ``path`` (a segment in /dev/shm) is a regular file that holds at
+    least a lot's header and begins with its magic: a cheap look before attaching, which checks
+    the whole header."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < lib.SL_HEADER_SIZE:
+            return False  # (and never open a FIFO or a device, which could block)
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
 
 
 def _check_slot(s, info):

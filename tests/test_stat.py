@@ -25,7 +25,7 @@ from helpers.waiting import wait_until
 
 import shmlot
 from shmlot import ParkingLot
-from shmlot import stat as shstat
+from shmlot import cli as shstat
 from shmlot.snapshot import snapshot
 
 WIDTH = 100
@@ -475,7 +475,7 @@ def test_console_script_installed():
     ours = [ep for ep in eps if ep.name == "shmlot-stat"]
     if not ours:
         pytest.skip("shmlot is not installed in this interpreter's environment")
-    assert ours[0].value == "shmlot.stat:main"
+    assert ours[0].value == "shmlot.cli:main"
     exe = shutil.which("shmlot-stat", path=os.path.dirname(sys.executable))
     assert exe, "console script missing next to the interpreter"
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60,
