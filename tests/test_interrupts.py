@@ -20,6 +20,7 @@ import pytest
 
 import shmlot
 
+from helpers.kills import kill_all
 from helpers.processes import start_python
 from helpers.waiting import wait_until
 
@@ -133,9 +134,7 @@ def test_ctrl_c_during_a_blocking_call(make_lot, what):
         proc.stdin.flush()
         assert proc.wait(10) == 0, proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_all(proc)
     assert lot.info()["slots_free"] == lot.slots
 
 
