@@ -8,7 +8,7 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, start_holder, until
+from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
 from helpers.kills import kill_and_reap
 from helpers.processes import start_python
 
@@ -100,10 +100,7 @@ def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(aio_
             state["second"] = True
 
     async def main():
-        a = asyncio.create_task(first())
-        await until(lambda: len(queued(aio_lot, cond.sync.key)) == 1)
-        b = asyncio.create_task(second())
-        await until(lambda: len(queued(aio_lot, cond.sync.key)) == 2)
+        a, b = await start_queued_in_order(aio_lot, cond.sync.key, first(), second())
         async with cond:
             cond.notify(1)  # moves the first onto the lock's queue
             a.cancel()

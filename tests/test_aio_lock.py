@@ -14,7 +14,7 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, start_holder, until
+from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
 from helpers.kills import kill_and_reap
 from helpers.processes import start_python
 from helpers.waiting import wait_until
@@ -168,10 +168,8 @@ def test_cancelled_after_hand_off_passes_the_lock_on(aio_lot):
 
     async def main():
         await alock.acquire()
-        first = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
-        second = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
+                                                    alock.acquire())
         alock.sync._release_slow(force_fair=True)  # the word now names the first waiter
         first.cancel()  # before it could run
         with pytest.raises(asyncio.CancelledError):
@@ -191,10 +189,8 @@ def test_cancelled_after_plain_wake_wakes_the_next(aio_lot):
 
     async def main():
         await alock.acquire()
-        first = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
-        second = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
+                                                    alock.acquire())
         alock.sync._release_slow()  # unpark the first, leave the lock free, PARKED set
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)

@@ -46,6 +46,16 @@ def queued(lot, key=None):
     return [s for s in slots if s["state"] == "parked" and (key is None or s["key"] == key)]
 
 
+async def start_queued_in_order(lot, key, *coros):
+    """A task per coroutine of ``coros``, each started once the one before is queued on ``key``
+    (so queue order is their order); returns the tasks."""
+    tasks = []
+    for coro in coros:
+        tasks.append(asyncio.create_task(coro))
+        await until(lambda: len(queued(lot, key)) == len(tasks))
+    return tasks
+
+
 _HOLDER = r"""
 import sys, time
 import shmlot
