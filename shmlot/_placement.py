@@ -16,14 +16,10 @@ import weakref
 from . import lot as _lot
 from .errors import LotCorruptError, ObjectGoneError
 from .keys import check_u64, private_word_id, word_location
+from .kinds import (BARRIER, BOUNDED_SEMAPHORE, CONDITION, EVENT, KIND_NAMES, LOCK,  # noqa: F401
+                    RLOCK, RWLOCK, SEMAPHORE)
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
-
-# Kind codes stored in registry records (0 is "none").
-LOCK, RLOCK, CONDITION, SEMAPHORE, BOUNDED_SEMAPHORE, EVENT, BARRIER, RWLOCK = range(1, 9)
-KIND_NAMES = {LOCK: "Lock", RLOCK: "RLock", CONDITION: "Condition", SEMAPHORE: "Semaphore",
-              BOUNDED_SEMAPHORE: "BoundedSemaphore", EVENT: "Event", BARRIER: "Barrier",
-              RWLOCK: "RWLock"}
 
 _lots = {}
 _lots_lock = threading.Lock()

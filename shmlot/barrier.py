@@ -15,7 +15,7 @@ import threading
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._core import lib
+from .kinds import BARRIER_HOLD as HOLD_MODE  # counted: a dead party's breaks the barrier
 from ._waiting import Deadline, full_backoff, full_done, park
 from .errors import LotFullError
 
@@ -27,9 +27,6 @@ BROKEN = 1 << 63
 COUNT_MASK = 0xFFFFFFFF
 GEN_ONE = 1 << 32
 GEN_MASK = ((1 << 31) - 1) << 32
-# hold mode marking "waiting at this barrier"; counted (lib.SL_HOLD_COUNTED) so that the reaper
-# leaves it for the waiters, who turn a dead party's hold into a broken barrier
-HOLD_MODE = 3 | lib.SL_HOLD_COUNTED
 POLL_NS = 200_000_000   # how often a waiter checks that the other waiting parties are alive
 
 

@@ -56,7 +56,7 @@ class Condition:
         self._rlock = isinstance(lock, _locks.RLock)
         self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
-        # Condition.wait as one C call (futex backend; see _native/fastwait.c); the instance
+        # Condition.wait as one C call (futex backend; see _native/fast/condwait.c); the instance
         # attribute shadows the method below, which the semaphore backend keeps using
         self._waiter = place.lot._cond_waiter(self._cv_key, lock, _waiter_slow)
         if self._waiter is not None:

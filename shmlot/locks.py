@@ -1,6 +1,6 @@
 """``Lock`` and ``RLock``: parking_lot's RawMutex on a u64 word that also names its owner.
 
-The word (see ``_native/ident.h``): LOCKED and PARKED bits plus the owner's pid, tid and the low
+The word (see ``_native/api.h``): LOCKED and PARKED bits plus the owner's pid, tid and the low
 bits of its process start time. The uncontended acquire/release is C (``shmlot._fast``, keeping
 the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``unlock_slow``:
 

@@ -34,6 +34,7 @@ from ._core import ffi, lib
 from ._results import FilterOp
 from ._waiting import Deadline, acquire_timeout, full_backoff, full_done, park
 from .errors import LotFullError, OwnerDiedError
+from .kinds import READ_HOLD, WRITE_WAIT_HOLD as WRITE_WAIT  # on the keys of words 0 and 1
 from .lot import _check
 from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive, warn_owner_died
 from .spinwait import SpinWait
@@ -42,8 +43,6 @@ __all__ = ["RWLock"]
 
 READER = 4
 READ_PHASE = 2
-READ_HOLD = 1 | lib.SL_HOLD_COUNTED    # a read share (on the key of word 0)
-WRITE_WAIT = 2 | lib.SL_HOLD_COUNTED   # a waiting writer (on the key of word 1)
 TOKEN_READ_GRANT = 2  # "you may read although writers wait"
 ALL_START_BITS = 2**64 - 1
 

@@ -14,14 +14,13 @@ that finds none free (it looks every POLL_NS while it waits) and by ``shmlot-sta
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._core import lib
+from .kinds import PERMIT_HOLD  # a process's BoundedSemaphore permits (tid 0: per process)
 from ._waiting import Deadline, full_backoff, full_done, wait_until
 from .errors import LotFullError
 
 __all__ = ["Semaphore", "BoundedSemaphore"]
 
 VALUE_MAX = 2**64 - 1  # the value is one u64 word
-PERMIT_HOLD = 4 | lib.SL_HOLD_COUNTED  # a process's BoundedSemaphore permits (tid 0: per process)
 POLL_NS = 200_000_000  # how often a waiting acquirer of a BoundedSemaphore looks for dead owners
 
 

@@ -25,9 +25,12 @@ import stat as _stat
 import sys
 import time
 
-from ._core import lib
+from . import kinds
+from .deadlock import check, held_by
 from .errors import LotCorruptError, LotNotFoundError
+from .kinds import BARRIER_HOLD, PERMIT_HOLD, READ_HOLD, RESOURCE_HOLD, token_text
 from .lot import NAME_MAX, ParkingLot, default_lot_name
+from .snapshot import snapshot
 
 __all__ = ["main", "fmt_duration", "fmt_size", "render", "list_lots", "reap_lot", "SCHEMA",
            "EXIT_OK", "EXIT_LOT", "EXIT_USAGE", "EXIT_DEADLOCK"]
@@ -161,8 +164,8 @@ def _counter_lines(snap):
 def _object_cell(p):
     if p.object is None:
         return "-"
-    role = p.role if p.role in ("read", "write", "lock", "wait") and \
-        p.object.kind in ("RWLock", "Condition") else None
+    # a role is named for the kinds that have several (RWLock read/write, Condition lock/wait)
+    role = p.role if len(kinds.by_code(p.object.kind_code).roles) > 1 else None
     label = p.object.label
     return f"{label} ({role})" if role else label
 
@@ -171,21 +174,6 @@ PARKED_FIXED = [("PID", 7, ">"), ("TID", 7, ">"), ("PROCESS", 12, "<"), ("ALIVE"
                 ("KEY", 18, "<")]
 PARKED_TAIL = [("TOKEN", 9, "<")]   # then HELD BY (flexible), then PARKED
 PARKED_TIME = ("PARKED", 7, ">")
-
-
-def _held_by(snap, p):
-    """Who holds what the parked thread ``p`` waits for: [{"pid", "tid", "alive"}] (empty:
-    nobody, or not a kind that has holders)."""
-    from . import _fast
-    from .deadlock import _holders
-    out, seen = [], set()
-    for h in _holders(snap, p):
-        if (h.pid, h.tid) in seen or (h.pid, h.tid) == (p.pid, p.tid):
-            continue
-        seen.add((h.pid, h.tid))
-        out.append({"pid": h.pid, "tid": h.tid,
-                    "alive": bool(_fast.process_alive(h.pid, h.start, h.mask))})
-    return out
 
 
 def _held_by_cell(holders):
@@ -216,13 +204,12 @@ def _parked_lines(snap):
     n = len(snap.parked)
     lines = [f"PARKED THREADS: {n}" if n else "PARKED THREADS: none"]
     if n:
-        from .snapshot import token_text
         rows = []
         for p in snap.parked:
             rows.append(([p.pid, p.tid, p.process or "?", "yes" if p.alive else "DEAD",
                           _key(p.key)], _object_cell(p),
                          token_text(p.kind, p.role, p.park_token),
-                         _held_by_cell(_held_by(snap, p)), fmt_duration(p.parked_seconds)))
+                         _held_by_cell(held_by(snap, p)), fmt_duration(p.parked_seconds)))
         width = _width()
         fixed = PARKED_FIXED if width >= KEY_WIDTH else PARKED_FIXED[:-1]
         obj_w, held_w = _flex(fixed + PARKED_TAIL + [PARKED_TIME],
@@ -268,7 +255,6 @@ def _objects_lines(snap):
         cols = [("NAME", name_w, "<"), OBJECT_FIXED[0], ("STATE", state_w, "<")] + \
             OBJECT_FIXED[1:]
         lines += _table(cols, rows)
-    from .snapshot import RESOURCE_HOLD
     res = [h for h in snap.holds if h.mode == RESOURCE_HOLD]
     if res:
         lines.append(f"RESOURCES (deadlock.acquire_resource): {len(res)}")
@@ -300,7 +286,9 @@ def _deadlock_lines(cycles):
         lines.append(f"cycle {i}: {len(cyc)} thread{'s' if len(cyc) != 1 else ''}")
         for r in cyc:
             nxt = r["waits_for"][0]
-            role = f" ({r['role']})" if r.get("role") in ("read", "write") else ""
+            kind = kinds.by_name(r["kind"])
+            access = kind is not None and kind.role(r["role"]).access
+            role = f" ({r['role']})" if access else ""
             lines.append(_clip(f"  {_who(r)} waits {fmt_duration(r['parked_seconds'])} for "
                                f"{_what(r['label'], r['key'])}{role}, held by pid {nxt['pid']} "
                                f"tid {nxt['tid']}", _width()))
@@ -398,15 +386,16 @@ def _list_lines(lots):
 
 # ---- --reap -------------------------------------------------------------------------------------
 
+# what reap_lot's report calls the units a dead holder's hold of each mode gives back
+_REAP_UNITS = {READ_HOLD: "shares", PERMIT_HOLD: "permits"}
+
+
 def reap_lot(lot):
     """Free what dead processes left in ``lot``: their slots (parked or between states) and their
-    uncounted holds (lot.reap()), and their read shares of registry RWLocks (as a waiter of the
-    RWLock would). Lock words of dead owners are *not* cleared (the next acquirer must get
+    uncounted holds (lot.reap()), their read shares of registry RWLocks and their permits of
+    registry BoundedSemaphores (kinds.reclaim_dead: as a waiter would). Lock words of dead owners are *not* cleared (the next acquirer must get
     OwnerDiedError) and dead Barrier parties are left for the barrier's waiters (who break it):
     both are only reported. Returns a dict (see docs/stat.md)."""
-    from . import _placement as _pl
-    from .snapshot import BARRIER_HOLD, PERMIT_HOLD, READ_HOLD, RESOURCE_HOLD, snapshot
-
     before = snapshot(lot)
     dead_slots = [p for p in before.parked + before.in_transit if not p.alive]
     dead_holds = [h for h in before.holds if not h.alive and not h.counted]
@@ -417,27 +406,15 @@ def reap_lot(lot):
     left_holds = {(h.key, h.pid, h.tid, h.mode) for h in after.holds}
     freed_holds = [h for h in dead_holds if (h.key, h.pid, h.tid, h.mode) not in left_holds]
 
-    shares = []
+    given_back = {READ_HOLD: [], PERMIT_HOLD: []}
     for o in after.objects:
-        if o.kind_code != _pl.RWLOCK:
-            continue
-        dead_readers = [h for h in o.holds if h.mode == READ_HOLD and not h.alive]
-        if not dead_readers:
-            continue
-        n = _reclaim_read_shares(lot, o)
+        dead = [h for h in o.holds if h.mode in given_back and not h.alive]
+        n = kinds.reclaim_dead(lot, o) if dead else 0
         if n:
-            shares.append({"object": o.name, "index": o.index, "label": o.label, "shares": n,
-                           "pids": sorted({h.pid for h in dead_readers})})
-
-    permits = []
-    for o in after.objects:
-        dead_owners = [h for h in o.holds if h.mode == PERMIT_HOLD and not h.alive]
-        if o.kind_code != _pl.BOUNDED_SEMAPHORE or not dead_owners:
-            continue
-        n = _reclaim_permits(lot, o)
-        if n:
-            permits.append({"object": o.name, "index": o.index, "label": o.label,
-                            "permits": n, "pids": sorted({h.pid for h in dead_owners})})
+            mode = dead[0].mode
+            given_back[mode].append({"object": o.name, "index": o.index, "label": o.label,
+                                     _REAP_UNITS[mode]: n,
+                                     "pids": sorted({h.pid for h in dead})})
 
     final = snapshot(lot, processes=False)
     dead_owners = [{"object": o.name, "index": o.index, "label": o.label, "kind": o.kind,
@@ -450,43 +427,12 @@ def reap_lot(lot):
         "lot": lot.name, "slots_freed": slots, "holds_freed": holds,
         "slots": [p.to_dict() for p in freed_slots],
         "holds": [h.to_dict() for h in freed_holds],
-        "read_shares_reclaimed": shares,
-        "permits_given_back": permits,
+        "read_shares_reclaimed": given_back[READ_HOLD],
+        "permits_given_back": given_back[PERMIT_HOLD],
         "dead_lock_owners": dead_owners,
         "dead_barrier_parties": dead_parties,
         "resource_holds_freed": sum(1 for h in freed_holds if h.mode == RESOURCE_HOLD),
     }
-
-
-def _registry_object(lot, obj, cls):
-    """A handle of class ``cls`` on registry object ``obj`` (a snapshot's), or None if it was
-    freed since the snapshot."""
-    from . import _placement as _pl
-    from .errors import ObjectGoneError
-    try:
-        place = _pl.rebuild_place(("record", lot.name, obj.index, obj.kind_code,
-                                   lot._object_gen(obj.index)))
-    except ObjectGoneError:
-        return None
-    handle = cls.__new__(cls)
-    handle._bind(place)
-    return handle
-
-
-def _reclaim_read_shares(lot, obj):
-    """Take the read shares of dead readers back from a registry RWLock (the reader part of its
-    own reclaim, under the RWLock's mutex: never touches a writer). Returns the shares taken."""
-    from .rwlock import RWLock
-    rw = _registry_object(lot, obj, RWLock)
-    return rw._reclaim_readers() if rw is not None else 0
-
-
-def _reclaim_permits(lot, obj):
-    """Give the permits of dead owners back to a registry BoundedSemaphore (as its next
-    acquirer would). Returns how many."""
-    from .semaphore import BoundedSemaphore
-    sem = _registry_object(lot, obj, BoundedSemaphore)
-    return sem._reclaim() if sem is not None else 0
 
 
 def _label_of(p):
@@ -590,11 +536,9 @@ def _attach(name):
 
 
 def unlink_segment(name):
-    """Remove the shared-memory segment ``name`` whatever it holds (OSError if that fails)."""
-    from ._core import lib
-    rc = lib.sl_unlink(name.encode("utf-8"))
-    if rc < 0:
-        raise OSError(-rc, os.strerror(-rc))
+    """Remove the shared-memory segment ``name`` whatever it holds (OSError if that fails): on
+    Linux, shm_unlink removes the file of that name in /dev/shm."""
+    os.unlink(os.path.join(SHM_DIR, name))
 
 
 def _lot_error(name, exc):
@@ -625,8 +569,6 @@ def _sections(args):
 
 def _view_once(lot, args, sections):
     """(text or JSON document, exit status) of one look."""
-    from .deadlock import check
-    from .snapshot import snapshot
     snap = snapshot(lot)
     cycles = check(lot, snap=snap) if ("deadlocks" in sections or args.json) else []
     status = EXIT_DEADLOCK if cycles and "deadlocks" in sections else EXIT_OK
@@ -634,7 +576,7 @@ def _view_once(lot, args, sections):
         doc = {"schema": SCHEMA}
         doc.update(snap.to_dict())
         for entry, p in zip(doc["parked"], snap.parked):
-            entry["held_by"] = _held_by(snap, p)
+            entry["held_by"] = held_by(snap, p)
         doc["deadlocks"] = cycles
         return doc, status
     return render(snap, sections, cycles), status
