@@ -8,7 +8,7 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, until
+from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
 from helpers.kills import kill_and_reap
 from helpers.processes import start_python
 
@@ -100,10 +100,7 @@ def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(aio_
             state["second"] = True
 
     async def main():
-        a = asyncio.create_task(first())
-        await until(lambda: len(queued(aio_lot, cond.sync.key)) == 1)
-        b = asyncio.create_task(second())
-        await until(lambda: len(queued(aio_lot, cond.sync.key)) == 2)
+        a, b = await start_queued_in_order(aio_lot, cond.sync.key, first(), second())
         async with cond:
             cond.notify(1)  # moves the first onto the lock's queue
             a.cancel()
@@ -242,21 +239,9 @@ def test_rwlock_cancelled_writer_lets_readers_in(aio_lot):
     assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-WRITER_HOLDER = r"""
-import sys, time
-import shmlot
-lot = shmlot.ParkingLot.attach(sys.argv[1])
-rw = shmlot.RWLock(name="rwv", lot=lot)
-rw.acquire_write()
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
 @pytest.mark.timeout(60)
 def test_rwlock_dead_writer_reaches_a_waiting_task(aio_lot, aio_mode):
-    child = start_python(WRITER_HOLDER, aio_lot.name, env=mode_env(aio_mode))
-    assert child.stdout.readline().strip() == "held"
+    child = start_holder(aio_lot, aio_mode, "shmlot.RWLock(name='rwv', lot=lot)", "acquire_write")
     rw = aio.RWLock(name="rwv", lot=aio_lot)
 
     async def main():

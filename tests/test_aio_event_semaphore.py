@@ -9,7 +9,7 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, until
+from helpers.aio import mode_env, queued, run, start_queued_in_order, until
 from helpers.processes import start_python
 
 
@@ -128,10 +128,8 @@ def test_semaphore_cancelled_after_wake_passes_the_unit_on(aio_lot):
     sem = aio.Semaphore(0, lot=aio_lot)
 
     async def main():
-        first = asyncio.create_task(sem.acquire())
-        await until(lambda: len(queued(aio_lot, sem.key)) == 1)
-        second = asyncio.create_task(sem.acquire())
-        await until(lambda: len(queued(aio_lot, sem.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, sem.key, sem.acquire(),
+                                                    sem.acquire())
         sem.release()  # wakes the first only
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)

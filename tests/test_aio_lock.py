@@ -14,9 +14,10 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, until
+from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
 from helpers.kills import kill_and_reap
 from helpers.processes import start_python
+from helpers.waiting import wait_until
 
 
 def test_same_word_as_the_sync_lock(aio_lot):
@@ -167,10 +168,8 @@ def test_cancelled_after_hand_off_passes_the_lock_on(aio_lot):
 
     async def main():
         await alock.acquire()
-        first = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
-        second = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
+                                                    alock.acquire())
         alock.sync._release_slow(force_fair=True)  # the word now names the first waiter
         first.cancel()  # before it could run
         with pytest.raises(asyncio.CancelledError):
@@ -190,10 +189,8 @@ def test_cancelled_after_plain_wake_wakes_the_next(aio_lot):
 
     async def main():
         await alock.acquire()
-        first = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
-        second = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
+                                                    alock.acquire())
         alock.sync._release_slow()  # unpark the first, leave the lock free, PARKED set
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
@@ -259,21 +256,9 @@ def test_the_loop_keeps_running_while_tasks_wait(aio_lot, aio_mode):
     assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-HOLDER = r"""
-import sys, time
-import shmlot
-lot = shmlot.ParkingLot.attach(sys.argv[1])
-lock = shmlot.Lock(name="victim", lot=lot)
-lock.acquire()
-print("held", flush=True)
-time.sleep(60)
-"""
-
-
 @pytest.mark.timeout(60)
 def test_owner_killed_waiting_task_gets_owner_died(aio_lot, aio_mode):
-    child = start_python(HOLDER, aio_lot.name, env=mode_env(aio_mode))
-    assert child.stdout.readline().strip() == "held"
+    child = start_holder(aio_lot, aio_mode, "shmlot.Lock(name='victim', lot=lot)")
     alock = aio.Lock(name="victim", lot=aio_lot)
 
     async def main():
@@ -318,10 +303,7 @@ def test_ctrl_c_stops_the_loop_promptly(aio_lot, aio_mode):
         child = start_python(CTRL_C, aio_lot.name, env=mode_env(aio_mode))
         assert child.stdout.readline().strip() == "waiting"
         key = lock.key
-        deadline = time.monotonic() + 10
-        while not queued(aio_lot, key):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until(lambda: queued(aio_lot, key), 10, "the task queued")
         t0 = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=10)

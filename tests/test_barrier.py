@@ -248,19 +248,26 @@ def test_party_killed_while_others_wait(default_lot, victim_first):
     assert not b.broken
 
 
-@pytest.mark.parametrize("ctx", [FORK, SPAWN])
-def test_last_arrival_after_a_party_died_waiting_alone(default_lot, ctx):
-    """A 2-party barrier: the first party waits alone and is SIGKILLed; the second arrival would
-    complete the round with a dead process: it breaks the barrier instead, at once."""
-    b = shmlot.Barrier(2)
+def _lone_party_killed_then_next_arrival_breaks(lot, parties, ctx):
+    """A ``parties``-party barrier: a process of ``ctx`` waits in it alone and is SIGKILLed;
+    the next arrival gets BrokenBarrierError within 1 s. Returns the barrier."""
+    b = shmlot.Barrier(parties)
     victim = ctx.Process(target=_wait_forever, args=(b,))
     victim.start()
-    wait_parked_at_least(default_lot, b.key, 1)
+    wait_parked_at_least(lot, b.key, 1)
     kill_and_reap(victim)
     t0 = time.monotonic()
     with pytest.raises(BrokenBarrierError):
         b.wait(10)
     assert time.monotonic() - t0 < 1.0
+    return b
+
+
+@pytest.mark.parametrize("ctx", [FORK, SPAWN])
+def test_last_arrival_after_a_party_died_waiting_alone(default_lot, ctx):
+    """A 2-party barrier: the first party waits alone and is SIGKILLed; the second arrival would
+    complete the round with a dead process: it breaks the barrier instead, at once."""
+    b = _lone_party_killed_then_next_arrival_breaks(default_lot, 2, ctx)
     assert b.broken
     b.reset()  # and the barrier is usable again
     t = threading.Thread(target=b.wait, args=(10,))
@@ -272,12 +279,4 @@ def test_last_arrival_after_a_party_died_waiting_alone(default_lot, ctx):
 def test_party_killed_before_anyone_else_arrives(default_lot):
     """The only party waiting is killed; the next arrivals must not wait for it forever: they
     find its hold and break the barrier."""
-    b = shmlot.Barrier(3)
-    victim = FORK.Process(target=_wait_forever, args=(b,))
-    victim.start()
-    wait_parked_at_least(default_lot, b.key, 1)
-    kill_and_reap(victim)
-    t0 = time.monotonic()
-    with pytest.raises(BrokenBarrierError):
-        b.wait(10)
-    assert time.monotonic() - t0 < 1.0
+    _lone_party_killed_then_next_arrival_breaks(default_lot, 3, FORK)

@@ -12,6 +12,7 @@ import shmlot
 from shmlot import context as shctx
 
 from helpers.kills import kill_and_reap
+from helpers.waiting import raised_in_thread
 
 
 pytestmark = pytest.mark.timeout(120)
@@ -90,18 +91,7 @@ def test_release_errors_and_reprs(default_lot):
     rlock.acquire()
     rlock.acquire()
     assert repr(rlock) == "<RLock(MainProcess, 2)>"
-    errors = []
-
-    def bad_release():
-        try:
-            rlock.release()
-        except AssertionError as exc:
-            errors.append(exc)
-
-    th = threading.Thread(target=bad_release)
-    th.start()
-    th.join()
-    assert len(errors) == 1
+    assert isinstance(raised_in_thread(rlock.release), AssertionError)
     rlock.release()
     rlock.release()
 

@@ -17,6 +17,7 @@ import threading
 import pytest
 
 from helpers import REPO_ROOT
+from helpers.kills import kill_and_reap
 from helpers.processes import python_env, run_python, start_python
 from helpers.waiting import wait_until
 
@@ -277,8 +278,7 @@ def test_dead_member_breaks_the_cycle(futex_lot, children):
     children.start("lock:B", "sync", "lock:A")
     children.sync_all()
     wait_cycles(futex_lot, 2)
-    a.kill()
-    a.wait()
+    kill_and_reap(a)
     # a dead process's slot is garbage, not a waiter: no cycle any more
     assert deadlock.check(futex_lot) == []
 
@@ -322,8 +322,7 @@ def test_dead_resource_holder_reaped(futex_lot, children):
     p = children.start(f"res:{key}")
     children.expect(p, "done")
     assert snapshot(futex_lot).holds_on(key)
-    p.kill()
-    p.wait()
+    kill_and_reap(p)
     slots, holds = futex_lot.reap()
     assert holds == 1 and not snapshot(futex_lot).holds_on(key)
 

@@ -16,8 +16,8 @@ from helpers.kills import kill_all, kill_and_reap
 from helpers.lots import NAME_PREFIX, fresh_default_lot, new_lot_name, remove_name
 from helpers.processes import child_env, python_env, run_procs, run_python, start_python
 from helpers.segments import Segment, attach_segment
-from helpers.waiting import (ParkerThread, park_in_order, wait_parked, wait_parked_at_least,
-                             wait_until)
+from helpers.waiting import (ParkerThread, park_in_order, raised_in_thread, wait_parked,
+                             wait_parked_at_least, wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -192,3 +192,16 @@ def test_wait_parked_counts_exactly_and_at_least(lot):
     assert extra.outcome().is_timed_out
     lot.unpark_all(0x51)
     assert all(t.outcome().is_unparked for t in threads)
+
+
+def test_raised_in_thread_returns_what_the_other_thread_raised():
+    import threading
+    lock = threading.Lock()
+    assert raised_in_thread(lock.acquire) is None
+    assert raised_in_thread(lock.release) is None  # any thread may release a Lock
+    rlock = threading.RLock()
+    rlock.acquire()
+    assert isinstance(raised_in_thread(rlock.release), RuntimeError)
+    rlock.release()
+    with pytest.raises(AssertionError, match="still running"):
+        raised_in_thread(lambda: time.sleep(1), timeout=0.1)

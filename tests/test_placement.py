@@ -16,6 +16,7 @@ import pytest
 
 import shmlot
 
+from helpers.kills import kill_and_reap
 from helpers.lots import fresh_default_lot, new_lot_name
 from helpers.processes import run_python
 from helpers.waiting import wait_parked_at_least, wait_until
@@ -461,8 +462,7 @@ def _killed_holder_of(objs):
     p = ctx.Process(target=_take_handles_then_hang, args=(pickle.dumps(objs), ready))
     p.start()
     assert ready.wait(20)
-    p.kill()
-    p.join(20)
+    kill_and_reap(p, timeout=20)
 
 
 def test_references_of_a_killed_process_are_taken_back(default_lot):

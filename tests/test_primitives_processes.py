@@ -16,7 +16,7 @@ from shmlot import _fast
 
 from helpers.lots import default_lot_vars, fresh_default_lot
 from helpers.processes import start_python
-from helpers.waiting import parked, wait_parked_at_least, wait_until
+from helpers.waiting import parked, raised_in_thread, wait_parked_at_least, wait_until
 from helpers.workers import locked_increments
 
 pytestmark = pytest.mark.timeout(60)
@@ -364,18 +364,7 @@ def test_rlock_errors(default_lot):
     with pytest.raises(ValueError):
         rlock.acquire(timeout=-2)
     rlock.acquire()
-    out = []
-
-    def other():
-        try:
-            rlock.release()
-        except RuntimeError as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=other)
-    t.start()
-    t.join()
-    assert len(out) == 1
+    assert isinstance(raised_in_thread(rlock.release), RuntimeError)
     rlock.release()
     with pytest.raises(RuntimeError):
         rlock.release()

@@ -142,10 +142,7 @@ def test_writer_not_starved_by_stream_of_readers(default_lot):
             wait_until(lambda: readers(rw) >= 1, message="readers back")
     finally:
         stop.set()
-        for t in threads:
-            t.join(10)
-        p.join(10)
-    assert p.exitcode == 0
+        join_all(threads, [p], 10)
 
 
 def _stream_of_writers(rw, stop):
@@ -174,10 +171,7 @@ def test_reader_not_starved_by_stream_of_writers(default_lot):
             assert waited < 1.0, waited
     finally:
         stop.set()
-        for t in threads:
-            t.join(10)
-        p.join(10)
-    assert p.exitcode == 0
+        join_all(threads, [p], 10)
 
 
 def test_reentrant_read_while_writer_waits(default_lot):

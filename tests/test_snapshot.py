@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers.kills import kill_all
+from helpers.kills import kill_all, kill_and_reap
 from helpers.processes import start_python
 from helpers.waiting import ParkerThread, park_in_order, wait_parked, wait_until
 
@@ -338,8 +338,7 @@ def test_other_process_shown_alive_then_dead(lot):
         import psutil
         assert x.pid == p.pid and x.alive is True and x.park_token == 41
         assert x.process == psutil.Process(p.pid).name() and "-c" in x.cmdline
-        p.kill()
-        p.wait()
+        kill_and_reap(p)
         (x,) = snapshot(lot).parked  # still queued until reaped, but shown dead
         assert x.pid == p.pid and x.alive is False and x.process is None
         assert lot.reap() == (1, 0)
@@ -360,8 +359,7 @@ def test_reap_never_wakes_or_unqueues_a_live_waiter(lot):
         wait_parked(lot, key, 2)
         me = ParkerThread(lot, key, park_token=3).start()
         wait_parked(lot, key, 3)
-        dead.kill()
-        dead.wait()
+        kill_and_reap(dead)
         assert lot.reap() == (1, 0)
         assert lot.reap() == (0, 0)
         after = [(p.pid, p.park_token) for p in snapshot(lot).parked_on(key)]
@@ -387,8 +385,7 @@ def test_park_reaps_dead_slots_before_lot_full(make_lot):
         assert snapshot(small).header["slots_free"] == 0
         with pytest.raises(LotFullError):  # all four are alive: nothing to reap
             small.park(0x2000, timeout=0.01)
-        child.kill()
-        child.wait()
+        kill_and_reap(child)
         before = snapshot(small).counters["reaped"]
         r = small.park(0x2000, timeout=0.05)  # reaps the dead child's slots, then parks
         assert r.is_timed_out
@@ -407,8 +404,7 @@ def test_reap_python_call_frees_dead_slots_only(futex_lot):
     try:
         wait_until(lambda: len(snapshot(futex_lot).parked) == 3, 20, "three parked")
         assert futex_lot.reap() == (0, 0)
-        a.kill()
-        a.wait()
+        kill_and_reap(a)
         dead = [p for p in snapshot(futex_lot).parked if not p.alive]
         assert sorted(p.pid for p in dead) == [a.pid, a.pid]
         assert futex_lot.reap() == (2, 0)

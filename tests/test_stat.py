@@ -19,7 +19,7 @@ import time
 import pytest
 
 from helpers import REPO_ROOT
-from helpers.kills import kill_all
+from helpers.kills import kill_all, kill_and_reap
 from helpers.processes import python_env, start_python
 from helpers.waiting import wait_until
 
@@ -238,8 +238,7 @@ def test_json_document_has_the_documented_keys(futex_lot):
 def test_dead_parked_process_shown_dead_then_reaped(lot):
     holder = start_holder(lot)
     try:
-        holder.kill()
-        holder.wait()
+        kill_and_reap(holder)
         r = run_stat(lot.name)
         assert r.returncode == 0, r.stderr
         dead_rows = [x for x in r.stdout.splitlines() if x.split()[:1] == [str(holder.pid)]]
@@ -285,8 +284,7 @@ def test_dead_parked_process_shown_dead_then_reaped(lot):
 def test_reap_json(futex_lot):
     holder = start_holder(futex_lot)
     try:
-        holder.kill()
-        holder.wait()
+        kill_and_reap(holder)
         r = run_stat(futex_lot.name, "--reap", "--json")
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)

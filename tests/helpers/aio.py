@@ -8,6 +8,8 @@ import asyncio
 
 import pytest
 
+from helpers.processes import start_python
+
 MODES = ("futex", "futex-threads", "semaphore")
 
 
@@ -42,3 +44,34 @@ def queued(lot, key=None):
     """Slots queued in ``lot`` (on ``key`` if given), from the snapshot."""
     slots, _objects, _holds = lot._snapshot()
     return [s for s in slots if s["state"] == "parked" and (key is None or s["key"] == key)]
+
+
+async def start_queued_in_order(lot, key, *coros):
+    """A task per coroutine of ``coros``, each started once the one before is queued on ``key``
+    (so queue order is their order); returns the tasks."""
+    tasks = []
+    for coro in coros:
+        tasks.append(asyncio.create_task(coro))
+        await until(lambda: len(queued(lot, key)) == len(tasks))
+    return tasks
+
+
+_HOLDER = r"""
+import sys, time
+import shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+obj = {open_expr}
+obj.{take}()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def start_holder(lot, mode, open_expr, take="acquire"):
+    """A ``python -c`` child of ``mode`` that attaches ``lot``, opens ``open_expr`` (an expression
+    over ``shmlot`` and ``lot``), calls its ``take`` method and sleeps holding it. Returns the
+    child (a Popen) once it holds."""
+    child = start_python(_HOLDER.format(open_expr=open_expr, take=take), lot.name,
+                         env=mode_env(mode))
+    assert child.stdout.readline().strip() == "held"
+    return child

@@ -120,3 +120,21 @@ def park_in_order(lot, key, n, **park_kwargs):
         threads.append(ParkerThread(lot, key, **kwargs).start())
         wait_parked(lot, key, before + 1)
     return threads
+
+
+def raised_in_thread(call, timeout=10.0):
+    """Run ``call()`` in another thread and return the exception it raised (None if it returned):
+    for a test that one thread may not do what another may."""
+    box = []
+
+    def run():
+        try:
+            call()
+        except BaseException as exc:  # noqa: B902 - returned to the test
+            box.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert not t.is_alive(), f"{call} still running in its thread after {timeout} s"
+    return box[0] if box else None
