@@ -304,17 +304,27 @@ def make_sleep(code, handle, lot_id, mode, linked=None):
     return SemaphoreSleep(lib, handle, lot_id, mode, linked)
 
 
+class _Scratch:
+    """Out-parameters of the core calls, one set per thread and lot handle."""
+    __slots__ = ("woken", "res", "slot", "token", "op", "reaped", "n")
+
+    def __init__(self, nslots):
+        self.woken = ffi.new("uint32_t[]", nslots)
+        self.res = ffi.new("sl_unpark_result *")
+        self.slot = ffi.new("uint32_t *")
+        self.token = ffi.new("uint64_t *")
+        self.op = ffi.new("int *")
+        self.reaped = ffi.new("uint32_t[2]")
+        self.n = ffi.new("int *")
+
+
 def scratch(lot):
-    """Per-thread, per-handle out-parameters of the core calls."""
-    t = lot._local
-    if not hasattr(t, "woken"):
-        t.woken = ffi.new("uint32_t[]", lot._slots)
-        t.res = ffi.new("sl_unpark_result *")
-        t.slot = ffi.new("uint32_t *")
-        t.token = ffi.new("uint64_t *")
-        t.op = ffi.new("int *")
-        t.reaped = ffi.new("uint32_t[2]")
-        t.n = ffi.new("int *")
+    """This thread's out-parameters for ``lot``. Published by one assignment once complete: an
+    asynchronous exception (Ctrl-C) while they are made leaves none half-made behind."""
+    t = getattr(lot._local, "scratch", None)
+    if t is None:
+        t = _Scratch(lot._slots)
+        lot._local.scratch = t
     return t
 
 

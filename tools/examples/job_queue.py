@@ -22,6 +22,7 @@ it checks that every job was processed exactly once.
 import struct
 import subprocess
 import sys
+import time
 import uuid
 from multiprocessing import shared_memory
 
@@ -90,11 +91,24 @@ def _open_or_create(name):
     try:
         shm = shared_memory.SharedMemory(name, create=True, size=SIZE, **untracked)
     except FileExistsError:
-        shm = shared_memory.SharedMemory(name, **untracked)
+        shm = _attach_sized(name, untracked)
     if not untracked:
         from multiprocessing import resource_tracker
         resource_tracker.unregister(shm._name, "shared_memory")
     return shm
+
+
+def _attach_sized(name, untracked, wait=5.0):
+    """Attach to NAME, which another step has just created: its creator sizes it right after
+    creating it, and until then it is empty (mmap refuses it), so try again for a moment."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return shared_memory.SharedMemory(name, **untracked)
+        except ValueError:  # "cannot mmap an empty file": not sized yet
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.001)
 
 
 def remove(name):
