@@ -27,32 +27,52 @@ from . import _fast
 from ._core import ffi, lib
 from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_UNPARK_TOKEN, FilterOp,
                        ParkResult, RequeueOp, UnparkResult)
-from ._sleep import FutexSleep, SemaphoreSleep, INTERRUPTED, UNPARKED
+from ._sleep import FutexSleep, SemaphoreSleep
 from .errors import LotCorruptError, LotFullError, LotNotFoundError, ObjectGoneError
 from .keys import check_u64
 from .spinwait import SpinWait
 
 # ---- constants ----------------------------------------------------------------------------------
+# The numbers the core shares with Python are defined once, in _native/api.h; the Python layer
+# takes them from here.
 
 FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE  # sleep backends (lot header)
 
-LOCKED = _fast.LOCKED_BIT   # lock word bits (see _native/ident.h)
+# lot creation: limits, defaults, and how long attach waits for a creator to finish
+NAME_MAX = lib.SL_NAME_MAX
+DEFAULT_BUCKETS = lib.SL_DEFAULT_BUCKETS
+DEFAULT_SLOTS = lib.SL_DEFAULT_SLOTS
+DEFAULT_OBJECTS = lib.SL_DEFAULT_OBJECTS
+DEFAULT_HOLDS = lib.SL_DEFAULT_HOLDS
+ATTACH_WAIT_NS = lib.SL_ATTACH_WAIT_NS
+
+LOCKED = _fast.LOCKED_BIT   # lock word bits (api.h)
 PARKED = _fast.PARKED_BIT
-# A lock word's unpark token: the lock was handed over (the word names the woken thread); 0: the
-# waiter was woken with the lock left free.
-TOKEN_HANDOFF = 1
-OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that an owner is alive
+LOCK_SIZE, RLOCK_SIZE = _fast.LOCK_SIZE, _fast.RLOCK_SIZE  # bytes of a Lock, an RLock
+RLOCK_COUNT_OFFSET = _fast.RLOCK_COUNT_OFFSET  # an RLock's u32 count, after its word
+EVENT_FLAG, EVENT_GEN_ONE = _fast.EVENT_FLAG, _fast.EVENT_GEN_ONE  # an Event's word 0
+RW_READER, RW_READ_PHASE = lib.SL_RW_READER, lib.SL_RW_READ_PHASE  # an RWLock's state word
+# Unpark tokens: a lock handed over (the word names the woken thread; TOKEN_NORMAL: woken, the
+# lock left free); readers let in although writers wait.
+TOKEN_NORMAL, TOKEN_HANDOFF = _fast.TOKEN_NORMAL, _fast.TOKEN_HANDOFF
+TOKEN_READ_GRANT = lib.SL_TOKEN_READ_GRANT
+OWNER_POLL_NS = _fast.OWNER_POLL_NS  # how often a parked waiter checks that an owner is alive
 
 NO_DEADLINE = 0  # a deadline: none
 EXPIRED = 1      # a deadline: passed before any call (a timeout of 0, or negative)
 
-# A sleeping thread wakes at least this often to re-check its slot and let signals in.
-SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
-SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lost to a death
-# How often a sleeping thread looks whether the lot's name still leads to its lot.
-SPLIT_CHECK_NS = 1_000_000_000
+# A sleeping thread wakes at least this often to re-check its slot and let signals in: 50 ms on
+# the main thread (Ctrl-C must land within 0.2 s), 1 s on others (the cost of a wake-up lost to
+# a death).
+SLICE_MAIN_NS, SLICE_OTHER_NS = _fast.SLICE_MAIN_NS, _fast.SLICE_OTHER_NS
+# How often a sleeping thread looks whether the lot's name still leads to its lot, and how often
+# default_lot() does.
+SPLIT_CHECK_NS = lib.SL_SPLIT_CHECK_NS
+DEFAULT_CHECK_NS = lib.SL_DEFAULT_CHECK_NS
 
-_NO_SLOT = 0xFFFFFFFF  # "no slot" in the per-thread out-parameter of the park calls
+_NO_SLOT = _fast.NO_SLOT  # "no slot" in the per-thread out-parameter of the park calls
+# what one sleep of a sleep backend returns
+SLEEP_UNPARKED, SLEEP_INTERRUPTED = lib.SL_SLEEP_UNPARKED, lib.SL_SLEEP_INTERRUPTED
 
 # core return codes the primitives act on
 EFULL = lib.SL_EFULL
@@ -358,7 +378,8 @@ class LockWord:
 def lock_word(place, address, counted):
     """The LockWord of a lock placed at ``place`` whose word is at ``address``; ``counted``: an
     RLock, its u32 count in the next 8 bytes."""
-    return LockWord(place.key, place.word, address, address + 8 if counted else 0)
+    return LockWord(place.key, place.word, address,
+                    address + RLOCK_COUNT_OFFSET if counted else 0)
 
 
 def word_unlock(lot, word, *, force_fair=False):
@@ -555,11 +576,11 @@ def _sleep_slices(lot, slot, deadline, poll, poll_ns, slept=0):
         if deadline and deadline < until:
             until = deadline
         r = sleep.sleep(slot, until)
-        if r == UNPARKED or lib.sl_park_is_unparked(lot._l, slot):
+        if r == SLEEP_UNPARKED or lib.sl_park_is_unparked(lot._l, slot):
             t = scratch(lot)
             check(lib.sl_park_finish(lot._l, slot, t.token), "park")
             return ParkResult(ParkResult._UNPARKED, t.token[0])
-        if r != INTERRUPTED:
+        if r != SLEEP_INTERRUPTED:
             lot._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
             if poll is not None and poll():
                 return None
