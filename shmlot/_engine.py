@@ -423,8 +423,9 @@ def park(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
     out* result, with nothing queued and ``before_sleep`` not run, for the caller to re-check
     its condition and park again."""
     try:
-        result = _park(lot, key, validate, before_sleep, timed_out, token, deadline, poll,
-                       poll_ns, hint, None, None)
+        result = _park(lot, key, validate=validate, before_sleep=before_sleep,
+                       timed_out=timed_out, token=token, deadline=deadline, poll=poll,
+                       poll_ns=poll_ns, hint=hint)
     except LotFullError:
         full_backoff(lot, deadline)
         return PARK_TIMED_OUT
@@ -439,8 +440,8 @@ def park_word(lot, word, *, timed_out=None, deadline=NO_DEADLINE, poll=None, pol
     first slice inside the same call; the result's token is TOKEN_HANDOFF when the unlocker
     handed the lock over. ``timed_out`` and ``poll`` as for ``park``."""
     try:
-        result = _park(lot, word.key, None, None, timed_out, 0, deadline, poll, poll_ns, 0,
-                       word, None)
+        result = _park(lot, word.key, timed_out=timed_out, deadline=deadline, poll=poll,
+                       poll_ns=poll_ns, word=word)
     except LotFullError:
         full_backoff(lot, deadline)
         return PARK_TIMED_OUT
@@ -455,21 +456,23 @@ def park_releasing(lot, key, word, *, timed_out=None, deadline=NO_DEADLINE, poll
     call (sl_cond_park), so no notify can fall between the two; the release may wake or hand
     over to the lock's next waiter. LotFullError (nothing queued, the lock still held) when
     every slot is taken: the caller backs off with the lock released."""
-    return _park(lot, key, None, None, timed_out, 0, deadline, poll, poll_ns, 0, None, word)
+    return _park(lot, key, timed_out=timed_out, deadline=deadline, poll=poll, poll_ns=poll_ns,
+                 release=word)
 
 
 def park_once(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
               deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0):
     """``park``, but LotFullError when every slot is taken (``ParkingLot.park``)."""
-    return _park(lot, key, validate, before_sleep, timed_out, token, deadline, poll, poll_ns,
-                 hint, None, None)
+    return _park(lot, key, validate=validate, before_sleep=before_sleep, timed_out=timed_out,
+                 token=token, deadline=deadline, poll=poll, poll_ns=poll_ns, hint=hint)
 
 
-def _park(lot, key, validate, before_sleep, timed_out, token, deadline, poll, poll_ns, hint,
-          word, release):
+def _park(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
+          deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0, word=None, release=None):
     """The park itself (see ``park``): one core call queues the thread (sl_park_begin with a
-    Python validate, sl_word_park for a lock word, sl_cond_park releasing a lock), then the
-    sleeping loop (``_sleep_slices``) and, unless unparked, sl_park_cancel."""
+    Python validate, sl_word_park for a lock ``word``, sl_cond_park releasing the lock
+    ``release``), then the sleeping loop (``_sleep_slices``) and, unless unparked,
+    sl_park_cancel. LotFullError when no slot is free (after one reap)."""
     h = lot._h()
     # a wait is a slow path: cheap enough to look (now and then) whether the lot was split
     lot._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
@@ -604,76 +607,53 @@ def unpark_one(lot, key, *, callback=None):
     """Unpark the oldest thread parked on ``key``; ``callback(result) -> token`` runs under the
     bucket lock, also when no thread was unparked (its token is then ignored). Returns the
     UnparkResult; the woken thread is woken after the bucket is unlocked."""
-    h = lot._h()
-    t = scratch(lot)
-    ctx = _ctx().enter()
-    try:
-        ctx.callback = callback
-        n = lib.sl_unpark_one(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
-                              lot._slots)
-    finally:
-        ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-        ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_one")
-    result = UnparkResult._from_c(t.res)
-    _wake(lot, t, n)
-    return result
+    return _unpark(lot, "unpark_one", lambda h, t, ctx: lib.sl_unpark_one(
+        h, key, callback is not None, ctx.handle, 0, t.res, t.woken, lot._slots),
+        callback=callback)
 
 
 def unpark_all(lot, key, *, token=DEFAULT_UNPARK_TOKEN):
     """Unpark every thread parked on ``key`` (in queue order, each with ``token``; no Python
     under the bucket lock); returns how many."""
-    h = lot._h()
-    t = scratch(lot)
-    ctx = _ctx().enter()
-    try:
-        n = lib.sl_unpark_all(h, key, token, 0, t.res, t.woken, lot._slots)
-    finally:
-        ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-        ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_all")
-    _wake(lot, t, n)
-    return n
+    return _unpark(lot, "unpark_all", lambda h, t, ctx: lib.sl_unpark_all(
+        h, key, token, 0, t.res, t.woken, lot._slots), count=True)
 
 
 def unpark_filter(lot, key, *, filter, callback=None):
     """Under the bucket lock: ``filter(park_token) -> FilterOp`` for each thread parked on
     ``key`` in FIFO order, then ``callback(result) -> token`` once; those the filter said UNPARK
     are unparked with that token. Returns the UnparkResult."""
-    h = lot._h()
-    t = scratch(lot)
-    ctx = _ctx().enter()
-    try:
-        ctx.filter = filter
-        ctx.callback = callback
-        n = lib.sl_unpark_filter(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
-                                 lot._slots)
-    finally:
-        ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-        ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_filter")
-    result = UnparkResult._from_c(t.res)
-    _wake(lot, t, n)
-    return result
+    return _unpark(lot, "unpark_filter", lambda h, t, ctx: lib.sl_unpark_filter(
+        h, key, callback is not None, ctx.handle, 0, t.res, t.woken, lot._slots),
+        filter=filter, callback=callback)
 
 
 def unpark_requeue(lot, key_from, key_to, *, validate, callback=None):
     """Under both buckets' locks (taken in a fixed order): ``validate() -> RequeueOp`` decides,
     threads move in order to the tail of ``key_to``'s queue, and ``callback(op, result) ->
     token`` runs (not after ABORT). Returns the UnparkResult."""
+    return _unpark(lot, "unpark_requeue", lambda h, t, ctx: lib.sl_unpark_requeue(
+        h, key_from, key_to, callback is not None, ctx.handle, 0, t.res, t.op, t.woken,
+        lot._slots), validate=validate, callback=callback)
+
+
+def _unpark(lot, what, call, *, validate=None, callback=None, filter=None, count=False):
+    """One of the core's unparks, ``call(handle, scratch, ctx)``, with the thread's callbacks
+    set for it; the threads it took off the queue are woken after it returns (the bucket
+    unlocked). Returns the UnparkResult, or with ``count`` how many were unparked."""
     h = lot._h()
     t = scratch(lot)
     ctx = _ctx().enter()
     try:
         ctx.validate = validate
         ctx.callback = callback
-        n = lib.sl_unpark_requeue(h, key_from, key_to, callback is not None, ctx.handle, 0,
-                                  t.res, t.op, t.woken, lot._slots)
+        ctx.filter = filter
+        n = call(h, t, ctx)
     finally:
         ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
         ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_requeue")
-    result = UnparkResult._from_c(t.res)
+    check(n, what)
+    result = n if count else UnparkResult._from_c(t.res)
     _wake(lot, t, n)
     return result
 

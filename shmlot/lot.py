@@ -438,30 +438,32 @@ def default_lot():
     """This process's handle on the default lot ($SHMLOT_LOT, else "shmlot-<uid>"), opened (or
     created) on first use. ``LotUnlinkedError`` if that lot was unlinked since (its name no longer
     leads to it)."""
-    name = default_lot_name()
-    lot = _default_lots.get(name)
-    if lot is None or lot._closed:
-        with _default_lock:
-            lot = _default_lots.get(name)
-            if lot is None or lot._closed:
-                lot = _default_lots[name] = ParkingLot.open(name)
-                return lot
-    # LotUnlinkedError rather than use (or re-create) a lot that other processes no longer find
-    lot._check_linked(every_ns=DEFAULT_CHECK_NS)
+    lot, new = _cached(default_lot_name(), ParkingLot.open)
+    if not new:
+        # LotUnlinkedError rather than use (or re-create) a lot other processes no longer find
+        lot._check_linked(every_ns=DEFAULT_CHECK_NS)
     return lot
 
 
 def lot_by_name(name):
     """This process's handle on lot ``name`` (shared with default_lot's cache), attached on
     first use: how an unpickled primitive finds its lot."""
+    lot, new = _cached(name, ParkingLot.attach)
+    if not new:
+        # a handle from a process of the old lot still means the old lot (whose name is gone);
+        # once the name leads to another lot, it is ambiguous: LotUnlinkedError
+        lot._check_linked(gone_ok=True)
+    return lot
+
+
+def _cached(name, make):
+    """(this process's open handle on lot ``name``, False), or (``make(name)``, True) if it has
+    none yet (the first use, or its handle was closed)."""
     lot = _default_lots.get(name)
     if lot is None or lot.closed:
         with _default_lock:
             lot = _default_lots.get(name)
             if lot is None or lot.closed:
-                lot = _default_lots[name] = ParkingLot.attach(name)
-                return lot
-    # a handle from a process of the old lot still means the old lot (whose name is gone); once
-    # the name leads to another lot, it is ambiguous: LotUnlinkedError
-    lot._check_linked(gone_ok=True)
-    return lot
+                lot = _default_lots[name] = make(name)
+                return lot, True
+    return lot, False
