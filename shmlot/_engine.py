@@ -5,7 +5,14 @@ Every primitive (``locks``, ``condition``, ``semaphore``, ``event``, ``barrier``
 functions of this module and nothing else; ``lot.py`` builds the lot handles these functions take
 and keeps the public low-level API (``ParkingLot.park``, ``unpark_*``), which runs through the
 same functions. Each function is one core call (or a short loop around one), with keyword-only
-options, and says what runs under the bucket lock.
+options, and says what runs under the bucket lock. A lot handle carries what the calls need: the
+C handle (``_l``, ``_h()`` refusing a closed handle), the slot count, the sleep backend
+(``_sleep``, ``_sleep.py``) and its code, per-thread scratch (``_local``); only this module and
+``lot.py`` read them.
+
+Sections: constants (from the core's exports), errors, deadlines, the callbacks the core calls,
+lock words (``LockWord``, unlock, the C Condition wait), park, unpark, the waiter-count wait
+loop, a full table, registry objects, holds, RWLock steps, asyncio task parks, placement.
 
 Time: every wait takes one form from the public method down to the core, an absolute
 CLOCK_MONOTONIC **deadline in nanoseconds**, ``NO_DEADLINE`` (0) for none. The public methods
@@ -324,17 +331,26 @@ def make_sleep(code, handle, lot_id, mode, linked=None):
     return SemaphoreSleep(lib, handle, lot_id, mode, linked)
 
 
+class _Scratch:
+    """The out-parameters of the core calls, per thread and lot handle."""
+    __slots__ = ("woken", "res", "slot", "token", "op", "reaped", "n")
+
+    def __init__(self, nslots):
+        self.woken = ffi.new("uint32_t[]", nslots)
+        self.res = ffi.new("sl_unpark_result *")
+        self.slot = ffi.new("uint32_t *")
+        self.token = ffi.new("uint64_t *")
+        self.op = ffi.new("int *")
+        self.reaped = ffi.new("uint32_t[2]")
+        self.n = ffi.new("int *")
+
+
 def scratch(lot):
-    """Per-thread, per-handle out-parameters of the core calls."""
-    t = lot._local
-    if not hasattr(t, "woken"):
-        t.woken = ffi.new("uint32_t[]", lot._slots)
-        t.res = ffi.new("sl_unpark_result *")
-        t.slot = ffi.new("uint32_t *")
-        t.token = ffi.new("uint64_t *")
-        t.op = ffi.new("int *")
-        t.reaped = ffi.new("uint32_t[2]")
-        t.n = ffi.new("int *")
+    """The calling thread's _Scratch for ``lot``. Published by one store once whole: a signal
+    handler's exception (Ctrl-C) striking while it is made leaves none, never a part of one."""
+    t = getattr(lot._local, "scratch", None)
+    if t is None:
+        t = lot._local.scratch = _Scratch(lot._slots)
     return t
 
 
