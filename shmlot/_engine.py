@@ -5,7 +5,14 @@ Every primitive (``locks``, ``condition``, ``semaphore``, ``event``, ``barrier``
 functions of this module and nothing else; ``lot.py`` builds the lot handles these functions take
 and keeps the public low-level API (``ParkingLot.park``, ``unpark_*``), which runs through the
 same functions. Each function is one core call (or a short loop around one), with keyword-only
-options, and says what runs under the bucket lock.
+options, and says what runs under the bucket lock. A lot handle carries what the calls need: the
+C handle (``_l``, ``_h()`` refusing a closed handle), the slot count, the sleep backend
+(``_sleep``, ``_sleep.py``) and its code, per-thread scratch (``_local``); only this module and
+``lot.py`` read them.
+
+Sections: constants (from the core's exports), errors, deadlines, the callbacks the core calls,
+lock words (``LockWord``, unlock, the C Condition wait), park, unpark, the waiter-count wait
+loop, a full table, registry objects, holds, RWLock steps, asyncio task parks, placement.
 
 Time: every wait takes one form from the public method down to the core, an absolute
 CLOCK_MONOTONIC **deadline in nanoseconds**, ``NO_DEADLINE`` (0) for none. The public methods
@@ -27,32 +34,52 @@ from . import _fast
 from ._core import ffi, lib
 from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_UNPARK_TOKEN, FilterOp,
                        ParkResult, RequeueOp, UnparkResult)
-from ._sleep import FutexSleep, SemaphoreSleep, INTERRUPTED, UNPARKED
+from ._sleep import FutexSleep, SemaphoreSleep
 from .errors import LotCorruptError, LotFullError, LotNotFoundError, ObjectGoneError
 from .keys import check_u64
 from .spinwait import SpinWait
 
 # ---- constants ----------------------------------------------------------------------------------
+# The numbers the core shares with Python are defined once, in _native/api.h; the Python layer
+# takes them from here.
 
 FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE  # sleep backends (lot header)
 
-LOCKED = _fast.LOCKED_BIT   # lock word bits (see _native/ident.h)
+# lot creation: limits, defaults, and how long attach waits for a creator to finish
+NAME_MAX = lib.SL_NAME_MAX
+DEFAULT_BUCKETS = lib.SL_DEFAULT_BUCKETS
+DEFAULT_SLOTS = lib.SL_DEFAULT_SLOTS
+DEFAULT_OBJECTS = lib.SL_DEFAULT_OBJECTS
+DEFAULT_HOLDS = lib.SL_DEFAULT_HOLDS
+ATTACH_WAIT_NS = lib.SL_ATTACH_WAIT_NS
+
+LOCKED = _fast.LOCKED_BIT   # lock word bits (api.h)
 PARKED = _fast.PARKED_BIT
-# A lock word's unpark token: the lock was handed over (the word names the woken thread); 0: the
-# waiter was woken with the lock left free.
-TOKEN_HANDOFF = 1
-OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that an owner is alive
+LOCK_SIZE, RLOCK_SIZE = _fast.LOCK_SIZE, _fast.RLOCK_SIZE  # bytes of a Lock, an RLock
+RLOCK_COUNT_OFFSET = _fast.RLOCK_COUNT_OFFSET  # an RLock's u32 count, after its word
+EVENT_FLAG, EVENT_GEN_ONE = _fast.EVENT_FLAG, _fast.EVENT_GEN_ONE  # an Event's word 0
+RW_READER, RW_READ_PHASE = lib.SL_RW_READER, lib.SL_RW_READ_PHASE  # an RWLock's state word
+# Unpark tokens: a lock handed over (the word names the woken thread; TOKEN_NORMAL: woken, the
+# lock left free); readers let in although writers wait.
+TOKEN_NORMAL, TOKEN_HANDOFF = _fast.TOKEN_NORMAL, _fast.TOKEN_HANDOFF
+TOKEN_READ_GRANT = lib.SL_TOKEN_READ_GRANT
+OWNER_POLL_NS = _fast.OWNER_POLL_NS  # how often a parked waiter checks that an owner is alive
 
 NO_DEADLINE = 0  # a deadline: none
 EXPIRED = 1      # a deadline: passed before any call (a timeout of 0, or negative)
 
-# A sleeping thread wakes at least this often to re-check its slot and let signals in.
-SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
-SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lost to a death
-# How often a sleeping thread looks whether the lot's name still leads to its lot.
-SPLIT_CHECK_NS = 1_000_000_000
+# A sleeping thread wakes at least this often to re-check its slot and let signals in: 50 ms on
+# the main thread (Ctrl-C must land within 0.2 s), 1 s on others (the cost of a wake-up lost to
+# a death).
+SLICE_MAIN_NS, SLICE_OTHER_NS = _fast.SLICE_MAIN_NS, _fast.SLICE_OTHER_NS
+# How often a sleeping thread looks whether the lot's name still leads to its lot, and how often
+# default_lot() does.
+SPLIT_CHECK_NS = lib.SL_SPLIT_CHECK_NS
+DEFAULT_CHECK_NS = lib.SL_DEFAULT_CHECK_NS
 
-_NO_SLOT = 0xFFFFFFFF  # "no slot" in the per-thread out-parameter of the park calls
+_NO_SLOT = _fast.NO_SLOT  # "no slot" in the per-thread out-parameter of the park calls
+# what one sleep of a sleep backend returns
+SLEEP_UNPARKED, SLEEP_INTERRUPTED = lib.SL_SLEEP_UNPARKED, lib.SL_SLEEP_INTERRUPTED
 
 # core return codes the primitives act on
 EFULL = lib.SL_EFULL
@@ -305,7 +332,7 @@ def make_sleep(code, handle, lot_id, mode, linked=None):
 
 
 class _Scratch:
-    """Out-parameters of the core calls, one set per thread and lot handle."""
+    """The out-parameters of the core calls, per thread and lot handle."""
     __slots__ = ("woken", "res", "slot", "token", "op", "reaped", "n")
 
     def __init__(self, nslots):
@@ -319,12 +346,11 @@ class _Scratch:
 
 
 def scratch(lot):
-    """This thread's out-parameters for ``lot``. Published by one assignment once complete: an
-    asynchronous exception (Ctrl-C) while they are made leaves none half-made behind."""
+    """The calling thread's _Scratch for ``lot``. Published by one store once whole: a signal
+    handler's exception (Ctrl-C) striking while it is made leaves none, never a part of one."""
     t = getattr(lot._local, "scratch", None)
     if t is None:
-        t = _Scratch(lot._slots)
-        lot._local.scratch = t
+        t = lot._local.scratch = _Scratch(lot._slots)
     return t
 
 
@@ -368,7 +394,8 @@ class LockWord:
 def lock_word(place, address, counted):
     """The LockWord of a lock placed at ``place`` whose word is at ``address``; ``counted``: an
     RLock, its u32 count in the next 8 bytes."""
-    return LockWord(place.key, place.word, address, address + 8 if counted else 0)
+    return LockWord(place.key, place.word, address,
+                    address + RLOCK_COUNT_OFFSET if counted else 0)
 
 
 def word_unlock(lot, word, *, force_fair=False):
@@ -412,8 +439,9 @@ def park(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
     out* result, with nothing queued and ``before_sleep`` not run, for the caller to re-check
     its condition and park again."""
     try:
-        result = _park(lot, key, validate, before_sleep, timed_out, token, deadline, poll,
-                       poll_ns, hint, None, None)
+        result = _park(lot, key, validate=validate, before_sleep=before_sleep,
+                       timed_out=timed_out, token=token, deadline=deadline, poll=poll,
+                       poll_ns=poll_ns, hint=hint)
     except LotFullError:
         full_backoff(lot, deadline)
         return PARK_TIMED_OUT
@@ -428,8 +456,8 @@ def park_word(lot, word, *, timed_out=None, deadline=NO_DEADLINE, poll=None, pol
     first slice inside the same call; the result's token is TOKEN_HANDOFF when the unlocker
     handed the lock over. ``timed_out`` and ``poll`` as for ``park``."""
     try:
-        result = _park(lot, word.key, None, None, timed_out, 0, deadline, poll, poll_ns, 0,
-                       word, None)
+        result = _park(lot, word.key, timed_out=timed_out, deadline=deadline, poll=poll,
+                       poll_ns=poll_ns, word=word)
     except LotFullError:
         full_backoff(lot, deadline)
         return PARK_TIMED_OUT
@@ -444,21 +472,23 @@ def park_releasing(lot, key, word, *, timed_out=None, deadline=NO_DEADLINE, poll
     call (sl_cond_park), so no notify can fall between the two; the release may wake or hand
     over to the lock's next waiter. LotFullError (nothing queued, the lock still held) when
     every slot is taken: the caller backs off with the lock released."""
-    return _park(lot, key, None, None, timed_out, 0, deadline, poll, poll_ns, 0, None, word)
+    return _park(lot, key, timed_out=timed_out, deadline=deadline, poll=poll, poll_ns=poll_ns,
+                 release=word)
 
 
 def park_once(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
               deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0):
     """``park``, but LotFullError when every slot is taken (``ParkingLot.park``)."""
-    return _park(lot, key, validate, before_sleep, timed_out, token, deadline, poll, poll_ns,
-                 hint, None, None)
+    return _park(lot, key, validate=validate, before_sleep=before_sleep, timed_out=timed_out,
+                 token=token, deadline=deadline, poll=poll, poll_ns=poll_ns, hint=hint)
 
 
-def _park(lot, key, validate, before_sleep, timed_out, token, deadline, poll, poll_ns, hint,
-          word, release):
+def _park(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
+          deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0, word=None, release=None):
     """The park itself (see ``park``): one core call queues the thread (sl_park_begin with a
-    Python validate, sl_word_park for a lock word, sl_cond_park releasing a lock), then the
-    sleeping loop (``_sleep_slices``) and, unless unparked, sl_park_cancel."""
+    Python validate, sl_word_park for a lock ``word``, sl_cond_park releasing the lock
+    ``release``), then the sleeping loop (``_sleep_slices``) and, unless unparked,
+    sl_park_cancel. LotFullError when no slot is free (after one reap)."""
     h = lot._h()
     # a wait is a slow path: cheap enough to look (now and then) whether the lot was split
     lot._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
@@ -565,11 +595,11 @@ def _sleep_slices(lot, slot, deadline, poll, poll_ns, slept=0):
         if deadline and deadline < until:
             until = deadline
         r = sleep.sleep(slot, until)
-        if r == UNPARKED or lib.sl_park_is_unparked(lot._l, slot):
+        if r == SLEEP_UNPARKED or lib.sl_park_is_unparked(lot._l, slot):
             t = scratch(lot)
             check(lib.sl_park_finish(lot._l, slot, t.token), "park")
             return ParkResult(ParkResult._UNPARKED, t.token[0])
-        if r != INTERRUPTED:
+        if r != SLEEP_INTERRUPTED:
             lot._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
             if poll is not None and poll():
                 return None
@@ -593,76 +623,53 @@ def unpark_one(lot, key, *, callback=None):
     """Unpark the oldest thread parked on ``key``; ``callback(result) -> token`` runs under the
     bucket lock, also when no thread was unparked (its token is then ignored). Returns the
     UnparkResult; the woken thread is woken after the bucket is unlocked."""
-    h = lot._h()
-    t = scratch(lot)
-    ctx = _ctx().enter()
-    try:
-        ctx.callback = callback
-        n = lib.sl_unpark_one(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
-                              lot._slots)
-    finally:
-        ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-        ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_one")
-    result = UnparkResult._from_c(t.res)
-    _wake(lot, t, n)
-    return result
+    return _unpark(lot, "unpark_one", lambda h, t, ctx: lib.sl_unpark_one(
+        h, key, callback is not None, ctx.handle, 0, t.res, t.woken, lot._slots),
+        callback=callback)
 
 
 def unpark_all(lot, key, *, token=DEFAULT_UNPARK_TOKEN):
     """Unpark every thread parked on ``key`` (in queue order, each with ``token``; no Python
     under the bucket lock); returns how many."""
-    h = lot._h()
-    t = scratch(lot)
-    ctx = _ctx().enter()
-    try:
-        n = lib.sl_unpark_all(h, key, token, 0, t.res, t.woken, lot._slots)
-    finally:
-        ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-        ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_all")
-    _wake(lot, t, n)
-    return n
+    return _unpark(lot, "unpark_all", lambda h, t, ctx: lib.sl_unpark_all(
+        h, key, token, 0, t.res, t.woken, lot._slots), count=True)
 
 
 def unpark_filter(lot, key, *, filter, callback=None):
     """Under the bucket lock: ``filter(park_token) -> FilterOp`` for each thread parked on
     ``key`` in FIFO order, then ``callback(result) -> token`` once; those the filter said UNPARK
     are unparked with that token. Returns the UnparkResult."""
-    h = lot._h()
-    t = scratch(lot)
-    ctx = _ctx().enter()
-    try:
-        ctx.filter = filter
-        ctx.callback = callback
-        n = lib.sl_unpark_filter(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
-                                 lot._slots)
-    finally:
-        ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-        ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_filter")
-    result = UnparkResult._from_c(t.res)
-    _wake(lot, t, n)
-    return result
+    return _unpark(lot, "unpark_filter", lambda h, t, ctx: lib.sl_unpark_filter(
+        h, key, callback is not None, ctx.handle, 0, t.res, t.woken, lot._slots),
+        filter=filter, callback=callback)
 
 
 def unpark_requeue(lot, key_from, key_to, *, validate, callback=None):
     """Under both buckets' locks (taken in a fixed order): ``validate() -> RequeueOp`` decides,
     threads move in order to the tail of ``key_to``'s queue, and ``callback(op, result) ->
     token`` runs (not after ABORT). Returns the UnparkResult."""
+    return _unpark(lot, "unpark_requeue", lambda h, t, ctx: lib.sl_unpark_requeue(
+        h, key_from, key_to, callback is not None, ctx.handle, 0, t.res, t.op, t.woken,
+        lot._slots), validate=validate, callback=callback)
+
+
+def _unpark(lot, what, call, *, validate=None, callback=None, filter=None, count=False):
+    """One of the core's unparks, ``call(handle, scratch, ctx)``, with the thread's callbacks
+    set for it; the threads it took off the queue are woken after it returns (the bucket
+    unlocked). Returns the UnparkResult, or with ``count`` how many were unparked."""
     h = lot._h()
     t = scratch(lot)
     ctx = _ctx().enter()
     try:
         ctx.validate = validate
         ctx.callback = callback
-        n = lib.sl_unpark_requeue(h, key_from, key_to, callback is not None, ctx.handle, 0,
-                                  t.res, t.op, t.woken, lot._slots)
+        ctx.filter = filter
+        n = call(h, t, ctx)
     finally:
         ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
         ctx.busy = False  # stores, not a call: see _Ctx
-    check(n, "unpark_requeue")
-    result = UnparkResult._from_c(t.res)
+    check(n, what)
+    result = n if count else UnparkResult._from_c(t.res)
     _wake(lot, t, n)
     return result
 

@@ -213,8 +213,8 @@ def _check_object_name(name):
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, not {type(name).__name__}")
     raw = name.encode("utf-8")
-    if not raw or len(raw) > 200 or "/" in name or "\0" in name:
-        raise ValueError(f"name must be 1 to 200 bytes with no '/' or NUL: {name!r}")
+    if not raw or len(raw) > _e.NAME_MAX or "/" in name or "\0" in name:
+        raise ValueError(f"name must be 1 to {_e.NAME_MAX} bytes with no '/' or NUL: {name!r}")
     return name
 
 

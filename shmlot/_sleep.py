@@ -19,7 +19,6 @@ import re
 import threading
 import time
 
-UNPARKED, SLICE_OVER, INTERRUPTED = 0, 1, 2
 SEM_DIR = "/dev/shm"  # where glibc keeps named semaphores, as files "sem.NAME"
 # A glibc named semaphore's file, value 0: sem_t (32 bytes on the 64-bit platforms shmlot
 # supports) holding struct new_sem {u64 value and waiters; int private = FUTEX_SHARED (128)}.
@@ -36,10 +35,11 @@ class FutexSleep:
         self._l = lot
 
     def sleep(self, slot, deadline_ns):
-        """Sleep until the slot is unparked (UNPARKED) or deadline_ns passes (SLICE_OVER) or a
-        signal arrives (INTERRUPTED). Releases the GIL (every cffi call does)."""
+        """Sleep until the slot is unparked (SL_SLEEP_UNPARKED) or deadline_ns passes
+        (SL_SLEEP_TIMED_OUT) or a signal arrives (SL_SLEEP_INTERRUPTED). Releases the GIL
+        (every cffi call does)."""
         r = self._core.sl_futex_wait(self._l, slot, deadline_ns)
-        return r if r >= 0 else SLICE_OVER
+        return r if r >= 0 else self._core.SL_SLEEP_TIMED_OUT
 
     def wake(self, woken, n):
         """The C core already woke them."""
@@ -157,21 +157,22 @@ class SemaphoreSleep:
     def sleep(self, slot, deadline_ns):
         lib = self._core
         if lib.sl_park_is_unparked(self._l, slot):
-            return UNPARKED
+            return lib.SL_SLEEP_UNPARKED
         self._sem(slot)  # make sure it exists (created through posix_ipc, with the lot's mode)
         if self._is_orphaned():
             if lib.sl_park_is_unparked(self._l, slot):
-                return UNPARKED  # the post may have gone to another semaphore of that name
+                return lib.SL_SLEEP_UNPARKED  # the post may have gone to another of that name
             limit = lib.sl_now_ns() + ORPHAN_SLICE_NS
             deadline_ns = min(deadline_ns, limit) if deadline_ns else limit
         # The blocking wait is the core's sem_clockwait: posix_ipc's acquire() would turn the
         # exception of a Python signal handler (other than SIGINT's) into its SignalError.
         r = lib.sl_sem_wait(self._l, slot, self._lot_id, deadline_ns)
         if r < 0:
-            return SLICE_OVER
+            return lib.SL_SLEEP_TIMED_OUT
         if lib.sl_park_is_unparked(self._l, slot):
-            return UNPARKED
-        return INTERRUPTED if r == 2 else SLICE_OVER
+            return lib.SL_SLEEP_UNPARKED
+        return lib.SL_SLEEP_INTERRUPTED if r == lib.SL_SLEEP_INTERRUPTED else \
+            lib.SL_SLEEP_TIMED_OUT
 
     def wake(self, woken, n):
         for i in range(n):
@@ -226,4 +227,4 @@ def _pid_alive(pid):
     return True
 
 
-__all__ = ["FutexSleep", "SemaphoreSleep", "UNPARKED", "SLICE_OVER", "INTERRUPTED"]
+__all__ = ["FutexSleep", "SemaphoreSleep"]

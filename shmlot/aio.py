@@ -61,7 +61,7 @@ __all__ = ["Lock", "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barri
 
 BrokenBarrierError = _barrier.BrokenBarrierError
 OWNER_POLL = OWNER_POLL_NS / 1e9  # seconds between a waiting task's liveness checks
-THREAD_SLICE_NS = 1_000_000_000  # a per-task thread's sleep slice (no futex_waitv)
+THREAD_SLICE_NS = _e.SLICE_OTHER_NS  # a per-task thread's sleep slice (no futex_waitv)
 FULL_BACKOFF_STEPS = 4  # a task with no free slot waits 2**4 times the shortest back-off
 
 USE_WAITV = _e.AIO_SUPPORTED and os.environ.get("SHMLOT_AIO_WAITV", "1") != "0"

@@ -1,11 +1,11 @@
 """``Barrier``, as in ``threading``, across processes.
 
 Words: [0] parties, [1] the state: arrived count (bits 0-31) and generation (bits 32-62), bit 63
-BROKEN; [2] waiter count (see ``_engine.wait_until``). The last party to arrive claims the round (the count
-reaches ``parties``, so no other thread can also think it is last; later arrivals wait for the next
-round), runs the action and starts the next generation with +2; ``reset()`` starts it with +1, so a
-waiter woken by a generation change knows from the parity of the step whether its round completed
-or was reset. A party records a hold on the barrier's key from before it arrives until it leaves;
+BROKEN; [2] waiter count (see ``_engine.wait_until``). The last party to arrive claims the round
+(the count reaches ``parties``, so no other thread can also think it is last; later arrivals wait
+for the next round), runs the action and starts the next generation with +2; ``reset()`` starts
+it with +1, so a waiter woken by a generation change knows from the parity of the step whether
+its round completed or was reset. A party records a hold on the barrier's key from before it arrives until it leaves;
 a waiter that finds a dead party's hold breaks the barrier (rather than wait forever for a party
 that will never come), and so does the party that would complete the round (rather than pass
 the rendezvous with a party that died waiting alone).
@@ -17,6 +17,7 @@ from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from .kinds import BARRIER_HOLD as HOLD_MODE  # counted: a dead party's breaks the barrier
+from ._engine import OWNER_POLL_NS  # how often a waiter checks that the other parties live
 from .errors import LotFullError
 
 __all__ = ["Barrier", "BrokenBarrierError"]
@@ -27,7 +28,6 @@ BROKEN = 1 << 63
 COUNT_MASK = 0xFFFFFFFF
 GEN_ONE = 1 << 32
 GEN_MASK = ((1 << 31) - 1) << 32
-POLL_NS = 200_000_000   # how often a waiter checks that the other waiting parties are alive
 
 
 def _gen(state):
@@ -215,7 +215,7 @@ class Barrier(Primitive):
                     self._break()  # threading: a timeout breaks the barrier
                     raise BrokenBarrierError
                 _e.park(lot, key, validate=waiting, deadline=deadline, poll=party_died,
-                        poll_ns=POLL_NS)
+                        poll_ns=OWNER_POLL_NS)
         finally:
             self._words[2].fetch_sub(1)
 

@@ -15,13 +15,13 @@ from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from . import locks as _locks
-from ._engine import LOCKED, OWNER_POLL_NS, PARKED
+from ._engine import LOCKED, OWNER_POLL_NS, PARKED, RLOCK_SIZE
 from .errors import LotFullError, OwnerDiedError
 from ._results import RequeueOp
 
 __all__ = ["Condition"]
 
-CV_OFFSET = 16
+CV_OFFSET = RLOCK_SIZE  # waiters park on the key of the word after the record's RLock
 
 
 class Condition:

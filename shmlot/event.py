@@ -14,14 +14,12 @@ from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
+from ._engine import EVENT_FLAG as FLAG, OWNER_POLL_NS
 from .spinwait import SpinWait
 
 __all__ = ["Event"]
 
-FLAG = 1
-GEN_ONE = 2
-GEN_MASK = (1 << 64) - 2
-POLL_NS = 200_000_000
+GEN_MASK = ((1 << 64) - 1) & ~FLAG  # the generation: every bit but the flag
 SPIN_NS = 20_000  # the partner of a hand-off usually answers within a few microseconds
 
 
@@ -93,10 +91,10 @@ class Event(Primitive, _fast.EventCore):
                     return True
                 if _e.passed(deadline):
                     return done()
-                # re-check every POLL_NS: a set() killed between its CAS and its unpark_all
-                # must not leave us asleep
+                # re-check every OWNER_POLL_NS: a set() killed between its CAS and its
+                # unpark_all must not leave us asleep
                 _e.park(lot, key, validate=lambda: not done(), deadline=deadline, poll=done,
-                        poll_ns=POLL_NS)
+                        poll_ns=OWNER_POLL_NS)
         finally:
             waiters.fetch_sub(1)
 

@@ -189,7 +189,7 @@ class _WordLock:
         self._place = place
         self._CORE.__init__(self, place.buffer, place.offset)
         # what the engine hands the core to park on, unlock or release this lock's word
-        self._lockword = _e.lock_word(place, self._address, counted=self.SIZE > 8)
+        self._lockword = _e.lock_word(place, self._address, counted=self.SIZE > _e.LOCK_SIZE)
 
     @property
     def key(self):
@@ -244,7 +244,7 @@ class Lock(_WordLock, _fast.LockCore):
     For multiprocessing's call forms (``acquire(block, timeout)``), use
     ``shmlot.get_context().Lock()``.
     """
-    SIZE = 8
+    SIZE = _e.LOCK_SIZE
     KIND = _pl.LOCK
     _CORE = _fast.LockCore
 
@@ -272,7 +272,7 @@ class RLock(_WordLock, _fast.RLockCore):
     must release it as many times. Created, shared and placed (16 bytes) as ``Lock`` is; a dead
     holder is reported the same way (``OwnerDiedError`` from ``acquire()``, ``OwnerDiedWarning``
     from ``with``), and the taker's recursion count starts at 1."""
-    SIZE = 16
+    SIZE = _e.RLOCK_SIZE
     KIND = _pl.RLOCK
     _CORE = _fast.RLockCore
 

@@ -21,7 +21,9 @@ import weakref
 
 from . import _engine as _e
 from ._core import ffi, lib
-from ._engine import COUNTERS, FUTEX, SEMAPHORE, check as _check
+from ._engine import (ATTACH_WAIT_NS, COUNTERS, DEFAULT_BUCKETS, DEFAULT_CHECK_NS,
+                      DEFAULT_HOLDS, DEFAULT_OBJECTS, DEFAULT_SLOTS, FUTEX, NAME_MAX, SEMAPHORE,
+                      check as _check)
 from ._results import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, ParkResult,
                        RequeueOp, UnparkResult)
 from .errors import LotNotFoundError, LotUnlinkedError
@@ -30,16 +32,6 @@ from .keys import check_u64, file_key
 __all__ = ["ParkingLot", "default_lot", "default_lot_name", "lot_by_name",
            "ParkResult", "UnparkResult", "FilterOp", "RequeueOp",
            "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN"]
-
-NAME_MAX = 200
-DEFAULT_BUCKETS = 4096
-DEFAULT_SLOTS = 4096
-DEFAULT_OBJECTS = 4096
-DEFAULT_HOLDS = 8192
-ATTACH_WAIT_NS = 2_000_000_000  # how long attach waits for a creator to finish initialising
-
-# How often default_lot() looks whether the lot's name still leads to this lot.
-DEFAULT_CHECK_NS = 100_000_000
 
 SLEEP_NAMES = {"futex": FUTEX, "semaphore": SEMAPHORE}
 
@@ -426,7 +418,8 @@ class ParkingLot:
         }
 
 
-_SLOT_STATES = {0: "free", 1: "allocated", 2: "parked", 3: "unparked"}
+_SLOT_STATES = {lib.SL_SLOT_FREE: "free", lib.SL_SLOT_ALLOCATED: "allocated",
+                lib.SL_SLOT_QUEUED: "parked", lib.SL_SLOT_UNPARKED: "unparked"}
 _HERE, _GONE, _ELSEWHERE = "here", "gone", "elsewhere"
 
 
@@ -445,30 +438,32 @@ def default_lot():
     """This process's handle on the default lot ($SHMLOT_LOT, else "shmlot-<uid>"), opened (or
     created) on first use. ``LotUnlinkedError`` if that lot was unlinked since (its name no longer
     leads to it)."""
-    name = default_lot_name()
-    lot = _default_lots.get(name)
-    if lot is None or lot._closed:
-        with _default_lock:
-            lot = _default_lots.get(name)
-            if lot is None or lot._closed:
-                lot = _default_lots[name] = ParkingLot.open(name)
-                return lot
-    # LotUnlinkedError rather than use (or re-create) a lot that other processes no longer find
-    lot._check_linked(every_ns=DEFAULT_CHECK_NS)
+    lot, new = _cached(default_lot_name(), ParkingLot.open)
+    if not new:
+        # LotUnlinkedError rather than use (or re-create) a lot other processes no longer find
+        lot._check_linked(every_ns=DEFAULT_CHECK_NS)
     return lot
 
 
 def lot_by_name(name):
     """This process's handle on lot ``name`` (shared with default_lot's cache), attached on
     first use: how an unpickled primitive finds its lot."""
+    lot, new = _cached(name, ParkingLot.attach)
+    if not new:
+        # a handle from a process of the old lot still means the old lot (whose name is gone);
+        # once the name leads to another lot, it is ambiguous: LotUnlinkedError
+        lot._check_linked(gone_ok=True)
+    return lot
+
+
+def _cached(name, make):
+    """(this process's open handle on lot ``name``, False), or (``make(name)``, True) if it has
+    none yet (the first use, or its handle was closed)."""
     lot = _default_lots.get(name)
     if lot is None or lot.closed:
         with _default_lock:
             lot = _default_lots.get(name)
             if lot is None or lot.closed:
-                lot = _default_lots[name] = ParkingLot.attach(name)
-                return lot
-    # a handle from a process of the old lot still means the old lot (whose name is gone); once
-    # the name leads to another lot, it is ambiguous: LotUnlinkedError
-    lot._check_linked(gone_ok=True)
-    return lot
+                lot = _default_lots[name] = make(name)
+                return lot, True
+    return lot, False

@@ -31,7 +31,8 @@ from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._engine import LOCKED, OWNER_POLL_NS
+from ._engine import (LOCKED, OWNER_POLL_NS, RW_READER as READER, RW_READ_PHASE as READ_PHASE,
+                      TOKEN_READ_GRANT)
 from ._results import FilterOp
 from .errors import OwnerDiedError
 from .kinds import READ_HOLD, WRITE_WAIT_HOLD as WRITE_WAIT  # on the keys of words 0 and 1
@@ -40,9 +41,6 @@ from .spinwait import SpinWait
 
 __all__ = ["RWLock"]
 
-READER = 4
-READ_PHASE = 2
-TOKEN_READ_GRANT = 2  # "you may read although writers wait"
 ALL_START_BITS = 2**64 - 1
 
 _reads = threading.local()

@@ -1,7 +1,7 @@
 """``Semaphore`` and ``BoundedSemaphore``, as in ``threading``, across processes.
 
-Words: [0] the value, [1] how many threads may be parked (see ``_engine.wait_until``), [2] the bound of a
-BoundedSemaphore. Acquire takes one unit by CAS (GIL kept); only a thread that finds the value 0
+Words: [0] the value, [1] how many threads may be parked (see ``_engine.wait_until``), [2] the
+bound of a BoundedSemaphore. Acquire takes one unit by CAS (GIL kept); only a thread that finds the value 0
 parks, and release unparks only when the waiter count says someone may be parked.
 
 Owner death. A ``Semaphore``'s permits are not owned: it is a counter that anyone may release
@@ -9,19 +9,19 @@ Owner death. A ``Semaphore``'s permits are not owned: it is a counter that anyon
 taken by a process that dies before releasing it is gone. A ``BoundedSemaphore``'s permits are
 owned: each process's are recorded as a counted hold on the semaphore's key (taken after the
 unit, given back before it), so those of a dead process are given back by the next acquirer
-that finds none free (it looks every POLL_NS while it waits) and by ``shmlot-stat --reap``.
+that finds none free (it looks every OWNER_POLL_NS while it waits) and by ``shmlot-stat --reap``.
 """
 from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
 from .kinds import PERMIT_HOLD  # a process's BoundedSemaphore permits (tid 0: per process)
+from ._engine import OWNER_POLL_NS
 from .errors import LotFullError
 
 __all__ = ["Semaphore", "BoundedSemaphore"]
 
 VALUE_MAX = 2**64 - 1  # the value is one u64 word
-POLL_NS = 200_000_000  # how often a waiting acquirer of a BoundedSemaphore looks for dead owners
 
 
 def _check_value(value):
@@ -185,7 +185,7 @@ class BoundedSemaphore(Semaphore):
 
     def _poll(self):
         return {"poll": lambda: self._reclaim() > 0 or self._words[0].load() > 0,
-                "poll_ns": POLL_NS}
+                "poll_ns": OWNER_POLL_NS}  # how often a waiting acquirer looks for dead owners
 
     def _reclaim(self):
         """Give back the permits of dead processes (never beyond the bound); returns how many

@@ -355,7 +355,7 @@ int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, ui
                    int *requeued);
 
 /* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc,
- * named as _waiters.SemaphoreWaiter.sem_name) until posted, the deadline or a signal (SL_SLEEP_*).
+ * named as _sleep.SemaphoreSleep.sem_name) until posted, the deadline or a signal (SL_SLEEP_*).
  * The wait is here rather than in posix_ipc because posix_ipc replaces the exception of any
  * Python signal handler but SIGINT's by its own SignalError, losing it. */
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);
