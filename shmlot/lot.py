@@ -49,10 +49,6 @@ SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
 SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lost to a death
 
 
-# _fast.CondWaiter (Condition.wait in one C-API call) reaches the core through these
-_fast.bind_core(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-                  for name in ("sl_cond_park", "sl_futex_wait", "sl_word_finish", "sl_cond_cancel")))
-
 # ---- errors ------------------------------------------------------------------------------------
 
 _tls = threading.local()  # .pending: the exception a callback raised, .ctx per thread

@@ -225,6 +225,13 @@ SL_PYCB int sl_py_requeue_callback(void *ctx, int op, const sl_unpark_result *r,
 const char *sl_last_error(void);
 uint64_t sl_now_ns(void);
 
+/* The calling thread's identity: pid, tid and its process's start time (clock ticks since boot),
+ * cached per process and per thread and refreshed in a fork child (ident.c). The one identity
+ * cache: the C-API module computes its owner bits from it, and recomputes them whenever the
+ * counter that sl_identity_generation() points at (bumped in every fork child) moves. */
+void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start);
+const uint32_t *sl_identity_generation(void);
+
 int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nobjects,
               uint32_t nholds, int mode, uint32_t waiter, sl_lot **out);
 int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out);

@@ -8,8 +8,8 @@
  * count of an RLock.
  *
  * This is the one part of _fast that blocks: it releases the GIL around every call into the
- * core, which it reaches through function pointers that shmlot.lot hands over once
- * (bind_core), so that there is one copy of the core and of its per-thread state. Between sleep
+ * core, which it reaches through the function pointers of core.c, so that there is one copy of
+ * the core and of its per-thread state. Between sleep
  * slices it holds the GIL and runs signal handlers (PyErr_CheckSignals), so Ctrl-C lands within
  * a slice, and every poll_ns it checks the lock's holder: a waiter requeued onto the lock must
  * not sleep forever behind a dead holder, nor behind an unlocker that handed it the lock and died
@@ -21,14 +21,6 @@
 #include <time.h>
 
 #include "fast.h"
-
-static struct {
-    int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t,
-                     uint64_t, uint32_t *, uint64_t *, uint32_t *, uint32_t, int *);
-    int (*futex_wait)(sl_lot *, uint32_t, uint64_t);
-    int (*word_finish)(sl_lot *, uint32_t *, uint64_t *, uint64_t *);
-    int (*cond_cancel)(sl_lot *, uint32_t, uint64_t, uint64_t *, uint64_t *, int *);
-} core;
 
 static uint64_t now_ns(void)
 {
@@ -118,7 +110,7 @@ static int leave(CondWaiter *self, uint32_t slot)
     uint64_t token = 0;
     int requeued = 0, rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = core.cond_cancel(self->lot, slot, self->cv_key, self->word, &token, &requeued);
+    rc = sl_core.cond_cancel(self->lot, slot, self->cv_key, self->word, &token, &requeued);
     Py_END_ALLOW_THREADS
     if (rc == SL_PARK_UNPARKED || rc == SL_PARK_GONE)
         return 1;
@@ -153,7 +145,7 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
     int nwoken = 0, rc;
     uint64_t next_poll = now_ns() + SL_OWNER_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
-    rc = core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
+    rc = sl_core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
                         self->count, deadline, SL_SLICE_MAIN_NS, &slot, &token, woken, 1,
                         &nwoken);
     Py_END_ALLOW_THREADS
@@ -180,8 +172,8 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
             until = next_poll;
         int r;
         Py_BEGIN_ALLOW_THREADS
-        r = core.futex_wait(self->lot, slot, until);
-        rc = r < 0 ? r : core.word_finish(self->lot, &slot, self->word, &token);
+        r = sl_core.futex_wait(self->lot, slot, until);
+        rc = r < 0 ? r : sl_core.word_finish(self->lot, &slot, self->word, &token);
         Py_END_ALLOW_THREADS
         if (rc == SL_PARK_DONE)
             return 1;
@@ -273,8 +265,8 @@ static PyObject *cw_call(PyObject *obj, PyObject *const *args, size_t nargsf, Py
     if (parse_timeout(args, PyVectorcall_NARGS(nargsf), kwnames, &timeout) < 0 ||
         deadline_of(timeout, &deadline) < 0)
         return NULL;
-    if (!core.cond_park || !self->lot) {
-        PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to the core");
+    if (!self->lot) {
+        PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to a lot");
         return NULL;
     }
     uint64_t me = my_bits() | SL_LOCKED_BIT;
@@ -347,28 +339,3 @@ PyTypeObject CondWaiter_Type = {
     .tp_vectorcall_offset = offsetof(CondWaiter, vectorcall),
     .tp_getset = cw_getset,
 };
-
-PyObject *sl_fast_bind_core(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "bind_core(cond_park, futex_wait, word_finish, "
-                                         "cond_cancel)");
-        return NULL;
-    }
-    void *p[4];
-    for (int i = 0; i < 4; i++) {
-        p[i] = PyLong_AsVoidPtr(args[i]);
-        if (PyErr_Occurred())
-            return NULL;
-        if (!p[i]) {
-            PyErr_SetString(PyExc_ValueError, "bind_core: null function pointer");
-            return NULL;
-        }
-    }
-    /* the core's own prototypes (api.h); the addresses come from cffi's ffi.addressof(lib, ..) */
-    core.cond_park = (__typeof__(core.cond_park))p[0];
-    core.futex_wait = (__typeof__(core.futex_wait))p[1];
-    core.word_finish = (__typeof__(core.word_finish))p[2];
-    core.cond_cancel = (__typeof__(core.cond_cancel))p[3];
-    Py_RETURN_NONE;
-}
