@@ -168,12 +168,12 @@ static int drop_slot(sl_lot *l, uint32_t b, uint32_t idx)
     return 1;
 }
 
-/* Drop a queued slot whose thread will never run again. With `exact`, a killed process that is
- * not yet reaped (zombie, or still exiting) counts as dead too (sl_thread_gone reads /proc): used
- * where the thread is about to be given a limited wake-up (unpark_one, a filter's choice, the
- * thread a requeue unparks or moves alone), which a dead thread would absorb, leaving a live one
- * asleep. Otherwise one syscall (the pid does not exist at all): enough where every thread is
- * woken or moved anyway. Returns 1 if it was dropped. */
+/* Drop a queued slot whose thread will never run again. The cheap check first (alive.c); when
+ * it cannot tell, with `exact` the thread itself (sl_thread_gone): used where the thread is about
+ * to be given a limited wake-up (unpark_one, a filter's choice, the thread a requeue unparks or
+ * moves alone), which a dead thread would absorb, leaving a live one asleep. Otherwise its
+ * process (the liveness predicate): enough where every thread is woken or moved anyway. Returns
+ * 1 if it was dropped. */
 static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
 {
     sl_slot *s = SLOT(l, idx);
@@ -182,7 +182,7 @@ static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
         return alive ? 0 : drop_slot(l, b, idx);
     uint32_t pid = LOAD(&s->pid);
     if (!exact)
-        return sl_pid_exists(pid) ? 0 : drop_slot(l, b, idx);
+        return sl_process_alive(pid, LOAD(&s->start), ~0ULL) ? 0 : drop_slot(l, b, idx);
     uint32_t me, tid;
     uint64_t start;
     sl_identity(&me, &tid, &start);

@@ -127,10 +127,7 @@ static int holder_gone(uint64_t word, uint64_t me)
         return 1;
     if (!(word & SL_LOCKED_BIT))
         return 0;
-    uint32_t pid = sl_word_pid(word);
-    if (pid == sl_word_pid(me)) /* our pid: alive only with our start time */
-        return sl_word_start(word) != sl_word_start(me);
-    return !sl_process_alive(pid, sl_word_start(word), SL_START_MASK);
+    return !sl_core.process_alive(sl_word_pid(word), sl_word_start(word), SL_START_MASK);
 }
 
 #define PY_RAISED INT32_MIN

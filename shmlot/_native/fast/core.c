@@ -38,12 +38,13 @@ int sl_fast_core_init(void)
     PyObject *lib = PyObject_GetAttrString(core, "lib");
     Py_DECREF(core);
     int rc = -1;
-    void *p[6];
-    static const char *const names[6] = {"sl_identity", "sl_identity_generation", "sl_cond_park",
-                                         "sl_futex_wait", "sl_word_finish", "sl_cond_cancel"};
+    void *p[7];
+    static const char *const names[7] = {"sl_identity", "sl_identity_generation", "sl_cond_park",
+                                         "sl_futex_wait", "sl_word_finish", "sl_cond_cancel",
+                                         "sl_process_alive"};
     if (!ffi || !lib)
         goto done;
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         if (!(p[i] = core_address(ffi, lib, names[i])))
             goto done;
     /* typed by the core's own prototypes (api.h) */
@@ -53,6 +54,7 @@ int sl_fast_core_init(void)
     sl_core.futex_wait = (__typeof__(sl_core.futex_wait))p[3];
     sl_core.word_finish = (__typeof__(sl_core.word_finish))p[4];
     sl_core.cond_cancel = (__typeof__(sl_core.cond_cancel))p[5];
+    sl_core.process_alive = (__typeof__(sl_core.process_alive))p[6];
     rc = 0;
 done:
     Py_XDECREF(ffi);

@@ -48,6 +48,7 @@ typedef struct {
     __typeof__(&sl_futex_wait) futex_wait;
     __typeof__(&sl_word_finish) word_finish;
     __typeof__(&sl_cond_cancel) cond_cancel;
+    __typeof__(&sl_process_alive) process_alive; /* the liveness predicate */
 } sl_fast_core_t;
 extern sl_fast_core_t sl_core;
 int sl_fast_core_init(void);

@@ -71,7 +71,7 @@ static PyObject *f_process_alive(PyObject *Py_UNUSED(m), PyObject *const *args, 
         u64_arg(args[1], UINT64_MAX, "start", &start) < 0 ||
         (nargs == 3 && u64_arg(args[2], UINT64_MAX, "start_mask", &mask) < 0))
         return NULL;
-    return PyBool_FromLong(sl_process_alive((uint32_t)pid, start, mask));
+    return PyBool_FromLong(sl_core.process_alive((uint32_t)pid, start, mask));
 }
 
 static PyObject *f_cpu_relax(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
@@ -105,8 +105,9 @@ static PyMethodDef module_methods[] = {
      "word_owner(word, /)\n--\n\n(pid, tid, start18) stored in a lock word."},
     {"process_alive", METH(f_process_alive), METH_FASTCALL,
      "process_alive(pid, start, start_mask=START_MASK, /)\n--\n\n"
-     "Whether process `pid` exists, is not a zombie, and started at `start` (compared under\n"
-     "start_mask). True when /proc cannot tell."},
+     "The liveness predicate (the core's sl_process_alive): whether process `pid` exists, is\n"
+     "not a zombie or exiting, and started at `start` (compared under start_mask; 0: any);\n"
+     "our own pid only with our own start time. True when /proc cannot tell."},
     {"cpu_relax", METH(f_cpu_relax), METH_FASTCALL,
      "cpu_relax(n=1, /)\n--\n\nExecute n spin-loop hints (pause / isb), n <= 2**20."},
     {"thread_yield", f_thread_yield, METH_NOARGS,
