@@ -11,11 +11,10 @@ given), bytes 16-23 unused by the protocol (kept for the condition's own state).
 """
 import time
 
-from . import _fast
 from . import _placement as _pl
 from . import _waiting
 from . import locks as _locks
-from .errors import LotFullError, OwnerDiedError
+from .errors import OwnerDiedError
 from ._results import RequeueOp
 from ._core import lib
 from .lot import _check
@@ -56,11 +55,9 @@ class Condition:
         self._rlock = isinstance(lock, _locks.RLock)
         self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
-        # Condition.wait as one C call (futex backend; see _native/fast/condwait.c); the instance
-        # attribute shadows the method below, which the semaphore backend keeps using
-        self._waiter = place.lot._cond_waiter(self._cv_key, lock, _waiter_slow)
-        if self._waiter is not None:
-            self.wait = self._waiter
+        # Condition.wait as one C call (see _native/fast/condwait.c); the instance attribute
+        # shadows the method below, saving a Python frame per wait
+        self._waiter = self.wait = place.lot._cond_waiter(self._cv_key, lock, _waiter_slow)
         self.acquire = lock.acquire
         self.release = lock.release
         # threading.Condition exports its lock's protocol methods too
@@ -105,54 +102,8 @@ class Condition:
         return, also when an exception propagates (OwnerDiedError included: the lock's holder
         died, and the lock is now held by the caller).
 
-        On a futex lot each Condition has this as a C callable instead (``_fast.CondWaiter``,
-        same behaviour): this method, through lot._park, is the semaphore backend's."""
-        lock = self._lock
-        if not lock._is_owned():
-            raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = _waiting.wait_timeout(timeout)
-        # The core parks us on the condition's key and then releases the lock (count and all,
-        # for an RLock) in one call, so no notify can fall between the two.
-        saved = lock._count() if self._rlock else 1
-        me = _fast.self_owner_bits() | LOCKED
-
-        def lock_owner_dead():
-            # a waiter already requeued onto the lock must not wait forever for a dead holder:
-            # leave, and let the re-acquire below find the death and raise OwnerDiedError; nor
-            # for an unlocker that handed us the lock and died before waking us
-            word = lock._word()
-            if word & ~PARKED == me:
-                return True
-            return bool(word & LOCKED) and not _locks.owner_alive(word)
-
-        cv_key = self._cv_key
-        requeued = []
-
-        def timed_out(key, was_last):
-            # leaving a queue (timeout, poll, exception): if it is the lock's, a notify had
-            # already moved us there, so the wait succeeded (as in threading, where a notified
-            # waiter returns True however long it then waits for the lock)
-            if key != cv_key:
-                requeued.append(True)
-                if was_last:
-                    lock._clear_parked()
-
-        try:
-            result = self._place.lot._park(cv_key, None, None, timed_out, 0, timeout,
-                                           lock_owner_dead, _locks.OWNER_POLL_NS,
-                                           release=lock._release_args)
-            return result.is_unparked or bool(requeued)
-        except LotFullError:
-            _full_backoff(lock, self._place.lot, timeout)
-            return True
-        finally:
-            # Held again already if the park never released it, or if an unlocker handed it
-            # to us (it wrote our identity into the word); else take it back.
-            if lock._word() & ~PARKED == me:
-                if self._rlock:
-                    lock._set_count(saved)
-            else:
-                lock._acquire_restore(saved)
+        Each Condition has this as a C callable (``_fast.CondWaiter``) on its instance."""
+        return self._waiter(timeout)
 
     def wait_for(self, predicate, timeout=None):
         """threading.Condition.wait_for: wait until ``predicate()`` is true."""

@@ -566,14 +566,14 @@ class ParkingLot:
         lib.sl_reap(self._h(), t.reaped, t.reaped + 1)
 
     def _cond_waiter(self, cv_key, lock, slow):
-        """A _fast.CondWaiter: Condition.wait on this lot in one C call (futex backend; None
-        otherwise). ``slow(waiter, code, timeout)`` handles the core's error codes."""
-        if self._waiter_code != FUTEX:
-            return None
+        """A _fast.CondWaiter: Condition.wait on this lot in one C call, on either backend (the
+        semaphore backend's sleep and post are its waiter's). ``slow(waiter, code, timeout)``
+        handles the core's error codes."""
         count = int(ffi.cast("uintptr_t", lock._release_args[3]))
+        backend = None if self._waiter_code == FUTEX else self._waiter
         return _fast.CondWaiter(self, int(ffi.cast("uintptr_t", self._h())), cv_key,
                                 lock._place.key, lock._place.word, lock._address, count, lock,
-                                slow)
+                                slow, backend)
 
     @staticmethod
     def _slice(poll, poll_ns):

@@ -1,4 +1,4 @@
-/* shmlot._fast.CondWaiter: Condition.wait (futex backend) as one C-API call.
+/* shmlot._fast.CondWaiter: Condition.wait as one C-API call, on either sleep backend.
  *
  * Why here: on notify_all, the waiters re-acquire the lock one after another, each woken by the
  * previous one's release, so every waiter's path from "woken" to "released the lock again" is on
@@ -6,6 +6,10 @@
  * is ~300 bytecodes a step, run cold in a process that has slept: most of the step. So the
  * whole wait is C; Python is left the re-acquire when the lock was not handed over, and the
  * count of an RLock.
+ *
+ * On a semaphore lot the sleeps and the post of the lock waiter its release unparked go through
+ * the lot's waiter object (self->backend: the semaphores are made and posted through posix_ipc
+ * in Python); everything else is the same code on both backends.
  *
  * This is the one part of _fast that blocks: it releases the GIL around every call into the
  * core, which it reaches through the function pointers of core.c, so that there is one copy of
@@ -40,6 +44,11 @@ typedef struct {
     PyObject *lock;   /* keeps the buffer of word and count alive; _acquire_restore */
     PyObject *lotobj; /* the ParkingLot: its `closed` says whether `lot` is still mapped */
     PyObject *slow;   /* slow(waiter, code, timeout): the rare outcomes, in Python */
+    /* The lot's sleep backend when it is not the futex (the semaphore backend, _waiters.py):
+     * its sleep(slot, deadline_ns) -> SL_SLEEP_* and wake(slots, n), with the GIL held; they
+     * own the semaphores (made, opened and posted through posix_ipc). NULL: the futex, which
+     * the core sleeps on and wakes itself. */
+    PyObject *backend;
 } CondWaiter;
 
 static PyObject *str_closed, *str_acquire_restore;
@@ -48,11 +57,12 @@ static PyObject *cw_call(PyObject *self, PyObject *const *args, size_t nargsf, P
 static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"lotobj", "lot", "cv_key", "lock_key", "lock_id", "word", "count",
-                             "lock", "slow", NULL};
+                             "lock", "slow", "backend", NULL};
     unsigned long long lot, cv_key, lock_key, lock_id, word, count;
-    PyObject *lotobj, *lock, *slow;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKOO:CondWaiter", kwlist, &lotobj, &lot,
-                                     &cv_key, &lock_key, &lock_id, &word, &count, &lock, &slow))
+    PyObject *lotobj, *lock, *slow, *backend = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKOO|O:CondWaiter", kwlist, &lotobj, &lot,
+                                     &cv_key, &lock_key, &lock_id, &word, &count, &lock, &slow,
+                                     &backend))
         return -1;
     if (!lot || !word || word % 8 || count % 4 || !lock_id) {
         PyErr_SetString(PyExc_ValueError, "CondWaiter: bad lot or word address");
@@ -77,6 +87,12 @@ static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->lotobj, lotobj);
     Py_INCREF(slow);
     Py_XSETREF(self->slow, slow);
+    if (backend == Py_None)
+        Py_CLEAR(self->backend);
+    else {
+        Py_INCREF(backend);
+        Py_XSETREF(self->backend, backend);
+    }
     return 0;
 }
 
@@ -85,6 +101,7 @@ static int cw_traverse(CondWaiter *self, visitproc visit, void *arg)
     Py_VISIT(self->lock);
     Py_VISIT(self->lotobj);
     Py_VISIT(self->slow);
+    Py_VISIT(self->backend);
     return 0;
 }
 
@@ -93,6 +110,7 @@ static int cw_clear(CondWaiter *self)
     Py_CLEAR(self->lock);
     Py_CLEAR(self->lotobj);
     Py_CLEAR(self->slow);
+    Py_CLEAR(self->backend);
     return 0;
 }
 
@@ -132,9 +150,32 @@ static int holder_gone(uint64_t word, uint64_t me)
 
 #define PY_RAISED INT32_MIN
 
+/* The backend's wake of the slot the lock's release unparked (the semaphore's post). Returns 0,
+ * or -1 with an exception set. */
+static int backend_wake(CondWaiter *self, uint32_t slot)
+{
+    PyObject *r = PyObject_CallMethod(self->backend, "wake", "[k]i", (unsigned long)slot, 1);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* The backend's sleep until `until`: SL_SLEEP_*, or -1 with an exception set. */
+static int backend_sleep(CondWaiter *self, uint32_t slot, uint64_t until)
+{
+    PyObject *r = PyObject_CallMethod(self->backend, "sleep", "kK", (unsigned long)slot,
+                                      (unsigned long long)until);
+    if (!r)
+        return -1;
+    long v = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return v == -1 && PyErr_Occurred() ? -1 : (int)v;
+}
+
 /* Park and release the lock, sleep until notified, deadline or the holder's death. Returns 1
  * (notified) or 0 (not), a negative core code (the lock may or may not still be ours), or
- * PY_RAISED (a signal handler raised; the queue was left). */
+ * PY_RAISED (a signal handler or the backend raised; the queue was left). The futex backend
+ * sleeps its first slice inside sl_cond_park; the semaphore backend sleeps through
+ * self->backend, which also posts the semaphore of the lock waiter the release unparked. */
 static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
 {
     uint32_t slot = SL_NO_SLOT, woken[1];
@@ -143,11 +184,15 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
     uint64_t next_poll = now_ns() + SL_OWNER_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
     rc = sl_core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
-                        self->count, deadline, SL_SLICE_MAIN_NS, &slot, &token, woken, 1,
-                        &nwoken);
+                           self->count, deadline, self->backend ? 0 : SL_SLICE_MAIN_NS, &slot,
+                           &token, woken, 1, &nwoken);
     Py_END_ALLOW_THREADS
     if (rc != 0) /* SL_PARK_DONE: notified; an error: nothing queued, the lock still ours */
         return rc == SL_PARK_DONE ? 1 : rc;
+    if (self->backend && nwoken > 0 && backend_wake(self, woken[0]) < 0) {
+        leave(self, slot);
+        return PY_RAISED;
+    }
     for (;;) {
         /* queued, the lock released, a slice over (or a signal) */
         if (PyErr_CheckSignals() < 0) {
@@ -168,8 +213,12 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
         if (next_poll < until)
             until = next_poll;
         int r;
+        if (self->backend && backend_sleep(self, slot, until) < 0) {
+            leave(self, slot);
+            return PY_RAISED;
+        }
         Py_BEGIN_ALLOW_THREADS
-        r = sl_core.futex_wait(self->lot, slot, until);
+        r = self->backend ? 0 : sl_core.futex_wait(self->lot, slot, until);
         rc = r < 0 ? r : sl_core.word_finish(self->lot, &slot, self->word, &token);
         Py_END_ALLOW_THREADS
         if (rc == SL_PARK_DONE)
@@ -323,10 +372,12 @@ PyTypeObject CondWaiter_Type = {
     .tp_name = "shmlot._fast.CondWaiter",
     .tp_basicsize = sizeof(CondWaiter),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, lock_id, word, count, lock, slow)\n\n"
-              "Condition.wait(timeout=None) for a futex lot, as one callable (addresses as ints;\n"
-              "count 0 for a Lock). slow(waiter, code, timeout) gets the core's error codes,\n"
-              "with the lock held again.",
+    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, lock_id, word, count, lock, slow,\n"
+              "           backend=None)\n\n"
+              "Condition.wait(timeout=None) as one callable (addresses as ints; count 0 for a\n"
+              "Lock). slow(waiter, code, timeout) gets the core's error codes, with the lock held\n"
+              "again. backend: the lot's sleep backend unless it is the futex (its sleep(slot,\n"
+              "deadline_ns) and wake(slots, n) are called with the GIL held).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)cw_init,
     .tp_traverse = (traverseproc)cw_traverse,
