@@ -11,7 +11,7 @@ from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 NATIVE = os.path.join(HERE, "shmlot", "_native")
-SOURCES = ["lot.c", "ilock.c", "alive.c", "park.c", "registry.c", "wordlock.c", "semwait.c",
+SOURCES = ["lot.c", "ident.c", "ilock.c", "alive.c", "park.c", "registry.c", "wordlock.c", "semwait.c",
            "rwstep.c", "waitv.c"]
 HEADERS = ["api.h", "waitv.h"]  # each one's part between CDEF BEGIN and CDEF END, in this order
 

@@ -111,11 +111,6 @@ NULL = ffi.NULL
 FULL_BACKOFF_MIN = 0.0005  # seconds; doubles per consecutive full park, up to FULL_BACKOFF_MAX
 FULL_BACKOFF_MAX = 0.05
 
-# _fast.CondWaiter (Condition.wait in one C-API call) reaches the core through these
-_fast.bind_core(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-                  for name in ("sl_cond_park", "sl_futex_wait", "sl_word_finish", "sl_cond_cancel")))
-
-
 # ---- errors ------------------------------------------------------------------------------------
 
 _tls = threading.local()  # .pending: the exception a callback raised, .ctx per thread, .full
@@ -412,12 +407,11 @@ def word_unlock(lot, word, *, force_fair=False):
 
 def cond_waiter(lot, cv_key, word, lock, slow):
     """A ``_fast.CondWaiter``: Condition.wait on ``cv_key`` releasing the lock ``word`` in one
-    C call (futex backend; None on the semaphore backend). ``slow(waiter, code, timeout)``
-    handles the core's error codes."""
-    if lot._sleep_code != FUTEX:
-        return None
+    C call, on either backend (the semaphore backend's sleep and post are its sleep object's).
+    ``slow(waiter, code, timeout)`` handles the core's error codes."""
+    backend = None if lot._sleep_code == FUTEX else lot._sleep
     return _fast.CondWaiter(lot, int(ffi.cast("uintptr_t", lot._h())), cv_key, word.key,
-                            word.word_id, word.address, word.count_address, lock, slow)
+                            word.word_id, word.address, word.count_address, lock, slow, backend)
 
 
 # ---- park ---------------------------------------------------------------------------------------
@@ -465,17 +459,6 @@ def park_word(lot, word, *, timed_out=None, deadline=NO_DEADLINE, poll=None, pol
     return result
 
 
-def park_releasing(lot, key, word, *, timed_out=None, deadline=NO_DEADLINE, poll=None,
-                   poll_ns=0):
-    """Condition.wait's park: under ``key``'s bucket lock the thread is queued and then the lock
-    ``word``, which the caller holds, is released (count and all, for an RLock) in the same core
-    call (sl_cond_park), so no notify can fall between the two; the release may wake or hand
-    over to the lock's next waiter. LotFullError (nothing queued, the lock still held) when
-    every slot is taken: the caller backs off with the lock released."""
-    return _park(lot, key, timed_out=timed_out, deadline=deadline, poll=poll, poll_ns=poll_ns,
-                 release=word)
-
-
 def park_once(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
               deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0):
     """``park``, but LotFullError when every slot is taken (``ParkingLot.park``)."""
@@ -484,10 +467,9 @@ def park_once(lot, key, *, validate=None, before_sleep=None, timed_out=None, tok
 
 
 def _park(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0,
-          deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0, word=None, release=None):
+          deadline=NO_DEADLINE, poll=None, poll_ns=0, hint=0, word=None):
     """The park itself (see ``park``): one core call queues the thread (sl_park_begin with a
-    Python validate, sl_word_park for a lock ``word``, sl_cond_park releasing the lock
-    ``release``), then the sleeping loop (``_sleep_slices``) and, unless unparked,
+    Python validate, sl_word_park for a lock ``word``), then the sleeping loop (``_sleep_slices``) and, unless unparked,
     sl_park_cancel. LotFullError when no slot is free (after one reap)."""
     h = lot._h()
     # a wait is a slow path: cheap enough to look (now and then) whether the lot was split
@@ -498,20 +480,13 @@ def _park(lot, key, *, validate=None, before_sleep=None, timed_out=None, token=0
     # queue again, or it stays there as a ghost that absorbs a wake-up meant for another.
     t.slot[0] = _NO_SLOT
     slot = _NO_SLOT
-    slept = 0  # ns the core already slept after queueing (sl_word_park, sl_cond_park)
+    slept = 0  # ns the core already slept after queueing (sl_word_park)
     ctx = _ctx().enter()
     try:
         try:
             ctx.validate = validate
             for attempt in (0, 1):
-                if release is not None:
-                    slept = _first_slice(lot, poll, poll_ns)
-                    rc = lib.sl_cond_park(h, key, release.key, release.word_id, release.ptr,
-                                          release.count_ptr, deadline, slept, t.slot, t.token,
-                                          t.woken, lot._slots, t.n)
-                    if rc >= 0:
-                        _wake(lot, t, t.n[0])
-                elif word is not None:
+                if word is not None:
                     slept = _first_slice(lot, poll, poll_ns)
                     rc = lib.sl_word_park(h, key, word.word_id, word.ptr, deadline, slept,
                                           t.slot, t.token)
@@ -931,7 +906,7 @@ def task_word_cancel(lot, slot, word):
 
 def task_cond_park(lot, cv_key, word):
     """Condition.wait for a task: queue on ``cv_key`` and release the lock ``word`` in one core
-    call (as ``park_releasing``; no sleep). Returns (code, slot): 0, or EFULL (nothing queued,
+    call (as the C CondWaiter does; no sleep). Returns (code, slot): 0, or EFULL (nothing queued,
     the lock still held; a reap was done)."""
     h, t = lot._h(), scratch(lot)
     rc = lib.sl_cond_park(h, cv_key, word.key, word.word_id, word.ptr, word.count_ptr, 0, 0,

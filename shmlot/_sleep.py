@@ -19,6 +19,8 @@ import re
 import threading
 import time
 
+from . import _fast
+
 SEM_DIR = "/dev/shm"  # where glibc keeps named semaphores, as files "sem.NAME"
 # A glibc named semaphore's file, value 0: sem_t (32 bytes on the 64-bit platforms shmlot
 # supports) holding struct new_sem {u64 value and waiters; int private = FUTEX_SHARED (128)}.
@@ -218,13 +220,7 @@ class SemaphoreSleep:
 
 
 def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _fast.process_alive(pid, 0, 0)  # the liveness predicate, any start time
 
 
 __all__ = ["FutexSleep", "SemaphoreSleep"]

@@ -1,8 +1,8 @@
 """``Condition``, as in ``threading``, across processes, after parking_lot's Condvar.
 
 A waiter is queued on the condition's key and the lock is released in the same core call
-(``_engine.park_releasing``, or ``_fast.CondWaiter`` on a futex lot), so no notify can be missed. ``notify`` moves waiters onto the lock's queue with
-``unpark_requeue`` while the lock is held, instead of waking them to fight for it: each then gets
+(``_fast.CondWaiter``), so no notify can be missed. ``notify`` moves waiters onto the lock's
+queue with ``unpark_requeue`` while the lock is held, instead of waking them to fight for it: each then gets
 the lock when it is released, usually by direct hand-off. Dead waiters are dropped by the lot (their
 process no longer exists), so they never absorb a notification.
 
@@ -12,11 +12,10 @@ given; ``RLock.on_place``); bytes 16-23 are never written: waiters park on their
 import time
 
 from . import _engine as _e
-from . import _fast
 from . import _placement as _pl
 from . import locks as _locks
-from ._engine import LOCKED, OWNER_POLL_NS, PARKED, RLOCK_SIZE
-from .errors import LotFullError, OwnerDiedError
+from ._engine import LOCKED, PARKED, RLOCK_SIZE
+from .errors import OwnerDiedError
 from ._results import RequeueOp
 
 __all__ = ["Condition"]
@@ -51,12 +50,10 @@ class Condition:
         self._rlock = isinstance(lock, _locks.RLock)
         self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
-        # Condition.wait as one C call (futex backend; see _native/fast/condwait.c); the instance
-        # attribute shadows the method below, which the semaphore backend keeps using
-        self._fast_wait = _e.cond_waiter(place.lot, self._cv_key, lock._lockword, lock,
-                                         _fast_wait_slow)
-        if self._fast_wait is not None:
-            self.wait = self._fast_wait
+        # Condition.wait as one C call (see _native/fast/condwait.c); the instance attribute
+        # shadows the method below, saving a Python frame per wait
+        self._fast_wait = self.wait = _e.cond_waiter(place.lot, self._cv_key, lock._lockword,
+                                                     lock, _fast_wait_slow)
         self.acquire = lock.acquire
         self.release = lock.release
         # threading.Condition exports its lock's protocol methods too
@@ -101,55 +98,9 @@ class Condition:
         return, also when an exception propagates (OwnerDiedError included: the lock's holder
         died, and the lock is now held by the caller).
 
-        On a futex lot each Condition has this as a C callable instead (``_fast.CondWaiter``,
-        same behaviour): this method, through ``_engine.park_releasing``, is the semaphore
-        backend's."""
-        lock = self._lock
-        if not lock._is_owned():
-            raise RuntimeError("cannot wait on un-acquired lock")
-        deadline = _e.wait_deadline(timeout)
-        # The core parks us on the condition's key and then releases the lock (count and all,
-        # for an RLock) in one call, so no notify can fall between the two.
-        saved = lock._count() if self._rlock else 1
-        me = _fast.self_owner_bits() | LOCKED
-
-        def lock_owner_dead():
-            # a waiter already requeued onto the lock must not wait forever for a dead holder:
-            # leave, and let the re-acquire below find the death and raise OwnerDiedError; nor
-            # for an unlocker that handed us the lock and died before waking us
-            word = lock._word()
-            if word & ~PARKED == me:
-                return True
-            return bool(word & LOCKED) and not _locks.owner_alive(word)
-
-        cv_key = self._cv_key
-        requeued = []
-
-        def timed_out(key, was_last):
-            # leaving a queue (timeout, poll, exception): if it is the lock's, a notify had
-            # already moved us there, so the wait succeeded (as in threading, where a notified
-            # waiter returns True however long it then waits for the lock)
-            if key != cv_key:
-                requeued.append(True)
-                if was_last:
-                    lock._clear_parked()
-
-        try:
-            result = _e.park_releasing(self._place.lot, cv_key, lock._lockword,
-                                       timed_out=timed_out, deadline=deadline,
-                                       poll=lock_owner_dead, poll_ns=OWNER_POLL_NS)
-            return result.is_unparked or bool(requeued)
-        except LotFullError:
-            _full_backoff(lock, self._place.lot, deadline)
-            return True
-        finally:
-            # Held again already if the park never released it, or if an unlocker handed it
-            # to us (it wrote our identity into the word); else take it back.
-            if lock._word() & ~PARKED == me:
-                if self._rlock:
-                    lock._set_count(saved)
-            else:
-                lock._acquire_restore(saved)
+        Each Condition has this as a C callable on its instance (``_fast.CondWaiter``, on
+        either sleep backend)."""
+        return self._fast_wait(timeout)
 
     def wait_for(self, predicate, timeout=None):
         """threading.Condition.wait_for: wait until ``predicate()`` is true."""

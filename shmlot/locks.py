@@ -29,9 +29,6 @@ def owner_alive(word):
     """Is the process named in a lock word alive (pid and start time)? Our own pid is alive
     only with our own start time: a word left by an earlier process that had our pid is not."""
     pid, _tid, start = _fast.word_owner(word)
-    my_pid, _my_tid, my_start = _fast.self_ident()
-    if pid == my_pid:
-        return start == my_start & _fast.START_MASK
     return _fast.process_alive(pid, start)
 
 

@@ -1,11 +1,25 @@
-/* Is a parked thread alive? The cheap answer an unparker needs when it chooses whom to wake.
+/* Liveness: is a process, or a parked thread, alive? One set of rules (docs/design.md, section
+ * "Liveness"), one predicate for processes, sl_process_alive, which every judgement of an owner
+ * or a holder goes through, C and Python (_fast.process_alive):
  *
- * An unparker that hands a wake-up (or the lock) to a dead waiter loses it, so every choice of
- * one thread asks about the chosen one, under the bucket lock, and an unlock of a Condition's
- * lock asks about the next waiter too. /proc/PID/task/TID/stat (sl_thread_gone) answers exactly
- * but costs an open, a read and a parse. Here the answer comes from private memory and the
- * kernel only, never from the segment:
+ * - a process is (pid, start time); pid 0 is never alive;
+ * - dead when the pid does not exist, when /proc shows it a zombie or exiting (killed, not yet
+ *   waited for: it will never release anything), or when its start time differs from the one
+ *   recorded (a reused pid is another process);
+ * - alive when /proc cannot tell (another user's process, hidepid): never take from a process
+ *   we cannot see;
+ * - our own pid is alive only with our own start time (a word left by an earlier process that
+ *   had our pid is not ours).
  *
+ * A parked *thread* is judged by sl_thread_gone: its process by the predicate, then the thread
+ * itself from /proc/PID/task/TID/stat.
+ *
+ * sl_peer_alive gives the cheap answer an unparker needs when it chooses whom to wake. An unparker
+ * that hands a wake-up (or the lock) to a dead waiter loses it, so every choice of one thread
+ * asks about the chosen one, under the bucket lock, and an unlock of a Condition's lock asks
+ * about the next waiter too. /proc answers exactly but costs an open, a read and a parse. Here
+ * the answer comes from private memory and the kernel only, never from the segment, by the same
+ * rules:
  * - a per-process cache of pidfds, one per peer process (pid + start time), opened on first sight
  *   and verified then, so that a reused pid is never taken for the process the slot names: by
  *   the pidfd's inode, which the parker recorded in its slot (pidfs gives every process its own
@@ -49,6 +63,55 @@
 #endif
 #define PIDFS_MAGIC 0x50494446 /* include/uapi/linux/magic.h */
 #define CACHE_SIZE 64
+
+int sl_process_alive(uint32_t pid, uint64_t start, uint64_t start_mask)
+{
+    if (pid == 0)
+        return 0;
+    uint32_t my_pid, my_tid;
+    uint64_t my_start;
+    sl_identity(&my_pid, &my_tid, &my_start);
+    if (pid == my_pid)
+        return (start & start_mask) == (my_start & start_mask);
+    if (!sl_pid_exists(pid))
+        return 0;
+    char path[64], state;
+    unsigned long flags = 0;
+    uint64_t actual;
+    snprintf(path, sizeof path, "/proc/%u/stat", pid);
+    int r = sl_read_stat(path, &state, &flags, &actual);
+    if (r < 0)
+        return 1;
+    if (r == 0 || state == 'Z' || state == 'X' || state == 'x' || (flags & SL_PF_EXITING))
+        return 0;
+    return (actual & start_mask) == (start & start_mask);
+}
+
+/* Will thread `tid` of process (pid, start) never run again? Its process is dead, or the thread
+ * is gone, a zombie or exiting (a killed process's threads take a while to exit, during which
+ * they still exist). A thread we cannot see (/proc hidden) counts as alive. Used where a dead
+ * thread would otherwise absorb a wake-up meant for a live one. */
+int sl_thread_gone(uint32_t pid, uint32_t tid, uint64_t start)
+{
+    /* start 0: not recorded, any start time matches */
+    if (!sl_process_alive(pid, start, start ? ~0ULL : 0))
+        return 1;
+    if (tid == 0 || tid == pid)
+        return 0; /* the main thread: its stat is the process's */
+    char path[80], state;
+    unsigned long flags = 0;
+    uint64_t actual;
+    snprintf(path, sizeof path, "/proc/%u/task/%u/stat", pid, tid);
+    int r = sl_read_stat(path, &state, &flags, &actual);
+    if (r < 0)
+        return 0;
+    if (r == 0) {
+        /* no such thread, unless the whole process is hidden from us (hidepid) */
+        snprintf(path, sizeof path, "/proc/%u/stat", pid);
+        return access(path, F_OK) == 0;
+    }
+    return state == 'Z' || state == 'X' || state == 'x' || (flags & SL_PF_EXITING);
+}
 
 typedef struct {
     uint32_t pid;            /* 0: empty */

@@ -225,6 +225,19 @@ SL_PYCB int sl_py_requeue_callback(void *ctx, int op, const sl_unpark_result *r,
 const char *sl_last_error(void);
 uint64_t sl_now_ns(void);
 
+/* The calling thread's identity: pid, tid and its process's start time (clock ticks since boot),
+ * cached per process and per thread and refreshed in a fork child (ident.c). The one identity
+ * cache: the C-API module computes its owner bits from it, and recomputes them whenever the
+ * counter that sl_identity_generation() points at (bumped in every fork child) moves. */
+void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start);
+const uint32_t *sl_identity_generation(void);
+/* The liveness predicate (alive.c), the one every judgement of an owner or a holder goes
+ * through: is process `pid`, started at `start` (compared under start_mask: SL_START_MASK for
+ * the 18 bits of a lock word, all bits for slots and holds, 0 for "any"), alive? 0 when the pid
+ * does not exist, is a zombie or exiting, or started at another time (a reused pid); our own pid
+ * only with our own start time; 1 when /proc cannot tell. pid 0 is never alive. */
+int sl_process_alive(uint32_t pid, uint64_t start, uint64_t start_mask);
+
 int sl_create(const char *name, uint32_t nbuckets, uint32_t nslots, uint32_t nobjects,
               uint32_t nholds, int mode, uint32_t waiter, sl_lot **out);
 int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out);

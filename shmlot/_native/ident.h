@@ -1,9 +1,9 @@
-/* Process identity and liveness, and the lock-word helpers (owner bits, the CAS; the layout is
- * in api.h), shared by the cffi core and the C-API fast module.
+/* Process identity, the /proc readers liveness is judged from, and the lock-word helpers (owner
+ * bits, the CAS; the layout is in api.h), shared by the cffi core and the C-API fast module.
  *
  * A process is named by (pid, start time); the start time is field 22 of /proc/PID/stat, in clock
  * ticks since boot, so a pid reused by a later process is not mistaken for the one that died.
- * A zombie (killed but not yet waited for) counts as dead: it will never release anything.
+ * Whether a process is alive is one predicate, sl_process_alive (alive.c).
  */
 #ifndef SHMLOT_IDENT_H
 #define SHMLOT_IDENT_H
@@ -119,61 +119,14 @@ static inline uint64_t sl_self_start(void)
     return start;
 }
 
-/* Is process `pid` alive and the one that started at `start` (compared under `start_mask`)?
- * pid 0 is never alive. */
-static inline int sl_process_alive(uint32_t pid, uint64_t start, uint64_t start_mask)
-{
-    if (pid == 0)
-        return 0;
-    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH)
-        return 0;
-    char state;
-    uint64_t actual;
-    int r = sl_proc_stat(pid, &state, &actual);
-    if (r < 0)
-        return 1;
-    if (r == 0)
-        return 0;
-    if (state == 'Z' || state == 'X' || state == 'x')
-        return 0;
-    return (actual & start_mask) == (start & start_mask);
-}
-
-/* Cheap check (one syscall) used on hot-ish paths: false only when the pid surely does not exist.
- * A zombie (killed, not yet waited for) still "exists" here: see sl_thread_gone. */
+/* The first, one-syscall step of the liveness predicate (sl_process_alive, alive.c): false only
+ * when the pid surely does not exist. Never a verdict of "alive" by itself: a zombie (killed,
+ * not yet waited for) still "exists" here. */
 static inline int sl_pid_exists(uint32_t pid)
 {
     return pid != 0 && !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
 }
 
 #define SL_PF_EXITING 0x4 /* include/linux/sched.h: the task is in do_exit() */
-
-/* Will thread `tid` of process `pid` (started at `start`) never run again? A SIGKILLed process
- * lingers as a zombie until its parent reaps it (which may take any time), and meanwhile
- * kill(pid, 0) still succeeds; its threads also take a while to exit, during which they still
- * exist. So read /proc/PID/task/TID/stat (a few microseconds): gone if the thread is gone, a
- * zombie or exiting (PF_EXITING), or for the main thread if the process start time differs (a
- * reused pid). A thread we cannot see (/proc hidden) counts as alive. Used where a dead thread
- * would otherwise absorb a wake-up meant for a live one. */
-static inline int sl_thread_gone(uint32_t pid, uint32_t tid, uint64_t start)
-{
-    if (pid == 0 || !sl_pid_exists(pid))
-        return 1;
-    char path[80], state;
-    unsigned long flags = 0;
-    uint64_t actual;
-    snprintf(path, sizeof path, "/proc/%u/task/%u/stat", pid, tid ? tid : pid);
-    int r = sl_read_stat(path, &state, &flags, &actual);
-    if (r < 0)
-        return 0;
-    if (r == 0) {
-        /* no such thread, unless the whole process is hidden from us (hidepid) */
-        snprintf(path, sizeof path, "/proc/%u/stat", pid);
-        return access(path, F_OK) == 0 || !sl_pid_exists(pid);
-    }
-    if (state == 'Z' || state == 'X' || state == 'x' || (flags & SL_PF_EXITING))
-        return 1;
-    return (tid == pid || tid == 0) && start != 0 && actual != start;
-}
 
 #endif

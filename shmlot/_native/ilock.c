@@ -97,27 +97,15 @@ static int judge_holder(sl_lot *l, uint64_t w, uint64_t *suspect)
     *suspect = 0;
     if (pid == 0)
         return HOLDER_BOGUS;
+    if (!sl_process_alive(pid, start, SL_START_MASK))
+        return HOLDER_DEAD; /* also an earlier process that had our pid */
     if (pid == my_pid) {
-        if (start != (my_start & SL_START_MASK))
-            return HOLDER_DEAD; /* an earlier process that had our pid */
         if (tid == my_tid)
             return HOLDER_BOGUS; /* this thread waits for itself: it never took it */
         /* another thread of ours; threads never exit holding one, so a missing one is gone */
         return syscall(SYS_tgkill, (pid_t)pid, (pid_t)tid, 0) != 0 && errno == ESRCH
                    ? HOLDER_DEAD : HOLDER_ALIVE;
     }
-    char path[64], state;
-    unsigned long flags = 0;
-    uint64_t actual;
-    snprintf(path, sizeof path, "/proc/%u/stat", pid);
-    int r = sl_read_stat(path, &state, &flags, &actual);
-    if (r == 0)
-        return HOLDER_DEAD;
-    if (r < 0)
-        return HOLDER_ALIVE; /* cannot see it: never take from a process we cannot see */
-    if (state == 'Z' || state == 'X' || state == 'x' || (flags & SL_PF_EXITING) ||
-        (actual & SL_START_MASK) != start)
-        return HOLDER_DEAD;
     if (!maps_lot(l, pid)) {
         if (before == (w & ~ILOCK_WAITERS))
             return HOLDER_BOGUS;

@@ -155,7 +155,6 @@ static inline sl_hold *HOLD(sl_lot *l, uint32_t i)
 #define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 
 uint64_t sl_now_ns(void);
-void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start); /* this thread's, cached */
 uint32_t sl_bucket_of(sl_lot *l, uint64_t key);
 int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns);
 void sl_bucket_unlock(sl_lot *l, uint32_t b);
@@ -165,6 +164,7 @@ void sl_slot_release(sl_lot *l, uint32_t idx);
 int sl_check_size(sl_lot *l);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
 int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start, uint64_t pidfs_ino);
+int sl_thread_gone(uint32_t pid, uint32_t tid, uint64_t start);
 uint64_t sl_self_pidfs_ino(void);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);

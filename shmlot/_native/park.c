@@ -27,42 +27,6 @@
 #include "ident.h"
 #include "lot.h"
 
-/* ---- this process's identity (cached; refreshed after fork) ------------------------------ */
-
-static uint32_t self_pid;
-static uint64_t self_start;
-static unsigned fork_generation = 1;
-static __thread unsigned tid_generation;
-static __thread uint32_t tid_cached;
-
-static void after_fork_child(void)
-{
-    self_pid = 0;
-    __atomic_add_fetch(&fork_generation, 1, __ATOMIC_RELAXED);
-}
-
-static void register_atfork(void) { pthread_atfork(NULL, NULL, after_fork_child); }
-
-static void identity(uint32_t *pid, uint32_t *tid, uint64_t *start)
-{
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, register_atfork);
-    if (self_pid == 0) {
-        self_start = sl_self_start();
-        self_pid = (uint32_t)getpid();
-    }
-    unsigned gen = __atomic_load_n(&fork_generation, __ATOMIC_RELAXED);
-    if (tid_generation != gen) {
-        tid_cached = sl_gettid();
-        tid_generation = gen;
-    }
-    *pid = self_pid;
-    *tid = tid_cached;
-    *start = self_start;
-}
-
-void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start) { identity(pid, tid, start); }
-
 /* ---- test hook: die at a named step ------------------------------------------------------ */
 
 static char die_at[48];
@@ -204,12 +168,12 @@ static int drop_slot(sl_lot *l, uint32_t b, uint32_t idx)
     return 1;
 }
 
-/* Drop a queued slot whose thread will never run again. With `exact`, a killed process that is
- * not yet reaped (zombie, or still exiting) counts as dead too (sl_thread_gone reads /proc): used
- * where the thread is about to be given a limited wake-up (unpark_one, a filter's choice, the
- * thread a requeue unparks or moves alone), which a dead thread would absorb, leaving a live one
- * asleep. Otherwise one syscall (the pid does not exist at all): enough where every thread is
- * woken or moved anyway. Returns 1 if it was dropped. */
+/* Drop a queued slot whose thread will never run again. The cheap check first (alive.c); when
+ * it cannot tell, with `exact` the thread itself (sl_thread_gone): used where the thread is about
+ * to be given a limited wake-up (unpark_one, a filter's choice, the thread a requeue unparks or
+ * moves alone), which a dead thread would absorb, leaving a live one asleep. Otherwise its
+ * process (the liveness predicate): enough where every thread is woken or moved anyway. Returns
+ * 1 if it was dropped. */
 static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
 {
     sl_slot *s = SLOT(l, idx);
@@ -218,10 +182,10 @@ static int drop_if_dead(sl_lot *l, uint32_t b, uint32_t idx, int exact)
         return alive ? 0 : drop_slot(l, b, idx);
     uint32_t pid = LOAD(&s->pid);
     if (!exact)
-        return sl_pid_exists(pid) ? 0 : drop_slot(l, b, idx);
+        return sl_process_alive(pid, LOAD(&s->start), ~0ULL) ? 0 : drop_slot(l, b, idx);
     uint32_t me, tid;
     uint64_t start;
-    identity(&me, &tid, &start);
+    sl_identity(&me, &tid, &start);
     if (pid == me || !sl_thread_gone(pid, s->tid, s->start))
         return 0; /* our own process is running: its parked threads are alive */
     return drop_slot(l, b, idx);
@@ -262,7 +226,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     sl_slot *s = SLOT(l, idx);
     uint32_t pid, tid;
     uint64_t start;
-    identity(&pid, &tid, &start);
+    sl_identity(&pid, &tid, &start);
     /* owner before state: the reaper reads state, then pid (see sl_reap) */
     STORE(&s->pid, pid);
     s->tid = tid;
@@ -389,7 +353,7 @@ int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint
     sl_slot *s = SLOT(l, idx);
     uint32_t me, my_tid;
     uint64_t my_start;
-    identity(&me, &my_tid, &my_start);
+    sl_identity(&me, &my_tid, &my_start);
     for (;;) {
         /* The key may change under us (a requeue); re-check once the bucket is locked. */
         uint64_t key = LOAD(&s->key);

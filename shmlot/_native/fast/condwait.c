@@ -1,4 +1,4 @@
-/* shmlot._fast.CondWaiter: Condition.wait (futex backend) as one C-API call.
+/* shmlot._fast.CondWaiter: Condition.wait as one C-API call, on either sleep backend.
  *
  * Why here: on notify_all, the waiters re-acquire the lock one after another, each woken by the
  * previous one's release, so every waiter's path from "woken" to "released the lock again" is on
@@ -7,9 +7,13 @@
  * whole wait is C; Python is left the re-acquire when the lock was not handed over, and the
  * count of an RLock.
  *
+ * On a semaphore lot the sleeps and the post of the lock waiter its release unparked go through
+ * the lot's waiter object (self->backend: the semaphores are made and posted through posix_ipc
+ * in Python); everything else is the same code on both backends.
+ *
  * This is the one part of _fast that blocks: it releases the GIL around every call into the
- * core, which it reaches through function pointers that shmlot.lot hands over once
- * (bind_core), so that there is one copy of the core and of its per-thread state. Between sleep
+ * core, which it reaches through the function pointers of core.c, so that there is one copy of
+ * the core and of its per-thread state. Between sleep
  * slices it holds the GIL and runs signal handlers (PyErr_CheckSignals), so Ctrl-C lands within
  * a slice, and every poll_ns it checks the lock's holder: a waiter requeued onto the lock must
  * not sleep forever behind a dead holder, nor behind an unlocker that handed it the lock and died
@@ -21,14 +25,6 @@
 #include <time.h>
 
 #include "fast.h"
-
-static struct {
-    int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t,
-                     uint64_t, uint32_t *, uint64_t *, uint32_t *, uint32_t, int *);
-    int (*futex_wait)(sl_lot *, uint32_t, uint64_t);
-    int (*word_finish)(sl_lot *, uint32_t *, uint64_t *, uint64_t *);
-    int (*cond_cancel)(sl_lot *, uint32_t, uint64_t, uint64_t *, uint64_t *, int *);
-} core;
 
 static uint64_t now_ns(void)
 {
@@ -48,6 +44,11 @@ typedef struct {
     PyObject *lock;   /* keeps the buffer of word and count alive; _acquire_restore */
     PyObject *lotobj; /* the ParkingLot: its `closed` says whether `lot` is still mapped */
     PyObject *slow;   /* slow(waiter, code, timeout): the rare outcomes, in Python */
+    /* The lot's sleep backend when it is not the futex (the semaphore backend, _waiters.py):
+     * its sleep(slot, deadline_ns) -> SL_SLEEP_* and wake(slots, n), with the GIL held; they
+     * own the semaphores (made, opened and posted through posix_ipc). NULL: the futex, which
+     * the core sleeps on and wakes itself. */
+    PyObject *backend;
 } CondWaiter;
 
 static PyObject *str_closed, *str_acquire_restore;
@@ -56,11 +57,12 @@ static PyObject *cw_call(PyObject *self, PyObject *const *args, size_t nargsf, P
 static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"lotobj", "lot", "cv_key", "lock_key", "lock_id", "word", "count",
-                             "lock", "slow", NULL};
+                             "lock", "slow", "backend", NULL};
     unsigned long long lot, cv_key, lock_key, lock_id, word, count;
-    PyObject *lotobj, *lock, *slow;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKOO:CondWaiter", kwlist, &lotobj, &lot,
-                                     &cv_key, &lock_key, &lock_id, &word, &count, &lock, &slow))
+    PyObject *lotobj, *lock, *slow, *backend = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OKKKKKKOO|O:CondWaiter", kwlist, &lotobj, &lot,
+                                     &cv_key, &lock_key, &lock_id, &word, &count, &lock, &slow,
+                                     &backend))
         return -1;
     if (!lot || !word || word % 8 || count % 4 || !lock_id) {
         PyErr_SetString(PyExc_ValueError, "CondWaiter: bad lot or word address");
@@ -85,6 +87,12 @@ static int cw_init(CondWaiter *self, PyObject *args, PyObject *kwds)
     Py_XSETREF(self->lotobj, lotobj);
     Py_INCREF(slow);
     Py_XSETREF(self->slow, slow);
+    if (backend == Py_None)
+        Py_CLEAR(self->backend);
+    else {
+        Py_INCREF(backend);
+        Py_XSETREF(self->backend, backend);
+    }
     return 0;
 }
 
@@ -93,6 +101,7 @@ static int cw_traverse(CondWaiter *self, visitproc visit, void *arg)
     Py_VISIT(self->lock);
     Py_VISIT(self->lotobj);
     Py_VISIT(self->slow);
+    Py_VISIT(self->backend);
     return 0;
 }
 
@@ -101,6 +110,7 @@ static int cw_clear(CondWaiter *self)
     Py_CLEAR(self->lock);
     Py_CLEAR(self->lotobj);
     Py_CLEAR(self->slow);
+    Py_CLEAR(self->backend);
     return 0;
 }
 
@@ -118,7 +128,7 @@ static int leave(CondWaiter *self, uint32_t slot)
     uint64_t token = 0;
     int requeued = 0, rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = core.cond_cancel(self->lot, slot, self->cv_key, self->word, &token, &requeued);
+    rc = sl_core.cond_cancel(self->lot, slot, self->cv_key, self->word, &token, &requeued);
     Py_END_ALLOW_THREADS
     if (rc == SL_PARK_UNPARKED || rc == SL_PARK_GONE)
         return 1;
@@ -135,17 +145,37 @@ static int holder_gone(uint64_t word, uint64_t me)
         return 1;
     if (!(word & SL_LOCKED_BIT))
         return 0;
-    uint32_t pid = sl_word_pid(word);
-    if (pid == sl_word_pid(me)) /* our pid: alive only with our start time */
-        return sl_word_start(word) != sl_word_start(me);
-    return !sl_process_alive(pid, sl_word_start(word), SL_START_MASK);
+    return !sl_core.process_alive(sl_word_pid(word), sl_word_start(word), SL_START_MASK);
 }
 
 #define PY_RAISED INT32_MIN
 
+/* The backend's wake of the slot the lock's release unparked (the semaphore's post). Returns 0,
+ * or -1 with an exception set. */
+static int backend_wake(CondWaiter *self, uint32_t slot)
+{
+    PyObject *r = PyObject_CallMethod(self->backend, "wake", "[k]i", (unsigned long)slot, 1);
+    Py_XDECREF(r);
+    return r ? 0 : -1;
+}
+
+/* The backend's sleep until `until`: SL_SLEEP_*, or -1 with an exception set. */
+static int backend_sleep(CondWaiter *self, uint32_t slot, uint64_t until)
+{
+    PyObject *r = PyObject_CallMethod(self->backend, "sleep", "kK", (unsigned long)slot,
+                                      (unsigned long long)until);
+    if (!r)
+        return -1;
+    long v = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return v == -1 && PyErr_Occurred() ? -1 : (int)v;
+}
+
 /* Park and release the lock, sleep until notified, deadline or the holder's death. Returns 1
  * (notified) or 0 (not), a negative core code (the lock may or may not still be ours), or
- * PY_RAISED (a signal handler raised; the queue was left). */
+ * PY_RAISED (a signal handler or the backend raised; the queue was left). The futex backend
+ * sleeps its first slice inside sl_cond_park; the semaphore backend sleeps through
+ * self->backend, which also posts the semaphore of the lock waiter the release unparked. */
 static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
 {
     uint32_t slot = SL_NO_SLOT, woken[1];
@@ -153,12 +183,16 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
     int nwoken = 0, rc;
     uint64_t next_poll = now_ns() + SL_OWNER_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
-    rc = core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
-                        self->count, deadline, SL_SLICE_MAIN_NS, &slot, &token, woken, 1,
-                        &nwoken);
+    rc = sl_core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
+                           self->count, deadline, self->backend ? 0 : SL_SLICE_MAIN_NS, &slot,
+                           &token, woken, 1, &nwoken);
     Py_END_ALLOW_THREADS
     if (rc != 0) /* SL_PARK_DONE: notified; an error: nothing queued, the lock still ours */
         return rc == SL_PARK_DONE ? 1 : rc;
+    if (self->backend && nwoken > 0 && backend_wake(self, woken[0]) < 0) {
+        leave(self, slot);
+        return PY_RAISED;
+    }
     for (;;) {
         /* queued, the lock released, a slice over (or a signal) */
         if (PyErr_CheckSignals() < 0) {
@@ -179,9 +213,13 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
         if (next_poll < until)
             until = next_poll;
         int r;
+        if (self->backend && backend_sleep(self, slot, until) < 0) {
+            leave(self, slot);
+            return PY_RAISED;
+        }
         Py_BEGIN_ALLOW_THREADS
-        r = core.futex_wait(self->lot, slot, until);
-        rc = r < 0 ? r : core.word_finish(self->lot, &slot, self->word, &token);
+        r = self->backend ? 0 : sl_core.futex_wait(self->lot, slot, until);
+        rc = r < 0 ? r : sl_core.word_finish(self->lot, &slot, self->word, &token);
         Py_END_ALLOW_THREADS
         if (rc == SL_PARK_DONE)
             return 1;
@@ -273,8 +311,8 @@ static PyObject *cw_call(PyObject *obj, PyObject *const *args, size_t nargsf, Py
     if (parse_timeout(args, PyVectorcall_NARGS(nargsf), kwnames, &timeout) < 0 ||
         deadline_of(timeout, &deadline) < 0)
         return NULL;
-    if (!core.cond_park || !self->lot) {
-        PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to the core");
+    if (!self->lot) {
+        PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to a lot");
         return NULL;
     }
     uint64_t me = my_bits() | SL_LOCKED_BIT;
@@ -334,10 +372,12 @@ PyTypeObject CondWaiter_Type = {
     .tp_name = "shmlot._fast.CondWaiter",
     .tp_basicsize = sizeof(CondWaiter),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, lock_id, word, count, lock, slow)\n\n"
-              "Condition.wait(timeout=None) for a futex lot, as one callable (addresses as ints;\n"
-              "count 0 for a Lock). slow(waiter, code, timeout) gets the core's error codes,\n"
-              "with the lock held again.",
+    .tp_doc = "CondWaiter(lotobj, lot, cv_key, lock_key, lock_id, word, count, lock, slow,\n"
+              "           backend=None)\n\n"
+              "Condition.wait(timeout=None) as one callable (addresses as ints; count 0 for a\n"
+              "Lock). slow(waiter, code, timeout) gets the core's error codes, with the lock held\n"
+              "again. backend: the lot's sleep backend unless it is the futex (its sleep(slot,\n"
+              "deadline_ns) and wake(slots, n) are called with the GIL held).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)cw_init,
     .tp_traverse = (traverseproc)cw_traverse,
@@ -347,28 +387,3 @@ PyTypeObject CondWaiter_Type = {
     .tp_vectorcall_offset = offsetof(CondWaiter, vectorcall),
     .tp_getset = cw_getset,
 };
-
-PyObject *sl_fast_bind_core(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
-{
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "bind_core(cond_park, futex_wait, word_finish, "
-                                         "cond_cancel)");
-        return NULL;
-    }
-    void *p[4];
-    for (int i = 0; i < 4; i++) {
-        p[i] = PyLong_AsVoidPtr(args[i]);
-        if (PyErr_Occurred())
-            return NULL;
-        if (!p[i]) {
-            PyErr_SetString(PyExc_ValueError, "bind_core: null function pointer");
-            return NULL;
-        }
-    }
-    /* the core's own prototypes (api.h); the addresses come from cffi's ffi.addressof(lib, ..) */
-    core.cond_park = (__typeof__(core.cond_park))p[0];
-    core.futex_wait = (__typeof__(core.futex_wait))p[1];
-    core.word_finish = (__typeof__(core.word_finish))p[2];
-    core.cond_cancel = (__typeof__(core.cond_cancel))p[3];
-    Py_RETURN_NONE;
-}

@@ -10,7 +10,8 @@
  *
  * The files, one concern each:
  *   module.c    the module: functions, constants, types, initialisation
- *   ident.c     the calling thread's identity as it goes into lock words
+ *   core.c      the core's functions _fast calls (shmlot._core's), found once at import
+ *   ident.c     the calling thread's owner bits, from the core's identity cache
  *   word.c      SlWord: a word in a writable buffer, the base of every type below
  *   atomics.c   AtomicU32, AtomicU64: sequentially consistent atomics on a word
  *   locks.c     LockCore (the u64 lock word of api.h, threading.Lock-shaped fast paths) and
@@ -38,28 +39,37 @@
  * for METH_FASTCALL signatures (CPython's own _PyCFunction_CAST does the same). */
 #define METH(f) ((PyCFunction)(void (*)(void))(f))
 
-/* ---- the calling thread's identity (ident.c) ---------------------------------------------- */
+/* ---- the core's functions (core.c) ------------------------------------------------------- */
 
 typedef struct {
-    uint64_t gen;  /* sl_fast_gen when `bits` was computed; 0 in a new thread */
+    __typeof__(&sl_identity) identity;
+    const uint32_t *generation; /* sl_identity_generation(): bumped in every fork child */
+    __typeof__(&sl_cond_park) cond_park;
+    __typeof__(&sl_futex_wait) futex_wait;
+    __typeof__(&sl_word_finish) word_finish;
+    __typeof__(&sl_cond_cancel) cond_cancel;
+    __typeof__(&sl_process_alive) process_alive; /* the liveness predicate */
+} sl_fast_core_t;
+extern sl_fast_core_t sl_core;
+int sl_fast_core_init(void);
+
+/* ---- the calling thread's owner bits (ident.c) -------------------------------------------- */
+
+typedef struct {
+    uint32_t gen;  /* *sl_core.generation when `bits` was computed; 0 in a new thread */
     uint64_t bits; /* sl_owner_bits(pid, tid, start), flags clear */
-    uint32_t tid;
 } sl_fast_ident;
 
-extern uint32_t sl_fast_pid;   /* 0: not computed yet, or we are a fork child */
-extern uint64_t sl_fast_start; /* full start time in clock ticks (only 18 bits go in a word) */
-extern uint64_t sl_fast_gen;   /* bumped in every fork child */
 /* initial-exec: a direct thread-pointer access instead of a __tls_get_addr call on every lock
  * operation (the dynamic linker keeps room in the static TLS block for modules loaded later). */
 extern __thread sl_fast_ident sl_fast_self __attribute__((tls_model("initial-exec")));
 
 void sl_fast_ident_refresh(void);
-int sl_fast_ident_init(void);
 
-/* Owner bits of the calling thread (LOCKED and PARKED clear). */
+/* Owner bits of the calling thread (LOCKED and PARKED clear), from the core's identity. */
 static inline uint64_t my_bits(void)
 {
-    if (UNLIKELY(sl_fast_self.gen != sl_fast_gen))
+    if (UNLIKELY(sl_fast_self.gen != __atomic_load_n(sl_core.generation, __ATOMIC_RELAXED)))
         sl_fast_ident_refresh();
     return sl_fast_self.bits;
 }
@@ -191,6 +201,5 @@ int install_with_methods(const with_def *defs, size_t n);
 
 int sl_fast_locks_init(void); /* locks.c: interned names, threading.TIMEOUT_MAX, `with` */
 int sl_fast_event_init(void);
-PyObject *sl_fast_bind_core(PyObject *m, PyObject *const *args, Py_ssize_t nargs);
 
 #endif

@@ -12,7 +12,7 @@
  *   CondWaiter             Condition.wait in one call (condwait.c): the exception to "nothing
  *                          here blocks": it releases the GIL around its calls into the core
  * Functions: self_ident, self_owner_bits, owner_bits, word_owner, process_alive, cpu_relax,
- * thread_yield, bind_core; the api.h constants the GIL-holding paths use (LOCKED_BIT, PARKED_BIT,
+ * thread_yield; the api.h constants the GIL-holding paths use (LOCKED_BIT, PARKED_BIT,
  * START_MASK, LOCK_SIZE, RLOCK_SIZE, TOKEN_HANDOFF, ...: see `constants` below).
  */
 #include <sched.h>
@@ -21,9 +21,10 @@
 
 static PyObject *f_self_ident(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
 {
-    my_bits();
-    return Py_BuildValue("(kkK)", (unsigned long)sl_fast_pid, (unsigned long)sl_fast_self.tid,
-                         (unsigned long long)sl_fast_start);
+    uint32_t pid, tid;
+    uint64_t start;
+    sl_core.identity(&pid, &tid, &start);
+    return Py_BuildValue("(kkK)", (unsigned long)pid, (unsigned long)tid, (unsigned long long)start);
 }
 
 static PyObject *f_self_owner_bits(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(ignored))
@@ -70,7 +71,7 @@ static PyObject *f_process_alive(PyObject *Py_UNUSED(m), PyObject *const *args, 
         u64_arg(args[1], UINT64_MAX, "start", &start) < 0 ||
         (nargs == 3 && u64_arg(args[2], UINT64_MAX, "start_mask", &mask) < 0))
         return NULL;
-    return PyBool_FromLong(sl_process_alive((uint32_t)pid, start, mask));
+    return PyBool_FromLong(sl_core.process_alive((uint32_t)pid, start, mask));
 }
 
 static PyObject *f_cpu_relax(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t nargs)
@@ -92,7 +93,8 @@ static PyObject *f_thread_yield(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
 static PyMethodDef module_methods[] = {
     {"self_ident", f_self_ident, METH_NOARGS,
      "self_ident()\n--\n\n(pid, tid, start) of the calling thread; start is the process start\n"
-     "time in clock ticks (all bits; lock words keep the low 18). Cached, refreshed after fork."},
+     "time in clock ticks (all bits; lock words keep the low 18). The core's cached identity\n"
+     "(lib.sl_identity), refreshed after fork."},
     {"self_owner_bits", f_self_owner_bits, METH_NOARGS,
      "self_owner_bits()\n--\n\nowner_bits(*self_ident()): what the calling thread puts in a\n"
      "lock word it takes (OR LOCKED_BIT)."},
@@ -103,15 +105,13 @@ static PyMethodDef module_methods[] = {
      "word_owner(word, /)\n--\n\n(pid, tid, start18) stored in a lock word."},
     {"process_alive", METH(f_process_alive), METH_FASTCALL,
      "process_alive(pid, start, start_mask=START_MASK, /)\n--\n\n"
-     "Whether process `pid` exists, is not a zombie, and started at `start` (compared under\n"
-     "start_mask). True when /proc cannot tell."},
+     "The liveness predicate (the core's sl_process_alive): whether process `pid` exists, is\n"
+     "not a zombie or exiting, and started at `start` (compared under start_mask; 0: any);\n"
+     "our own pid only with our own start time. True when /proc cannot tell."},
     {"cpu_relax", METH(f_cpu_relax), METH_FASTCALL,
      "cpu_relax(n=1, /)\n--\n\nExecute n spin-loop hints (pause / isb), n <= 2**20."},
     {"thread_yield", f_thread_yield, METH_NOARGS,
      "thread_yield()\n--\n\nsched_yield(), keeping the GIL."},
-    {"bind_core", METH(sl_fast_bind_core), METH_FASTCALL,
-     "bind_core(cond_park, futex_wait, word_finish, cond_cancel, /)\n--\n\n"
-     "Addresses of the core's functions (shmlot._core) that CondWaiter calls."},
     {NULL, NULL, 0, NULL}};
 
 static struct PyModuleDef fast_module = {
@@ -165,7 +165,7 @@ static int add_constants(PyObject *m)
 
 PyMODINIT_FUNC PyInit__fast(void)
 {
-    if (sl_fast_ident_init() < 0 || sl_fast_event_init() < 0)
+    if (sl_fast_core_init() < 0 || sl_fast_event_init() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&fast_module);
     if (!m)
