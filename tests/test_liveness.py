@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from shmlot import _fast, _waiters, locks
+from shmlot import _fast, _sleep, locks
 from shmlot._core import lib
 
 pytestmark = pytest.mark.timeout(60)
@@ -87,7 +87,7 @@ def test_a_zombie_is_dead_everywhere(child):
     assert not both(pid, start, FULL)
     assert not both(pid, 0, 0)
     assert not locks.owner_alive(lock_word(pid, start))
-    assert not _waiters._pid_alive(pid)  # the semaphore backend's leftover files
+    assert not _sleep._pid_alive(pid)  # the semaphore backend's leftover files
 
 
 def test_a_reaped_process_is_dead(child):
@@ -95,7 +95,7 @@ def test_a_reaped_process_is_dead(child):
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     assert not both(pid, start, FULL)
-    assert not _waiters._pid_alive(pid)
+    assert not _sleep._pid_alive(pid)
 
 
 def test_our_own_pid_is_alive_only_with_our_start_time():
