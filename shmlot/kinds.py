@@ -288,15 +288,13 @@ def reclaim_dead(lot, obj):
     if kind.reclaim is None:
         return 0
     import importlib
-    from . import _placement as _pl
+    from ._base import _rebuild
     from .errors import ObjectGoneError
     module, cls_name, method = kind.reclaim
     cls = getattr(importlib.import_module(f"{__package__}.{module}"), cls_name)
-    try:
-        place = _pl.rebuild_place(("record", lot.name, obj.index, kind.code,
-                                   lot._object_gen(obj.index)))
+    try:  # a handle as unpickling one makes it (the record's current generation)
+        handle = _rebuild(cls, ("record", lot.name, obj.index, kind.code,
+                                lot._object_gen(obj.index)), None)
     except ObjectGoneError:
         return 0
-    handle = cls.__new__(cls)
-    handle._bind(place)
     return getattr(handle, method)()
