@@ -156,7 +156,6 @@ static inline sl_hold *HOLD(sl_lot *l, uint32_t i)
 
 uint64_t sl_now_ns(void);
 void sl_identity(uint32_t *pid, uint32_t *tid, uint64_t *start); /* this thread's, cached */
-uint32_t sl_bucket_of(sl_lot *l, uint64_t key);
 int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns);
 void sl_bucket_unlock(sl_lot *l, uint32_t b);
 int sl_slot_alloc(sl_lot *l, uint32_t *out);
