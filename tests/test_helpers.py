@@ -1,6 +1,7 @@
 """The test helpers (tests/helpers) do what the suite relies on: names are unique, a killed child
 is reaped, a hanging child is killed at its timeout, segments are shared, the default lot reaches
 children."""
+import collections
 import multiprocessing
 import os
 import time
@@ -33,9 +34,10 @@ def gone(pid):
 
 def test_new_lot_names_are_unique_and_under_the_session_prefix():
     names = [new_lot_name("tag-") for _ in range(10_000)]
-    assert len(set(names)) == len(names)
-    assert all(n.startswith(NAME_PREFIX + "tag-") for n in names)
-    assert all(len(n) <= 63 and "/" not in n for n in names)
+    twice = [n for n, c in collections.Counter(names).items() if c > 1]
+    assert len(set(names)) == len(names), twice[:4]
+    assert [n for n in names if not n.startswith(NAME_PREFIX + "tag-")] == []
+    assert [n for n in names if len(n) > 63 or "/" in n] == []
 
 
 def test_lot_name_factory_issues_unique_names(lot_name):
