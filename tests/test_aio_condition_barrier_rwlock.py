@@ -8,9 +8,10 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
+from helpers.aio import hold_in_child, mode_env, run, start_queued_in_order, until
 from helpers.kills import kill_and_reap
 from helpers.processes import start_python
+from helpers.waiting import parked
 
 
 # ---- Condition ---------------------------------------------------------------------------------
@@ -29,7 +30,7 @@ def test_condition_notify_wakes_tasks_in_order_of_the_lock(aio_lot):
         tasks = []
         for i in range(5):
             tasks.append(asyncio.create_task(waiter(i)))
-            await until(lambda: len(queued(aio_lot, cond.sync.key)) == i + 1)
+            await until(lambda: len(parked(aio_lot, cond.sync.key)) == i + 1)
         async with cond:
             cond.notify(2)
         await until(lambda: len(woken) == 2)
@@ -241,12 +242,12 @@ def test_rwlock_cancelled_writer_lets_readers_in(aio_lot):
 
 @pytest.mark.timeout(60)
 def test_rwlock_dead_writer_reaches_a_waiting_task(aio_lot, aio_mode):
-    child = start_holder(aio_lot, aio_mode, "shmlot.RWLock(name='rwv', lot=lot)", "acquire_write")
+    child = hold_in_child(aio_lot, aio_mode, "shmlot.RWLock(name='rwv', lot=lot)", "acquire_write")
     rw = aio.RWLock(name="rwv", lot=aio_lot)
 
     async def main():
         w = asyncio.create_task(rw.acquire_write())
-        await until(lambda: len(queued(aio_lot)) == 1)
+        await until(lambda: len(parked(aio_lot)) == 1)
         kill_and_reap(child)
         with pytest.raises(shmlot.OwnerDiedError):
             await asyncio.wait_for(w, 5)

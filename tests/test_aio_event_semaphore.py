@@ -9,8 +9,9 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, start_queued_in_order, until
+from helpers.aio import mode_env, run, start_queued_in_order, until
 from helpers.processes import start_python
+from helpers.waiting import parked
 
 
 def test_event_set_by_a_thread_wakes_tasks(aio_lot):
@@ -19,7 +20,7 @@ def test_event_set_by_a_thread_wakes_tasks(aio_lot):
 
     async def main():
         waiters = [asyncio.create_task(ev.wait()) for _ in range(20)]
-        await until(lambda: len(queued(aio_lot, ev.key)) == 20)
+        await until(lambda: len(parked(aio_lot, ev.key)) == 20)
         threading.Thread(target=sync.set).start()
         assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [True] * 20
         assert ev.is_set()
@@ -27,7 +28,7 @@ def test_event_set_by_a_thread_wakes_tasks(aio_lot):
         assert not sync.is_set()
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(aio.Event.from_sync(sync).wait(), 0.05)
-        assert not queued(aio_lot)
+        assert not parked(aio_lot)
     run(main())
     assert aio_lot.info()["slots_free"] == aio_lot.slots
 
@@ -38,14 +39,14 @@ def test_event_cancel_and_timeout(aio_lot):
 
     async def main():
         tasks = [asyncio.create_task(ev.wait()) for _ in range(10)]
-        await until(lambda: len(queued(aio_lot, ev.key)) == 10)
+        await until(lambda: len(parked(aio_lot, ev.key)) == 10)
         for t in tasks[:5]:
             t.cancel()
         await asyncio.gather(*tasks[:5], return_exceptions=True)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await ev.wait()
-        assert len(queued(aio_lot, ev.key)) == 5
+        assert len(parked(aio_lot, ev.key)) == 5
         ev.set()
         assert await asyncio.gather(*tasks[5:]) == [True] * 5
         assert ev.sync._words[1].load() == 0  # no waiter counted
@@ -149,7 +150,7 @@ def test_bounded_semaphore(aio_lot):
         await sem.acquire()
         assert sem.locked()
         waiter = asyncio.create_task(sem.acquire())
-        await until(lambda: len(queued(aio_lot, sem.key)) == 1)
+        await until(lambda: len(parked(aio_lot, sem.key)) == 1)
         sem.release()
         await asyncio.wait_for(waiter, 5)
         sem.release()

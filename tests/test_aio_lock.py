@@ -14,10 +14,10 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
+from helpers.aio import hold_in_child, mode_env, run, start_queued_in_order, until
 from helpers.kills import kill_and_reap
 from helpers.processes import start_python
-from helpers.waiting import wait_until
+from helpers.waiting import parked, wait_until
 
 
 def test_same_word_as_the_sync_lock(aio_lot):
@@ -80,7 +80,7 @@ def test_tasks_exclude_each_other_and_threads(aio_lot):
     run(main())
     assert not errors
     assert state["count"] == 2 * 200 + 20 * 100
-    assert not alock.locked() and not queued(aio_lot)
+    assert not alock.locked() and not parked(aio_lot)
     assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
@@ -137,7 +137,7 @@ def test_processes_mix_sync_and_async(aio_lot, aio_mode, shm_segment):
         assert p.returncode == 0 and "ok" in out, err
     assert seg.load(16) == 0, "two holders at once"
     assert seg.load(8) == 3 * 9 * rounds
-    assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
+    assert not parked(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 def test_cancelled_waiters_leave_nothing_queued(aio_lot):
@@ -146,11 +146,11 @@ def test_cancelled_waiters_leave_nothing_queued(aio_lot):
     async def main():
         await alock.acquire()
         tasks = [asyncio.create_task(alock.acquire()) for _ in range(40)]
-        await until(lambda: len(queued(aio_lot, alock.key)) == 40, message="40 queued")
+        await until(lambda: len(parked(aio_lot, alock.key)) == 40, message="40 queued")
         for t in tasks[::2]:
             t.cancel()
         await asyncio.gather(*tasks[::2], return_exceptions=True)
-        assert len(queued(aio_lot, alock.key)) == 20
+        assert len(parked(aio_lot, alock.key)) == 20
         for t in tasks[1::2]:
             alock.release()
             await t
@@ -213,7 +213,7 @@ def test_timeout_and_wait_for(aio_lot):
                 await alock.acquire()
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(alock.acquire(), 0.05)
-        assert not queued(aio_lot)
+        assert not parked(aio_lot)
         alock.release()
         assert await asyncio.wait_for(alock.acquire(), 1)
         alock.release()
@@ -230,7 +230,7 @@ def test_the_loop_keeps_running_while_tasks_wait(aio_lot, aio_mode):
         await alock.acquire()
         tasks = [asyncio.create_task(alock.acquire()) for _ in range(1000 if aio_mode == "futex"
                                                                       else 100)]
-        await until(lambda: len(queued(aio_lot, alock.key)) == len(tasks), 30)
+        await until(lambda: len(parked(aio_lot, alock.key)) == len(tasks), 30)
         if aio_mode == "futex":
             stats = aio.watch_stats()
             assert stats["watched"] == 1000
@@ -253,17 +253,17 @@ def test_the_loop_keeps_running_while_tasks_wait(aio_lot, aio_mode):
         await asyncio.gather(*tasks, return_exceptions=True)
         alock.release()
     run(main())
-    assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
+    assert not parked(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 @pytest.mark.timeout(60)
 def test_owner_killed_waiting_task_gets_owner_died(aio_lot, aio_mode):
-    child = start_holder(aio_lot, aio_mode, "shmlot.Lock(name='victim', lot=lot)")
+    child = hold_in_child(aio_lot, aio_mode, "shmlot.Lock(name='victim', lot=lot)")
     alock = aio.Lock(name="victim", lot=aio_lot)
 
     async def main():
         waiter = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
+        await until(lambda: len(parked(aio_lot, alock.key)) == 1)
         kill_and_reap(child)
         t0 = time.monotonic()
         with pytest.raises(shmlot.OwnerDiedError):
@@ -274,7 +274,7 @@ def test_owner_killed_waiting_task_gets_owner_died(aio_lot, aio_mode):
         await alock.acquire()
         alock.release()
     run(main())
-    assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
+    assert not parked(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 CTRL_C = r"""
@@ -303,13 +303,13 @@ def test_ctrl_c_stops_the_loop_promptly(aio_lot, aio_mode):
         child = start_python(CTRL_C, aio_lot.name, env=mode_env(aio_mode))
         assert child.stdout.readline().strip() == "waiting"
         key = lock.key
-        wait_until(lambda: queued(aio_lot, key), 10, "the task queued")
+        wait_until(lambda: parked(aio_lot, key), 10, "the task queued")
         t0 = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=10)
         assert time.monotonic() - t0 < 1.0, err
         assert out.split() == ["interrupted", str(aio_lot.slots)], err
-        assert not queued(aio_lot)
+        assert not parked(aio_lot)
     finally:
         lock.release()
 
@@ -324,7 +324,7 @@ def test_shmlot_stat_shows_waiting_tasks(aio_lot):
     async def main():
         await alock.acquire()
         waiter = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
+        await until(lambda: len(parked(aio_lot, alock.key)) == 1)
         r = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "shmlot.stat", aio_lot.name, env=python_env(), cwd=REPO_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -355,7 +355,7 @@ def test_long_waits_still_wake_after_moving_to_packed_groups(aio_lot, aio_mode):
         tasks = []
         for i in range(20):
             tasks.append(asyncio.create_task(waiter(i)))
-            await until(lambda: len(queued(aio_lot, alock.key)) == i + 1)
+            await until(lambda: len(parked(aio_lot, alock.key)) == i + 1)
         await asyncio.sleep(aio.OWNER_POLL * 2.5)
         t0 = time.monotonic()
         alock.release()
@@ -381,11 +381,11 @@ def test_a_loop_closed_under_waiting_tasks_leaves_nothing_queued(aio_lot):
     tasks = [loop.create_task(alock.acquire()) for _ in range(5)]
     tasks.append(loop.create_task(cond_waiter()))
     loop.run_until_complete(asyncio.sleep(0.1))
-    assert len(queued(aio_lot)) == 6
+    assert len(parked(aio_lot)) == 6
     loop.close()
     del loop, tasks
     gc.collect()
-    assert not queued(aio_lot)
+    assert not parked(aio_lot)
     alock.sync.release()
     assert alock.sync._word() == 0
     assert aio_lot.info()["slots_free"] == aio_lot.slots
@@ -432,7 +432,7 @@ def test_the_loop_thread_never_sleeps_in_a_futex(aio_lot, aio_mode):
         await alock.acquire()
         tasks = [asyncio.create_task(alock.acquire()) for _ in range(100)]
         tasks += [asyncio.create_task(sem.acquire()) for _ in range(100)]
-        await until(lambda: len(queued(aio_lot)) == 200, 30)
+        await until(lambda: len(parked(aio_lot)) == 200, 30)
         t = threading.Thread(target=sampler)
         t.start()
         try:

@@ -7,8 +7,9 @@ import pytest
 
 import shmlot
 
-from helpers.aio import mode_env, queued
+from helpers.aio import mode_env
 from helpers.processes import start_python
+from helpers.waiting import parked
 
 STORM = r"""
 import asyncio, random, sys, threading, time
@@ -147,7 +148,7 @@ def test_cancellation_storm(aio_lot, aio_mode, shm_segment):
     assert sem._value() == 3 and sem._words[1].load() == 0
     assert [rw._words[i].load() for i in range(4)] == [0, 0, 0, 0]
     assert not aio_lot._holds_on(rw.key) and not aio_lot._holds_on(rw._wkey)
-    assert not queued(aio_lot)
+    assert not parked(aio_lot)
     info = aio_lot.info()
     assert info["slots_free"] == aio_lot.slots
     # many of the cancellations struck a queued task (each left the queue as a timeout)

@@ -19,6 +19,7 @@ import pytest
 import shmlot
 from shmlot import FilterOp, RequeueOp
 
+from helpers.layout import bucket_of
 from helpers.waiting import ParkerThread, park_in_order, parked, wait_parked
 
 pytestmark = pytest.mark.timeout(60)
@@ -561,14 +562,9 @@ def test_other_threads_may_use_the_lot_while_a_callback_runs(make_lot):
     u.start()
     assert inside.wait(10)
     try:
-        key = next(k for k in range(1, 10000) if _bucket(lot, k) != _bucket(lot, A))
+        key = next(k for k in range(1, 10000) if bucket_of(lot, k) != bucket_of(lot, A))
         assert lot.park(key, timeout=0).is_timed_out
         assert lot.unpark_all(key) == 0
     finally:
         release.set()
         u.join(10)
-
-
-def _bucket(lot, key):
-    """The bucket of ``key`` (lot.c sl_bucket_of: Fibonacci hashing, high 32 bits)."""
-    return (((key * 0x9E3779B97F4A7C15) % 2**64) >> 32) % lot.buckets

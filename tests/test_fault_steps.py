@@ -21,6 +21,7 @@ import pytest
 from shmlot import FilterOp, RequeueOp
 from shmlot._core import ffi, lib
 
+from helpers.layout import bucket_field, bucket_of, field
 from helpers.processes import run_python, start_python
 from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
@@ -32,11 +33,6 @@ KEY = 0x5EED_F001
 LOCKED_STEPS = ("park_before_enqueue", "park_after_enqueue", "unpark_locked", "requeue_mid",
                 "cancel_locked")
 UNLOCKED_STEPS = ("unpark_before_wake",)
-
-
-def bucket_of(lot, key):
-    """lot.c sl_bucket_of: Fibonacci hashing on the high half."""
-    return (((key * 0x9E3779B97F4A7C15) & (2**64 - 1)) >> 32) % lot.buckets
 
 
 def key_in_bucket(lot, bucket, avoid=()):
@@ -55,10 +51,9 @@ def key_not_in_bucket(lot, bucket, start):
 
 
 def bucket_lock_futex_offset(lot, bucket):
-    """Offset of the futex word sleepers on bucket ``bucket``'s lock wait on (lot.h: 4096-byte
-    header, 64-byte bucket records with the lock first: its u64 word, then its u32 wake
+    """Offset of the futex word sleepers on bucket ``bucket``'s lock wait on (its lock's wake
     counter)."""
-    return 4096 + 64 * bucket + 8
+    return bucket_field(lot, bucket, "lock")[0] + field("sl_ilock", "wake")[0]
 
 
 def futex_addr(tid):
@@ -497,7 +492,7 @@ live_pid = int(sys.argv[1])
 def guards():
     slots = ffi.new("sl_slot_info[]", lot.slots)
     n = lib.sl_snapshot_slots(lot._h(), slots, lot.slots)
-    return sorted((s.pid == live_pid, s.guard_alive) for s in slots[0:n] if s.state == 2)
+    return sorted((s.pid == live_pid, s.guard_alive) for s in slots[0:n] if s.state == lib.SL_SLOT_QUEUED)
 first = guards()
 os.closerange(3, 4096)          # every descriptor, the lot's own included (the mapping stays)
 files = [open("/dev/null", "rb") for _ in range(64)]   # numbers reused by files

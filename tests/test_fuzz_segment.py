@@ -17,13 +17,16 @@ import sys
 
 import pytest
 
+from shmlot._core import lib
+
 from helpers import REPO_ROOT
+from helpers.layout import header_field, lock_word
 from helpers.lots import NAME_PREFIX, remove_name
 from helpers.processes import python_env, run_python
 
 FUZZ = os.path.join(REPO_ROOT, "tools", "fuzz_lot.py")
-BUCKETS_OFF = 4096      # lot.h: the buckets follow the 4 KiB header
-REGISTRY_LOCK = 488     # offsetof(sl_header, registry_lock)
+BUCKETS_OFF = lib.SL_HEADER_SIZE                     # the buckets follow the header page
+REGISTRY_LOCK = header_field("registry_lock")[0]
 
 
 def _cleanup(prefix):
@@ -112,11 +115,6 @@ def scribbled_lock_run(lot_name, pos, word, waiter="futex"):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def lock_word(pid, tid, start):
-    """An internal lock word (ident.h layout): LOCKED, the holder's pid, tid, start time bits."""
-    return 1 | (pid << 2) | (tid << 24) | ((start & 0x3FFFF) << 46)
-
-
 def start_of(pid):
     with open(f"/proc/{pid}/stat") as f:
         return int(f.read().rpartition(")")[2].split()[19])
@@ -136,10 +134,10 @@ def bystander():
 def bogus_words(bystander):
     pid, start = bystander
     return {
-        "no-holder": (1, "LotCorruptError"),                       # LOCKED, no owner bits
+        "no-holder": (lib.SL_LOCKED_BIT, "LotCorruptError"),       # LOCKED, no owner bits
         "live-process-not-mapping": (lock_word(pid, pid, start), "LotCorruptError"),
         "no-such-process": (lock_word(4_000_000, 4_000_000, 5), "ok"),   # a dead holder's
-        "waiters-bit-only": (2, "ok"),                             # not held at all
+        "waiters-bit-only": (lib.SL_PARKED_BIT, "ok"),             # not held at all
     }
 
 

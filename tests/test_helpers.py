@@ -1,6 +1,7 @@
 """The test helpers (tests/helpers) do what the suite relies on: names are unique, a killed child
 is reaped, a hanging child is killed at its timeout, segments are shared, the default lot reaches
 children."""
+import collections
 import multiprocessing
 import os
 import time
@@ -13,6 +14,7 @@ from shmlot import ParkingLot
 
 from helpers import SHM_DIR
 from helpers.kills import kill_all, kill_and_reap
+from helpers.layout import bucket_of, header_value, lock_word, read, slot_field
 from helpers.lots import NAME_PREFIX, fresh_default_lot, new_lot_name, remove_name
 from helpers.processes import child_env, python_env, run_procs, run_python, start_python
 from helpers.segments import Segment, attach_segment
@@ -32,9 +34,10 @@ def gone(pid):
 
 def test_new_lot_names_are_unique_and_under_the_session_prefix():
     names = [new_lot_name("tag-") for _ in range(10_000)]
-    assert len(set(names)) == len(names)
-    assert all(n.startswith(NAME_PREFIX + "tag-") for n in names)
-    assert all(len(n) <= 63 and "/" not in n for n in names)
+    twice = [n for n, c in collections.Counter(names).items() if c > 1]
+    assert len(set(names)) == len(names), twice[:4]
+    assert [n for n in names if not n.startswith(NAME_PREFIX + "tag-")] == []
+    assert [n for n in names if len(n) > 63 or "/" in n] == []
 
 
 def test_lot_name_factory_issues_unique_names(lot_name):
@@ -205,3 +208,24 @@ def test_raised_in_thread_returns_what_the_other_thread_raised():
     rlock.release()
     with pytest.raises(AssertionError, match="still running"):
         raised_in_thread(lambda: time.sleep(1), timeout=0.1)
+
+
+def test_layout_finds_a_parked_thread_where_the_core_put_it(futex_lot):
+    from shmlot import _fast
+    from shmlot._core import ffi, lib
+    key = 0xC0FFEE
+    t = ParkerThread(futex_lot, key, park_token=77).start()
+    [p] = wait_parked(futex_lot, key, 1)
+    buf = futex_lot._buffer
+    assert read(buf, *slot_field(futex_lot, p.index, "key")) == key
+    assert read(buf, *slot_field(futex_lot, p.index, "park_token")) == 77
+    assert read(buf, *slot_field(futex_lot, p.index, "state")) == lib.SL_SLOT_QUEUED
+    info = ffi.new("sl_slot_info[]", futex_lot.slots)
+    n = lib.sl_snapshot_slots(futex_lot._h(), info, futex_lot.slots)
+    [mine] = [s for s in info[0:n] if s.index == p.index]
+    assert bucket_of(futex_lot, key) == mine.bucket
+    assert header_value(futex_lot, "nbuckets") == futex_lot.buckets
+    futex_lot.unpark_all(key)
+    assert t.outcome().is_unparked
+    assert _fast.word_owner(lock_word(1234, 5678, 2**20 + 9)) == (1234, 5678, 9)
+    assert lock_word(1, 1, 0) & lib.SL_LOCKED_BIT

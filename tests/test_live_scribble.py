@@ -30,12 +30,14 @@ import shmlot
 
 from helpers import SHM_DIR
 from helpers.kills import kill_all
+from helpers.layout import header_field
 from helpers.processes import run_python, start_python
 
 pytestmark = pytest.mark.timeout(120)
 
 NOBODY = 65534
-FIXED_HEADER = 128   # lot.h sl_header: magic .. creator_pid (read only at attach); then the rest
+# sl_header from magic to creator_pid is read only at attach (left alone); then the rest
+FIXED_HEADER = header_field("free_head")[0]
 SECONDS = 2.5        # how long the workers run while the lot is scribbled on
 ROLES = ("parker", "locker", "locker", "waiter", "waiter", "notifier", "unparker")
 
@@ -197,6 +199,7 @@ SLOT_WINDOWS = r"""
 import json, os, struct, sys, threading, time
 import shmlot
 from shmlot._core import ffi, lib
+from helpers.layout import slot_offset
 
 prefix, waiter = sys.argv[1], sys.argv[2]
 out = []
@@ -219,12 +222,12 @@ for window in (0, 16, 32, 48, 64, 80, 96, 104, 112):   # 104: where the guard's 
                 t = threading.Thread(target=park)
                 t.start()
                 slots = ffi.new("sl_slot_info[]", 4)
-                while not any(s.state == 2 for s in slots[0:max(0, lib.sl_snapshot_slots(
+                QUEUED = lib.SL_SLOT_QUEUED
+                while not any(s.state == QUEUED for s in slots[0:max(0, lib.sl_snapshot_slots(
                         lot._h(), slots, 4))]):
                     time.sleep(0.001)
-                [s] = [s for s in slots[0:4] if s.state == 2]
-                stride = struct.unpack_from("<I", lot._buffer, 44)[0]
-                base = struct.unpack_from("<Q", lot._buffer, 64)[0] + s.index * stride + window
+                [s] = [s for s in slots[0:4] if s.state == QUEUED]
+                base = slot_offset(lot, s.index) + window
                 data = {"zeros": bytes(16), "ones": b"\xff" * 16,
                         "random": os.urandom(16)}[pattern]
                 lot._buffer[base:base + 16] = data

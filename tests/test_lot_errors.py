@@ -21,8 +21,10 @@ import pytest
 
 import shmlot
 from shmlot import LotCorruptError, LotNotFoundError, ParkingLot, FilterOp, RequeueOp
+from shmlot._core import lib
 
 from helpers import SHM_DIR
+from helpers.layout import bucket_field, bucket_of, field, header_field, header_value
 from helpers.processes import run_python
 from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
@@ -30,14 +32,13 @@ pytestmark = pytest.mark.timeout(60)
 
 NOBODY = 65534
 
-# header fields (shmlot/_native/lot.h, sl_header): offset, struct format
-H_MAGIC, H_VERSION, H_TOTAL = (0, "<Q"), (8, "<I"), (16, "<Q")
-H_NBUCKETS, H_SLOT_STRIDE = (24, "<I"), (44, "<I")
-H_BUCKETS_OFF, H_SLOTS_OFF = (56, "<Q"), (64, "<Q")
-H_WAITER = (88, "<I")
-B_LOCK_SIZE = 16  # sl_bucket starts with its lock (sl_ilock: u64 word, u32 wake, u32 pad)
-# sl_slot: wait, state (u32), key, park_token, unpark_token (u64), next, prev, bucket (u32)
-S_NEXT, S_BUCKET = 32, 40
+# header fields (sl_header): offset, struct format
+H_MAGIC, H_VERSION, H_TOTAL = (header_field(f) for f in ("magic", "version", "total_size"))
+H_NBUCKETS, H_SLOT_STRIDE = header_field("nbuckets"), header_field("slot_stride")
+H_BUCKETS_OFF, H_SLOTS_OFF = header_field("buckets_off"), header_field("slots_off")
+H_WAITER = header_field("waiter")
+# sl_slot's queue link and bucket index
+S_NEXT, S_BUCKET = field("sl_slot", "next")[0], field("sl_slot", "bucket")[0]
 
 
 def poke(name, field, value):
@@ -146,19 +147,14 @@ def test_truncated_lot_is_corrupt(make_lot):
     assert f"segment is {size // 2} bytes, header says {size}" in str(info.value)
 
 
-def _bucket_of(lot, key):
-    return (((key * 0x9E3779B97F4A7C15) % 2**64) >> 32) % lot.buckets
-
-
-def _bucket_field(lot, key, offset):
-    """Byte offset in the segment of a field of ``key``'s bucket (sl_bucket: lock, then head,
-    tail, count as u32; 64-byte records)."""
-    return peek(lot, H_BUCKETS_OFF) + _bucket_of(lot, key) * 64 + B_LOCK_SIZE + offset
+def _bucket_field(lot, key, name):
+    """Byte offset in the segment of field ``name`` of ``key``'s bucket."""
+    return bucket_field(lot, bucket_of(lot, key), name)[0]
 
 
 def test_broken_queue_raises_instead_of_crashing(lot):
     key = 0xBAD
-    head = _bucket_field(lot, key, 0)
+    head = _bucket_field(lot, key, "head")
     struct.pack_into("<I", lot._buffer, head, 0xFFFFFFF0)  # a link far outside the slot pool
     for op in (lambda: lot.unpark_one(key), lambda: lot.unpark_all(key),
                lambda: lot.unpark_filter(key, lambda t: FilterOp.UNPARK),
@@ -218,15 +214,18 @@ def test_random_scribbles_never_crash(waiter, lot_name):
         from shmlot import ParkingLot, FilterOp, RequeueOp
         lot = ParkingLot.create(sys.argv[1], buckets=8, slots=16, waiter=sys.argv[2])
         buf = lot._buffer
-        u32 = lambda off: struct.unpack_from("<I", buf, off)[0]
-        u64 = lambda off: struct.unpack_from("<Q", buf, off)[0]
-        lock = 16; boff = u64(56); soff = u64(64); sstride = u32(44); nslots = u32(28)
+        from helpers.layout import field, header_value
+        lock = field("sl_bucket", "head")[0]  # the bucket's fields after its lock
+        boff, bstride = header_value(lot, "buckets_off"), header_value(lot, "bucket_stride")
+        soff, sstride = header_value(lot, "slots_off"), header_value(lot, "slot_stride")
+        nslots = header_value(lot, "nslots")
         failures = 0
         for seed in range(300):
             rnd = random.Random(seed)
             for _ in range(rnd.randrange(1, 6)):
                 if rnd.random() < 0.5:  # a bucket's head/tail/count/seed/fair timeout
-                    off = boff + rnd.randrange(8) * 64 + lock + rnd.randrange(0, 64 - lock - 4)
+                    off = (boff + rnd.randrange(8) * bstride + lock
+                           + rnd.randrange(0, bstride - lock - 4))
                 else:                   # anywhere in a slot
                     off = soff + rnd.randrange(nslots) * sstride + rnd.randrange(0, sstride - 4)
                 val = rnd.choice([0, 1, 2, 3, nslots, nslots + 1, 0xFFFFFFFF,
@@ -359,14 +358,16 @@ def test_shared_mode_lot_works_across_users(make_lot, as_root):
 
 # ---- lot too big --------------------------------------------------------------------------
 
-def _max_lot_size():
-    """Bytes of the biggest lot ParkingLot.create accepts (every count at its 2**20 maximum)."""
-    strides = 64 + 128 + 320 + 32  # bucket, slot, object, hold records (lot.c compute_geometry)
-    return 4096 + (1 << 20) * strides
+def _max_lot_size(lot):
+    """Bytes of the biggest lot ParkingLot.create accepts (every count at its 2**20 maximum),
+    from the record sizes of ``lot``."""
+    strides = sum(header_value(lot, f"{kind}_stride")
+                  for kind in ("bucket", "slot", "object", "hold"))
+    return lib.SL_HEADER_SIZE + (1 << 20) * strides
 
 
 @pytest.mark.timeout(60)
-def test_lot_that_does_not_fit_fails_at_creation(waiter, lot_name):
+def test_lot_that_does_not_fit_fails_at_creation(waiter, lot_name, lot):
     """The biggest lot allowed (~544 MiB) fits in this machine's /dev/shm, so the test makes the
     space run out with RLIMIT_FSIZE in a child instead: creation must fail there and then with
     an OSError (never SIGBUS later) and leave nothing behind."""
@@ -389,7 +390,7 @@ def test_lot_that_does_not_fit_fails_at_creation(waiter, lot_name):
     assert out[1] == "False"
     st = os.statvfs(SHM_DIR)
     free = st.f_bavail * st.f_frsize
-    if free < _max_lot_size():
+    if free < _max_lot_size(lot):
         # this machine's /dev/shm is small enough to test the real thing
         with pytest.raises(OSError) as info:
             ParkingLot.create(lot_name(), buckets=1 << 20, slots=1 << 20, objects=1 << 20,
@@ -449,7 +450,8 @@ def test_infinite_and_huge_timeouts_are_fine(lot):
 
 
 @pytest.mark.parametrize("bad, exc", [("", ValueError), ("a/b", ValueError), ("/x", ValueError),
-                                      ("x" * 201, ValueError), ("é" * 101, ValueError),
+                                      ("x" * (lib.SL_NAME_MAX + 1), ValueError),
+                                      ("é" * (lib.SL_NAME_MAX // 2 + 1), ValueError),
                                       ("a\0b", ValueError), (None, TypeError), (b"x", TypeError),
                                       (7, TypeError)])
 def test_bad_names(bad, exc):
@@ -460,7 +462,7 @@ def test_bad_names(bad, exc):
 
 def test_longest_name_is_fine(make_lot, lot_name):
     base = lot_name()
-    name = base + "x" * (200 - len(base))
+    name = base + "x" * (lib.SL_NAME_MAX - len(base))
     lot = make_lot(name)
     assert ParkingLot.attach(name).name == name
 
@@ -517,7 +519,7 @@ def test_error_message_belongs_to_its_own_call(lot):
     leaves none, and the next failure carries only its own."""
     from shmlot._core import ffi, lib
     key = 0xBAD
-    head = _bucket_field(lot, key, 0)
+    head = _bucket_field(lot, key, "head")
     struct.pack_into("<I", lot._buffer, head, 0xFFFFFFF0)
     with pytest.raises(LotCorruptError, match="out of range"):
         lot.unpark_one(key)

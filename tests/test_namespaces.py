@@ -21,11 +21,12 @@ import pytest
 import shmlot
 
 from helpers import REPO_ROOT
+from helpers.layout import header_field
 from helpers.processes import python_env
 
 pytestmark = pytest.mark.timeout(60)
 
-VERSION_OFF = 8         # lot.h sl_header.version
+VERSION_OFF = header_field("version")[0]
 
 
 def own_pidns():

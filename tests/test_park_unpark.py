@@ -4,7 +4,6 @@ be_fair, and spurious wake-ups that must not end a park."""
 import ctypes
 import os
 import signal
-import struct
 import threading
 import time
 
@@ -14,6 +13,7 @@ import shmlot
 from shmlot import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, LotFullError,
                     ParkResult, RequeueOp, UnparkResult)
 
+from helpers.layout import slot_field
 from helpers.waiting import ParkerThread, park_in_order, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -240,12 +240,9 @@ def test_be_fair_sometimes_but_not_always(lot):
 # ---- spurious wake-ups ------------------------------------------------------------------------
 
 def _spurious_futex_wake(lot, slot_index):
-    """FUTEX_WAKE the slot's wait word (lot.h: header slots_off at 64, slot_stride at 44; the
-    wait word is the slot's first field)."""
-    slot_stride = struct.unpack_from("<I", lot._buffer, 44)[0]
-    slots_off = struct.unpack_from("<Q", lot._buffer, 64)[0]
+    """FUTEX_WAKE the slot's wait word."""
     base = ctypes.addressof(ctypes.c_char.from_buffer(lot._buffer))
-    addr = base + slots_off + slot_index * slot_stride
+    addr = base + slot_field(lot, slot_index, "wait")[0]
     sys_futex = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
     if sys_futex is None:
         pytest.skip("futex syscall number unknown on this machine")

@@ -8,18 +8,19 @@ park would raise LotFullError, and never waking or unqueueing a live waiter.
 """
 import json
 import os
-import struct
 import threading
 import time
 
 import pytest
 
 from helpers.kills import kill_all, kill_and_reap
+from helpers.layout import read, slot_field, write
 from helpers.processes import start_python
 from helpers.waiting import ParkerThread, park_in_order, wait_parked, wait_until
 
 import shmlot
 from shmlot import LotCorruptError, LotFullError, LotNotFoundError
+from shmlot._core import lib
 from shmlot.snapshot import ParkedThread, Snapshot, resolve_lot, snapshot
 
 
@@ -137,18 +138,18 @@ def test_snapshot_skips_a_busy_bucket_quickly(lot):
 def test_corrupt_slot_state(futex_lot):
     key, token = 0x0123456789ABCDEF, 0x7EDCBA9876543210
     t = ParkerThread(futex_lot, key, park_token=token).start()
-    wait_parked(futex_lot, key, 1)
+    [p] = wait_parked(futex_lot, key, 1)
     buf = futex_lot._buffer
-    pos = bytes(buf).find(struct.pack("<QQ", key, token))
-    assert pos > 0
-    state_at = pos - 4  # sl_slot: u32 wait, u32 state, u64 key, u64 park_token, ...
-    assert struct.unpack_from("<I", buf, state_at)[0] == 2
+    assert read(buf, *slot_field(futex_lot, p.index, "key")) == key
+    assert read(buf, *slot_field(futex_lot, p.index, "park_token")) == token
+    state_at, fmt = slot_field(futex_lot, p.index, "state")
+    assert read(buf, state_at, fmt) == lib.SL_SLOT_QUEUED
     try:
-        struct.pack_into("<I", buf, state_at, 9)
+        write(buf, state_at, fmt, 9)
         with pytest.raises(LotCorruptError, match="slot .* unknown state 9"):
             snapshot(futex_lot)
     finally:
-        struct.pack_into("<I", buf, state_at, 2)
+        write(buf, state_at, fmt, lib.SL_SLOT_QUEUED)
     assert len(snapshot(futex_lot).parked) == 1
     futex_lot.unpark_all(key)
     assert t.outcome().is_unparked

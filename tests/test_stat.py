@@ -20,6 +20,7 @@ import pytest
 
 from helpers import REPO_ROOT
 from helpers.kills import kill_all, kill_and_reap
+from helpers.layout import header_field
 from helpers.processes import python_env, start_python
 from helpers.waiting import wait_until
 
@@ -359,14 +360,15 @@ def test_default_lot_is_used_without_argument(futex_lot):
 
 
 def test_corrupt_lot_is_exit_1(futex_lot, shm_segment):
+    version_at, fmt = header_field("version")
     with open(f"/dev/shm/{futex_lot.name}", "r+b") as f:
-        f.seek(8)
+        f.seek(version_at)
         version = f.read(4)
-        f.seek(8)
-        f.write(struct.pack("<I", 99))  # layout version
+        f.seek(version_at)
+        f.write(struct.pack(fmt, 99))  # layout version
     assert_one_line_error(run_stat(futex_lot.name), 1, "corrupt", "version 99")
     with open(f"/dev/shm/{futex_lot.name}", "r+b") as f:
-        f.seek(8)
+        f.seek(version_at)
         f.write(version)
     assert run_stat(futex_lot.name).returncode == 0
     seg = shm_segment(8192)

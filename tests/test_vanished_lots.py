@@ -20,6 +20,7 @@ import pytest
 
 import shmlot
 from shmlot import LotCorruptError, LotNotFoundError, LotUnlinkedError, ParkingLot
+from shmlot._core import lib
 
 from helpers import REPO_ROOT, SHM_DIR
 from helpers.processes import python_env, run_python, start_python
@@ -122,7 +123,7 @@ def test_a_lot_unlinked_but_not_remade_keeps_working_for_its_processes(make_lot)
 
 pytestmark = pytest.mark.timeout(60)
 
-CREATING = struct.pack("<Q", 0x30544f4c4d485300)  # lot.c SL_MAGIC_CREATING: "\0SHMLOT0"
+CREATING = struct.pack("<Q", lib.SL_MAGIC_CREATING)  # in the magic's place while created
 
 DIE_CREATING = r"""
 import sys

@@ -20,6 +20,8 @@
 /* The segment: its magic number, its layout version (bumped at every layout change: a lot of
  * another version is refused at attach) and the header page the buckets follow. */
 #define SL_MAGIC 0x31544f4c4d485300ULL /* "\0SHMLOT1" */
+/* in the magic's place while a creator initialises the segment: "\0SHMLOT0" */
+#define SL_MAGIC_CREATING 0x30544f4c4d485300ULL
 #define SL_VERSION 2
 #define SL_HEADER_SIZE 4096
 
@@ -279,6 +281,9 @@ int sl_unpark_filter(sl_lot *l, uint64_t key, int has_callback, void *ctx, uint6
 int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_callback, void *ctx,
                       uint64_t deadline_ns, sl_unpark_result *res, int *op,
                       uint32_t *woken, uint32_t woken_cap);
+
+/* The bucket whose queue holds the threads parked on `key` (Fibonacci hashing of the key). */
+uint32_t sl_bucket_of(sl_lot *l, uint64_t key);
 
 /* Introspection: copy, one bucket lock at a time. Return the number of records written. */
 int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap);

@@ -61,8 +61,6 @@ static uint64_t realtime_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
 }
 
-/* In the magic's place while a creator initialises the segment ("\0SHMLOT0"). */
-#define SL_MAGIC_CREATING 0x30544f4c4d485300ULL
 #define SHM_DIR "/dev/shm" /* where shm_open's objects live on Linux */
 
 static uint64_t round_up(uint64_t v, uint64_t to) { return (v + to - 1) / to * to; }

@@ -154,8 +154,6 @@ static inline sl_hold *HOLD(sl_lot *l, uint32_t i)
 #define CAS(p, expp, v) __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
 #define ADD(p, v) __atomic_add_fetch((p), (v), __ATOMIC_SEQ_CST)
 
-uint64_t sl_now_ns(void);
-uint32_t sl_bucket_of(sl_lot *l, uint64_t key);
 int sl_bucket_lock(sl_lot *l, uint32_t b, uint64_t deadline_ns);
 void sl_bucket_unlock(sl_lot *l, uint32_t b);
 int sl_slot_alloc(sl_lot *l, uint32_t *out);
@@ -184,7 +182,6 @@ void sl_ilock_unlock(sl_ilock *k);
 
 int sl_registry_lock(sl_lot *l);
 void sl_registry_unlock(sl_lot *l);
-void sl_maybe_die(const char *step);
 
 int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t hint,
                          uint64_t word_id, int (*validate)(void *), void *arg,

@@ -8,6 +8,7 @@
 ``waiting``    waiting for an observable condition; the threads queued in a lot; parker threads.
 ``workers``    targets of multiprocessing children (module level, so spawn children import them).
 ``aio``        the asyncio tests' waiting modes and loop helpers.
+``layout``     where things are in a segment (offsets from the C header, the core's key hashing).
 
 pytest puts ``tests/`` first on ``sys.path`` (``conftest.py`` sits there, with no
 ``__init__.py``), so tests import ``from helpers.x import ...``; child interpreters get ``tests/``

@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from helpers.processes import start_python
+from helpers.waiting import parked
 
 MODES = ("futex", "futex-threads", "semaphore")
 
@@ -40,19 +41,13 @@ async def until(predicate, timeout=10.0, message="condition"):
         await asyncio.sleep(0.001)
 
 
-def queued(lot, key=None):
-    """Slots queued in ``lot`` (on ``key`` if given), from the snapshot."""
-    slots, _objects, _holds = lot._snapshot()
-    return [s for s in slots if s["state"] == "parked" and (key is None or s["key"] == key)]
-
-
 async def start_queued_in_order(lot, key, *coros):
     """A task per coroutine of ``coros``, each started once the one before is queued on ``key``
     (so queue order is their order); returns the tasks."""
     tasks = []
     for coro in coros:
         tasks.append(asyncio.create_task(coro))
-        await until(lambda: len(queued(lot, key)) == len(tasks))
+        await until(lambda: len(parked(lot, key)) == len(tasks))
     return tasks
 
 
@@ -67,7 +62,7 @@ time.sleep(60)
 """
 
 
-def start_holder(lot, mode, open_expr, take="acquire"):
+def hold_in_child(lot, mode, open_expr, take="acquire"):
     """A ``python -c`` child of ``mode`` that attaches ``lot``, opens ``open_expr`` (an expression
     over ``shmlot`` and ``lot``), calls its ``take`` method and sleeps holding it. Returns the
     child (a Popen) once it holds."""

@@ -1,5 +1,6 @@
 """Lot names, backends, and removing what a test made in /dev/shm."""
 import contextlib
+import itertools
 import os
 import uuid
 
@@ -21,9 +22,13 @@ def remember_lot(lot_id):
     session_lot_ids.setdefault(lot_id, os.environ.get("PYTEST_CURRENT_TEST"))
 
 
+_issued = itertools.count()
+
+
 def new_lot_name(tag=""):
-    """A unique lot/segment name under this session's prefix."""
-    return f"{NAME_PREFIX}{tag}{uuid.uuid4().hex[:8]}"
+    """A unique lot/segment name under this session's prefix: a count makes it unique in this
+    process, the random part keeps a forked child's names apart from its parent's."""
+    return f"{NAME_PREFIX}{tag}{next(_issued)}-{uuid.uuid4().hex[:8]}"
 
 
 def _read_magic(name):

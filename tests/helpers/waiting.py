@@ -9,8 +9,6 @@ import pytest
 
 from shmlot._core import ffi, lib
 
-SLOT_QUEUED = 2  # lot.h SLOT_QUEUED
-
 
 def wait_until(predicate, timeout=10.0, message="condition", interval=0.001):
     """Poll ``predicate()`` until it returns a true value (returned), failing after ``timeout``
@@ -40,7 +38,7 @@ def parked(lot, key=None, timeout=30.0):
         n = lib.sl_snapshot_slots(lot._h(), buf, cap)
         assert n >= 0, ffi.string(lib.sl_last_error()).decode()
         found = [s for s in buf[0:n]
-                 if s.state == SLOT_QUEUED and (key is None or s.key == key)]
+                 if s.state == lib.SL_SLOT_QUEUED and (key is None or s.key == key)]
         if all(s.in_order for s in found):
             return [Parked(s.pid, s.tid, s.key, s.park_token, s.index, s.wait, s.guard_alive)
                     for s in found]
