@@ -202,7 +202,15 @@ class Condition:
         """Wake every waiter: all move to the lock's queue in one step."""
         if not self._is_owned():
             raise RuntimeError("cannot notify on un-acquired lock")
+        lock = self._lock
+        # One core call, no Python callback: PARKED on the held lock and every waiter moved.
+        moved = lib.sl_cond_notify_all(self._place.lot._h(), self._cv_key, lock._place.key,
+                                       lock._word_ptr)
+        if moved != lib.SL_PARK_INVALID:
+            _check(moved, "notify_all")
+            return
 
+        # the lock is not LOCKED after all: wake one waiter, move the rest
         def validate():
             if self._mark_lock_parked_if_locked():
                 return RequeueOp.REQUEUE_ALL

@@ -364,6 +364,35 @@ def test_waiter_killed_on_lock_queue_after_requeue(plot):
     assert cond._lock._word() == 0
 
 
+def test_notify_all_moves_dead_waiters_and_the_release_drops_them(plot):
+    """notify_all moves every waiter onto the lock's queue in one core call without asking
+    whether each lives (a waiter killed before the notify moves too); the release that follows
+    drops the dead one and every live waiter re-acquires. From a callback that runs under a
+    bucket lock the call is refused (RuntimeError) and moves nobody."""
+    cond = shmlot.Condition()
+    victim = FORK.Process(target=_wait_forever, args=(cond,))
+    victim.start()
+    wait_parked_on(plot, cond.key, 1)
+    live = [ThreadWaiter(cond) for _ in range(2)]
+    for w in live:
+        w.start()
+    wait_parked_on(plot, cond.key, 3)
+    kill(victim)
+    before = requeues(plot)
+    with cond:
+        with pytest.raises(RuntimeError):
+            plot.unpark_one(0x5EED, lambda res: cond.notify_all())
+        assert len(parked(plot, cond.key)) == 3
+        cond.notify_all()
+        assert requeues(plot) - before == 3
+        assert len(parked(plot, cond._lock.key)) == 3
+        assert cond._lock._word() & shmlot.locks.PARKED
+    for w in live:
+        assert w.outcome() == (True, True)
+    assert not parked(plot)
+    assert cond._lock._word() == 0
+
+
 def _notify_all_then_die(cond, go):
     with cond:
         cond.notify_all()
