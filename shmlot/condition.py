@@ -2,8 +2,9 @@
 
 A waiter parks on the condition's key and releases the lock in ``before_sleep`` (it is already
 queued, so no notify can be missed). ``notify`` moves waiters onto the lock's queue with
-``unpark_requeue`` while the lock is held, instead of waking them to fight for it: each then gets
-the lock when it is released, usually by direct hand-off. Dead waiters are dropped by the lot (their
+``unpark_requeue`` while the lock is held (``notify_all`` with one core call that does the same
+for all of them), instead of waking them to fight for it: each then gets the lock when it is
+released, usually by direct hand-off. Dead waiters are dropped by the lot (their
 process no longer exists), so they never absorb a notification.
 
 Record layout (named/anonymous): bytes 0-15 the RLock created with the condition (when no lock is
