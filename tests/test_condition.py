@@ -346,6 +346,16 @@ def _notified_then_wait_for_lock(cond, ready):
 def test_waiter_killed_on_lock_queue_after_requeue(plot):
     """Waiters requeued onto the lock by notify_all; one of them (a process) is killed while
     queued on the lock: the release skips it and every live waiter re-acquires."""
+    cond, victim, live = _victim_then_two_live_waiters(plot)
+    with cond:
+        cond.notify_all()
+        assert len(parked(plot, cond._lock.key)) == 3
+        kill(victim)
+    _all_live_reacquired(plot, cond, live)
+
+
+def _victim_then_two_live_waiters(plot):
+    """A condition with three waiters: a process (the one to kill), then two threads."""
     cond = shmlot.Condition()
     victim = FORK.Process(target=_wait_forever, args=(cond,))
     victim.start()
@@ -354,10 +364,10 @@ def test_waiter_killed_on_lock_queue_after_requeue(plot):
     for w in live:
         w.start()
     wait_parked_on(plot, cond.key, 3)
-    with cond:
-        cond.notify_all()
-        assert len(parked(plot, cond._lock.key)) == 3
-        kill(victim)
+    return cond, victim, live
+
+
+def _all_live_reacquired(plot, cond, live):
     for w in live:
         assert w.outcome() == (True, True)
     assert not parked(plot)
@@ -369,14 +379,7 @@ def test_notify_all_moves_dead_waiters_and_the_release_drops_them(plot):
     whether each lives (a waiter killed before the notify moves too); the release that follows
     drops the dead one and every live waiter re-acquires. From a callback that runs under a
     bucket lock the call is refused (RuntimeError) and moves nobody."""
-    cond = shmlot.Condition()
-    victim = FORK.Process(target=_wait_forever, args=(cond,))
-    victim.start()
-    wait_parked_on(plot, cond.key, 1)
-    live = [ThreadWaiter(cond) for _ in range(2)]
-    for w in live:
-        w.start()
-    wait_parked_on(plot, cond.key, 3)
+    cond, victim, live = _victim_then_two_live_waiters(plot)
     kill(victim)
     before = requeues(plot)
     with cond:
@@ -387,10 +390,7 @@ def test_notify_all_moves_dead_waiters_and_the_release_drops_them(plot):
         assert requeues(plot) - before == 3
         assert len(parked(plot, cond._lock.key)) == 3
         assert cond._lock._word() & shmlot.locks.PARKED
-    for w in live:
-        assert w.outcome() == (True, True)
-    assert not parked(plot)
-    assert cond._lock._word() == 0
+    _all_live_reacquired(plot, cond, live)
 
 
 def _notify_all_then_die(cond, go):
