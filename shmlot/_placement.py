@@ -13,35 +13,16 @@ import sys
 import threading
 import weakref
 
+from . import _engine as _e
 from . import lot as _lot
 from .errors import LotCorruptError, ObjectGoneError
 from .keys import check_u64, private_word_id, word_location
+from .kinds import (BARRIER, BOUNDED_SEMAPHORE, CONDITION, EVENT, KIND_NAMES, LOCK,  # noqa: F401
+                    RLOCK, RWLOCK, SEMAPHORE)
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
 
-# Kind codes stored in registry records (0 is "none").
-LOCK, RLOCK, CONDITION, SEMAPHORE, BOUNDED_SEMAPHORE, EVENT, BARRIER, RWLOCK = range(1, 9)
-KIND_NAMES = {LOCK: "Lock", RLOCK: "RLock", CONDITION: "Condition", SEMAPHORE: "Semaphore",
-              BOUNDED_SEMAPHORE: "BoundedSemaphore", EVENT: "Event", BARRIER: "Barrier",
-              RWLOCK: "RWLock"}
-
-_lots = {}
-_lots_lock = threading.Lock()
-
-
-def lot_by_name(name):
-    """This process's handle on lot ``name`` (shared with default_lot's cache)."""
-    lot = _lot._default_lots.get(name)
-    if lot is None or lot.closed:
-        with _lots_lock:
-            lot = _lot._default_lots.get(name)
-            if lot is None or lot.closed:
-                lot = _lot._default_lots[name] = _lot.ParkingLot.attach(name)
-                return lot
-    # a handle from a process of the old lot still means the old lot (whose name is gone); once
-    # the name leads to another lot, it is ambiguous: LotUnlinkedError
-    lot._check_linked(gone_ok=True)
-    return lot
+lot_by_name = _lot.lot_by_name
 
 
 # ---- registry references held by this process ------------------------------------------------
@@ -88,7 +69,7 @@ def _drop_ref(lot, index, gen):
         else:
             _taken[key] = n - 1
     try:
-        lot._object_ref(index, -1)
+        _e.object_ref(lot, index, -1)
     except Exception:  # interpreter shutdown, lot unmapped: nothing useful to do
         pass
 
@@ -102,7 +83,7 @@ def _release_all():
         _taken.clear()
     for (lot, index, _gen), n in items:
         try:
-            lot._object_ref(index, -n)
+            _e.object_ref(lot, index, -n)
         except Exception:
             pass
 
@@ -115,7 +96,7 @@ def _pin_for_child():
         items = list(_taken.items())
     for (lot, index, gen), n in items:
         try:
-            lot._object_ref(index, +1)
+            _e.object_ref(lot, index, +1)
         except Exception:  # the hold table full (LotFullError): the child will say so
             failed += 1
             continue
@@ -139,7 +120,7 @@ def _adopt_inherited():
     failed = _pins_failed
     for lot, index, gen, n in pins:
         try:
-            lot._object_adopt(index, gen, _pins_pid, n)
+            _e.object_adopt(lot, index, gen, _pins_pid, n)
         except ObjectGoneError:
             continue  # freed before we could adopt it (the parent died and was reaped)
         except Exception:
@@ -246,7 +227,7 @@ def _lot_for_place(lot):
         raise TypeError(f"lot must be a ParkingLot, not {type(lot).__name__}")
     if lot.closed:
         raise ValueError(f"lot {lot.name!r} is closed")
-    return lot._bound()
+    return _e.bound(lot)
 
 
 def new_place(kind, name=None, lot=None):
@@ -255,15 +236,15 @@ def new_place(kind, name=None, lot=None):
     if name is not None:
         _check_object_name(name)
         # a name found in a lot other processes no longer reach would silently be two objects
-        lot._check_linked()
-    index, created, actual = lot._object_create(name or "", kind)
+        _e.check_linked(lot)
+    index, created, actual = _e.object_create(lot, name or "", kind)
     if actual != kind:
-        lot._object_ref(index, -1)  # taken by _object_create, not yet counted as ours
+        _e.object_ref(lot, index, -1)  # taken by object_create, not yet counted as ours
         raise TypeError(f"object {name!r} in lot {lot.name!r} is a "
                         f"{KIND_NAMES.get(actual, actual)}, not a {KIND_NAMES[kind]}")
-    offset = lot._object_offset(index)
-    return Place(lot, lot._buffer, offset, lot.key_at(offset), index, name, kind, created,
-                 gen=lot._object_gen(index))
+    offset = _e.object_offset(lot, index)
+    return Place(lot, _e.segment(lot), offset, lot.key_at(offset), index, name, kind, created,
+                 gen=_e.object_gen(lot, index))
 
 
 def rebuild_place(args):
@@ -271,18 +252,18 @@ def rebuild_place(args):
     how = args[0]
     if how == "record":
         _, lot_name, index, kind, gen = args
-        lot = lot_by_name(lot_name)._bound()
+        lot = _e.bound(lot_by_name(lot_name))
         try:
-            lot._object_acquire(index, gen)  # ObjectGoneError if it was freed meanwhile
+            _e.object_acquire(lot, index, gen)  # ObjectGoneError if it was freed meanwhile
         except ObjectGoneError as exc:
             raise ObjectGoneError(
                 f"shmlot {KIND_NAMES.get(kind, kind)} (object {index} of lot {lot_name!r}) no "
                 "longer exists: its last handle was dropped before this one was unpickled") \
                 from exc
-        offset = lot._object_offset(index)
-        place = Place(lot, lot._buffer, offset, lot.key_at(offset), index, None, kind, False,
+        offset = _e.object_offset(lot, index)
+        place = Place(lot, _e.segment(lot), offset, lot.key_at(offset), index, None, kind, False,
                       gen=gen)
-        if lot._object_kind(index) != kind:  # the same generation is the same object
+        if _e.object_kind(lot, index) != kind:  # the same generation is the same object
             raise LotCorruptError(f"object {index} of lot {lot_name!r} changed kind")
         return place
     _, lot_name, shm_name, offset, kind, key = args

@@ -41,20 +41,18 @@ loop's thread as by any thread: they are held for a few instructions, never acro
 import asyncio
 import itertools
 import os
-import random
 import threading
 import weakref
 
+from . import _engine as _e
 from . import _fast
 from . import barrier as _barrier
 from . import condition as _condition
 from . import event as _event
 from . import locks as _locks
-from . import lot as _lot
 from . import rwlock as _rwlock
 from . import semaphore as _semaphore
-from ._core import ffi, lib
-from ._waiters import FUTEX
+from ._engine import LOCKED, OWNER_POLL_NS, PARKED, TOKEN_HANDOFF
 from .errors import OwnerDiedError
 from .spinwait import SpinWait
 
@@ -62,14 +60,11 @@ __all__ = ["Lock", "Semaphore", "BoundedSemaphore", "Event", "Condition", "Barri
            "OwnerDiedError", "BrokenBarrierError", "watch_stats"]
 
 BrokenBarrierError = _barrier.BrokenBarrierError
-LOCKED, PARKED = _locks.LOCKED, _locks.PARKED
-TOKEN_HANDOFF = _locks.TOKEN_HANDOFF
-OWNER_POLL = _locks.OWNER_POLL_NS / 1e9  # seconds between a waiting task's liveness checks
+OWNER_POLL = OWNER_POLL_NS / 1e9  # seconds between a waiting task's liveness checks
 THREAD_SLICE_NS = 1_000_000_000  # a per-task thread's sleep slice (no futex_waitv)
-FULL_BACKOFF_MIN, FULL_BACKOFF_MAX = 0.0005, 0.05
-FULL_BACKOFF_STEPS = 4  # a task with no free slot waits FULL_BACKOFF_MIN * 2**4, randomised
+FULL_BACKOFF_STEPS = 4  # a task with no free slot waits 2**4 times the shortest back-off
 
-USE_WAITV = bool(lib.sl_aio_supported()) and os.environ.get("SHMLOT_AIO_WAITV", "1") != "0"
+USE_WAITV = _e.AIO_SUPPORTED and os.environ.get("SHMLOT_AIO_WAITV", "1") != "0"
 
 
 # ---- the watch: one per event loop ---------------------------------------------------------------
@@ -111,7 +106,7 @@ def _close_watch(handle):
     coroutines closed) still leave the queue, with nothing left to disarm."""
     a, handle.a = handle.a, None
     if a is not None and os.getpid() == handle.pid:  # a fork child has no threads
-        lib.sl_aio_close(a)
+        a.close()
 
 
 class _Watch:
@@ -132,20 +127,17 @@ class _Watch:
 
     def _c_watch(self):
         if self._h.a is None:
-            out = ffi.new("sl_aio **")
-            _lot._check(lib.sl_aio_new(out), "asyncio watch")
-            self._h.a = out[0]
-            self._buf = ffi.new("uint64_t[]", self.DRAIN)
+            self._h.a = _e.Watch(self.DRAIN)
             loop = self._loop_ref()
-            loop.add_reader(lib.sl_aio_fd(self._h.a), self._drain)
+            loop.add_reader(self._h.a.fd(), self._drain)
             weakref.finalize(loop, _close_watch, self._h)
         return self._h.a
 
     def arm(self, lot, slot):
         w = _SlotWait(next(self._cookies), lot, slot,
-                      threaded=not (USE_WAITV and lot._waiter_code == FUTEX))
+                      threaded=not (USE_WAITV and _e.watched_by_watch(lot)))
         if not w.threaded:
-            _lot._check(lib.sl_aio_add(self._c_watch(), lot._l, slot, w.cookie), "asyncio watch")
+            self._c_watch().add(lot, slot, w.cookie)
         else:
             threading.Thread(target=self._thread_wait, args=(w,), daemon=True,
                              name="shmlot-aio-wait").start()
@@ -158,28 +150,25 @@ class _Watch:
             return
         if not w.threaded:
             if self._a is not None:
-                lib.sl_aio_remove(self._a, w.cookie)
+                self._a.remove(w.cookie)
         else:
             w.cancelled = True  # its thread exits at its next wake-up, which this gives it
-            if w.lot._waiter_code == FUTEX:
-                lib.sl_aio_wake(w.lot._l, w.slot, 1 << 30)
-            else:
-                w.lot._waiter._sem(w.slot).release()
+            _e.slot_wake_sleeper(w.lot, w.slot)
 
     def age(self, w):
         """The wait has lasted a while: its slot moves to a packed helper group (waitv.c)."""
         if not w.threaded and self._a is not None and w.cookie in self._waits:
-            lib.sl_aio_age(self._a, w.cookie)
+            self._a.age(w.cookie)
 
     def _drain(self):
-        buf, waits = self._buf, self._waits
+        waits = self._waits
         while self._a is not None:
-            n = lib.sl_aio_drain(self._a, buf, self.DRAIN)
-            for i in range(n):
-                w = waits.pop(buf[i], None)
+            cookies = self._a.drain()
+            for cookie in cookies:
+                w = waits.pop(cookie, None)
                 if w is not None:
                     w.fire()
-            if n < self.DRAIN:
+            if len(cookies) < self.DRAIN:
                 return
 
     def _fire_cookie(self, cookie):
@@ -190,9 +179,8 @@ class _Watch:
     def _thread_wait(self, w):
         """A wait's own thread (no futex_waitv, or the semaphore backend)."""
         lot, slot = w.lot, w.slot
-        futex = lot._waiter_code == FUTEX
         while not w.cancelled:
-            if lib.sl_park_is_unparked(lot._l, slot):
+            if _e.slot_unparked(lot, slot):
                 loop = self._loop_ref()
                 if loop is not None:
                     try:
@@ -200,21 +188,15 @@ class _Watch:
                     except RuntimeError:
                         pass  # the loop is closed
                 return
-            until = lib.sl_now_ns() + THREAD_SLICE_NS
-            if futex:
-                lib.sl_aio_wait_once(lot._l, slot, until)
-            else:
-                lot._waiter.sleep(slot, until)
-        if futex:
-            # the futex wake we last took may have been meant for whoever parks on the slot now
-            lib.sl_aio_wake(lot._l, slot, 1)
+            _e.slot_sleep(lot, slot, _e.now_ns() + THREAD_SLICE_NS)
+        # the futex wake we last took may have been meant for whoever parks on the slot now
+        _e.slot_wake_sleeper(lot, slot, exiting=True)
 
     def stats(self):
         if self._a is None:
             return {"watched": 0, "threads": 0, "waits": len(self._waits)}
-        n = ffi.new("uint32_t[2]")
-        lib.sl_aio_stats(self._a, n, n + 1)
-        return {"watched": n[0], "threads": n[1], "waits": len(self._waits)}
+        watched, threads = self._a.stats()
+        return {"watched": watched, "threads": threads, "waits": len(self._waits)}
 
 
 _watches = weakref.WeakKeyDictionary()
@@ -256,7 +238,7 @@ async def _sleep(lot, slot, poll=None):
                 await fut
             finally:
                 timer.cancel()
-            if w.fired or lib.sl_park_is_unparked(lot._l, slot):
+            if w.fired or _e.slot_unparked(lot, slot):
                 return True
             if poll is not None and poll():
                 return False
@@ -271,41 +253,8 @@ async def _sleep(lot, slot, poll=None):
 
 async def _full_backoff(lot, n):
     """No free slot: count it and wait a randomised, growing interval (never LotFullError)."""
-    lot._count(lib.SL_C_FULL_WAITS)
-    await asyncio.sleep(min(FULL_BACKOFF_MIN * (1 << min(n, 8)), FULL_BACKOFF_MAX)
-                        * (0.5 + random.random()))
-
-
-def _begin(lot, key, validate, hint):
-    """Queue the calling task's slot on ``key`` (``validate()`` under the bucket lock). Returns
-    the core's code (0, SL_PARK_INVALID, SL_EFULL) and the slot."""
-    h = lot._h()
-    t = lot._tl()
-    ctx = _lot._ctx().enter()
-    try:
-        ctx.validate = validate
-        for attempt in (0, 1):
-            rc = lib.sl_park_begin(h, key, lib.SL_TOKEN_AIO, hint, validate is not None,
-                                   ctx.handle, 0, t.slot)
-            if rc != lib.SL_EFULL or attempt:
-                break
-            lot._reap_for_slot()
-    finally:
-        ctx.validate = None
-        ctx.busy = False  # stores, not a call: see lot._Ctx
-    if rc not in (0, lib.SL_PARK_INVALID, lib.SL_EFULL):
-        _lot._check(rc, "park")
-    return rc, t.slot[0]
-
-
-def _cancel(lot, slot):
-    """Leave the queue: the unpark token if an unparker got there first, else None."""
-    t = lot._tl()
-    rc = lib.sl_park_cancel(lot._h(), slot, 0, ffi.NULL, t.token)
-    if rc in (lib.SL_PARK_UNPARKED, lib.SL_PARK_GONE):
-        return t.token[0]
-    _lot._check(rc, "park")
-    return None
+    _e.count(lot, _e.FULL_WAITS)
+    await asyncio.sleep(_e.full_delay(n))
 
 
 async def _park(lot, key, validate, poll=None, hint=0, pass_on=None):
@@ -313,24 +262,22 @@ async def _park(lot, key, validate, poll=None, hint=0, pass_on=None):
     not sleep or was not unparked (validate false, ``poll()`` said to leave, no free slot): the
     caller re-checks its condition. On an exception (cancellation) the task leaves the queue,
     and ``pass_on(token)`` runs if an unparker had got there first."""
-    rc, slot = _begin(lot, key, validate, hint)
-    if rc == lib.SL_PARK_INVALID:
+    rc, slot = _e.task_park(lot, key, validate=validate, hint=hint)
+    if rc == _e.PARK_INVALID_CODE:
         return None
-    if rc == lib.SL_EFULL:
+    if rc == _e.EFULL:
         await _full_backoff(lot, FULL_BACKOFF_STEPS)
         return None
     try:
         woke = await _sleep(lot, slot, poll)
     except BaseException:
-        token = _cancel(lot, slot)
+        token = _e.task_cancel(lot, slot)
         if token is not None and pass_on is not None:
             pass_on(token)
         raise
     if woke:
-        t = lot._tl()
-        _lot._check(lib.sl_park_finish(lot._h(), slot, t.token), "park")
-        return t.token[0]
-    return _cancel(lot, slot)
+        return _e.task_finish(lot, slot)
+    return _e.task_cancel(lot, slot)
 
 
 def _spin(done):
@@ -406,8 +353,7 @@ class _WordLockMixin:
         me = self._me()
         if self._try(lock, me):
             return True
-        lot, key = lock._place.lot, lock._place.key
-        word_ptr = lock._word_ptr
+        lot = lock._place.lot
         spin = SpinWait()
         full = 0
         while True:
@@ -422,18 +368,14 @@ class _WordLockMixin:
                 ok, _ = lock._cas_word(word, word | PARKED)
                 if not ok:
                     continue
-            t = lot._tl()
-            rc = lib.sl_aio_word_park(lot._h(), key, lock._place.word, word_ptr, t.slot)
-            if rc == lib.SL_EFULL:
-                lot._reap_for_slot()
+            rc, slot = _e.task_word_park(lot, lock._lockword)
+            if rc == _e.EFULL:
                 full += 1
                 await _full_backoff(lot, full)
                 continue
-            if rc == lib.SL_PARK_INVALID:
+            if rc == _e.PARK_INVALID_CODE:
                 continue
-            _lot._check(rc, "park")
             full = 0
-            slot = t.slot[0]
             owner_dead = []
 
             def poll():
@@ -452,18 +394,12 @@ class _WordLockMixin:
             except BaseException:
                 self._leave_word(lock, slot, me)
                 raise
-            t = lot._tl()
-            t.slot[0] = slot
-            rc = 0
+            rc, token = 0, 0
             if woke:  # finish: the token says whether the lock is ours (handed over or taken)
-                rc = _lot._check(lib.sl_word_finish(lot._h(), t.slot, word_ptr, t.token),
-                                 "park")
-            if rc != lib.SL_PARK_DONE:  # poll said leave: settle it with any unparker
-                rc = lib.sl_aio_word_cancel(lot._h(), slot, word_ptr, t.token)
-                if rc not in (lib.SL_PARK_UNPARKED, lib.SL_PARK_GONE):
-                    _lot._check(rc, "park")
-                    t.token[0] = 0
-            if t.token[0] == TOKEN_HANDOFF:
+                rc, token = _e.task_word_finish(lot, slot, lock._lockword)
+            if rc != _e.PARK_DONE:  # poll said leave: settle it with any unparker
+                token = _e.task_word_cancel(lot, slot, lock._lockword) or 0
+            if token == TOKEN_HANDOFF:
                 self._taken(lock)
                 return True
             if owner_dead:
@@ -476,13 +412,10 @@ class _WordLockMixin:
 
     def _leave_word(self, lock, slot, me):
         """A cancelled waiter leaves the queue and passes on what it was given meanwhile."""
-        lot = lock._place.lot
-        t = lot._tl()
-        rc = lib.sl_aio_word_cancel(lot._h(), slot, lock._word_ptr, t.token)
-        if rc not in (lib.SL_PARK_UNPARKED, lib.SL_PARK_GONE):
-            _lot._check(rc, "park")
+        token = _e.task_word_cancel(lock._place.lot, slot, lock._lockword)
+        if token is None:
             return
-        if t.token[0] == TOKEN_HANDOFF:
+        if token == TOKEN_HANDOFF:
             self._taken(lock)
             lock.release()  # handed to us: give it to the next one
             return
@@ -590,7 +523,7 @@ class Semaphore(_Wrapper):
         def pass_on(_token):
             # the unit a release() woke us for may be left: wake the next waiter for it
             if value.load():
-                lot.unpark_one(key)
+                _e.unpark_one(lot, key)
 
         waiters.fetch_add(1)
         try:
@@ -690,24 +623,17 @@ class Condition(_WordLockMixin, _Wrapper):
         me = self._me()
         if lock._word() & ~PARKED != me:
             raise RuntimeError("cannot wait on un-acquired lock")
-        _key, lock_id, word_ptr, count_ptr = lock._release_args
-        h, t = lot._h(), lot._tl()
+        word = lock._lockword
         # queued on the condition's key, then the lock released, in one core call: no notify can
         # fall between the two
-        rc = lib.sl_cond_park(h, cv_key, _key, lock_id, word_ptr, count_ptr, 0, 0, t.slot,
-                              t.token, t.woken, lot._slots, t.n)
-        if rc >= 0:
-            lot._wake(t, t.n[0])
-        if rc == lib.SL_EFULL:
-            lot._reap_for_slot()
+        rc, slot = _e.task_cond_park(lot, cv_key, word)
+        if rc == _e.EFULL:
             self.release()
             try:
                 await _full_backoff(lot, FULL_BACKOFF_STEPS)
             finally:
                 await self._reacquire()
             return True  # as a spurious wake-up
-        _lot._check(rc, "wait")
-        slot = t.slot[0]
 
         def poll():  # requeued onto the lock, whose holder died: leave, the re-acquire reports it
             word = lock._word()
@@ -718,22 +644,13 @@ class Condition(_WordLockMixin, _Wrapper):
             woke = await _sleep(lot, slot, poll)
         except BaseException as exc:
             cancelled, woke = exc, False
-        t = lot._tl()
-        t.slot[0] = slot
-        rc = 0
+        rc, token = 0, 0
         if woke:
-            rc = _lot._check(lib.sl_word_finish(h, t.slot, word_ptr, t.token), "wait")
-        notified = rc == lib.SL_PARK_DONE
+            rc, token = _e.task_word_finish(lot, slot, word)
+        notified = rc == _e.PARK_DONE
         if not notified:  # leave the queue, settling the race with a notify or an unlock
-            requeued = ffi.new("int *")
-            rc = lib.sl_cond_cancel(h, slot, cv_key, word_ptr, t.token, requeued)
-            if rc in (lib.SL_PARK_UNPARKED, lib.SL_PARK_GONE):
-                notified = True
-            else:
-                _lot._check(rc, "wait")
-                t.token[0] = 0
-                notified = bool(requeued[0])
-        if t.token[0] == TOKEN_HANDOFF:
+            notified, token = _e.task_cond_cancel(lot, slot, cv_key, word)
+        if token == TOKEN_HANDOFF:
             self._taken(lock)  # handed over by the lock's unlocker, or taken when woken
         elif isinstance(cancelled, GeneratorExit):
             # the coroutine is being closed (its loop is gone): no awaiting; take the lock if it
@@ -777,7 +694,7 @@ class Barrier(_Wrapper):
         state = b._words[1]
         parties = b._words[0].load()
         pid, tid, start = _fast.self_ident()
-        lot._hold_add(key, pid, tid, start, _barrier.HOLD_MODE)  # see Barrier.wait
+        _e.hold_add(lot, key, pid, tid, start, _barrier.HOLD_MODE)  # see Barrier.wait
         try:
             while True:
                 s = state.load()
@@ -805,7 +722,7 @@ class Barrier(_Wrapper):
                     raise BrokenBarrierError
                 return index
         finally:
-            lot._hold_remove(key, pid, tid, _barrier.HOLD_MODE)
+            _e.hold_remove(lot, key, pid, tid, _barrier.HOLD_MODE)
 
     async def _park_while(self, waiting):
         b = self._sync
@@ -813,7 +730,7 @@ class Barrier(_Wrapper):
         died = []
 
         def party_died():
-            if lot._hold_take_dead(key) > 0:
+            if _e.hold_take_dead(lot, key) > 0:
                 died.append(True)
             return bool(died) or not waiting()
 
@@ -877,12 +794,12 @@ class RWLock(_Wrapper):
         lot = rw._place.lot
         # this task's mark of waiting as a writer, set and cleared by the core with the count of
         # waiting writers and the hold (a cell of its own: the tasks of a loop share a thread)
-        waiting = ffi.new("uint32_t[1]")
+        waiting = _e.new_cell()
         full = 0
         try:
             while True:
-                rc, _ = rw._step(lib.SL_RW_WAIT, False, waiting)  # new readers now wait for us
-                if rc != lib.SL_EFULL:
+                rc, _ = rw._step(_e.RW_WAIT, False, waiting)  # new readers now wait for us
+                if rc != _e.EFULL:
                     break
                 if rw._try_write():  # the hold table is full: back off, as the sync one does
                     return True
@@ -891,10 +808,10 @@ class RWLock(_Wrapper):
             return await self._wait(rw._wkey, lambda: rw._words[0].load() != 0, rw._try_write)
         finally:
             if waiting[0]:
-                _, left = rw._step(lib.SL_RW_UNWAIT, False, waiting)
+                _, left = rw._step(_e.RW_UNWAIT, False, waiting)
                 # a writer leaving the queue (cancelled) may be what kept readers out
                 if left <= 1 and rw._words[1].load() and not rw._words[0].load() & LOCKED:
-                    lot.unpark_all(rw._place.key, _rwlock.TOKEN_READ_GRANT)
+                    _e.unpark_all(lot, rw._place.key, token=_rwlock.TOKEN_READ_GRANT)
 
     def release_write(self):
         self._sync.release_write()

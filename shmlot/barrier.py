@@ -1,7 +1,7 @@
 """``Barrier``, as in ``threading``, across processes.
 
 Words: [0] parties, [1] the state: arrived count (bits 0-31) and generation (bits 32-62), bit 63
-BROKEN; [2] waiter count (see ``_waiting``). The last party to arrive claims the round (the count
+BROKEN; [2] waiter count (see ``_engine.wait_until``). The last party to arrive claims the round (the count
 reaches ``parties``, so no other thread can also think it is last; later arrivals wait for the next
 round), runs the action and starts the next generation with +2; ``reset()`` starts it with +1, so a
 waiter woken by a generation change knows from the parity of the step whether its round completed
@@ -12,11 +12,11 @@ the rendezvous with a party that died waiting alone).
 """
 import threading
 
+from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._core import lib
-from ._waiting import Deadline, full_backoff, full_done, park
+from .kinds import BARRIER_HOLD as HOLD_MODE  # counted: a dead party's breaks the barrier
 from .errors import LotFullError
 
 __all__ = ["Barrier", "BrokenBarrierError"]
@@ -27,9 +27,6 @@ BROKEN = 1 << 63
 COUNT_MASK = 0xFFFFFFFF
 GEN_ONE = 1 << 32
 GEN_MASK = ((1 << 31) - 1) << 32
-# hold mode marking "waiting at this barrier"; counted (lib.SL_HOLD_COUNTED) so that the reaper
-# leaves it for the waiters, who turn a dead party's hold into a broken barrier
-HOLD_MODE = 3 | lib.SL_HOLD_COUNTED
 POLL_NS = 200_000_000   # how often a waiter checks that the other waiting parties are alive
 
 
@@ -85,7 +82,7 @@ class Barrier(Primitive):
             ok, s = state.compare_exchange(s, s | BROKEN)
             if ok:
                 break
-        self._place.lot.unpark_all(self._place.key)
+        _e.unpark_all(self._place.lot, self._place.key)
 
     def abort(self):
         """Put the barrier into the broken state: waiters (now and later) get BrokenBarrierError
@@ -100,13 +97,13 @@ class Barrier(Primitive):
             ok, s = state.compare_exchange(s, ((_gen(s) + 1) << 32) & GEN_MASK)
             if ok:
                 break
-        self._place.lot.unpark_all(self._place.key)
+        _e.unpark_all(self._place.lot, self._place.key)
 
     def wait(self, timeout=None):
         """Wait for all parties; returns this party's arrival index (0 .. parties-1)."""
         if timeout is None:
             timeout = self._timeout
-        deadline = Deadline(timeout)
+        deadline = _e.wait_deadline(timeout)
         lot, key = self._place.lot, self._place.key
         state = self._words[1]
         parties = self._words[0].load()
@@ -125,7 +122,7 @@ class Barrier(Primitive):
                     # the last party of this round is running the action: join the next round
                     self._park_while(lambda s=s: state.load() == s, deadline)
                     continue
-                if index + 1 == parties and lot._hold_take_dead(key) > 0:
+                if index + 1 == parties and _e.hold_take_dead(lot, key) > 0:
                     # completing the round with a party that died waiting (alone, so no
                     # waiter's poll saw it) would pass the rendezvous with a dead process
                     self._break()
@@ -147,7 +144,7 @@ class Barrier(Primitive):
                     raise BrokenBarrierError
                 return index
         finally:
-            lot._hold_remove(key, pid, tid, HOLD_MODE)
+            _e.hold_remove(lot, key, pid, tid, HOLD_MODE)
 
     def _add_hold(self, lot, key, pid, tid, start, deadline):
         """Record this party's hold. The primitives never raise LotFullError: while the hold
@@ -155,15 +152,14 @@ class Barrier(Primitive):
         first breaks the barrier, as any timeout does."""
         while True:
             try:
-                lot._hold_add(key, pid, tid, start, HOLD_MODE)
-                full_done()
+                _e.hold_add(lot, key, pid, tid, start, HOLD_MODE)
+                _e.full_done()
                 return
             except LotFullError:
-                remaining = deadline.remaining()
-                if remaining == 0.0:
+                if _e.passed(deadline):
                     self._break()
                     raise BrokenBarrierError from None
-                full_backoff(lot, remaining)
+                _e.full_backoff(lot, deadline)
 
     def _withdraw(self, gen, parties):
         """An exception (Ctrl-C) took this party out of round ``gen`` before it completed:
@@ -191,7 +187,7 @@ class Barrier(Primitive):
                 self._break()
                 raise
         ok, _ = self._words[1].compare_exchange(claimed, ((_gen(claimed) + 2) << 32) & GEN_MASK)
-        self._place.lot.unpark_all(self._place.key)
+        _e.unpark_all(self._place.lot, self._place.key)
         if not ok:  # aborted or reset while the action ran: the round did not complete
             raise BrokenBarrierError
         return index
@@ -205,7 +201,7 @@ class Barrier(Primitive):
         def party_died():
             # taking a dead party's hold consumes it: remember that we did (and leave the queue
             # if the state moved on, in case whoever moved it died before unparking us)
-            if lot._hold_take_dead(key) > 0:
+            if _e.hold_take_dead(lot, key) > 0:
                 died.append(True)
             return bool(died) or not waiting()
 
@@ -215,11 +211,11 @@ class Barrier(Primitive):
                 if died:
                     self._break()
                     raise BrokenBarrierError
-                remaining = deadline.remaining()
-                if remaining == 0.0:
+                if _e.passed(deadline):
                     self._break()  # threading: a timeout breaks the barrier
                     raise BrokenBarrierError
-                park(lot, key, waiting, None, None, 0, remaining, party_died, POLL_NS)
+                _e.park(lot, key, validate=waiting, deadline=deadline, poll=party_died,
+                        poll_ns=POLL_NS)
         finally:
             self._words[2].fetch_sub(1)
 

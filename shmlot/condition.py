@@ -1,30 +1,28 @@
 """``Condition``, as in ``threading``, across processes, after parking_lot's Condvar.
 
-A waiter parks on the condition's key and releases the lock in ``before_sleep`` (it is already
-queued, so no notify can be missed). ``notify`` moves waiters onto the lock's queue with
-``unpark_requeue`` while the lock is held (``notify_all`` with one core call that does the same
-for all of them), instead of waking them to fight for it: each then gets the lock when it is
-released, usually by direct hand-off. Dead waiters are dropped by the lot (their
+A waiter is queued on the condition's key and the lock is released in the same core call
+(``_engine.park_releasing``, or ``_fast.CondWaiter`` on a futex lot), so no notify can be missed.
+``notify`` moves waiters onto the lock's queue with ``unpark_requeue`` while the lock is held
+(``notify_all`` with one core call that does the same for all of them), instead of waking them to
+fight for it: each then gets the lock when it is released, usually by direct hand-off. Dead
+waiters are dropped by the lot (their
 process no longer exists), so they never absorb a notification.
 
 Record layout (named/anonymous): bytes 0-15 the RLock created with the condition (when no lock is
-given), bytes 16-23 unused by the protocol (kept for the condition's own state).
+given; ``RLock.on_place``); bytes 16-23 are never written: waiters park on their key.
 """
 import time
 
+from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
-from . import _waiting
 from . import locks as _locks
+from ._engine import LOCKED, OWNER_POLL_NS, PARKED
 from .errors import LotFullError, OwnerDiedError
 from ._results import RequeueOp
-from ._core import lib
-from .lot import _check
 
 __all__ = ["Condition"]
 
-TOKEN_HANDOFF = _locks.TOKEN_HANDOFF
-LOCKED, PARKED = _locks.LOCKED, _locks.PARKED
 CV_OFFSET = 16
 
 
@@ -41,14 +39,12 @@ class Condition:
         if lock is not None:
             if lot is None:
                 lot = lock._place.lot
-            elif lot._lot_id != lock._place.lot._lot_id:
+            elif not _e.same_lot(lot, lock._place.lot):
                 # its waiters move onto the lock's queue, which is in the lock's lot
                 raise ValueError("a Condition must be in the same lot as its lock")
         place = _pl.new_place(_pl.CONDITION, name, lot)
         if lock is None:
-            lock = _locks.RLock.__new__(_locks.RLock)
-            lock._init_place(_pl.Place(place.lot, place.buffer, place.offset, place.key))
-            lock._keepalive = place  # the record lives as long as the lock is used
+            lock = _locks.RLock.on_place(place)  # the record's first 16 bytes
         self._bind(place, lock)
 
     def _bind(self, place, lock):
@@ -57,11 +53,12 @@ class Condition:
         self._rlock = isinstance(lock, _locks.RLock)
         self._cv_key = place.lot.key_at(place.offset + CV_OFFSET) if place.index is not None \
             else (place.key + CV_OFFSET) & 0xFFFFFFFFFFFFFFFF
-        # Condition.wait as one C call (futex backend; see _native/fastwait.c); the instance
+        # Condition.wait as one C call (futex backend; see _native/fast/condwait.c); the instance
         # attribute shadows the method below, which the semaphore backend keeps using
-        self._waiter = place.lot._cond_waiter(self._cv_key, lock, _waiter_slow)
-        if self._waiter is not None:
-            self.wait = self._waiter
+        self._fast_wait = _e.cond_waiter(place.lot, self._cv_key, lock._lockword, lock,
+                                         _fast_wait_slow)
+        if self._fast_wait is not None:
+            self.wait = self._fast_wait
         self.acquire = lock.acquire
         self.release = lock.release
         # threading.Condition exports its lock's protocol methods too
@@ -107,11 +104,12 @@ class Condition:
         died, and the lock is now held by the caller).
 
         On a futex lot each Condition has this as a C callable instead (``_fast.CondWaiter``,
-        same behaviour): this method, through lot._park, is the semaphore backend's."""
+        same behaviour): this method, through ``_engine.park_releasing``, is the semaphore
+        backend's."""
         lock = self._lock
         if not lock._is_owned():
             raise RuntimeError("cannot wait on un-acquired lock")
-        timeout = _waiting.wait_timeout(timeout)
+        deadline = _e.wait_deadline(timeout)
         # The core parks us on the condition's key and then releases the lock (count and all,
         # for an RLock) in one call, so no notify can fall between the two.
         saved = lock._count() if self._rlock else 1
@@ -139,12 +137,12 @@ class Condition:
                     lock._clear_parked()
 
         try:
-            result = self._place.lot._park(cv_key, None, None, timed_out, 0, timeout,
-                                           lock_owner_dead, _locks.OWNER_POLL_NS,
-                                           release=lock._release_args)
+            result = _e.park_releasing(self._place.lot, cv_key, lock._lockword,
+                                       timed_out=timed_out, deadline=deadline,
+                                       poll=lock_owner_dead, poll_ns=OWNER_POLL_NS)
             return result.is_unparked or bool(requeued)
         except LotFullError:
-            _full_backoff(lock, self._place.lot, timeout)
+            _full_backoff(lock, self._place.lot, deadline)
             return True
         finally:
             # Held again already if the park never released it, or if an unlocker handed it
@@ -203,12 +201,8 @@ class Condition:
         """Wake every waiter: all move to the lock's queue in one step."""
         if not self._is_owned():
             raise RuntimeError("cannot notify on un-acquired lock")
-        lock = self._lock
         # One core call, no Python callback: PARKED on the held lock and every waiter moved.
-        moved = lib.sl_cond_notify_all(self._place.lot._h(), self._cv_key, lock._place.key,
-                                       lock._word_ptr)
-        if moved != lib.SL_PARK_INVALID:
-            _check(moved, "notify_all")
+        if _e.cond_notify_all(self._place.lot, self._cv_key, self._lock._lockword) is not None:
             return
 
         # the lock is not LOCKED after all: wake one waiter, move the rest
@@ -231,35 +225,32 @@ class Condition:
     notifyAll = notify_all
 
 
-def _full_backoff(lock, lot, timeout):
+def _full_backoff(lock, lot, deadline):
     """No slot to wait in (never queued, the lock still held). The primitives do not raise
     LotFullError: back off with the lock released (whoever would notify us, or free a slot, may
     need it), and take it back; the caller returns as from a spurious wake-up."""
     state = lock._release_save()
     try:
-        _waiting.full_backoff(lot, timeout)
+        _e.full_backoff(lot, deadline)
     finally:
         lock._acquire_restore(state)
 
 
-def _waiter_slow(waiter, code, timeout):
-    """What a CondWaiter's core error code means (the lock is held again when it calls)."""
-    if code == lib.SL_ETIMEDOUT:
+def _fast_wait_slow(waiter, code, timeout):
+    """What a CondWaiter's core error code means (the lock is held again when it calls;
+    ``timeout`` is the caller's argument, already checked)."""
+    if code == _e.ETIMEDOUT:
         return False  # the bucket lock stayed busy past the deadline; never queued
-    if code == lib.SL_EFULL:
-        waiter.lot._reap_for_slot()  # for the next wait
-        _full_backoff(waiter.lock, waiter.lot, timeout)
+    if code == _e.EFULL:
+        _e.reap_for_slot(waiter.lot)  # for the next wait
+        _full_backoff(waiter.lock, waiter.lot, _e.wait_deadline(timeout))
         return True
-    _check(code, "wait")
+    _e.check(code, "wait")
     raise AssertionError(f"CondWaiter: unexpected code {code}")
 
 
 def _rebuild(place_args, lock):
     obj = Condition.__new__(Condition)
     place = _pl.rebuild_place(place_args)
-    if lock is None:
-        lock = _locks.RLock.__new__(_locks.RLock)
-        lock._init_place(_pl.Place(place.lot, place.buffer, place.offset, place.key))
-        lock._keepalive = place
-    obj._bind(place, lock)
+    obj._bind(place, lock if lock is not None else _locks.RLock.on_place(place))
     return obj

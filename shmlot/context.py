@@ -25,7 +25,6 @@ from multiprocessing import context as _mpctx
 from multiprocessing import process as _mpprocess
 from multiprocessing.synchronize import SEM_VALUE_MAX
 
-from . import _fast
 from . import locks as _locks
 from . import semaphore as _sem
 from .errors import OwnerDiedError

@@ -4,11 +4,13 @@
 the threads that hold the key it is parked on; a cycle of parked threads is a deadlock. Holders
 come from:
 
-- the lock word of ``Lock``, ``RLock`` and the write side of ``RWLock`` (it names the holder's pid
-  and tid): read from the registry object, or, for objects placed with ``.at()`` outside the
-  registry, from the word the waiter saw when it parked (the slot's ``hint``);
-- the read shares of an ``RWLock``, which are holds on its key (a writer parks on key + 8 and
-  waits for them; a reader parked behind waiting writers waits for those writers);
+- a registry object's kind (``shmlot.kinds``): each role of the kind (the key a thread parks on)
+  says where the threads it waits for are named: the lock word of ``Lock``, ``RLock`` and the
+  write side of ``RWLock`` (it names the holder's pid and tid), the read shares of an ``RWLock``
+  (holds on its key: a writer waits for them), the writers parked on an ``RWLock`` (a reader
+  parked behind waiting writers waits for them);
+- for objects placed with ``.at()`` outside the registry, the word the waiter saw when it parked
+  (the slot's ``hint``), and the read-share holds on the key an RWLock's writers would wait on;
 - ``acquire_resource(key)`` / ``release_resource(key)``: what custom primitives call around the
   time they hold ``key`` (the key their waiters park on).
 
@@ -25,13 +27,13 @@ slots and still forming it (a lock handed over between the copy of the queues an
 lock words cannot produce a false report).
 """
 from . import _fast
-from . import _placement as _pl
+from . import kinds
+from .kinds import READ_HOLD, RESOURCE_HOLD, U64, WRITERS_OFFSET, lock_word_owner
 from .lot import default_lot_name
-from .snapshot import (FULL_START, READ_HOLD, RESOURCE_HOLD, U64, WORD_START, lock_word_owner,
-                       process_info, resolve_lot, snapshot)
+from .snapshot import FULL_START, WORD_START, process_info, resolve_lot, snapshot
 
 __all__ = ["check", "acquire_resource", "release_resource", "wait_for_graph", "cycles_in",
-           "MAX_CYCLES"]
+           "holders", "held_by", "MAX_CYCLES"]
 
 MAX_CYCLES = 64        # at most this many cycles are reported (a pathological graph has more)
 _MAX_STEPS = 200_000   # bound on the cycle search
@@ -85,54 +87,64 @@ def _word_holder(word):
     return _Holder(o[0], o[1], o[2], WORD_START) if o else None
 
 
-def _hold_holders(snap, key, mode):
-    return [_Holder(h.pid, h.tid, h.start, FULL_START) for h in snap.holds_on(key, mode)]
+def _full_holder(t):
+    """A thread known by its full start time: a parked slot's or a hold's."""
+    return _Holder(t.pid, t.tid, t.start, FULL_START)
 
 
-def _thread_holder(p):
-    return _Holder(p.pid, p.tid, p.start, FULL_START)
+class _Look:
+    """What a kind's role sources (shmlot.kinds) look holders up in: one snapshot."""
+
+    def __init__(self, snap):
+        self.snap = snap
+
+    def word_holders(self, word):
+        h = _word_holder(word)
+        return [h] if h else []
+
+    def hold_holders(self, key, mode):
+        return [_full_holder(h) for h in self.snap.holds_on(key, mode)]
+
+    def parked_holders(self, key):
+        return [_full_holder(w) for w in self.snap.parked_on(key)]
 
 
-def _holders(snap, p):
-    """The threads the parked thread ``p`` waits for (may include itself)."""
+def holders(snap, p):
+    """The threads the parked thread ``p`` (a ParkedThread of Snapshot ``snap``) waits for, each
+    with ``pid``, ``tid``, ``start`` and ``mask`` (the bits of the start time it is known by);
+    the list may include ``p`` itself."""
     key = p.key
+    look = _Look(snap)
     out = []
     found = snap.object_at(key)
     if found is not None:
         obj, role = found
-        kind = obj.kind_code
-        word = obj.data[0]
-        if kind in (_pl.LOCK, _pl.RLOCK) or (kind == _pl.CONDITION and role == "lock"):
-            h = _word_holder(word)
-            if h:
-                out.append(h)
-        elif kind == _pl.RWLOCK and role == "write":
-            h = _word_holder(word)
-            if h:
-                out.append(h)
-            else:
-                out += _hold_holders(snap, obj.key, READ_HOLD)
-        elif kind == _pl.RWLOCK and role == "read":
-            h = _word_holder(word)
-            if h:
-                out.append(h)
-            elif obj.data[2]:  # held back by waiting writers (writer preference)
-                out += [_thread_holder(w) for w in snap.parked_on((obj.key + 8) & U64)]
-    else:
-        hint = p.hint
-        h = _word_holder(hint) if hint else None
-        if h:
-            # a Lock / RLock / RWLock writer placed outside the registry: the word the waiter saw
-            out.append(h)
-        elif hint:
-            # an RWLock outside the registry: a writer (key = rwlock + 8) waits for the readers;
-            # a reader waits for the writers parked on key + 8
-            readers = _hold_holders(snap, (key - 8) & U64, READ_HOLD)
-            if readers:
-                out += readers
-            elif snap.holds_on(key, READ_HOLD):
-                out += [_thread_holder(w) for w in snap.parked_on((key + 8) & U64)]
-    out += _hold_holders(snap, key, RESOURCE_HOLD)
+        for source in kinds.by_code(obj.kind_code).role(role).waits_for:
+            out = source(obj.key, obj.data, look)
+            if out:
+                break
+    elif p.hint:
+        # outside the registry: the lock word the waiter saw names a Lock / RLock / RWLock
+        # writer; else it is an RWLock's: a writer (on its key + WRITERS_OFFSET) waits for the
+        # readers, a reader for the writers parked on key + WRITERS_OFFSET
+        out = look.word_holders(p.hint) or \
+            look.hold_holders((key - WRITERS_OFFSET) & U64, READ_HOLD)
+        if not out and snap.holds_on(key, READ_HOLD):
+            out = look.parked_holders((key + WRITERS_OFFSET) & U64)
+    return out + look.hold_holders(key, RESOURCE_HOLD)
+
+
+def held_by(snap, p):
+    """Who holds what the parked thread ``p`` waits for, as ``shmlot-stat`` shows it: a list of
+    {"pid", "tid", "alive"}, each thread once, ``p`` left out (empty: nobody, or a kind that has
+    no holders)."""
+    out, seen = [], set()
+    for h in holders(snap, p):
+        if (h.pid, h.tid) in seen or (h.pid, h.tid) == (p.pid, p.tid):
+            continue
+        seen.add((h.pid, h.tid))
+        out.append({"pid": h.pid, "tid": h.tid,
+                    "alive": bool(_fast.process_alive(h.pid, h.start, h.mask))})
     return out
 
 
@@ -155,7 +167,7 @@ def wait_for_graph(snap):
     graph = {}
     for node, p in parked.items():
         succ = []
-        for h in _holders(snap, p):
+        for h in holders(snap, p):
             for q in by_thread.get((h.pid, h.tid), ()):
                 if h.is_thread(q) and _node(q) not in succ:
                     succ.append(_node(q))
@@ -206,12 +218,13 @@ def _held_keys(snap, p):
             keys.append(key)
 
     for o in snap.objects:
-        if o.kind_code in (_pl.LOCK, _pl.RLOCK, _pl.CONDITION, _pl.RWLOCK):
-            h = _word_holder(o.data[0])
+        word = kinds.by_code(o.kind_code).lock_word
+        if word is not None:
+            h = _word_holder(o.data[word])
             if h and h.is_thread(p):
                 add(o.key)
     for h in snap.holds:
-        if h.mode in (READ_HOLD, RESOURCE_HOLD) and h.pid == p.pid and h.tid == p.tid and \
+        if h.mode in kinds.HOLDS_KEY and h.pid == p.pid and h.tid == p.tid and \
                 h.start == p.start:
             add(h.key)
     for q in snap.parked:

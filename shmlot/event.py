@@ -10,10 +10,10 @@ before it ran. It knows from the generation: one that moved since the wait began
 happened during the wait. (A wake-up token could not say this: a late wake-up from an earlier
 set() would release a later wait that no set() answered.)
 """
+from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._waiting import Deadline, park
 from .spinwait import SpinWait
 
 __all__ = ["Event"]
@@ -53,7 +53,7 @@ class Event(Primitive, _fast.EventCore):
 
     def _wake_waiters(self):
         """set() changed the flag and a thread may be parked: wake them all."""
-        self._place.lot.unpark_all(self._place.key)
+        _e.unpark_all(self._place.lot, self._place.key)
 
     def wait(self, timeout=None):
         """Block until the flag is set or ``timeout`` seconds pass; return the flag (True also
@@ -62,9 +62,9 @@ class Event(Primitive, _fast.EventCore):
             start = self._spin_wait(SPIN_NS)
             if start is True:
                 return True
-            return self._wait_slow(start, Deadline(None))
-        deadline = Deadline(timeout)  # checks the timeout (TypeError) up front
-        start = self._spin_wait(SPIN_NS if timeout > 0 else 0)
+            return self._wait_slow(start, _e.NO_DEADLINE)
+        deadline = _e.wait_deadline(timeout)  # checks the timeout (TypeError) up front
+        start = self._spin_wait(SPIN_NS if deadline != _e.EXPIRED else 0)
         if start is True:
             return True
         return self._wait_slow(start, deadline)
@@ -83,7 +83,7 @@ class Event(Primitive, _fast.EventCore):
         while spin.spin():
             if done():
                 return True
-        if deadline.passed():
+        if _e.passed(deadline):
             return done()
         lot, key, waiters = self._place.lot, self._place.key, self._words[1]
         waiters.fetch_add(1)  # before the re-check below: set() reads it after its CAS
@@ -91,12 +91,12 @@ class Event(Primitive, _fast.EventCore):
             while True:
                 if done():
                     return True
-                remaining = deadline.remaining()
-                if remaining == 0.0:
+                if _e.passed(deadline):
                     return done()
                 # re-check every POLL_NS: a set() killed between its CAS and its unpark_all
                 # must not leave us asleep
-                park(lot, key, lambda: not done(), None, None, 0, remaining, done, POLL_NS)
+                _e.park(lot, key, validate=lambda: not done(), deadline=deadline, poll=done,
+                        poll_ns=POLL_NS)
         finally:
             waiters.fetch_sub(1)
 

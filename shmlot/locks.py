@@ -1,6 +1,6 @@
 """``Lock`` and ``RLock``: parking_lot's RawMutex on a u64 word that also names its owner.
 
-The word (see ``_native/ident.h``): LOCKED and PARKED bits plus the owner's pid, tid and the low
+The word (see ``_native/api.h``): LOCKED and PARKED bits plus the owner's pid, tid and the low
 bits of its process start time. The uncontended acquire/release is C (``shmlot._fast``, keeping
 the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``unlock_slow``:
 
@@ -15,21 +15,14 @@ the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``un
 
 import warnings
 
+from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
-from . import _waiting
+from ._engine import LOCKED, OWNER_POLL_NS, PARKED, TOKEN_HANDOFF
 from .spinwait import SpinWait
 from .errors import OwnerDiedError, OwnerDiedWarning
-from .lot import check_timeout, deadline_after
-from ._core import ffi, lib
 
 __all__ = ["Lock", "RLock", "OwnerDiedError", "OwnerDiedWarning"]
-
-LOCKED = _fast.LOCKED_BIT
-PARKED = _fast.PARKED_BIT
-TOKEN_NORMAL = 0
-TOKEN_HANDOFF = 1
-OWNER_POLL_NS = 200_000_000  # how often a parked waiter checks that the owner is alive
 
 
 def owner_alive(word):
@@ -55,21 +48,18 @@ def warn_owner_died(exc, release, stacklevel=3):
         raise
 
 
-def _timeout_arg(blocking, timeout):
-    """_fast passes timeout as a float, -1.0 for none; return seconds or None."""
-    if not blocking or timeout == -1.0:
-        return None
-    return check_timeout(timeout)
-
-
 class _WordLock:
     """The slow paths shared by Lock and RLock (and anything with the same word)."""
 
     def _acquire_slow(self, blocking, timeout):
-        place = self._place
-        lot, key = place.lot, place.key
-        timeout = _timeout_arg(blocking, timeout)
-        deadline = deadline_after(timeout) if timeout is not None else 0
+        """acquire()'s slow path (the C fast path's CAS failed); ``_fast`` has checked the
+        arguments and passes ``timeout`` as a float, -1.0 for none. The one conversion of the
+        timeout: into a deadline (``_engine``), passed down unchanged."""
+        deadline = _e.acquire_deadline(True, timeout) if blocking else _e.EXPIRED
+        return self._acquire_until(deadline)
+
+    def _acquire_until(self, deadline):
+        lot = self._place.lot
         me = _fast.self_owner_bits() | LOCKED
         # A Lock (not an RLock) may be acquired again by the thread that holds it (and block):
         # then finding our identity in the word says nothing about a hand-off.
@@ -86,7 +76,7 @@ class _WordLock:
                 if ok:
                     return True
                 continue
-            if not blocking or (deadline and lib.sl_now_ns() >= deadline):
+            if _e.passed(deadline):
                 return self._take_if_owner_dead(word, me)
             if not word & PARKED:
                 if spin.spin():
@@ -114,14 +104,10 @@ class _WordLock:
                     return True
                 return False
 
-            remaining = None
-            if deadline:
-                remaining = max(0.0, (deadline - lib.sl_now_ns()) / 1e9)
             try:
                 # validate (in the core): the word is still LOCKED|PARKED
-                result = _waiting.park(lot, key, None, None, timed_out, TOKEN_NORMAL,
-                                       remaining, poll, OWNER_POLL_NS, word, self._word_ptr,
-                                       place.word)
+                result = _e.park_word(lot, self._lockword, timed_out=timed_out,
+                                      deadline=deadline, poll=poll, poll_ns=OWNER_POLL_NS)
             except BaseException as exc:
                 # Ctrl-C while parked: if the lock was handed to us meanwhile, give it back.
                 r = getattr(exc, "shmlot_park_result", None)
@@ -154,7 +140,7 @@ class _WordLock:
         ok, _ = self._cas_word(word, me | (word & PARKED))
         if not ok:
             return False
-        self._place.lot._count(lib.SL_C_OWNER_DEATHS)
+        _e.count(self._place.lot, _e.OWNER_DEATHS)
         pid, tid, _ = _fast.word_owner(word)
         raise OwnerDiedError(
             f"the previous owner of this {type(self).__name__} (pid {pid}, tid {tid}) died "
@@ -179,19 +165,31 @@ class _WordLock:
         """RawMutex::unlock_slow, in the core (one call, no Python callback): unpark the first
         waiter; on be_fair (or ``force_fair``) hand the lock over with the waiter's identity
         already in the word, else unlock; PARKED stays set while more wait."""
-        place = self._place
-        place.lot._word_unlock(place.key, place.word, self._word_ptr, force_fair)
+        _e.word_unlock(self._place.lot, self._lockword, force_fair=force_fair)
 
     # -- shared plumbing --
+
+    @classmethod
+    def _from_place(cls, place):
+        """The lock whose word is at the start of ``place``."""
+        obj = cls.__new__(cls)
+        obj._init_place(place)
+        return obj
+
+    @classmethod
+    def on_place(cls, place):
+        """A lock on the first bytes of another object's ``place`` (a Condition's record carries
+        its RLock there). It shares the record (no registry reference of its own) and keeps the
+        owner's Place alive, so the record lives as long as the lock is used."""
+        obj = cls._from_place(_pl.Place(place.lot, place.buffer, place.offset, place.key))
+        obj._keepalive = place
+        return obj
 
     def _init_place(self, place):
         self._place = place
         self._CORE.__init__(self, place.buffer, place.offset)
-        # the word's address in this process, for the core's lock-word operations
-        self._word_ptr = ffi.cast("uint64_t *", self._address)
-        # what Condition.wait hands the core to release this lock (sl_cond_park)
-        count_ptr = ffi.cast("uint32_t *", self._address + 8) if self.SIZE > 8 else ffi.NULL
-        self._release_args = (place.key, place.word, self._word_ptr, count_ptr)
+        # what the engine hands the core to park on, unlock or release this lock's word
+        self._lockword = _e.lock_word(place, self._address, counted=self.SIZE > 8)
 
     @property
     def key(self):
@@ -221,9 +219,7 @@ class _WordLock:
 
 
 def _rebuild(cls, args):
-    obj = cls.__new__(cls)
-    obj._init_place(_pl.rebuild_place(args))
-    return obj
+    return cls._from_place(_pl.rebuild_place(args))
 
 
 class Lock(_WordLock, _fast.LockCore):
@@ -258,9 +254,7 @@ class Lock(_WordLock, _fast.LockCore):
     @classmethod
     def at(cls, buffer, offset=0, *, lot=None, key=None):
         """A lock in ``buffer[offset:offset+8]`` (all-zero bytes: unlocked)."""
-        obj = cls.__new__(cls)
-        obj._init_place(_pl.at_place(cls.KIND, buffer, offset, cls.SIZE, lot, key))
-        return obj
+        return cls._from_place(_pl.at_place(cls.KIND, buffer, offset, cls.SIZE, lot, key))
 
     # threading.Condition's protocol for a Lock
     def _is_owned(self):

@@ -1,32 +1,33 @@
 """The parking lot: a table of wait queues in a shared-memory segment.
 
-Every operation locks the bucket of its key (a futex lock in the segment, see ilock.c), runs
-the caller's callbacks under that lock, and wakes threads after unlocking. The C core
-(``shmlot._core``) does the table work; this module turns its return codes into exceptions and
-runs the sleeping loop (in slices, so that signals and dead unparkers cannot strand a sleeper).
+``ParkingLot`` is a handle on one lot: it creates, attaches and unlinks it, and carries the
+public low-level API (parking_lot_core's ``park``, ``unpark_one``, ``unpark_all``,
+``unpark_filter``, ``unpark_requeue``). Every operation goes through the engine
+(``_engine.py``), which makes the core calls: it locks the bucket of the key (a futex lock in the
+segment, see ilock.c), runs the caller's callbacks under that lock, and wakes threads after
+unlocking. The sleep itself is in slices, so that signals and dead unparkers cannot strand a
+sleeper.
 
 Callbacks run in the calling thread with the bucket lock held: they must be short, and any lot
 operation they call raises ``RuntimeError``. An exception raised by a callback propagates after the
 bucket is unlocked, with the queue as it was (a raising ``validate`` enqueues nothing).
 """
 import errno
-import math
 import os
 import stat
 import threading
 import warnings
 import weakref
 
-from . import _fast
+from . import _engine as _e
 from ._core import ffi, lib
-from ._results import (PARK_INVALID, PARK_TIMED_OUT, DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN,
-                       FilterOp, ParkResult, RequeueOp, UnparkResult)
-from ._waiters import (FUTEX, INTERRUPTED, UNPARKED, make_waiter, waiter_code, waiter_name)
-from .errors import (LotCorruptError, LotFullError, LotNotFoundError, LotUnlinkedError,
-                     ObjectGoneError)
+from ._engine import COUNTERS, FUTEX, SEMAPHORE, check as _check
+from ._results import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, ParkResult,
+                       RequeueOp, UnparkResult)
+from .errors import LotNotFoundError, LotUnlinkedError
 from .keys import check_u64, file_key
 
-__all__ = ["ParkingLot", "default_lot", "default_lot_name", "check_timeout", "deadline_after",
+__all__ = ["ParkingLot", "default_lot", "default_lot_name", "lot_by_name",
            "ParkResult", "UnparkResult", "FilterOp", "RequeueOp",
            "DEFAULT_PARK_TOKEN", "DEFAULT_UNPARK_TOKEN"]
 
@@ -37,171 +38,29 @@ DEFAULT_OBJECTS = 4096
 DEFAULT_HOLDS = 8192
 ATTACH_WAIT_NS = 2_000_000_000  # how long attach waits for a creator to finish initialising
 
-_NO_SLOT = 0xFFFFFFFF            # "no slot" in the per-thread out-parameter of sl_park_begin
-
-# How often the slow paths (a park, each sleep slice) look whether the lot's name still leads
-# to this lot, and how often default_lot() does.
-SPLIT_CHECK_NS = 1_000_000_000
+# How often default_lot() looks whether the lot's name still leads to this lot.
 DEFAULT_CHECK_NS = 100_000_000
 
-# A sleeping thread wakes at least this often to re-check its slot and let signals in.
-SLICE_MAIN_NS = 50_000_000      # the main thread: Ctrl-C must land within 0.2 s
-SLICE_OTHER_NS = 1_000_000_000  # other threads: bounds the cost of a wake-up lost to a death
+SLEEP_NAMES = {"futex": FUTEX, "semaphore": SEMAPHORE}
 
 
-# _fast.CondWaiter (Condition.wait in one C-API call) reaches the core through these
-_fast.bind_core(*(int(ffi.cast("uintptr_t", ffi.addressof(lib, name)))
-                  for name in ("sl_cond_park", "sl_futex_wait", "sl_word_finish", "sl_cond_cancel")))
-
-# ---- errors ------------------------------------------------------------------------------------
-
-_tls = threading.local()  # .pending: the exception a callback raised, .ctx per thread
-
-
-def _stash(exc_type, exc_value, tb):
-    """cffi onerror hook: keep a callback's exception for the caller to re-raise."""
-    _tls.pending = exc_value if exc_value is not None else exc_type()
-    return None
+def waiter_code(name):
+    """The sleep backend's code for ``waiter=`` (None: $SHMLOT_WAITER, else "futex")."""
+    if name is None:
+        name = os.environ.get("SHMLOT_WAITER") or "futex"
+    if not isinstance(name, str):
+        raise TypeError(f"waiter must be a str, not {type(name).__name__}")
+    try:
+        return SLEEP_NAMES[name]
+    except KeyError:
+        raise ValueError(f"waiter must be 'futex' or 'semaphore', not {name!r}") from None
 
 
-def _error(rc, what=""):
-    """The exception for a negative return code of the C core."""
-    msg = ffi.string(lib.sl_last_error()).decode("utf-8", "replace")
-    if what:
-        msg = f"{what}: {msg}" if msg else what
-    if rc == lib.SL_ECALLBACK:
-        exc = getattr(_tls, "pending", None)
-        _tls.pending = None
-        return exc if exc is not None else RuntimeError(msg)
-    if rc == lib.SL_ECORRUPT:
-        return LotCorruptError(msg)
-    if rc == lib.SL_EFULL:
-        return LotFullError(msg)
-    if rc == lib.SL_EREENTRANT:
-        return RuntimeError(msg)
-    if rc == lib.SL_ETIMEDOUT:
-        return TimeoutError(msg)
-    if rc == lib.SL_EBADVALUE:
-        return ValueError(msg)
-    if rc == lib.SL_EGONE:
-        return ObjectGoneError(msg)
-    err = -rc
-    if err == errno.ENOENT:
-        return LotNotFoundError(err, msg)
-    if err == errno.EEXIST:
-        return FileExistsError(err, msg)
-    if err in (errno.EACCES, errno.EPERM):
-        return PermissionError(err, msg)
-    if err == errno.EINVAL:
-        return ValueError(msg)
-    return OSError(err, msg)
-
-
-def _check(rc, what=""):
-    if rc < 0:
-        raise _error(rc, what)
-    return rc
-
-
-# ---- callbacks from C ---------------------------------------------------------------------------
-# The C core calls these with the bucket lock held; ctx is the calling thread's _Ctx.
-
-class _Ctx:
-    """The calling thread's callbacks for the operation under way. ``busy`` is set for the
-    whole operation, so an operation started from inside a callback is refused (RuntimeError)
-    before it can disturb the outer one's callbacks.
-
-    Operations reset it in ``finally`` with plain attribute stores, not through a method: a
-    signal handler's exception (Ctrl-C) can be raised on entry to any Python function, and one
-    raised there would leave ``busy`` set for good, after which every lot operation of the
-    thread would fail with RuntimeError."""
-    __slots__ = ("validate", "timed_out", "callback", "filter", "handle", "busy",
-                 "__weakref__")
-
-    def __init__(self):
-        self.validate = self.timed_out = self.callback = self.filter = None
-        self.busy = False
-        self.handle = ffi.new_handle(self)
-
-    def enter(self):
-        if self.busy:
-            raise RuntimeError("a lot operation cannot be called from a callback that runs "
-                               "under a bucket lock")
-        self.busy = True
-        return self
-
-
-def _ctx():
-    ctx = getattr(_tls, "ctx", None)
-    if ctx is None:
-        ctx = _tls.ctx = _Ctx()
-    return ctx
-
-
-def _token(value):
-    if value is None:
-        return DEFAULT_UNPARK_TOKEN
-    return check_u64(value, "unpark token returned by callback")
-
-
-@ffi.def_extern(error=-1, onerror=_stash)
-def sl_py_validate(ctx):
-    return 1 if ffi.from_handle(ctx).validate() else 0
-
-
-@ffi.def_extern(error=-1, onerror=_stash)
-def sl_py_timed_out(ctx, key, was_last):
-    ffi.from_handle(ctx).timed_out(key, bool(was_last))
-    return 0
-
-
-@ffi.def_extern(error=-1, onerror=_stash)
-def sl_py_callback(ctx, result, token):
-    token[0] = _token(ffi.from_handle(ctx).callback(UnparkResult._from_c(result)))
-    return 0
-
-
-@ffi.def_extern(error=-1, onerror=_stash)
-def sl_py_filter(ctx, park_token):
-    op = ffi.from_handle(ctx).filter(park_token)
-    if not isinstance(op, FilterOp):
-        raise TypeError(f"filter must return a FilterOp, not {type(op).__name__}")
-    return int(op)
-
-
-@ffi.def_extern(error=-1, onerror=_stash)
-def sl_py_requeue_validate(ctx):
-    op = ffi.from_handle(ctx).validate()
-    if not isinstance(op, RequeueOp):
-        raise TypeError(f"validate must return a RequeueOp, not {type(op).__name__}")
-    return int(op)
-
-
-@ffi.def_extern(error=-1, onerror=_stash)
-def sl_py_requeue_callback(ctx, op, result, token):
-    token[0] = _token(ffi.from_handle(ctx).callback(RequeueOp(op), UnparkResult._from_c(result)))
-    return 0
+def waiter_name(code):
+    return "futex" if code == FUTEX else "semaphore"
 
 
 # ---- argument checks -------------------------------------------------------------------------
-
-def check_timeout(timeout):
-    """Seconds (int/float, >= 0) or None."""
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be a non-negative number, got {timeout}")
-    return timeout
-
-
-def deadline_after(timeout):
-    """Absolute CLOCK_MONOTONIC deadline in ns for a checked timeout (None: 0, no deadline)."""
-    if timeout is None:
-        return 0
-    return lib.sl_now_ns() + max(1, int(min(timeout, 1e9) * 1e9))
-
 
 def _check_name(name):
     if not isinstance(name, str):
@@ -261,7 +120,7 @@ class ParkingLot:
         self._buckets = info.nbuckets
         self._slots = info.nslots
         self._lot_id = info.lot_id
-        self._waiter_code = info.waiter
+        self._sleep_code = info.waiter
         self._closed = False
         self._owner = None   # for a handle made by _bound(): the handle that owns the mapping
         self._inner = None   # weak reference to this handle's _bound() twin
@@ -273,8 +132,8 @@ class ParkingLot:
         self._mode = self._segment_mode(name)
         self._file = (info.dev, info.ino)  # the segment this handle mapped
         self._checked_ns = lib.sl_now_ns()  # when the name was last seen leading to it
-        self._waiter = make_waiter(info.waiter, _handle, info.lot_id, self._mode,
-                                   lambda: self._name_leads_here() == _HERE)
+        self._sleep = _e.make_sleep(info.waiter, _handle, info.lot_id, self._mode,
+                                    lambda: self._name_leads_here() == _HERE)
         self._local = threading.local()
         # A writable view of the whole segment, for primitives that bind to words in it.
         self._buffer = memoryview(ffi.buffer(ffi.cast("char *", lib.sl_base_address(_handle)),
@@ -377,7 +236,7 @@ class ParkingLot:
     name = property(lambda self: self._name)
     buckets = property(lambda self: self._buckets)
     slots = property(lambda self: self._slots)
-    waiter = property(lambda self: waiter_name(self._waiter_code))
+    waiter = property(lambda self: waiter_name(self._sleep_code))
     closed = property(lambda self: self._closed)
 
     def close(self):
@@ -406,7 +265,7 @@ class ParkingLot:
     def unlink(self):
         """Remove the lot's name (and its semaphores); processes still attached keep working."""
         lib.sl_unlink(self._name.encode())
-        self._waiter.unlink(self._lot_id, self._slots)
+        self._sleep.unlink(self._lot_id, self._slots)
         _default_lots.pop(self._name, None)
 
     def __enter__(self):
@@ -423,38 +282,19 @@ class ParkingLot:
     def __reduce__(self):
         return (ParkingLot.attach, (self._name,))
 
-    # -- internals shared with primitives --
+    # -- the engine's view of the handle --
 
     def _h(self):
+        """The C handle, for a call that needs an open handle (ValueError once closed)."""
         if self._closed:
             raise ValueError(f"lot {self._name!r} is closed")
         return self._l
-
-    def _tl(self):
-        """Per-thread scratch: the out-parameters of the C calls."""
-        t = self._local
-        if not hasattr(t, "woken"):
-            t.woken = ffi.new("uint32_t[]", self._slots)
-            t.res = ffi.new("sl_unpark_result *")
-            t.slot = ffi.new("uint32_t *")
-            t.token = ffi.new("uint64_t *")
-            t.op = ffi.new("int *")
-            t.reaped = ffi.new("uint32_t[2]")
-            t.n = ffi.new("int *")
-        return t
-
-    def _wake(self, t, n):
-        if n > 0:
-            self._waiter.wake(t.woken, n)
 
     def key_at(self, offset):
         """The key of byte ``offset`` of this lot's segment."""
         return (self._key_base + offset) & 0xFFFFFFFFFFFFFFFF
 
-    def _count(self, counter, n=1):
-        lib.sl_count(self._l, counter, n)
-
-    # -- park --
+    # -- park and unpark: the public low-level API, through the engine --
 
     def park(self, key, validate=None, before_sleep=None, timed_out=None,
              park_token=DEFAULT_PARK_TOKEN, timeout=None):
@@ -467,204 +307,26 @@ class ParkingLot:
         dequeued, ``timed_out(key, was_last_thread)`` runs (key as it is after any requeue) and
         the result is *timed out*. An exception while sleeping (Ctrl-C) dequeues the thread the
         same way (timed_out included) and propagates; if an unpark had already won, the exception
-        carries the ParkResult as ``.shmlot_park_result``.
+        carries the ParkResult as ``.shmlot_park_result``. ``LotFullError`` when every slot of
+        the lot is taken.
         """
-        return self._park(key, validate, before_sleep, timed_out, park_token, timeout)
-
-    def _park(self, key, validate, before_sleep, timed_out, park_token, timeout,
-              poll=None, poll_ns=0, hint=0, word_ptr=None, release=None, word_id=0):
-        """park() plus what primitives need: ``poll()`` is called every ``poll_ns`` while asleep;
-        if it returns True the thread leaves the queue as on a timeout (TimedOut result, unless an
-        unpark won), which is how a lock waiter notices a dead owner. ``hint`` is stored in the
-        slot for introspection (the lock word it waits on). With ``word_ptr`` (a lock word's
-        address) and no ``validate``, the core validates LOCKED|PARKED itself (sl_word_park): no
-        Python callback under the bucket lock, and the hint is the word. With ``release`` (a
-        lock's ``(key, word_id, word_ptr, count_ptr)``, Condition.wait), the core parks and then
-        releases that lock, which the caller holds (sl_cond_park), in place of validate and
-        before_sleep. ``word_id`` is the identity of the word at ``word_ptr`` (Place.word): an
-        unlock hands the lock only to a waiter parked for the same word."""
         check_u64(key, "key")
         check_u64(park_token, "park token")
-        check_u64(hint, "hint")
-        deadline = deadline_after(check_timeout(timeout))
-        h = self._h()
-        # a wait is a slow path: cheap enough to look (now and then) whether the lot was split
-        self._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
-        t = self._tl()
-        # sl_park_begin writes the slot once the thread is queued: from then on, any exception
-        # (a signal handler's may strike between any two bytecodes) must take it out of the
-        # queue again, or it stays there as a ghost that absorbs a wake-up meant for another.
-        t.slot[0] = _NO_SLOT
-        slot = _NO_SLOT
-        slept = 0  # ns the core already slept after queueing (sl_word_park, sl_cond_park)
-        ctx = _ctx().enter()
-        try:
-            try:
-                ctx.validate = validate
-                for attempt in (0, 1):
-                    if release is not None:
-                        slept = self._first_slice(poll, poll_ns)
-                        rc = lib.sl_cond_park(h, key, release[0], release[1], release[2],
-                                              release[3], deadline, slept, t.slot, t.token,
-                                              t.woken, self._slots, t.n)
-                        if rc >= 0:
-                            self._wake(t, t.n[0])
-                    elif word_ptr is not None and validate is None:
-                        slept = self._first_slice(poll, poll_ns)
-                        rc = lib.sl_word_park(h, key, word_id, word_ptr, deadline, slept, t.slot,
-                                              t.token)
-                    else:
-                        rc = lib.sl_park_begin(h, key, park_token, hint, validate is not None,
-                                               ctx.handle, deadline, t.slot)
-                    if rc != lib.SL_EFULL or attempt:
-                        break
-                    self._reap_for_slot()
-            finally:
-                ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-                ctx.busy = False  # stores, not a call: see _Ctx
-            if rc == lib.SL_PARK_DONE:
-                return ParkResult(ParkResult._UNPARKED, t.token[0])  # the core slept and finished
-            if rc == lib.SL_PARK_INVALID:
-                return PARK_INVALID
-            if rc == lib.SL_ETIMEDOUT:
-                return PARK_TIMED_OUT  # the bucket lock itself stayed busy past the deadline
-            _check(rc, "park")
-            slot = t.slot[0]
-            if before_sleep is not None:
-                before_sleep()
-            result = self._sleep(slot, deadline, poll, poll_ns, slept)
-        except BaseException as exc:
-            if slot == _NO_SLOT:
-                slot = t.slot[0]
-                if slot == _NO_SLOT:
-                    raise  # nothing was queued
-            # Leave the queue. Inline, with no Python call before the C call: a further
-            # exception must not strike before the slot is out of the queue.
-            busy, ctx.busy = ctx.busy, True
-            ctx.timed_out = timed_out
-            try:
-                rc = lib.sl_park_cancel(self._l, slot, timed_out is not None, ctx.handle,
-                                        t.token)
-            finally:
-                ctx.timed_out = None
-                ctx.busy = busy
-            result = self._cancelled(rc, t)
-            if result.is_unparked:
-                exc.shmlot_park_result = result
-            raise
-        if result is None:  # timed out (or poll said so): leave the queue, inline as above
-            busy, ctx.busy = ctx.busy, True
-            ctx.timed_out = timed_out
-            try:
-                rc = lib.sl_park_cancel(self._l, slot, timed_out is not None, ctx.handle,
-                                        t.token)
-            finally:
-                ctx.timed_out = None
-                ctx.busy = busy
-            result = self._cancelled(rc, t)
-        return result
-
-    def _reap_for_slot(self):
-        """No free slot: free those of dead processes (the caller then retries once)."""
-        t = self._tl()
-        lib.sl_reap(self._h(), t.reaped, t.reaped + 1)
-
-    def _cond_waiter(self, cv_key, lock, slow):
-        """A _fast.CondWaiter: Condition.wait on this lot in one C call (futex backend; None
-        otherwise). ``slow(waiter, code, timeout)`` handles the core's error codes."""
-        if self._waiter_code != FUTEX:
-            return None
-        count = int(ffi.cast("uintptr_t", lock._release_args[3]))
-        return _fast.CondWaiter(self, int(ffi.cast("uintptr_t", self._h())), cv_key,
-                                lock._place.key, lock._place.word, lock._address, count, lock,
-                                slow)
-
-    @staticmethod
-    def _slice(poll, poll_ns):
-        """How long one sleep lasts before the sleeper looks up (signals, poll)."""
-        main = threading.current_thread() is threading.main_thread()
-        slice_ns = SLICE_MAIN_NS if main else SLICE_OTHER_NS
-        if poll is not None:
-            slice_ns = min(slice_ns, poll_ns)
-        return slice_ns
-
-    def _first_slice(self, poll, poll_ns):
-        """The slice the core sleeps itself right after queueing (0: it does not; the
-        semaphore backend's sleep needs its semaphore opened here first)."""
-        return self._slice(poll, poll_ns) if self._waiter_code == FUTEX else 0
-
-    def _sleep(self, slot, deadline, poll, poll_ns, slept=0):
-        """Sleep until unparked (returns the ParkResult) or deadline/poll (returns None).
-        ``slept``: the core has slept a first slice already (look up before sleeping again)."""
-        slice_ns = self._slice(poll, poll_ns)
-        waiter = self._waiter
-        if slept and not lib.sl_park_is_unparked(self._l, slot) and poll is not None and poll():
-            return None
-        while True:
-            now = lib.sl_now_ns()
-            if deadline and now >= deadline:
-                return None
-            until = now + slice_ns
-            if deadline and deadline < until:
-                until = deadline
-            r = waiter.sleep(slot, until)
-            if r == UNPARKED or lib.sl_park_is_unparked(self._l, slot):
-                t = self._tl()
-                _check(lib.sl_park_finish(self._l, slot, t.token), "park")
-                return ParkResult(ParkResult._UNPARKED, t.token[0])
-            if r != INTERRUPTED:
-                self._check_linked(gone_ok=True, every_ns=SPLIT_CHECK_NS)
-                if poll is not None and poll():
-                    return None
-
-    @staticmethod
-    def _cancelled(rc, t):
-        """The ParkResult of sl_park_cancel's return code."""
-        if rc == lib.SL_PARK_UNPARKED:
-            return ParkResult(ParkResult._UNPARKED, t.token[0])
-        if rc == lib.SL_PARK_GONE:
-            # the exception struck after _sleep finished the park (and freed the slot, which
-            # may be another thread's by now): it was unparked, with the token finish read
-            return ParkResult(ParkResult._UNPARKED, t.token[0])
-        _check(rc, "park")
-        return PARK_TIMED_OUT
-
-    # -- unpark --
+        return _e.park_once(self, key, validate=validate, before_sleep=before_sleep,
+                            timed_out=timed_out, token=park_token,
+                            deadline=_e.park_deadline(timeout))
 
     def unpark_one(self, key, callback=None):
         """Unpark the oldest thread parked on ``key``. ``callback(result) -> token`` runs under
         the bucket lock, also when no thread was unparked (its token is then ignored)."""
         check_u64(key, "key")
-        h = self._h()
-        t = self._tl()
-        ctx = _ctx().enter()
-        try:
-            ctx.callback = callback
-            n = lib.sl_unpark_one(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
-                                  self._slots)
-        finally:
-            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-            ctx.busy = False  # stores, not a call: see _Ctx
-        _check(n, "unpark_one")
-        result = UnparkResult._from_c(t.res)
-        self._wake(t, n)
-        return result
+        return _e.unpark_one(self, key, callback=callback)
 
     def unpark_all(self, key, unpark_token=DEFAULT_UNPARK_TOKEN):
         """Unpark every thread parked on ``key`` (in queue order); return how many."""
         check_u64(key, "key")
         check_u64(unpark_token, "unpark token")
-        h = self._h()
-        t = self._tl()
-        ctx = _ctx().enter()
-        try:
-            n = lib.sl_unpark_all(h, key, unpark_token, 0, t.res, t.woken, self._slots)
-        finally:
-            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-            ctx.busy = False  # stores, not a call: see _Ctx
-        _check(n, "unpark_all")
-        self._wake(t, n)
-        return n
+        return _e.unpark_all(self, key, token=unpark_token)
 
     def unpark_filter(self, key, filter, callback=None):
         """Call ``filter(park_token) -> FilterOp`` for each thread parked on ``key`` in FIFO
@@ -673,21 +335,7 @@ class ParkingLot:
         check_u64(key, "key")
         if not callable(filter):
             raise TypeError("filter must be callable")
-        h = self._h()
-        t = self._tl()
-        ctx = _ctx().enter()
-        try:
-            ctx.filter = filter
-            ctx.callback = callback
-            n = lib.sl_unpark_filter(h, key, callback is not None, ctx.handle, 0, t.res, t.woken,
-                                     self._slots)
-        finally:
-            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-            ctx.busy = False  # stores, not a call: see _Ctx
-        _check(n, "unpark_filter")
-        result = UnparkResult._from_c(t.res)
-        self._wake(t, n)
-        return result
+        return _e.unpark_filter(self, key, filter=filter, callback=callback)
 
     def unpark_requeue(self, key_from, key_to, validate, callback=None):
         """Lock both buckets (fixed order); ``validate() -> RequeueOp`` decides; threads move to
@@ -697,66 +345,9 @@ class ParkingLot:
         check_u64(key_to, "key_to")
         if not callable(validate):
             raise TypeError("validate must be callable")
-        h = self._h()
-        t = self._tl()
-        ctx = _ctx().enter()
-        try:
-            ctx.validate = validate
-            ctx.callback = callback
-            n = lib.sl_unpark_requeue(h, key_from, key_to, callback is not None, ctx.handle, 0,
-                                      t.res, t.op, t.woken, self._slots)
-        finally:
-            ctx.validate = ctx.timed_out = ctx.callback = ctx.filter = None
-            ctx.busy = False  # stores, not a call: see _Ctx
-        _check(n, "unpark_requeue")
-        result = UnparkResult._from_c(t.res)
-        self._wake(t, n)
-        return result
+        return _e.unpark_requeue(self, key_from, key_to, validate=validate, callback=callback)
 
-    # -- lock words (Lock, RLock): the core's unlock_slow --
-
-    def _word_unlock(self, key, word_id, word_ptr, force_fair=False):
-        """Unlock a LOCKED|PARKED lock word (see sl_word_unlock) named ``word_id``; returns how
-        many were woken."""
-        h = self._h()
-        t = self._tl()
-        n = _check(lib.sl_word_unlock(h, key, word_id, word_ptr, bool(force_fair), t.woken,
-                                      self._slots),
-                   "unlock")
-        self._wake(t, n)
-        return n
-
-    # -- objects (the registry primitives live in) --
-
-    def _object_create(self, name, kind):
-        """Create-or-open a record; returns (index, created, kind it actually has)."""
-        idx = ffi.new("uint32_t *")
-        created = ffi.new("int *")
-        _check(lib.sl_object_create(self._h(), name.encode("utf-8"), kind, idx, created),
-               f"cannot create object {name!r}" if name else "cannot create object")
-        return idx[0], bool(created[0]), lib.sl_object_kind(self._l, idx[0])
-
-    def _object_offset(self, index):
-        return lib.sl_object_offset(self._l, index)
-
-    def _object_kind(self, index):
-        return lib.sl_object_kind(self._l, index)
-
-    def _object_gen(self, index):
-        return lib.sl_object_gen(self._l, index)
-
-    def _object_acquire(self, index, gen):
-        """One more reference to record ``index`` if it still holds generation ``gen``
-        (ObjectGoneError if that object was freed)."""
-        return _check(lib.sl_object_acquire(self._l, index, gen))
-
-    def _object_adopt(self, index, gen, parent_pid, n):
-        """In a fork child: take over the parent's pin on record ``index`` as ``n`` references
-        of this process (see _placement)."""
-        return _check(lib.sl_object_adopt(self._l, index, gen, parent_pid, n), f"object {index}")
-
-    def _object_ref(self, index, delta):
-        return _check(lib.sl_object_ref(self._l, index, delta), "object reference")
+    # -- objects and holds (the inspection modules read these) --
 
     def unlink_object(self, name):
         """Remove the name of a named object (handles already open keep working)."""
@@ -767,30 +358,21 @@ class ParkingLot:
             raise KeyError(name)
         _check(rc, f"cannot unlink object {name!r}")
 
-    # -- holds: who holds which key (RWLock readers, deadlock.acquire_resource) --
-
     def _hold_add(self, key, pid, tid, start, mode):
-        _check(lib.sl_hold_add(self._h(), key, pid, tid, start, mode), "hold")
+        _e.hold_add(self, key, pid, tid, start, mode)
 
     def _hold_remove(self, key, pid, tid, mode):
-        return lib.sl_hold_remove(self._h(), key, pid, tid, mode) == 0
+        return _e.hold_remove(self, key, pid, tid, mode)
 
-    def _hold_take_dead(self, key):
-        """Clear the counted holds of dead processes on ``key``; return the count taken."""
-        return _check(lib.sl_hold_take_dead(self._h(), key), "hold")
+    def _object_gen(self, index):
+        return _e.object_gen(self, index)
 
     def _holds_on(self, key):
         """(pid, tid, start, count, mode) of every hold on ``key``."""
-        return [(h["pid"], h["tid"], h["start"], h["count"], h["mode"])
-                for h in self._snapshot_holds() if h["key"] == key]
+        return _e.holds_on(self, key)
 
     def _snapshot_holds(self):
-        info = ffi.new("sl_lot_info *")
-        lib.sl_info(self._h(), info)
-        holds = ffi.new("sl_hold_info[]", max(1, info.nholds))
-        k = _check(lib.sl_snapshot_holds(self._l, holds, info.nholds), "snapshot")
-        return [{"index": e.index, "pid": e.pid, "tid": e.tid, "start": e.start, "key": e.key,
-                 "count": e.count, "mode": e.mode} for e in holds[0:k]]
+        return _e.holds(self)
 
     # -- snapshots (for shmlot.stat and shmlot.deadlock) --
 
@@ -823,11 +405,11 @@ class ParkingLot:
         """Free the slots and holds of dead processes; returns (slots, holds) freed."""
         a = ffi.new("uint32_t *")
         b = ffi.new("uint32_t *")
-        if _ctx().busy:
+        if _e.in_callback():
             raise RuntimeError("reap cannot be called from a callback")
         _check(lib.sl_reap(self._h(), a, b), "reap")
         # and the half-made semaphore files of dead processes (semaphore backend)
-        self._waiter.reap_stale(self._lot_id)
+        self._sleep.reap_stale(self._lot_id)
         return a[0], b[0]
 
     def info(self):
@@ -847,13 +429,6 @@ class ParkingLot:
 _SLOT_STATES = {0: "free", 1: "allocated", 2: "parked", 3: "unparked"}
 _HERE, _GONE, _ELSEWHERE = "here", "gone", "elsewhere"
 
-COUNTERS = {
-    "parks": lib.SL_C_PARKS, "unparks": lib.SL_C_UNPARKS, "timeouts": lib.SL_C_TIMEOUTS,
-    "requeues": lib.SL_C_REQUEUES, "fair_handoffs": lib.SL_C_FAIR_HANDOFFS,
-    "owner_deaths": lib.SL_C_OWNER_DEATHS, "reaped": lib.SL_C_REAPED,
-    "full_waits": lib.SL_C_FULL_WAITS, "invalid_parks": lib.SL_C_INVALID,
-    "bucket_repairs": lib.SL_C_BUCKET_REPAIRS, "woken_ahead": lib.SL_C_WOKEN_AHEAD,
-}
 
 
 # ---- the default lot ---------------------------------------------------------------------------
@@ -880,4 +455,20 @@ def default_lot():
                 return lot
     # LotUnlinkedError rather than use (or re-create) a lot that other processes no longer find
     lot._check_linked(every_ns=DEFAULT_CHECK_NS)
+    return lot
+
+
+def lot_by_name(name):
+    """This process's handle on lot ``name`` (shared with default_lot's cache), attached on
+    first use: how an unpickled primitive finds its lot."""
+    lot = _default_lots.get(name)
+    if lot is None or lot.closed:
+        with _default_lock:
+            lot = _default_lots.get(name)
+            if lot is None or lot.closed:
+                lot = _default_lots[name] = ParkingLot.attach(name)
+                return lot
+    # a handle from a process of the old lot still means the old lot (whose name is gone); once
+    # the name leads to another lot, it is ambiguous: LotUnlinkedError
+    lot._check_linked(gone_ok=True)
     return lot

@@ -27,23 +27,21 @@ exception took between the core call and the ``with`` block.
 import os
 import threading
 
+from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._core import ffi, lib
+from ._engine import LOCKED, OWNER_POLL_NS
 from ._results import FilterOp
-from ._waiting import Deadline, acquire_timeout, full_backoff, full_done, park
-from .errors import LotFullError, OwnerDiedError
-from .lot import _check
-from .locks import LOCKED, OWNER_POLL_NS, Lock, owner_alive, warn_owner_died
+from .errors import OwnerDiedError
+from .kinds import READ_HOLD, WRITE_WAIT_HOLD as WRITE_WAIT  # on the keys of words 0 and 1
+from .locks import Lock, owner_alive, warn_owner_died
 from .spinwait import SpinWait
 
 __all__ = ["RWLock"]
 
 READER = 4
 READ_PHASE = 2
-READ_HOLD = 1 | lib.SL_HOLD_COUNTED    # a read share (on the key of word 0)
-WRITE_WAIT = 2 | lib.SL_HOLD_COUNTED   # a waiting writer (on the key of word 1)
 TOKEN_READ_GRANT = 2  # "you may read although writers wait"
 ALL_START_BITS = 2**64 - 1
 
@@ -85,7 +83,7 @@ class RWLock(Primitive):
         self._rkey = (place.lot.name, place.key)
         self._mutex = Lock.at(place.buffer, place.offset + 24, lot=place.lot,
                               key=(place.key + 24) & 0xFFFFFFFFFFFFFFFF)
-        self._wptr = ffi.cast("uint64_t *", self._mutex._address - 24)  # the four words
+        self._wptr = _e.words_at(self._mutex._address - 24)  # the four words
 
     # Read shares of the calling thread, per lock (not per handle: two handles on one RWLock,
     # e.g. a named one opened twice, are the same lock for re-entrant reads). A cell the core
@@ -96,7 +94,7 @@ class RWLock(Primitive):
             d = _reads.d = {}
         cell = d.get(self._rkey)
         if cell is None:
-            cell = d[self._rkey] = ffi.new("uint32_t[1]")
+            cell = d[self._rkey] = _e.new_cell()
         return cell
 
     def _wait_cell(self):
@@ -110,9 +108,9 @@ class RWLock(Primitive):
         key = (self._rkey, "w")
         cell = d.get(key)
         if cell is None:
-            cell = d[key] = ffi.new("uint32_t[1]")
+            cell = d[key] = _e.new_cell()
         elif cell[0]:
-            self._step(lib.SL_RW_UNWAIT, False, cell)
+            self._step(_e.RW_UNWAIT, False, cell)
         return cell
 
     def _my_reads(self):
@@ -121,21 +119,17 @@ class RWLock(Primitive):
 
     # -- the readers' mutex: only ever held inside one core call (sl_rw_step) --
 
-    def _step(self, op, granted=False, cell=ffi.NULL):
+    def _step(self, op, granted=False, cell=_e.NULL):
         """One bookkeeping step in the core; returns (code, out). Waits (spinning, then
         yielding) while another thread is inside a step; if the mutex's holder died inside one,
         recounts from the holds first."""
-        out = ffi.new("uint64_t *")
-        h = self._place.lot._h()
+        lot = self._place.lot
         spin = SpinWait()
         while True:
-            rc = lib.sl_rw_step(h, self._wptr, self._place.key, self._wkey, op, granted, cell,
-                                out)
-            if rc != lib.SL_RW_BUSY:
-                if rc < 0 and rc != lib.SL_EFULL:
-                    _check(rc, "RWLock")
-                return rc, out[0]
-            word = out[0]
+            rc, word = _e.rw_step(lot, self._wptr, self._place.key, self._wkey, op, granted,
+                                  cell)
+            if rc != _e.RW_BUSY:
+                return rc, word
             if word & LOCKED and (not owner_alive(word) or
                                   word & ~2 == _fast.self_owner_bits() | LOCKED):
                 # its holder died inside a step, or it is this thread (an exception struck a
@@ -160,12 +154,12 @@ class RWLock(Primitive):
         """(Mutex held.) Readers := the read shares of living holders; writers waiting := the
         living waiting writers. Dead holders' holds are dropped."""
         lot, key, wkey = self._place.lot, self._place.key, self._wkey
-        readers = sum(h[3] for h in lot._holds_on(key)
+        readers = sum(h[3] for h in _e.holds_on(lot, key)
                       if h[4] == READ_HOLD and _fast.process_alive(h[0], h[2], ALL_START_BITS))
-        writers = sum(h[3] for h in lot._holds_on(wkey)
+        writers = sum(h[3] for h in _e.holds_on(lot, wkey)
                       if h[4] == WRITE_WAIT and _fast.process_alive(h[0], h[2], ALL_START_BITS))
-        lot._hold_take_dead(key)
-        lot._hold_take_dead(wkey)
+        _e.hold_take_dead(lot, key)
+        _e.hold_take_dead(lot, wkey)
         self._words[2].store(writers)
         state = self._words[0]
         s = state.load()
@@ -178,7 +172,7 @@ class RWLock(Primitive):
                 if new == 0:
                     self._after_reader_exit(0)
                 break
-        lot._count(lib.SL_C_OWNER_DEATHS)
+        _e.count(lot, _e.OWNER_DEATHS)
 
     # -- dead holders --
 
@@ -195,7 +189,7 @@ class RWLock(Primitive):
             ok, _ = state.compare_exchange(s, me)
             if not ok:
                 return True
-            lot._count(lib.SL_C_OWNER_DEATHS)
+            _e.count(lot, _e.OWNER_DEATHS)
             self._dead_writer = _fast.word_owner(s)[:2]
             self._raise_writer_died()
         changed = self._reclaim_waiting_writers()
@@ -207,7 +201,7 @@ class RWLock(Primitive):
     def _reclaim_readers(self):
         """Take back the read shares of dead readers (and whatever a death under the mutex
         left); returns how many shares were taken (0: none)."""
-        shares, s = self._step(lib.SL_RW_RECLAIM_READERS)
+        shares, s = self._step(_e.RW_RECLAIM_READERS)
         if shares > 0 and s == 0:
             self._after_reader_exit(0)
         return max(shares, 0)
@@ -216,7 +210,7 @@ class RWLock(Primitive):
         """Waiting writers that died: they no longer keep new readers out."""
         if not self._words[2].load():
             return False
-        dead, _ = self._step(lib.SL_RW_RECLAIM_WRITERS)
+        dead, _ = self._step(_e.RW_RECLAIM_WRITERS)
         return dead > 0
 
     def _raise_writer_died(self):
@@ -227,44 +221,45 @@ class RWLock(Primitive):
 
     # -- read side --
 
-    def _try_read(self, granted=False, backoff=None):
+    def _try_read(self, granted=False, backoff=_e.NO_DEADLINE):
         """Take a read share if no writer holds the lock (or waits, unless ``granted``). While
-        the hold table has no room to record it, back off (at most ``backoff`` seconds, None:
-        the usual growing interval) and return False, for the caller to retry."""
+        the hold table has no room to record it, back off (never past the deadline ``backoff``;
+        NO_DEADLINE: the usual growing interval) and return False, for the caller to retry."""
         if self._my_reads():
             granted = True  # re-entrant: never waits for writers
         s = self._words[0].load()
         if s & LOCKED or not (granted or not self._words[2].load()):
             return False
-        rc, _ = self._step(lib.SL_RW_READ, granted, self._cell())
-        if rc == lib.SL_RW_DONE:
-            full_done()
+        rc, _ = self._step(_e.RW_READ, granted, self._cell())
+        if rc == _e.RW_DONE:
+            _e.full_done()
             return True
-        if rc == lib.SL_EFULL:  # no room to record the share: back off, then retry
-            full_backoff(self._place.lot, backoff)
+        if rc == _e.EFULL:  # no room to record the share: back off, then retry
+            _e.full_backoff(self._place.lot, backoff)
         return False
 
     def acquire_read(self, blocking=True, timeout=-1):
         """Take a read share; returns False on timeout / when non-blocking and unavailable.
         RuntimeError (rather than a wait that cannot end) if this thread holds the write lock."""
-        timeout = acquire_timeout(blocking, timeout)
+        return self._acquire_read(_e.acquire_deadline(blocking, timeout))
+
+    def _acquire_read(self, deadline):
         self._wait_cell()  # (clears a waiting-writer mark an exception left)
-        if self._try_read(backoff=0):
+        if self._try_read(backoff=_e.EXPIRED):
             return True
-        if timeout != 0:
-            self._refuse_waiting_for_itself("a read share")
-        if timeout == 0:
+        if _e.passed(deadline):
             self._reclaim()
-            return self._try_read(backoff=0)
-        return self._wait(self._place.key, self._read_blocked, self._try_read, Deadline(timeout))
+            return self._try_read(backoff=_e.EXPIRED)
+        self._refuse_waiting_for_itself("a read share")
+        return self._wait(self._place.key, self._read_blocked, self._try_read, deadline)
 
     def _read_blocked(self):
         s = self._words[0].load()
         return bool(s & LOCKED) or (bool(self._words[2].load()) and not self._my_reads())
 
     def release_read(self):
-        rc, s = self._step(lib.SL_RW_UNREAD, False, self._cell())
-        if rc == lib.SL_RW_NOT_HELD:
+        rc, s = self._step(_e.RW_UNREAD, False, self._cell())
+        if rc == _e.RW_NOT_HELD:
             raise RuntimeError("cannot release un-acquired read lock")
         self._after_reader_exit(s)
 
@@ -274,7 +269,7 @@ class RWLock(Primitive):
 
     def _after_reader_exit(self, s):
         if s == 0 and self._words[2].load():
-            self._place.lot.unpark_one(self._wkey)
+            _e.unpark_one(self._place.lot, self._wkey)
 
     def _refuse_waiting_for_itself(self, what):
         """A blocking acquire that would wait for this very thread to let go never ends (and a
@@ -299,40 +294,39 @@ class RWLock(Primitive):
         """Take the write lock; returns False on timeout / when non-blocking and unavailable.
         RuntimeError (rather than a wait that cannot end) if this thread holds a read share or
         the write lock already: there is no upgrade; release_read() first."""
-        timeout = acquire_timeout(blocking, timeout)
+        return self._acquire_write(_e.acquire_deadline(blocking, timeout))
+
+    def _acquire_write(self, deadline):
         self._wait_cell()  # (clears a waiting-writer mark an exception left)
         if self._try_write():
             return True
-        if timeout != 0:
-            self._refuse_waiting_for_itself("the write lock")
-        if timeout == 0:
+        if _e.passed(deadline):
             self._reclaim()
             return self._try_write()
+        self._refuse_waiting_for_itself("the write lock")
         lot = self._place.lot
-        deadline = Deadline(timeout)
         waiting = self._wait_cell()  # 1 while counted as a waiting writer (by the core)
         try:
             while True:
-                rc, _ = self._step(lib.SL_RW_WAIT, False, waiting)  # new readers now wait
-                if rc != lib.SL_EFULL:
-                    full_done()
+                rc, _ = self._step(_e.RW_WAIT, False, waiting)  # new readers now wait
+                if rc != _e.EFULL:
+                    _e.full_done()
                     break
                 # the hold table is full: back off and retry, as the primitives do when the
                 # lot is full, never raising LotFullError
                 if self._try_write():
                     return True
-                remaining = deadline.remaining()
-                if remaining == 0.0:
+                if _e.passed(deadline):
                     return False
-                full_backoff(lot, remaining)
+                _e.full_backoff(lot, deadline)
             return self._wait(self._wkey, lambda: self._words[0].load() != 0, self._try_write,
                               deadline)
         finally:
             if waiting[0]:
-                _, left = self._step(lib.SL_RW_UNWAIT, False, waiting)
+                _, left = self._step(_e.RW_UNWAIT, False, waiting)
                 # a writer leaving the queue (timeout, error) may be what kept readers out
                 if left <= 1 and self._words[1].load() and not self._words[0].load() & LOCKED:
-                    lot.unpark_all(self._place.key, TOKEN_READ_GRANT)
+                    _e.unpark_all(lot, self._place.key, token=TOKEN_READ_GRANT)
 
     def release_write(self):
         """Release the write lock. The readers parked now go first: under their bucket lock the
@@ -348,7 +342,8 @@ class RWLock(Primitive):
                 state.store(READ_PHASE if result.unparked_threads else 0)
                 return TOKEN_READ_GRANT
 
-            r = lot.unpark_filter(self._place.key, _unpark_every_reader, callback)
+            r = _e.unpark_filter(lot, self._place.key, filter=_unpark_every_reader,
+                                 callback=callback)
             if r.unparked_threads:
                 return
         else:
@@ -356,7 +351,7 @@ class RWLock(Primitive):
             if not ok:
                 raise RuntimeError("cannot release un-acquired write lock")
         if self._words[2].load():
-            lot.unpark_one(self._wkey)
+            _e.unpark_one(lot, self._wkey)
 
     # -- the shared waiting loop --
 
@@ -392,12 +387,11 @@ class RWLock(Primitive):
             while True:
                 if try_take(granted):
                     return True
-                remaining = deadline.remaining()
-                if remaining == 0.0:
+                if _e.passed(deadline):
                     self._reclaim()
                     return try_take(granted)
-                r = park(lot, key, blocked, None, None, 0, remaining, poll, OWNER_POLL_NS,
-                         self._words[0].load())
+                r = _e.park(lot, key, validate=blocked, deadline=deadline, poll=poll,
+                            poll_ns=OWNER_POLL_NS, hint=self._words[0].load())
                 if writer_died:
                     self._raise_writer_died()
                 granted = r.is_unparked and r.token == TOKEN_READ_GRANT
@@ -451,15 +445,13 @@ class _Held:
 
     def __enter__(self):
         rw = self._rw
-        timeout = -1 if self._timeout is None else self._timeout
         if self._read:
             cell = rw._cell()
             before = cell[0]
-            deadline = Deadline(self._timeout)
+            deadline = _e.wait_deadline(self._timeout)
             while True:
-                remaining = deadline.remaining()
                 try:
-                    ok = rw.acquire_read(timeout=-1 if remaining is None else remaining)
+                    ok = rw._acquire_read(deadline)
                     break
                 except OwnerDiedError as exc:  # we hold the dead writer's write lock now
                     # stacklevel 3: warn_owner_died, this __enter__, the with statement
@@ -474,7 +466,8 @@ class _Held:
         else:
             me = _fast.self_owner_bits() | LOCKED
             try:
-                ok = rw.acquire_write(timeout=timeout)
+                ok = rw._acquire_write(
+                    _e.acquire_deadline(True, -1 if self._timeout is None else self._timeout))
             except OwnerDiedError as exc:  # held now: the with block runs holding it
                 warn_owner_died(exc, rw.release_write, stacklevel=3)
                 ok = True

@@ -1,6 +1,6 @@
 """``Semaphore`` and ``BoundedSemaphore``, as in ``threading``, across processes.
 
-Words: [0] the value, [1] how many threads may be parked (see ``_waiting``), [2] the bound of a
+Words: [0] the value, [1] how many threads may be parked (see ``_engine.wait_until``), [2] the bound of a
 BoundedSemaphore. Acquire takes one unit by CAS (GIL kept); only a thread that finds the value 0
 parks, and release unparks only when the waiter count says someone may be parked.
 
@@ -11,17 +11,16 @@ owned: each process's are recorded as a counted hold on the semaphore's key (tak
 unit, given back before it), so those of a dead process are given back by the next acquirer
 that finds none free (it looks every POLL_NS while it waits) and by ``shmlot-stat --reap``.
 """
+from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
 from ._base import Primitive
-from ._core import lib
-from ._waiting import Deadline, full_backoff, full_done, wait_until
+from .kinds import PERMIT_HOLD  # a process's BoundedSemaphore permits (tid 0: per process)
 from .errors import LotFullError
 
 __all__ = ["Semaphore", "BoundedSemaphore"]
 
 VALUE_MAX = 2**64 - 1  # the value is one u64 word
-PERMIT_HOLD = 4 | lib.SL_HOLD_COUNTED  # a process's BoundedSemaphore permits (tid 0: per process)
 POLL_NS = 200_000_000  # how often a waiting acquirer of a BoundedSemaphore looks for dead owners
 
 
@@ -80,19 +79,20 @@ class Semaphore(Primitive):
         when taken, False on timeout or when non-blocking and nothing is available."""
         if not blocking and timeout is not None:
             raise ValueError("can't specify timeout for non-blocking acquire")
-        deadline = Deadline(timeout)  # checks the timeout (TypeError) up front
+        deadline = _e.wait_deadline(timeout)  # checks the timeout (TypeError) up front
         if self._try_take() or (self._reclaim() and self._try_take()):
             return True
         if not blocking:
             return False
         value = self._words[0]
-        got = wait_until(self._place.lot, self._place.key, self._try_take,
-                         lambda: value.load() == 0, self._words[1], deadline, *self._poll())
+        got = _e.wait_until(self._place.lot, self._place.key, self._try_take,
+                            lambda: value.load() == 0, self._words[1], deadline,
+                            **self._poll())
         return bool(got)
 
     def _poll(self):
-        """wait_until's (poll, poll_ns) for a waiting acquirer (none: it re-checks the value)."""
-        return ()
+        """wait_until's poll options for a waiting acquirer (none: it re-checks the value)."""
+        return {}
 
     def _reclaim(self):
         """Permits of dead processes given back (none: a Semaphore's permits are not owned)."""
@@ -128,7 +128,7 @@ class Semaphore(Primitive):
     def _wake(self, n):
         lot, key = self._place.lot, self._place.key
         for _ in range(n):
-            if not lot.unpark_one(key).have_more_threads:
+            if not _e.unpark_one(lot, key).have_more_threads:
                 break
 
     def __exit__(self, *exc):
@@ -160,12 +160,12 @@ class BoundedSemaphore(Semaphore):
         # owned from here on: record it (with the table full, put the unit back and retry later)
         pid, _, start = _fast.self_ident()
         try:
-            self._place.lot._hold_add(self._place.key, pid, 0, start, PERMIT_HOLD)
+            _e.hold_add(self._place.lot, self._place.key, pid, 0, start, PERMIT_HOLD)
         except LotFullError:
             self._words[0].fetch_add(1)
-            full_backoff(self._place.lot, 0.0)
+            _e.full_backoff(self._place.lot, _e.EXPIRED)
             return False
-        full_done()
+        _e.full_done()
         return True
 
     def release(self, n=1):
@@ -178,18 +178,19 @@ class BoundedSemaphore(Semaphore):
         lot, key = self._place.lot, self._place.key
         pid, _, _ = _fast.self_ident()
         for _ in range(n):
-            if not lot._hold_remove(key, pid, 0, PERMIT_HOLD):
+            if not _e.hold_remove(lot, key, pid, 0, PERMIT_HOLD):
                 break  # not ours: an anonymous unit
         if self._words[1].load():
             self._wake(n)
 
     def _poll(self):
-        return (lambda: self._reclaim() > 0 or self._words[0].load() > 0, POLL_NS)
+        return {"poll": lambda: self._reclaim() > 0 or self._words[0].load() > 0,
+                "poll_ns": POLL_NS}
 
     def _reclaim(self):
         """Give back the permits of dead processes (never beyond the bound); returns how many
         were given back."""
-        dead = self._place.lot._hold_take_dead(self._place.key)
+        dead = _e.hold_take_dead(self._place.lot, self._place.key)
         if dead <= 0:
             return 0
         value, bound = self._words[0], self._words[2].load()

@@ -3,7 +3,8 @@
 ``snapshot(lot)`` copies the lot's header, counters, every slot in use, every object of the
 registry and every hold, and decodes them: who is parked on which key (with the process name,
 command line and liveness from ``psutil`` and ``/proc``), which object that key belongs to, what
-state each object is in and who owns it.
+state each object is in and who owns it. What each kind's words mean comes from its descriptor in
+``shmlot.kinds``.
 
 It disturbs nothing: the parked slots are copied one bucket at a time, each bucket lock held just
 long enough to copy that bucket's queue (``sl_snapshot_slots``); objects and holds are read with
@@ -18,78 +19,25 @@ A lot whose contents fail a check (bad slot state, an index out of range) raises
 """
 import errno
 import os
+import stat
 import time
 
 from . import _fast
 from . import _placement as _pl
+from . import kinds
 from ._core import lib
-from .barrier import HOLD_MODE as BARRIER_HOLD
 from .errors import LotCorruptError
+from .kinds import HOLD_MODE_NAMES, lock_word_owner, token_text
 from .lot import ParkingLot, default_lot_name
-from .rwlock import READ_HOLD
-from .semaphore import PERMIT_HOLD
 
-__all__ = ["snapshot", "resolve_lot", "Snapshot", "ParkedThread", "ObjectState", "HoldInfo",
-           "ProcessInfo", "process_info", "lock_word_owner", "token_text", "HOLD_MODE_NAMES",
-           "RESOURCE_HOLD", "READ_HOLD", "BARRIER_HOLD", "PERMIT_HOLD"]
+__all__ = ["snapshot", "resolve_lot", "is_lot_file", "Snapshot", "ParkedThread", "ObjectState",
+           "HoldInfo", "ProcessInfo", "process_info"]
 
-U64 = 2**64 - 1
-LOCKED = _fast.LOCKED_BIT
-PARKED = _fast.PARKED_BIT
+U64 = kinds.U64
 FULL_START = U64                # slots and holds store the full start time
 WORD_START = _fast.START_MASK   # lock words keep its low 18 bits
-
-SLOT_ALLOCATED, SLOT_QUEUED, SLOT_UNPARKED = 1, 2, 3   # lot.h's slot states (0 is free)
-SLOT_STATE_NAMES = {SLOT_ALLOCATED: "allocated", SLOT_QUEUED: "parked",
-                    SLOT_UNPARKED: "unparked"}
-
-# Hold modes (see registry.c): RWLock read shares, Barrier waiting parties, and the resources of
-# shmlot.deadlock.acquire_resource (not counted: the reaper frees a dead process's ones).
-RESOURCE_HOLD = 16
-HOLD_MODE_NAMES = {READ_HOLD: "read", BARRIER_HOLD: "barrier-wait", RESOURCE_HOLD: "resource",
-                   PERMIT_HOLD: "permit"}
-
-# Which keys of an object's record threads park on, and what they wait for there.
-_ROLES = {
-    _pl.LOCK: ((0, "acquire"),),
-    _pl.RLOCK: ((0, "acquire"),),
-    _pl.CONDITION: ((0, "lock"), (16, "wait")),
-    _pl.SEMAPHORE: ((0, "acquire"),),
-    _pl.BOUNDED_SEMAPHORE: ((0, "acquire"),),
-    _pl.EVENT: ((0, "wait"),),
-    _pl.BARRIER: ((0, "wait"),),
-    _pl.RWLOCK: ((0, "read"), (8, "write")),
-}
-# The park tokens the primitives use, by kind and role: what a parked thread is, in words.
-TOKEN_BURST = 0x4255525354  # lot.h SL_TOKEN_BURST: a Condition waiter parked by the core's wait
-_TOKEN_WORDS = {
-    ("Lock", "acquire"): "acquirer", ("RLock", "acquire"): "acquirer",
-    ("Condition", "lock"): "acquirer", ("Condition", "wait"): "waiter",
-    ("Semaphore", "acquire"): "acquirer", ("BoundedSemaphore", "acquire"): "acquirer",
-    ("Event", "wait"): "waiter", ("Barrier", "wait"): "party",
-    ("RWLock", "read"): "reader", ("RWLock", "write"): "writer",
-}
-
-
-def token_text(kind, role, token):
-    """A parked thread's park token in words where its object's kind says what it means
-    ("reader", "writer", "waiter", "notified": a Condition waiter moved onto the lock's queue,
-    ...), else the number (hex when large)."""
-    if token == lib.SL_TOKEN_AIO:
-        return "asyncio"  # a task of an event loop (shmlot.aio), parked like a thread
-    if kind == "Condition" and token == TOKEN_BURST:
-        return "notified" if role == "lock" else "waiter"
-    if token == 0 and (kind, role) in _TOKEN_WORDS:
-        return _TOKEN_WORDS[(kind, role)]
-    return str(token) if token < 10**10 else f"0x{token:x}"
-
-
-
-def lock_word_owner(word):
-    """(pid, tid, start18) named by a lock word that has LOCKED set, else None."""
-    if not word & LOCKED:
-        return None
-    return _fast.word_owner(word)
+SLOT_STATES = ("allocated", "parked", "unparked")  # a slot in use, as the lot's copy names it
+MAGIC = lib.SL_MAGIC.to_bytes(8, "little")  # the first bytes of a lot's segment
 
 
 # ---- processes -------------------------------------------------------------------------------
@@ -262,7 +210,7 @@ class ObjectState:
 
     def keys(self):
         """(key, role) of every key threads park on for this object."""
-        return [((self.key + off) & U64, role) for off, role in _ROLES.get(self.kind_code, ())]
+        return [((self.key + r.offset) & U64, r.name) for r in kinds.by_code(self.kind_code).roles]
 
     def to_dict(self):
         return {
@@ -345,70 +293,6 @@ class Snapshot:
                 f"objects, {len(self.holds)} holds>")
 
 
-# ---- decoding objects ---------------------------------------------------------------------------
-
-def _decode(kind, data, live, holds):
-    """(state text, details dict, owner (pid, tid, start18) or None) of an object's words."""
-    details = {}
-    owner = None
-    if kind in (_pl.LOCK, _pl.RLOCK, _pl.CONDITION):
-        word = data[0]
-        owner = lock_word_owner(word)
-        details["locked"] = owner is not None
-        details["parked_bit"] = bool(word & PARKED)
-        if kind != _pl.LOCK:
-            details["count"] = (data[1] & 0xFFFFFFFF) if owner else 0
-        if owner:
-            state = f"locked by pid {owner[0]} tid {owner[1]}"
-            if kind != _pl.LOCK and details["count"] > 1:
-                state += f" (x{details['count']})"
-        else:
-            state = "unlocked"
-        if kind == _pl.CONDITION:
-            state = ("lock " + state) if owner else "lock unlocked"
-        return state, details, owner
-    if kind in (_pl.SEMAPHORE, _pl.BOUNDED_SEMAPHORE):
-        details["value"] = data[0]
-        if kind == _pl.BOUNDED_SEMAPHORE:
-            details["bound"] = data[2]
-            return f"value {data[0]}/{data[2]}", details, None
-        return f"value {data[0]}", details, None
-    if kind == _pl.EVENT:
-        details["set"] = bool(data[0] & 1)  # bit 0 the flag, the rest a generation
-        return ("set" if data[0] & 1 else "unset"), details, None
-    if kind == _pl.BARRIER:
-        s = data[1]
-        details["parties"] = data[0]
-        details["broken"] = bool(s >> 63)
-        details["waiting"] = 0 if s >> 63 else s & 0xFFFFFFFF
-        details["generation"] = (s >> 32) & 0x7FFFFFFF
-        if details["broken"]:
-            return f"broken ({data[0]} parties)", details, None
-        return f"{details['waiting']}/{data[0]} waiting", details, None
-    if kind == _pl.RWLOCK:
-        word = data[0]
-        owner = lock_word_owner(word)
-        readers = 0 if owner else word >> 2
-        details["writer"] = ({"pid": owner[0], "tid": owner[1]} if owner else None)
-        details["readers"] = readers
-        details["reader_pids"] = sorted({h.pid for h in holds if h.mode == READ_HOLD})
-        details["readers_waiting"] = data[1]
-        details["writers_waiting"] = data[2]
-        if owner:
-            state = f"write-locked by pid {owner[0]} tid {owner[1]}"
-        elif readers:
-            pids = details["reader_pids"]
-            shown = ",".join(map(str, pids[:3])) + (",..." if len(pids) > 3 else "")
-            state = f"{readers} reader{'s' if readers != 1 else ''}"
-            if pids:
-                state += f" (pid {shown})"
-        else:
-            state = "unlocked"
-        return state, details, owner
-    details["words"] = list(data)
-    return "?", details, None
-
-
 # ---- taking a snapshot ------------------------------------------------------------------------
 
 def resolve_lot(lot=None):
@@ -423,8 +307,22 @@ def resolve_lot(lot=None):
     raise TypeError(f"lot must be a ParkingLot, a lot name or None, not {type(lot).__name__}")
 
 
+def is_lot_file(path):
+    """Whether the file at ``path`` (a segment in /dev/shm) is a regular file that holds at
+    least a lot's header and begins with its magic: a cheap look before attaching, which checks
+    the whole header."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < lib.SL_HEADER_SIZE:
+            return False  # (and never open a FIFO or a device, which could block)
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
 def _check_slot(s, info):
-    if s["state"] not in SLOT_STATE_NAMES.values():
+    if s["state"] not in SLOT_STATES:
         raise LotCorruptError(errno.EINVAL, f"lot {info['name']!r} is corrupt: slot "
                               f"{s['index']} has an unknown state {s['state']}")
     if s["state"] == "parked" and not 0 <= s["bucket"] < info["buckets"]:
@@ -469,16 +367,16 @@ def snapshot(lot=None, *, processes=True):
         holds_by_key.setdefault(h.key, []).append(h)
     objects = []
     for o in raw_objects:
-        kind = o["kind"]
+        kind = kinds.by_code(o["kind"])
         if not 0 <= o["index"] < info["objects"]:
             raise LotCorruptError(errno.EINVAL, f"lot {info['name']!r} is corrupt: object index "
                                   f"{o['index']} out of range")
         key = o["key"]
         oholds = holds_by_key.get(key, [])
-        state, details, owner = _decode(kind, o["data"], live, oholds)
+        state, details, owner = kind.decode(o["data"], oholds)
         objects.append(ObjectState(
             index=o["index"], name=o["name"] if o["named"] else None,
-            kind=_pl.KIND_NAMES.get(kind, f"kind {kind}"), kind_code=kind, key=key,
+            kind=kind.name, kind_code=kind.code, key=key,
             refs=o["refs"], data=list(o["data"]), state=state, details=details,
             owner=owner[:2] if owner else None, owner_start=owner[2] if owner else None,
             owner_alive=live.alive(owner[0], owner[2], WORD_START) if owner else None,

@@ -8,14 +8,15 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from _aio_helpers import aio_mode, alot, mode_env, queued, run, until  # noqa: F401 (fixtures)
-from conftest import start_python
+from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
+from helpers.kills import kill_and_reap
+from helpers.processes import start_python
 
 
 # ---- Condition ---------------------------------------------------------------------------------
 
-def test_condition_notify_wakes_tasks_in_order_of_the_lock(alot):
-    cond = aio.Condition(aio.Lock(lot=alot))
+def test_condition_notify_wakes_tasks_in_order_of_the_lock(aio_lot):
+    cond = aio.Condition(aio.Lock(lot=aio_lot))
     woken = []
 
     async def waiter(i):
@@ -28,7 +29,7 @@ def test_condition_notify_wakes_tasks_in_order_of_the_lock(alot):
         tasks = []
         for i in range(5):
             tasks.append(asyncio.create_task(waiter(i)))
-            await until(lambda: len(queued(alot, cond.sync.key)) == i + 1)
+            await until(lambda: len(queued(aio_lot, cond.sync.key)) == i + 1)
         async with cond:
             cond.notify(2)
         await until(lambda: len(woken) == 2)
@@ -40,14 +41,14 @@ def test_condition_notify_wakes_tasks_in_order_of_the_lock(alot):
         with pytest.raises(RuntimeError):
             await cond.wait()
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_condition_shared_with_threads_by_name(alot):
+def test_condition_shared_with_threads_by_name(aio_lot):
     """A named condition (with its own lock): a thread produces, tasks consume, and the
     reverse; wait_for with a predicate on shared state."""
-    acond = aio.Condition(name="cv", lot=alot)
-    scond = shmlot.Condition(name="cv", lot=alot)
+    acond = aio.Condition(name="cv", lot=aio_lot)
+    scond = shmlot.Condition(name="cv", lot=aio_lot)
     items = []
     got = []
 
@@ -78,11 +79,11 @@ def test_condition_shared_with_threads_by_name(alot):
         await asyncio.wait_for(asyncio.gather(*consumers), 10)
     run(main())
     assert sorted(got) == list(range(50))
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(alot):
-    cond = aio.Condition(aio.Lock(lot=alot))
+def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(aio_lot):
+    cond = aio.Condition(aio.Lock(lot=aio_lot))
     state = {}
 
     async def first():
@@ -99,10 +100,7 @@ def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(alot
             state["second"] = True
 
     async def main():
-        a = asyncio.create_task(first())
-        await until(lambda: len(queued(alot, cond.sync.key)) == 1)
-        b = asyncio.create_task(second())
-        await until(lambda: len(queued(alot, cond.sync.key)) == 2)
+        a, b = await start_queued_in_order(aio_lot, cond.sync.key, first(), second())
         async with cond:
             cond.notify(1)  # moves the first onto the lock's queue
             a.cancel()
@@ -112,14 +110,14 @@ def test_condition_cancelled_waiter_holds_the_lock_and_passes_the_notify_on(alot
         await asyncio.wait_for(b, 5)  # the notification reached the second
         assert state["second"] and not cond.locked()
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 # ---- Barrier ------------------------------------------------------------------------------------
 
-def test_barrier_tasks_and_threads(alot):
-    barrier = aio.Barrier(4, name="b", lot=alot)
-    sync = shmlot.Barrier(4, name="b", lot=alot)
+def test_barrier_tasks_and_threads(aio_lot):
+    barrier = aio.Barrier(4, name="b", lot=aio_lot)
+    sync = shmlot.Barrier(4, name="b", lot=aio_lot)
     indices = []
 
     def thread():
@@ -142,8 +140,8 @@ def test_barrier_tasks_and_threads(alot):
     assert not barrier.broken and barrier.n_waiting == 0
 
 
-def test_barrier_cancel_withdraws_abort_breaks(alot):
-    barrier = aio.Barrier(2, lot=alot)
+def test_barrier_cancel_withdraws_abort_breaks(aio_lot):
+    barrier = aio.Barrier(2, lot=aio_lot)
 
     async def main():
         t = asyncio.create_task(barrier.wait())
@@ -161,14 +159,14 @@ def test_barrier_cancel_withdraws_abort_breaks(alot):
         await barrier.reset()
         assert not barrier.broken
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 # ---- RWLock -------------------------------------------------------------------------------------
 
-def test_rwlock_readers_share_writers_exclude(alot):
-    rw = aio.RWLock(name="rw", lot=alot)
-    sync = shmlot.RWLock(name="rw", lot=alot)
+def test_rwlock_readers_share_writers_exclude(aio_lot):
+    rw = aio.RWLock(name="rw", lot=aio_lot)
+    sync = shmlot.RWLock(name="rw", lot=aio_lot)
     state = {"readers": 0, "writers": 0, "max_readers": 0, "bad": 0}
 
     def check():
@@ -210,11 +208,11 @@ def test_rwlock_readers_share_writers_exclude(alot):
     assert state["bad"] == 0 and state["max_readers"] >= 1
     assert sync._words[0].load() == 0 and sync._words[1].load() == 0 \
         and sync._words[2].load() == 0
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_rwlock_cancelled_writer_lets_readers_in(alot):
-    rw = aio.RWLock(lot=alot)
+def test_rwlock_cancelled_writer_lets_readers_in(aio_lot):
+    rw = aio.RWLock(lot=aio_lot)
 
     async def main():
         await rw.acquire_read()
@@ -238,40 +236,25 @@ def test_rwlock_cancelled_writer_lets_readers_in(alot):
         await rw.acquire_write()
         rw.release_write()
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
-
-
-WRITER_HOLDER = r"""
-import sys, time
-import shmlot
-lot = shmlot.ParkingLot.attach(sys.argv[1])
-rw = shmlot.RWLock(name="rwv", lot=lot)
-rw.acquire_write()
-print("held", flush=True)
-time.sleep(60)
-"""
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 @pytest.mark.timeout(60)
-def test_rwlock_dead_writer_reaches_a_waiting_task(alot, aio_mode):
-    import os
-    import signal
-    child = start_python(WRITER_HOLDER, alot.name, env=mode_env(aio_mode))
-    assert child.stdout.readline().strip() == "held"
-    rw = aio.RWLock(name="rwv", lot=alot)
+def test_rwlock_dead_writer_reaches_a_waiting_task(aio_lot, aio_mode):
+    child = start_holder(aio_lot, aio_mode, "shmlot.RWLock(name='rwv', lot=lot)", "acquire_write")
+    rw = aio.RWLock(name="rwv", lot=aio_lot)
 
     async def main():
         w = asyncio.create_task(rw.acquire_write())
-        await until(lambda: len(queued(alot)) == 1)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        await until(lambda: len(queued(aio_lot)) == 1)
+        kill_and_reap(child)
         with pytest.raises(shmlot.OwnerDiedError):
             await asyncio.wait_for(w, 5)
         rw.release_write()
         async with rw.read():
             pass
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 # ---- across processes ---------------------------------------------------------------------------
@@ -305,15 +288,15 @@ print("ok")
 
 
 @pytest.mark.timeout(120)
-def test_condition_and_barrier_between_a_sync_and_an_async_process(alot, aio_mode):
+def test_condition_and_barrier_between_a_sync_and_an_async_process(aio_lot, aio_mode):
     """Another process's threads notify a Condition whose waiters are tasks here, and are two
     of the four parties of a Barrier whose other two are tasks here."""
     rounds = 30
-    cond = aio.Condition(name="xcv", lot=alot)
-    barrier = aio.Barrier(4, name="xbar", lot=alot)
-    box = shmlot.Semaphore(0, name="xbox", lot=alot)
-    taken = shmlot.Semaphore(0, name="xtaken", lot=alot)
-    child = start_python(SYNC_SIDE, alot.name, rounds, env=mode_env(aio_mode))
+    cond = aio.Condition(name="xcv", lot=aio_lot)
+    barrier = aio.Barrier(4, name="xbar", lot=aio_lot)
+    box = shmlot.Semaphore(0, name="xbox", lot=aio_lot)
+    taken = shmlot.Semaphore(0, name="xtaken", lot=aio_lot)
+    child = start_python(SYNC_SIDE, aio_lot.name, rounds, env=mode_env(aio_mode))
 
     async def consumer():
         for _ in range(rounds):
@@ -331,4 +314,4 @@ def test_condition_and_barrier_between_a_sync_and_an_async_process(alot, aio_mod
     assert child.returncode == 0 and "ok" in out, err
     assert all(0 <= i < 4 for i in a + b)
     assert not barrier.broken
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots

@@ -9,17 +9,17 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from _aio_helpers import aio_mode, alot, mode_env, queued, run, until  # noqa: F401 (fixtures)
-from conftest import start_python
+from helpers.aio import mode_env, queued, run, start_queued_in_order, until
+from helpers.processes import start_python
 
 
-def test_event_set_by_a_thread_wakes_tasks(alot):
-    ev = aio.Event(name="ev", lot=alot)
-    sync = shmlot.Event(name="ev", lot=alot)
+def test_event_set_by_a_thread_wakes_tasks(aio_lot):
+    ev = aio.Event(name="ev", lot=aio_lot)
+    sync = shmlot.Event(name="ev", lot=aio_lot)
 
     async def main():
         waiters = [asyncio.create_task(ev.wait()) for _ in range(20)]
-        await until(lambda: len(queued(alot, ev.key)) == 20)
+        await until(lambda: len(queued(aio_lot, ev.key)) == 20)
         threading.Thread(target=sync.set).start()
         assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [True] * 20
         assert ev.is_set()
@@ -27,30 +27,30 @@ def test_event_set_by_a_thread_wakes_tasks(alot):
         assert not sync.is_set()
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(aio.Event.from_sync(sync).wait(), 0.05)
-        assert not queued(alot)
+        assert not queued(aio_lot)
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
-def test_event_cancel_and_timeout(alot):
-    ev = aio.Event(lot=alot)
+def test_event_cancel_and_timeout(aio_lot):
+    ev = aio.Event(lot=aio_lot)
 
     async def main():
         tasks = [asyncio.create_task(ev.wait()) for _ in range(10)]
-        await until(lambda: len(queued(alot, ev.key)) == 10)
+        await until(lambda: len(queued(aio_lot, ev.key)) == 10)
         for t in tasks[:5]:
             t.cancel()
         await asyncio.gather(*tasks[:5], return_exceptions=True)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await ev.wait()
-        assert len(queued(alot, ev.key)) == 5
+        assert len(queued(aio_lot, ev.key)) == 5
         ev.set()
         assert await asyncio.gather(*tasks[5:]) == [True] * 5
         assert ev.sync._words[1].load() == 0  # no waiter counted
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 PINGPONG = r"""
@@ -74,11 +74,11 @@ print("ok")
 
 
 @pytest.mark.timeout(120)
-def test_event_ping_pong_between_processes(alot, aio_mode):
+def test_event_ping_pong_between_processes(aio_lot, aio_mode):
     rounds = 300
-    child = start_python(PINGPONG, alot.name, rounds, env=mode_env(aio_mode))
-    ping = shmlot.Event(name="ping", lot=alot)
-    pong = aio.Event(name="pong", lot=alot)
+    child = start_python(PINGPONG, aio_lot.name, rounds, env=mode_env(aio_mode))
+    ping = shmlot.Event(name="ping", lot=aio_lot)
+    pong = aio.Event(name="pong", lot=aio_lot)
 
     async def main():
         for _ in range(rounds):
@@ -88,11 +88,11 @@ def test_event_ping_pong_between_processes(alot, aio_mode):
     run(main(), timeout=100)
     out, err = child.communicate(timeout=30)
     assert child.returncode == 0 and "ok" in out, err
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_semaphore_counts_across_tasks_and_threads(alot):
-    sem = aio.Semaphore(3, name="sem", lot=alot)
+def test_semaphore_counts_across_tasks_and_threads(aio_lot):
+    sem = aio.Semaphore(3, name="sem", lot=aio_lot)
     state = {"inside": 0, "max": 0}
 
     async def task():
@@ -121,17 +121,15 @@ def test_semaphore_counts_across_tasks_and_threads(alot):
     run(main())
     assert state["max"] <= 3
     assert sem.sync._value() == 3 and not sem.locked()
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_semaphore_cancelled_after_wake_passes_the_unit_on(alot):
-    sem = aio.Semaphore(0, lot=alot)
+def test_semaphore_cancelled_after_wake_passes_the_unit_on(aio_lot):
+    sem = aio.Semaphore(0, lot=aio_lot)
 
     async def main():
-        first = asyncio.create_task(sem.acquire())
-        await until(lambda: len(queued(alot, sem.key)) == 1)
-        second = asyncio.create_task(sem.acquire())
-        await until(lambda: len(queued(alot, sem.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, sem.key, sem.acquire(),
+                                                    sem.acquire())
         sem.release()  # wakes the first only
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
@@ -140,18 +138,18 @@ def test_semaphore_cancelled_after_wake_passes_the_unit_on(alot):
         assert time.monotonic() - t0 < aio.OWNER_POLL / 2
         assert sem.sync._value() == 0
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_bounded_semaphore(alot):
-    sem = aio.BoundedSemaphore(2, lot=alot)
+def test_bounded_semaphore(aio_lot):
+    sem = aio.BoundedSemaphore(2, lot=aio_lot)
 
     async def main():
         await sem.acquire()
         await sem.acquire()
         assert sem.locked()
         waiter = asyncio.create_task(sem.acquire())
-        await until(lambda: len(queued(alot, sem.key)) == 1)
+        await until(lambda: len(queued(aio_lot, sem.key)) == 1)
         sem.release()
         await asyncio.wait_for(waiter, 5)
         sem.release()
@@ -161,14 +159,14 @@ def test_bounded_semaphore(alot):
     run(main())
     assert isinstance(aio.BoundedSemaphore.from_sync(sem.sync), aio.BoundedSemaphore)
     with pytest.raises(TypeError):
-        aio.BoundedSemaphore.from_sync(shmlot.Semaphore(lot=alot))
+        aio.BoundedSemaphore.from_sync(shmlot.Semaphore(lot=aio_lot))
 
 
-def test_async_objects_pickle_to_a_spawned_child(alot, aio_mode):
+def test_async_objects_pickle_to_a_spawned_child(aio_lot, aio_mode):
     """An anonymous aio object travels to a child process as its synchronous handle does."""
     import multiprocessing as mp
-    sem = aio.Semaphore(0, lot=alot)
-    ev = aio.Event(lot=alot)
+    sem = aio.Semaphore(0, lot=aio_lot)
+    ev = aio.Event(lot=aio_lot)
     ctx = mp.get_context("spawn")
     child = ctx.Process(target=_child_releases, args=(sem, ev))
     child.start()

@@ -1,6 +1,6 @@
 """shmlot.aio.Lock: the same lock word as shmlot.Lock, taken by tasks without blocking their loop.
 
-Every test runs in the three waiting modes of _aio_helpers (futex_waitv helpers, a thread per
+Every test runs in the three waiting modes of helpers.aio (futex_waitv helpers, a thread per
 task on a futex lot, the semaphore backend)."""
 import asyncio
 import os
@@ -14,13 +14,15 @@ import pytest
 import shmlot
 from shmlot import aio
 
-from _aio_helpers import aio_mode, alot, mode_env, queued, run, until  # noqa: F401 (fixtures)
-from conftest import start_python
+from helpers.aio import mode_env, queued, run, start_holder, start_queued_in_order, until
+from helpers.kills import kill_and_reap
+from helpers.processes import start_python
+from helpers.waiting import wait_until
 
 
-def test_same_word_as_the_sync_lock(alot):
-    sync = shmlot.Lock(name="same", lot=alot)
-    alock = aio.Lock(name="same", lot=alot)
+def test_same_word_as_the_sync_lock(aio_lot):
+    sync = shmlot.Lock(name="same", lot=aio_lot)
+    alock = aio.Lock(name="same", lot=aio_lot)
     assert alock.key == sync.key and alock.sync._address == sync._address
 
     async def main():
@@ -35,13 +37,13 @@ def test_same_word_as_the_sync_lock(alot):
         wrapped.release()
     run(main())
     with pytest.raises(TypeError):
-        aio.Lock.from_sync(shmlot.RLock(lot=alot))
+        aio.Lock.from_sync(shmlot.RLock(lot=aio_lot))
 
 
-def test_tasks_exclude_each_other_and_threads(alot):
+def test_tasks_exclude_each_other_and_threads(aio_lot):
     """Tasks of one loop (one thread identity) and threads of the process: one holder at a
     time, every increment kept."""
-    alock = aio.Lock(lot=alot)
+    alock = aio.Lock(lot=aio_lot)
     state = {"inside": 0, "count": 0}
     errors = []
 
@@ -78,15 +80,15 @@ def test_tasks_exclude_each_other_and_threads(alot):
     run(main())
     assert not errors
     assert state["count"] == 2 * 200 + 20 * 100
-    assert not alock.locked() and not queued(alot)
-    assert alot.info()["slots_free"] == alot.slots
+    assert not alock.locked() and not queued(aio_lot)
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 CHILD_LOCK = r"""
 import asyncio, sys, threading, time
 import shmlot
 from shmlot import aio
-from conftest import attach_segment
+from helpers.segments import attach_segment
 lot = shmlot.ParkingLot.attach(sys.argv[1])
 seg = attach_segment(sys.argv[2])
 alock = aio.Lock(name="mixed", lot=lot)
@@ -123,32 +125,32 @@ print("ok")
 
 
 @pytest.mark.timeout(120)
-def test_processes_mix_sync_and_async(alot, aio_mode, shm_segment):
+def test_processes_mix_sync_and_async(aio_lot, aio_mode, shm_segment):
     """Three processes, each with a thread using ``with`` and eight tasks using ``async with``
     on one named lock: no two holders ever, no increment lost."""
     seg = shm_segment(64)
     rounds = 60
-    procs = [start_python(CHILD_LOCK, alot.name, seg.name, rounds, env=mode_env(aio_mode))
+    procs = [start_python(CHILD_LOCK, aio_lot.name, seg.name, rounds, env=mode_env(aio_mode))
              for _ in range(3)]
     for p in procs:
         out, err = p.communicate(timeout=100)
         assert p.returncode == 0 and "ok" in out, err
     assert seg.load(16) == 0, "two holders at once"
     assert seg.load(8) == 3 * 9 * rounds
-    assert not queued(alot) and alot.info()["slots_free"] == alot.slots
+    assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_cancelled_waiters_leave_nothing_queued(alot):
-    alock = aio.Lock(lot=alot)
+def test_cancelled_waiters_leave_nothing_queued(aio_lot):
+    alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
         tasks = [asyncio.create_task(alock.acquire()) for _ in range(40)]
-        await until(lambda: len(queued(alot, alock.key)) == 40, message="40 queued")
+        await until(lambda: len(queued(aio_lot, alock.key)) == 40, message="40 queued")
         for t in tasks[::2]:
             t.cancel()
         await asyncio.gather(*tasks[::2], return_exceptions=True)
-        assert len(queued(alot, alock.key)) == 20
+        assert len(queued(aio_lot, alock.key)) == 20
         for t in tasks[1::2]:
             alock.release()
             await t
@@ -156,20 +158,18 @@ def test_cancelled_waiters_leave_nothing_queued(alot):
         assert not alock.locked()
         assert alock.sync._word() == 0  # PARKED cleared by the last one out
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_cancelled_after_hand_off_passes_the_lock_on(alot):
+def test_cancelled_after_hand_off_passes_the_lock_on(aio_lot):
     """The unlocker hands the lock to the first waiter (be_fair) and that task is cancelled
     before it runs: the lock goes to the next waiter, not lost."""
-    alock = aio.Lock(lot=alot)
+    alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
-        first = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(alot, alock.key)) == 1)
-        second = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(alot, alock.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
+                                                    alock.acquire())
         alock.sync._release_slow(force_fair=True)  # the word now names the first waiter
         first.cancel()  # before it could run
         with pytest.raises(asyncio.CancelledError):
@@ -179,20 +179,18 @@ def test_cancelled_after_hand_off_passes_the_lock_on(alot):
         alock.release()
         assert alock.sync._word() == 0
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_cancelled_after_plain_wake_wakes_the_next(alot):
+def test_cancelled_after_plain_wake_wakes_the_next(aio_lot):
     """Unlocked with a plain wake-up (no hand-off) and the woken task cancelled: the next
     waiter is woken instead (no lost wake-up), well before any poll interval."""
-    alock = aio.Lock(lot=alot)
+    alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
-        first = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(alot, alock.key)) == 1)
-        second = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(alot, alock.key)) == 2)
+        first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
+                                                    alock.acquire())
         alock.sync._release_slow()  # unpark the first, leave the lock free, PARKED set
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
@@ -201,12 +199,12 @@ def test_cancelled_after_plain_wake_wakes_the_next(alot):
         assert time.monotonic() - t0 < aio.OWNER_POLL / 2
         alock.release()
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="asyncio.timeout is 3.11+")
-def test_timeout_and_wait_for(alot):
-    alock = aio.Lock(lot=alot)
+def test_timeout_and_wait_for(aio_lot):
+    alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
@@ -215,24 +213,24 @@ def test_timeout_and_wait_for(alot):
                 await alock.acquire()
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(alock.acquire(), 0.05)
-        assert not queued(alot)
+        assert not queued(aio_lot)
         alock.release()
         assert await asyncio.wait_for(alock.acquire(), 1)
         alock.release()
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_the_loop_keeps_running_while_tasks_wait(alot, aio_mode):
+def test_the_loop_keeps_running_while_tasks_wait(aio_lot, aio_mode):
     """1,000 tasks wait: the loop still runs other work every millisecond, and (futex_waitv)
     a dozen helper threads watch them all, also once they all moved to packed groups."""
-    alock = aio.Lock(lot=alot)
+    alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
         tasks = [asyncio.create_task(alock.acquire()) for _ in range(1000 if aio_mode == "futex"
                                                                       else 100)]
-        await until(lambda: len(queued(alot, alock.key)) == len(tasks), 30)
+        await until(lambda: len(queued(aio_lot, alock.key)) == len(tasks), 30)
         if aio_mode == "futex":
             stats = aio.watch_stats()
             assert stats["watched"] == 1000
@@ -255,31 +253,18 @@ def test_the_loop_keeps_running_while_tasks_wait(alot, aio_mode):
         await asyncio.gather(*tasks, return_exceptions=True)
         alock.release()
     run(main())
-    assert not queued(alot) and alot.info()["slots_free"] == alot.slots
-
-
-HOLDER = r"""
-import sys, time
-import shmlot
-lot = shmlot.ParkingLot.attach(sys.argv[1])
-lock = shmlot.Lock(name="victim", lot=lot)
-lock.acquire()
-print("held", flush=True)
-time.sleep(60)
-"""
+    assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 @pytest.mark.timeout(60)
-def test_owner_killed_waiting_task_gets_owner_died(alot, aio_mode):
-    child = start_python(HOLDER, alot.name, env=mode_env(aio_mode))
-    assert child.stdout.readline().strip() == "held"
-    alock = aio.Lock(name="victim", lot=alot)
+def test_owner_killed_waiting_task_gets_owner_died(aio_lot, aio_mode):
+    child = start_holder(aio_lot, aio_mode, "shmlot.Lock(name='victim', lot=lot)")
+    alock = aio.Lock(name="victim", lot=aio_lot)
 
     async def main():
         waiter = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(alot, alock.key)) == 1)
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
+        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
+        kill_and_reap(child)
         t0 = time.monotonic()
         with pytest.raises(shmlot.OwnerDiedError):
             await asyncio.wait_for(waiter, 5)
@@ -289,7 +274,7 @@ def test_owner_killed_waiting_task_gets_owner_died(alot, aio_mode):
         await alock.acquire()
         alock.release()
     run(main())
-    assert not queued(alot) and alot.info()["slots_free"] == alot.slots
+    assert not queued(aio_lot) and aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 CTRL_C = r"""
@@ -311,39 +296,37 @@ except KeyboardInterrupt:
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_stops_the_loop_promptly(alot, aio_mode):
-    lock = shmlot.Lock(name="held", lot=alot)
+def test_ctrl_c_stops_the_loop_promptly(aio_lot, aio_mode):
+    lock = shmlot.Lock(name="held", lot=aio_lot)
     lock.acquire()
     try:
-        child = start_python(CTRL_C, alot.name, env=mode_env(aio_mode))
+        child = start_python(CTRL_C, aio_lot.name, env=mode_env(aio_mode))
         assert child.stdout.readline().strip() == "waiting"
         key = lock.key
-        deadline = time.monotonic() + 10
-        while not queued(alot, key):
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        wait_until(lambda: queued(aio_lot, key), 10, "the task queued")
         t0 = time.monotonic()
         child.send_signal(signal.SIGINT)
         out, err = child.communicate(timeout=10)
         assert time.monotonic() - t0 < 1.0, err
-        assert out.split() == ["interrupted", str(alot.slots)], err
-        assert not queued(alot)
+        assert out.split() == ["interrupted", str(aio_lot.slots)], err
+        assert not queued(aio_lot)
     finally:
         lock.release()
 
 
-def test_shmlot_stat_shows_waiting_tasks(alot):
+def test_shmlot_stat_shows_waiting_tasks(aio_lot):
     """A waiting task is a parked row of its loop's thread, its token shown as "asyncio"."""
     import subprocess
-    from conftest import REPO_ROOT, python_env
-    alock = aio.Lock(name="statlock", lot=alot)
+    from helpers import REPO_ROOT
+    from helpers.processes import python_env
+    alock = aio.Lock(name="statlock", lot=aio_lot)
 
     async def main():
         await alock.acquire()
         waiter = asyncio.create_task(alock.acquire())
-        await until(lambda: len(queued(alot, alock.key)) == 1)
+        await until(lambda: len(queued(aio_lot, alock.key)) == 1)
         r = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "shmlot.stat", alot.name, env=python_env(), cwd=REPO_ROOT,
+            sys.executable, "-m", "shmlot.stat", aio_lot.name, env=python_env(), cwd=REPO_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = await asyncio.wait_for(r.communicate(), 60)
         waiter.cancel()
@@ -356,10 +339,10 @@ def test_shmlot_stat_shows_waiting_tasks(alot):
     assert str(threading.get_native_id()) in rows[0].split()
 
 
-def test_long_waits_still_wake_after_moving_to_packed_groups(alot, aio_mode):
+def test_long_waits_still_wake_after_moving_to_packed_groups(aio_lot, aio_mode):
     """Waits that outlast the first liveness check move to packed helper groups (futex_waitv);
     the hand-offs that follow still wake each task at once."""
-    alock = aio.Lock(lot=alot)
+    alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
@@ -372,7 +355,7 @@ def test_long_waits_still_wake_after_moving_to_packed_groups(alot, aio_mode):
         tasks = []
         for i in range(20):
             tasks.append(asyncio.create_task(waiter(i)))
-            await until(lambda: len(queued(alot, alock.key)) == i + 1)
+            await until(lambda: len(queued(aio_lot, alock.key)) == i + 1)
         await asyncio.sleep(aio.OWNER_POLL * 2.5)
         t0 = time.monotonic()
         alock.release()
@@ -380,15 +363,15 @@ def test_long_waits_still_wake_after_moving_to_packed_groups(alot, aio_mode):
         assert time.monotonic() - t0 < aio.OWNER_POLL  # no wake-up waited for a poll
         assert sorted(order) == list(range(20))
     run(main())
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
-def test_a_loop_closed_under_waiting_tasks_leaves_nothing_queued(alot):
+def test_a_loop_closed_under_waiting_tasks_leaves_nothing_queued(aio_lot):
     """Tasks still waiting when their loop is closed and dropped: their coroutines are closed,
     and each leaves the queue (a Condition waiter too) without touching the gone watch."""
     import gc
-    alock = aio.Lock(lot=alot)
-    cond = aio.Condition(aio.Lock(lot=alot))
+    alock = aio.Lock(lot=aio_lot)
+    cond = aio.Condition(aio.Lock(lot=aio_lot))
     alock.sync.acquire()
     loop = asyncio.new_event_loop()
 
@@ -398,14 +381,14 @@ def test_a_loop_closed_under_waiting_tasks_leaves_nothing_queued(alot):
     tasks = [loop.create_task(alock.acquire()) for _ in range(5)]
     tasks.append(loop.create_task(cond_waiter()))
     loop.run_until_complete(asyncio.sleep(0.1))
-    assert len(queued(alot)) == 6
+    assert len(queued(aio_lot)) == 6
     loop.close()
     del loop, tasks
     gc.collect()
-    assert not queued(alot)
+    assert not queued(aio_lot)
     alock.sync.release()
     assert alock.sync._word() == 0
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots
 
 
 FUTEX_SYSCALL = {"x86_64": 202, "aarch64": 98}.get(os.uname().machine)
@@ -424,13 +407,13 @@ def shared_ranges():
     return ranges
 
 
-def test_the_loop_thread_never_sleeps_in_a_futex(alot, aio_mode):
+def test_the_loop_thread_never_sleeps_in_a_futex(aio_lot, aio_mode):
     """While 200 tasks wait (and their timers come and go), a sampler thread reads what the
     loop's thread is blocked in (/proc/.../syscall): never a futex in shared memory (a slot's
     wait word, a named semaphore), the way a parked thread is. A futex in private memory is the
     GIL, which the loop's thread waits for while the sampler holds it."""
-    alock = aio.Lock(lot=alot)
-    sem = aio.Semaphore(0, lot=alot)
+    alock = aio.Lock(lot=aio_lot)
+    sem = aio.Semaphore(0, lot=aio_lot)
     loop_tid = threading.get_native_id()
     path = f"/proc/self/task/{loop_tid}/syscall"
     samples = []
@@ -449,7 +432,7 @@ def test_the_loop_thread_never_sleeps_in_a_futex(alot, aio_mode):
         await alock.acquire()
         tasks = [asyncio.create_task(alock.acquire()) for _ in range(100)]
         tasks += [asyncio.create_task(sem.acquire()) for _ in range(100)]
-        await until(lambda: len(queued(alot)) == 200, 30)
+        await until(lambda: len(queued(aio_lot)) == 200, 30)
         t = threading.Thread(target=sampler)
         t.start()
         try:
@@ -467,4 +450,4 @@ def test_the_loop_thread_never_sleeps_in_a_futex(alot, aio_mode):
     in_shared = [hex(addr) for nr, addr in samples
                  if nr == FUTEX_SYSCALL and any(lo <= addr < hi for lo, hi in shared)]
     assert not in_shared, in_shared
-    assert alot.info()["slots_free"] == alot.slots
+    assert aio_lot.info()["slots_free"] == aio_lot.slots

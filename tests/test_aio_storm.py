@@ -7,14 +7,14 @@ import pytest
 
 import shmlot
 
-from _aio_helpers import aio_mode, alot, mode_env, queued  # noqa: F401 (fixtures)
-from conftest import start_python
+from helpers.aio import mode_env, queued
+from helpers.processes import start_python
 
 STORM = r"""
 import asyncio, random, sys, threading, time
 import shmlot
 from shmlot import aio
-from conftest import attach_segment
+from helpers.segments import attach_segment
 
 lot = shmlot.ParkingLot.attach(sys.argv[1])
 seg = attach_segment(sys.argv[2])
@@ -125,14 +125,14 @@ print("ok")
 
 
 @pytest.mark.timeout(240)
-def test_cancellation_storm(alot, aio_mode, shm_segment):
+def test_cancellation_storm(aio_lot, aio_mode, shm_segment):
     seg = shm_segment(64)
-    lock = shmlot.Lock(name="storm-lock", lot=alot)
-    sem = shmlot.Semaphore(3, name="storm-sem", lot=alot)
-    rw = shmlot.RWLock(name="storm-rw", lot=alot)
+    lock = shmlot.Lock(name="storm-lock", lot=aio_lot)
+    sem = shmlot.Semaphore(3, name="storm-sem", lot=aio_lot)
+    rw = shmlot.RWLock(name="storm-rw", lot=aio_lot)
     nproc, tasks = 3, 40
     rounds = 60 if aio_mode == "futex" else 15  # a thread per wait costs more
-    procs = [start_python(STORM, alot.name, seg.name, seed, tasks, rounds,
+    procs = [start_python(STORM, aio_lot.name, seg.name, seed, tasks, rounds,
                           env=mode_env(aio_mode)) for seed in range(1, nproc + 1)]
     for p in procs:
         out, err = p.communicate(timeout=200)
@@ -146,9 +146,9 @@ def test_cancellation_storm(alot, aio_mode, shm_segment):
     assert lock._word() == 0  # unlocked, PARKED clear
     assert sem._value() == 3 and sem._words[1].load() == 0
     assert [rw._words[i].load() for i in range(4)] == [0, 0, 0, 0]
-    assert not alot._holds_on(rw.key) and not alot._holds_on(rw._wkey)
-    assert not queued(alot)
-    info = alot.info()
-    assert info["slots_free"] == alot.slots
+    assert not aio_lot._holds_on(rw.key) and not aio_lot._holds_on(rw._wkey)
+    assert not queued(aio_lot)
+    info = aio_lot.info()
+    assert info["slots_free"] == aio_lot.slots
     # many of the cancellations struck a queued task (each left the queue as a timeout)
     assert info["counters"]["timeouts"] >= attempts // 20

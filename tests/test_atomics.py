@@ -13,7 +13,6 @@ import struct
 import sys
 import threading
 import time
-import uuid
 import weakref
 from multiprocessing import shared_memory
 
@@ -24,6 +23,10 @@ from shmlot.atomics import AtomicU32, AtomicU64
 from shmlot.keys import key_for
 from shmlot.spinwait import SpinWait
 
+from helpers.lots import new_lot_name
+from helpers.processes import run_procs
+from helpers.segments import attach_shared_memory
+
 LOCKED = _fast.LOCKED_BIT
 PARKED = _fast.PARKED_BIT
 ATOMICS = [(AtomicU32, 32, "I"), (AtomicU64, 64, "Q")]
@@ -33,33 +36,10 @@ ATOMICS = [(AtomicU32, 32, "I"), (AtomicU64, 64, "Q")]
 # helpers
 
 
-def unique_name():
-    return f"shmlot-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def attach(name):
-    """Attach to an existing segment without leaving work for the resource tracker.
-
-    On 3.13+ track=False. Before that, attaching registers the name again with the tracker the
-    parent started (fork and spawn children share it); the registration is a set entry the parent's
-    unlink() removes, so it is harmless, and unregistering here would remove the parent's too."""
-    if sys.version_info >= (3, 13):
-        return shared_memory.SharedMemory(name, track=False)
-    return shared_memory.SharedMemory(name)
-
-
 @pytest.fixture
-def shm():
-    seg = shared_memory.SharedMemory(unique_name(), create=True, size=4096)
-    try:
-        yield seg
-    finally:
-        seg.unlink()
-        gc.collect()
-        try:
-            seg.close()
-        except BufferError:  # a failed test kept an atomic alive in its traceback
-            pass
+def shm(make_shared_memory):
+    """One SharedMemory block of 4 KiB."""
+    return make_shared_memory(4096)
 
 
 @pytest.fixture
@@ -88,20 +68,6 @@ def start_together(seg, parties, offset=4000):
         if not spin.spin():
             time.sleep(0)
     ready.close()
-
-
-def run_procs(method, target, args_list, timeout=50):
-    ctx = mp.get_context(method)
-    procs = [ctx.Process(target=target, args=args) for args in args_list]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-            p.join()
-    assert [p.exitcode for p in procs] == [0] * len(procs)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -249,13 +215,13 @@ def test_atomics_are_slotted_and_unpicklable(mm):
 def test_atomic_keeps_its_shared_memory_alive():
     """A SharedMemory only the atomic refers to is closed after the atomic lets go of its buffer
     (closing it first would raise BufferError in SharedMemory.__del__)."""
-    name = unique_name()
+    name = new_lot_name()
     seg = shared_memory.SharedMemory(name, create=True, size=64)
     unraisable = []
     old_hook = sys.unraisablehook
     sys.unraisablehook = unraisable.append
     try:
-        a = AtomicU64(attach(name), 8)
+        a = AtomicU64(attach_shared_memory(name), 8)
         gc.collect()
         a.store(42)
         assert struct.unpack_from("=Q", seg.buf, 8)[0] == 42
@@ -284,7 +250,7 @@ def test_gc_collects_a_cycle_through_a_core():
 
 
 def _adder(name, offset, n, cls_name):
-    seg = attach(name)
+    seg = attach_shared_memory(name)
     a = {"AtomicU32": AtomicU32, "AtomicU64": AtomicU64}[cls_name](seg, offset)
     start_together(seg, 2)
     for _ in range(n):
@@ -305,7 +271,7 @@ def test_fetch_add_two_processes_exact_total(shm, method, cls):
 
 
 def _report_key(name, offset, q):
-    seg = attach(name)
+    seg = attach_shared_memory(name)
     a = AtomicU64(seg, offset)
     q.put((a.key, a.load(), os.getpid()))
     a.store(7)
@@ -398,7 +364,7 @@ def test_process_alive():
 
 
 def _fork_identity(q, parent_ident, name):
-    seg = attach(name)
+    seg = attach_shared_memory(name)
     lock = RecordingLock(seg, 0)
     rlock = RecordingRLock(seg, 8)
     me = _fast.self_ident()
@@ -662,7 +628,7 @@ class SpinningLock(_fast.LockCore):
 
 
 def _count_under_lock(name, n, lock_offset, counter_offset, parties):
-    seg = attach(name)
+    seg = attach_shared_memory(name)
     lock = SpinningLock(seg, lock_offset)
     start_together(seg, parties)
     for _ in range(n):

@@ -5,7 +5,6 @@ Both backends.
 """
 import multiprocessing
 import os
-import signal
 import threading
 import time
 
@@ -13,9 +12,11 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import (attach_segment, join_all, plot, segment,  # noqa: F401 (fixtures)
-                           wait_parked_on)
-from conftest import parked, start_python, wait_until
+from helpers.kills import kill_and_reap
+from helpers.lots import default_lot_vars
+from helpers.processes import join_all, start_python
+from helpers.segments import attach_segment
+from helpers.waiting import parked, wait_parked_at_least, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,12 +36,12 @@ def _rounds(barrier, seg_name, slot, rounds):
         seg.close()
 
 
-def test_rounds_in_lockstep_threads_and_processes(plot, segment):
+def test_rounds_in_lockstep_threads_and_processes(default_lot, shm_segment):
     """Two threads, a fork child and a spawn child pass 20 rounds together: in every round the
     arrival indices are exactly 0..3."""
     rounds = 20
     b = shmlot.Barrier(4)
-    seg = segment(8 * rounds)
+    seg = shm_segment(8 * rounds)
     procs = [FORK.Process(target=_rounds, args=(b, seg.name, 2, rounds)),
              SPAWN.Process(target=_rounds, args=(b, seg.name, 3, rounds))]
     for p in procs:
@@ -51,7 +52,7 @@ def test_rounds_in_lockstep_threads_and_processes(plot, segment):
     join_all(threads, procs, 40)
     assert [seg.load(8 * r) for r in range(rounds)] == [0b1111] * rounds
     assert b.n_waiting == 0 and not b.broken
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
 
@@ -78,12 +79,13 @@ def _waits(b, seg_name, n):
     seg.close()
 
 
-def test_action_once_per_round_with_more_threads_than_parties(plot, segment, monkeypatch):
+def test_action_once_per_round_with_more_threads_than_parties(default_lot, shm_segment,
+                                                               monkeypatch):
     """Six threads and two processes, ten waits each, on a 4-party barrier: more arrivals than
     parties at any moment, so several threads see "one short of full" at once; the action still
     runs exactly once per round (one run per generation). The stragglers left when fewer than
     four still have waits to do are released with abort()."""
-    seg = segment(8 * 512)
+    seg = shm_segment(8 * 512)
     name = f"bar-act-{os.getpid()}-{time.monotonic_ns()}"
     monkeypatch.setenv("BARRIER_TEST_SEG", seg.name)
     monkeypatch.setenv("BARRIER_TEST_NAME", name)
@@ -117,25 +119,25 @@ def _raise():
     raise ZeroDivisionError
 
 
-def test_action_raising_breaks_barrier(plot):
+def test_action_raising_breaks_barrier(default_lot):
     b = shmlot.Barrier(2, action=_raise)
     out = []
     t = threading.Thread(target=lambda: out.append(pytest.raises(BrokenBarrierError, b.wait, 10)))
     t.start()
-    wait_parked_on(plot, b.key, 1)
+    wait_parked_at_least(default_lot, b.key, 1)
     with pytest.raises(ZeroDivisionError):
         b.wait(10)
     t.join(10)
     assert len(out) == 1 and b.broken
 
 
-def test_timeout_breaks_barrier_for_every_party(plot):
+def test_timeout_breaks_barrier_for_every_party(default_lot):
     """One party times out: it and the others (a process among them) get BrokenBarrierError,
     and so does a late arrival, until reset()."""
     b = shmlot.Barrier(3)
     p = FORK.Process(target=_expect_broken, args=(b,))
     p.start()
-    wait_parked_on(plot, b.key, 1)
+    wait_parked_at_least(default_lot, b.key, 1)
     t0 = time.monotonic()
     with pytest.raises(BrokenBarrierError):
         b.wait(0.3)
@@ -151,7 +153,7 @@ def test_timeout_breaks_barrier_for_every_party(plot):
     t.start()
     b2 = shmlot.Barrier(1)
     b2.wait()
-    wait_parked_on(plot, b.key, 1)
+    wait_parked_at_least(default_lot, b.key, 1)
     # default timeout from the constructor
     bt = shmlot.Barrier(2, timeout=0.2)
     with pytest.raises(BrokenBarrierError):
@@ -169,14 +171,14 @@ def _expect_broken(b):
     raise AssertionError("the barrier was not broken")
 
 
-def test_reset_and_abort_release_waiting_processes(plot):
+def test_reset_and_abort_release_waiting_processes(default_lot):
     for how in ("reset", "abort"):
         b = shmlot.Barrier(3)
         procs = [FORK.Process(target=_expect_broken, args=(b,)) for _ in range(2)]
         for p in procs:
             p.start()
         wait_until(lambda: b.n_waiting == 2, message="two waiting")
-        wait_parked_on(plot, b.key, 2)
+        wait_parked_at_least(default_lot, b.key, 2)
         getattr(b, how)()
         for p in procs:
             p.join(10)
@@ -185,7 +187,7 @@ def test_reset_and_abort_release_waiting_processes(plot):
         assert b.n_waiting == 0
 
 
-def test_named_barrier_across_unrelated_processes(plot):
+def test_named_barrier_across_unrelated_processes(default_lot):
     name = f"bar-{os.getpid()}-{time.monotonic_ns()}"
     b = shmlot.Barrier(3, name=name)
     code = f"""
@@ -193,7 +195,7 @@ def test_named_barrier_across_unrelated_processes(plot):
         b = shmlot.Barrier(3, name={name!r})
         print(b.wait(30), flush=True)
     """
-    env = {"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter}
+    env = default_lot_vars(default_lot)
     kids = [start_python(code, env=env) for _ in range(2)]
     idx = b.wait(30)
     outs = [int(k.communicate(timeout=30)[0]) for k in kids]
@@ -205,20 +207,12 @@ def test_named_barrier_across_unrelated_processes(plot):
 
 # ---- a party dies -------------------------------------------------------------------------------
 
-def kill(p):
-    os.kill(p.pid, signal.SIGKILL)
-    t = time.monotonic()
-    p.join(10)
-    assert p.exitcode == -signal.SIGKILL
-    return t
-
-
 def _wait_forever(b):
     b.wait()
 
 
 @pytest.mark.parametrize("victim_first", [True, False])
-def test_party_killed_while_others_wait(plot, victim_first):
+def test_party_killed_while_others_wait(default_lot, victim_first):
     """A 5-party barrier: a process waiting in it is SIGKILLed while two threads and another
     process wait too (the fifth never comes): all of them get BrokenBarrierError within 1 s of
     the death."""
@@ -240,8 +234,8 @@ def test_party_killed_while_others_wait(plot, victim_first):
         p.start()
     for t in threads:
         t.start()
-    wait_parked_on(plot, b.key, 4)
-    killed_at = kill(victim)
+    wait_parked_at_least(default_lot, b.key, 4)
+    killed_at = kill_and_reap(victim)
     for t in threads:
         t.join(10)
         assert not t.is_alive()
@@ -254,19 +248,26 @@ def test_party_killed_while_others_wait(plot, victim_first):
     assert not b.broken
 
 
-@pytest.mark.parametrize("ctx", [FORK, SPAWN])
-def test_last_arrival_after_a_party_died_waiting_alone(plot, ctx):
-    """A 2-party barrier: the first party waits alone and is SIGKILLed; the second arrival would
-    complete the round with a dead process: it breaks the barrier instead, at once."""
-    b = shmlot.Barrier(2)
+def _lone_party_killed_then_next_arrival_breaks(lot, parties, ctx):
+    """A ``parties``-party barrier: a process of ``ctx`` waits in it alone and is SIGKILLed;
+    the next arrival gets BrokenBarrierError within 1 s. Returns the barrier."""
+    b = shmlot.Barrier(parties)
     victim = ctx.Process(target=_wait_forever, args=(b,))
     victim.start()
-    wait_parked_on(plot, b.key, 1)
-    kill(victim)
+    wait_parked_at_least(lot, b.key, 1)
+    kill_and_reap(victim)
     t0 = time.monotonic()
     with pytest.raises(BrokenBarrierError):
         b.wait(10)
     assert time.monotonic() - t0 < 1.0
+    return b
+
+
+@pytest.mark.parametrize("ctx", [FORK, SPAWN])
+def test_last_arrival_after_a_party_died_waiting_alone(default_lot, ctx):
+    """A 2-party barrier: the first party waits alone and is SIGKILLed; the second arrival would
+    complete the round with a dead process: it breaks the barrier instead, at once."""
+    b = _lone_party_killed_then_next_arrival_breaks(default_lot, 2, ctx)
     assert b.broken
     b.reset()  # and the barrier is usable again
     t = threading.Thread(target=b.wait, args=(10,))
@@ -275,15 +276,7 @@ def test_last_arrival_after_a_party_died_waiting_alone(plot, ctx):
     t.join(10)
 
 
-def test_party_killed_before_anyone_else_arrives(plot):
+def test_party_killed_before_anyone_else_arrives(default_lot):
     """The only party waiting is killed; the next arrivals must not wait for it forever: they
     find its hold and break the barrier."""
-    b = shmlot.Barrier(3)
-    victim = FORK.Process(target=_wait_forever, args=(b,))
-    victim.start()
-    wait_parked_on(plot, b.key, 1)
-    kill(victim)
-    t0 = time.monotonic()
-    with pytest.raises(BrokenBarrierError):
-        b.wait(10)
-    assert time.monotonic() - t0 < 1.0
+    _lone_party_killed_then_next_arrival_breaks(default_lot, 3, FORK)

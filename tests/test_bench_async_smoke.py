@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import python_env
+from helpers.processes import python_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "tools", "bench_async.py")

@@ -19,7 +19,7 @@ import pytest
 import shmlot
 from shmlot import FilterOp, RequeueOp
 
-from conftest import ParkerThread, park_in_order, parked, wait_parked
+from helpers.waiting import ParkerThread, park_in_order, parked, wait_parked
 
 pytestmark = pytest.mark.timeout(60)
 

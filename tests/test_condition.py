@@ -14,8 +14,10 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import attach_segment, plot, segment, wait_parked_on  # noqa: F401 (fixtures)
-from conftest import parked, start_python, wait_until
+from helpers.lots import default_lot_vars
+from helpers.processes import start_python
+from helpers.segments import attach_segment
+from helpers.waiting import parked, wait_parked_at_least, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -61,26 +63,26 @@ class ThreadWaiter(threading.Thread):
 
 
 @pytest.mark.parametrize("lock_kind", ["RLock", "Lock"])
-def test_notify_all_requeues_threads_and_processes(plot, segment, lock_kind):
+def test_notify_all_requeues_threads_and_processes(default_lot, shm_segment, lock_kind):
     """notify_all with 6 threads and 3 processes waiting moves all 9 onto the lock's queue in one
     step (the requeue counter grows by 9; nobody is woken while the notifier holds the lock);
     after the release every one of them re-acquires and returns True."""
     lock = None if lock_kind == "RLock" else shmlot.Lock()
     cond = shmlot.Condition(lock)
-    seg = segment(8 * 64)
+    seg = shm_segment(8 * 64)
     threads = [ThreadWaiter(cond) for _ in range(6)]
     for t in threads:
         t.start()
     procs = [FORK.Process(target=_proc_waiter, args=(cond, seg.name, i)) for i in range(3)]
     for p in procs:
         p.start()
-    wait_parked_on(plot, cond.key, 9)
-    before = requeues(plot)
+    wait_parked_at_least(default_lot, cond.key, 9)
+    before = requeues(default_lot)
     with cond:
         cond.notify_all()
-        assert requeues(plot) - before == 9
-        assert len(parked(plot, cond.key)) == 0
-        assert len(parked(plot, cond._lock.key)) == 9  # on the lock's queue, none awake
+        assert requeues(default_lot) - before == 9
+        assert len(parked(default_lot, cond.key)) == 0
+        assert len(parked(default_lot, cond._lock.key)) == 9  # on the lock's queue, none awake
     for t in threads:
         assert t.outcome() == (True, True)
     for p in procs:
@@ -88,23 +90,23 @@ def test_notify_all_requeues_threads_and_processes(plot, segment, lock_kind):
         assert p.exitcode == 0
     assert [seg.load(8 * i) for i in range(3)] == [1, 1, 1]
     assert seg.load(8 * 63) == 3
-    assert not parked(plot)
+    assert not parked(default_lot)
     assert cond._lock._word() == 0
 
 
-def test_notify_all_requeues_32_processes(plot, segment):
+def test_notify_all_requeues_32_processes(default_lot, shm_segment):
     """The benchmark's shape (tools/bench.py): 32 waiting processes, one notify_all, all re-acquire."""
     cond = shmlot.Condition()
-    seg = segment(8 * 64)
+    seg = shm_segment(8 * 64)
     n = 32
     procs = [FORK.Process(target=_proc_waiter, args=(cond, seg.name, i % 60)) for i in range(n)]
     for p in procs:
         p.start()
-    wait_parked_on(plot, cond.key, n)
-    before = requeues(plot)
+    wait_parked_at_least(default_lot, cond.key, n)
+    before = requeues(default_lot)
     with cond:
         cond.notify_all()
-    assert requeues(plot) - before == n
+    assert requeues(default_lot) - before == n
     for p in procs:
         p.join(30)
         assert p.exitcode == 0
@@ -124,7 +126,7 @@ def _ordered_waiter(cond, seg_name, slot, go):
             go.wait(30)
 
 
-def test_notify_all_hands_the_lock_over_in_wait_order(plot, segment):
+def test_notify_all_hands_the_lock_over_in_wait_order(default_lot, shm_segment):
     """notify_all keeps the waiters' order: they get the lock back in the order they began to
     wait. On the futex backend the unlock that hands the lock to the first wakes the second
     ahead of its turn (counter woken_ahead); when the first holds the lock longer than that
@@ -132,25 +134,25 @@ def test_notify_all_hands_the_lock_over_in_wait_order(plot, segment):
     turn. A waiter killed while queued on the lock is skipped."""
     cond = shmlot.Condition()
     go = shmlot.Event()
-    seg = segment(8 * 64)
+    seg = shm_segment(8 * 64)
     n = 6
     procs = []
     for i in range(n):
         p = FORK.Process(target=_ordered_waiter, args=(cond, seg.name, i, go))
         p.start()
         procs.append(p)
-        wait_parked_on(plot, cond.key, i + 1)  # one at a time: the order is known
-    ahead = plot.info()["counters"]["woken_ahead"]
+        wait_parked_at_least(default_lot, cond.key, i + 1)  # one at a time: the order is known
+    ahead = default_lot.info()["counters"]["woken_ahead"]
     with cond:
         cond.notify_all()
     wait_until(lambda: seg.load(8 * 63) == 1, 20, "the first waiter holding the lock")
     assert seg.load(0) == 1
-    queued = parked(plot, cond._lock.key)
+    queued = parked(default_lot, cond._lock.key)
     assert [q.pid for q in queued] == [p.pid for p in procs[1:]]
-    if plot.waiter == "futex":
-        assert plot.info()["counters"]["woken_ahead"] == ahead + 1
+    if default_lot.waiter == "futex":
+        assert default_lot.info()["counters"]["woken_ahead"] == ahead + 1
     # whoever was woken ahead gave up spinning long ago: every queued waiter sleeps
-    wait_until(lambda: all(q.wait == 1 for q in parked(plot, cond._lock.key)), 5,
+    wait_until(lambda: all(q.wait == 1 for q in parked(default_lot, cond._lock.key)), 5,
                "the waiter woken ahead to sleep again")
     kill(procs[2])  # third in line: dead, so skipped
     go.set()
@@ -158,11 +160,11 @@ def test_notify_all_hands_the_lock_over_in_wait_order(plot, segment):
         p.join(20)
     assert [p.exitcode for p in procs] == [0, 0, -signal.SIGKILL, 0, 0, 0]
     assert [seg.load(8 * i) for i in range(n)] == [1, 2, 0, 3, 4, 5]
-    assert not parked(plot)
+    assert not parked(default_lot)
     assert cond._lock._word() == 0
 
 
-def test_notify_n_wakes_exactly_n(plot):
+def test_notify_n_wakes_exactly_n(default_lot):
     """notify(n) moves exactly n waiters (the oldest) to the lock; the rest stay waiting."""
     cond = shmlot.Condition()
     waiters = []
@@ -170,14 +172,14 @@ def test_notify_n_wakes_exactly_n(plot):
         w = ThreadWaiter(cond)
         w.start()
         waiters.append(w)
-        wait_parked_on(plot, cond.key, i + 1)
-    before = requeues(plot)
+        wait_parked_at_least(default_lot, cond.key, i + 1)
+    before = requeues(default_lot)
     with cond:
         cond.notify(2)
-    assert requeues(plot) - before == 2
+    assert requeues(default_lot) - before == 2
     for w in waiters[:2]:
         assert w.outcome() == (True, True)
-    assert len(parked(plot, cond.key)) == 3
+    assert len(parked(default_lot, cond.key)) == 3
     with cond:
         cond.notify()  # n=1 by default
     assert waiters[2].outcome() == (True, True)
@@ -188,45 +190,45 @@ def test_notify_n_wakes_exactly_n(plot):
     with cond:
         cond.notify()
         cond.notify_all()  # nobody waits: nothing happens
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
-def test_notify_without_holding_nothing_requeued(plot):
+def test_notify_without_holding_nothing_requeued(default_lot):
     """notify while the lock is free (impossible through the API, which checks ownership, but
     exercised through the lock being released by the time the requeue runs): UNPARK_ONE wakes
     directly. Here: a Condition on a Lock notified by its owner, then released at once."""
     cond = shmlot.Condition(shmlot.Lock())
     w = ThreadWaiter(cond)
     w.start()
-    wait_parked_on(plot, cond.key, 1)
+    wait_parked_at_least(default_lot, cond.key, 1)
     with cond:
         cond.notify()
     assert w.outcome() == (True, True)
 
 
-def test_notified_waiter_whose_timeout_passes_on_the_lock_queue(plot):
+def test_notified_waiter_whose_timeout_passes_on_the_lock_queue(default_lot):
     """Notified (moved onto the lock's queue) but the lock is held past the wait's timeout: the
     waiter leaves the lock's queue at its deadline, still re-acquires before returning, and
     returns True (it was notified, as threading would say)."""
     cond = shmlot.Condition(shmlot.Lock())
     w = ThreadWaiter(cond, timeout=0.3)
     w.start()
-    wait_parked_on(plot, cond.key, 1)
+    wait_parked_at_least(default_lot, cond.key, 1)
     with cond:
-        timeouts = plot.info()["counters"]["timeouts"]
+        timeouts = default_lot.info()["counters"]["timeouts"]
         cond.notify()
-        assert len(parked(plot, cond._lock.key)) == 1
+        assert len(parked(default_lot, cond._lock.key)) == 1
         # its deadline passes while it waits for the lock: it leaves the lock's queue (and
         # queues again in a plain acquire)
-        wait_until(lambda: plot.info()["counters"]["timeouts"] > timeouts,
+        wait_until(lambda: default_lot.info()["counters"]["timeouts"] > timeouts,
                    message="timed out on the lock's queue")
-        wait_parked_on(plot, cond._lock.key, 1)
+        wait_parked_at_least(default_lot, cond._lock.key, 1)
         assert w.is_alive()  # it cannot return before it holds the lock
     assert w.outcome() == (True, True)
     assert not cond._lock.locked()
 
 
-def test_wait_restores_rlock_recursion(plot):
+def test_wait_restores_rlock_recursion(default_lot):
     cond = shmlot.Condition()
     out = []
 
@@ -239,7 +241,7 @@ def test_wait_restores_rlock_recursion(plot):
 
     t = threading.Thread(target=waiter)
     t.start()
-    wait_parked_on(plot, cond.key, 1)
+    wait_parked_at_least(default_lot, cond.key, 1)
     # fully released while waiting (the release follows the enqueue, in before_sleep)
     wait_until(lambda: not cond._lock.locked(), message="the RLock was not fully released")
     with cond:
@@ -249,7 +251,7 @@ def test_wait_restores_rlock_recursion(plot):
     assert not cond._lock.locked()
 
 
-def test_wait_for_across_processes(plot):
+def test_wait_for_across_processes(default_lot):
     """A ``python -c`` producer opens the named condition (and its lock) by name and bumps a
     named Semaphore used as a counter; the waiter here uses wait_for on it."""
     name = f"cond-{os.getpid()}-{time.monotonic_ns()}"
@@ -262,7 +264,7 @@ def test_wait_for_across_processes(plot):
 
     w = ThreadWaiter(cond, timeout=30, predicate=predicate)
     w.start()
-    wait_parked_on(plot, cond.key, 1)
+    wait_parked_at_least(default_lot, cond.key, 1)
     producer = start_python(f"""
         import shmlot
         cond = shmlot.Condition(name={name!r})
@@ -271,7 +273,7 @@ def test_wait_for_across_processes(plot):
             with cond:
                 items.release()
                 cond.notify_all()
-    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    """, env=default_lot_vars(default_lot))
     out, err = producer.communicate(timeout=30)
     assert producer.returncode == 0, err
     assert w.outcome() == (True, True)
@@ -296,7 +298,7 @@ def kill(p):
 
 @pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
 @pytest.mark.parametrize("notify", ["notify", "notify_all"])
-def test_killed_waiter_never_absorbs_notify(plot, notify, reaped):
+def test_killed_waiter_never_absorbs_notify(default_lot, notify, reaped):
     """Two processes die while waiting, ahead of a live thread in the queue: notify() (n=1)
     still reaches the live one, and the dead ones wake nobody and are gone from the lot; also
     while the dead are zombies (killed, not yet waited for by their parent)."""
@@ -306,10 +308,10 @@ def test_killed_waiter_never_absorbs_notify(plot, notify, reaped):
         p = FORK.Process(target=_wait_forever, args=(cond,))
         p.start()
         dead.append(p)
-        wait_parked_on(plot, cond.key, i + 1)
+        wait_parked_at_least(default_lot, cond.key, i + 1)
     live = ThreadWaiter(cond)
     live.start()
-    wait_parked_on(plot, cond.key, 3)
+    wait_parked_at_least(default_lot, cond.key, 3)
     for p in dead:
         if reaped:
             kill(p)
@@ -318,13 +320,13 @@ def test_killed_waiter_never_absorbs_notify(plot, notify, reaped):
             wait_until(lambda: zombie(p.pid), message="a zombie")
     # a death is no notification: the live waiter is still waiting
     assert live.is_alive() and live.result is None
-    assert len(parked(plot, cond.key)) >= 1
+    assert len(parked(default_lot, cond.key)) >= 1
     with cond:
         getattr(cond, notify)()
     t0 = time.monotonic()
     assert live.outcome() == (True, True)
     assert time.monotonic() - t0 < 1.0
-    assert not parked(plot)
+    assert not parked(default_lot)
     for p in dead:
         p.join(10)
 
@@ -343,54 +345,54 @@ def _notified_then_wait_for_lock(cond, ready):
         cond.wait()
 
 
-def test_waiter_killed_on_lock_queue_after_requeue(plot):
+def test_waiter_killed_on_lock_queue_after_requeue(default_lot):
     """Waiters requeued onto the lock by notify_all; one of them (a process) is killed while
     queued on the lock: the release skips it and every live waiter re-acquires."""
-    cond, victim, live = _victim_then_two_live_waiters(plot)
+    cond, victim, live = _victim_then_two_live_waiters(default_lot)
     with cond:
         cond.notify_all()
-        assert len(parked(plot, cond._lock.key)) == 3
+        assert len(parked(default_lot, cond._lock.key)) == 3
         kill(victim)
-    _all_live_reacquired(plot, cond, live)
+    _all_live_reacquired(default_lot, cond, live)
 
 
-def _victim_then_two_live_waiters(plot):
+def _victim_then_two_live_waiters(lot):
     """A condition with three waiters: a process (the one to kill), then two threads."""
     cond = shmlot.Condition()
     victim = FORK.Process(target=_wait_forever, args=(cond,))
     victim.start()
-    wait_parked_on(plot, cond.key, 1)
+    wait_parked_at_least(lot, cond.key, 1)
     live = [ThreadWaiter(cond) for _ in range(2)]
     for w in live:
         w.start()
-    wait_parked_on(plot, cond.key, 3)
+    wait_parked_at_least(lot, cond.key, 3)
     return cond, victim, live
 
 
-def _all_live_reacquired(plot, cond, live):
+def _all_live_reacquired(lot, cond, live):
     for w in live:
         assert w.outcome() == (True, True)
-    assert not parked(plot)
+    assert not parked(lot)
     assert cond._lock._word() == 0
 
 
-def test_notify_all_moves_dead_waiters_and_the_release_drops_them(plot):
+def test_notify_all_moves_dead_waiters_and_the_release_drops_them(default_lot):
     """notify_all moves every waiter onto the lock's queue in one core call without asking
     whether each lives (a waiter killed before the notify moves too); the release that follows
     drops the dead one and every live waiter re-acquires. From a callback that runs under a
     bucket lock the call is refused (RuntimeError) and moves nobody."""
-    cond, victim, live = _victim_then_two_live_waiters(plot)
+    cond, victim, live = _victim_then_two_live_waiters(default_lot)
     kill(victim)
-    before = requeues(plot)
+    before = requeues(default_lot)
     with cond:
         with pytest.raises(RuntimeError):
-            plot.unpark_one(0x5EED, lambda res: cond.notify_all())
-        assert len(parked(plot, cond.key)) == 3
+            default_lot.unpark_one(0x5EED, lambda res: cond.notify_all())
+        assert len(parked(default_lot, cond.key)) == 3
         cond.notify_all()
-        assert requeues(plot) - before == 3
-        assert len(parked(plot, cond._lock.key)) == 3
+        assert requeues(default_lot) - before == 3
+        assert len(parked(default_lot, cond._lock.key)) == 3
         assert cond._lock._word() & shmlot.locks.PARKED
-    _all_live_reacquired(plot, cond, live)
+    _all_live_reacquired(default_lot, cond, live)
 
 
 def _notify_all_then_die(cond, go):
@@ -400,17 +402,17 @@ def _notify_all_then_die(cond, go):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _notifier_dies_holding_lock(plot, cond, n):
+def _notifier_dies_holding_lock(default_lot, cond, n):
     """A child moves the ``n`` waiters onto the lock (notify_all) and dies holding it."""
     go = FORK.Event()
     p = FORK.Process(target=_notify_all_then_die, args=(cond, go))
     p.start()
-    wait_parked_on(plot, cond._lock.key, n)
+    wait_parked_at_least(default_lot, cond._lock.key, n)
     go.set()
     p.join(10)
 
 
-def test_notifier_killed_holding_lock(plot):
+def test_notifier_killed_holding_lock(default_lot):
     """The notifier dies holding the lock after requeueing the waiters onto it: one waiter's
     wait() raises OwnerDiedError within 1 s, holding the lock; once it releases, the others
     return normally."""
@@ -418,8 +420,8 @@ def test_notifier_killed_holding_lock(plot):
     waiters = [ThreadWaiter(cond) for _ in range(3)]
     for w in waiters:
         w.start()
-    wait_parked_on(plot, cond.key, 3)
-    _notifier_dies_holding_lock(plot, cond, 3)
+    wait_parked_at_least(default_lot, cond.key, 3)
+    _notifier_dies_holding_lock(default_lot, cond, 3)
     killed_at = time.monotonic()
     outcomes = []
     for w in waiters:
@@ -431,7 +433,7 @@ def test_notifier_killed_holding_lock(plot):
     assert not cond._lock.locked()
 
 
-def test_owner_died_in_wait_restores_rlock_depth(plot):
+def test_owner_died_in_wait_restores_rlock_depth(default_lot):
     """wait() at recursion depth 2 whose re-acquire finds the notifier dead: OwnerDiedError, and
     the RLock is held at depth 2 again, so the caller's two releases balance."""
     cond = shmlot.Condition()
@@ -448,15 +450,15 @@ def test_owner_died_in_wait_restores_rlock_depth(plot):
 
     t = threading.Thread(target=waiter)
     t.start()
-    wait_parked_on(plot, cond.key, 1)
-    _notifier_dies_holding_lock(plot, cond, 1)
+    wait_parked_at_least(default_lot, cond.key, 1)
+    _notifier_dies_holding_lock(default_lot, cond, 1)
     t.join(10)
     assert out == [("died", 2), ("after", 0, False)]
 
 
 @pytest.mark.parametrize("args, kwargs, error", [
     (("1",), {}, TypeError), ((1, 2), {}, TypeError), ((), {"time": 1}, TypeError)])
-def test_wait_argument_errors(plot, args, kwargs, error):
+def test_wait_argument_errors(default_lot, args, kwargs, error):
     """wait()'s arguments are checked before anything is queued or released (both backends:
     the futex one's wait is the C CondWaiter). Negative, NaN and bool timeouts are threading's
     (test_threading_parity)."""
@@ -468,17 +470,17 @@ def test_wait_argument_errors(plot, args, kwargs, error):
         assert cond.wait(timeout=0) is False
         assert cond.wait(0.0) is False
         assert cond._is_owned()
-    assert not parked(plot)
+    assert not parked(default_lot)
     assert cond._lock._word() == 0
 
 
-def test_condition_and_lock_in_different_lots_is_refused(plot, make_lot):
+def test_condition_and_lock_in_different_lots_is_refused(default_lot, make_lot):
     """Waiters move onto the lock's queue, which lives in the lock's lot: a Condition in another
     lot than its lock could never be woken there, so it is refused."""
     other = make_lot()
     lock = shmlot.Lock(lot=other)
     with pytest.raises(ValueError, match="same lot"):
-        shmlot.Condition(lock, lot=plot)
+        shmlot.Condition(lock, lot=default_lot)
     cond = shmlot.Condition(lock, lot=shmlot.ParkingLot.attach(other.name))  # same lot, 2nd handle
     with cond:
         assert cond.wait(0) is False

@@ -2,8 +2,6 @@
 context's Queue, JoinableQueue, SimpleQueue, Value, Array and Pool built on them. (CPython's own
 multiprocessing tests against the context are in test_mp_context.py.)"""
 import multiprocessing
-import os
-import signal
 import threading
 import time
 import warnings
@@ -13,12 +11,14 @@ import pytest
 import shmlot
 from shmlot import context as shctx
 
-from _prim_helpers import plot  # noqa: F401 (fixture)
+from helpers.kills import kill_and_reap
+from helpers.waiting import raised_in_thread
+
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_context_classes_and_start_methods(plot):  # noqa: F811
+def test_context_classes_and_start_methods(default_lot):
     for method in ("fork", "spawn", "forkserver"):
         ctx = shmlot.get_context(method)
         assert isinstance(ctx, type(multiprocessing.get_context(method)))
@@ -35,13 +35,14 @@ def test_context_classes_and_start_methods(plot):  # noqa: F811
         shmlot.get_context("thread")
 
 
-def test_lot_argument(plot):  # noqa: F811
-    ctx = shmlot.get_context("fork", lot=plot)
-    assert ctx.Lock()._place.lot._lot_id == plot._lot_id  # a handle of its own on the same lot
-    assert ctx.get_context("spawn")._lot is plot
+def test_lot_argument(default_lot):
+    ctx = shmlot.get_context("fork", lot=default_lot)
+    # a handle of its own on the same lot
+    assert ctx.Lock()._place.lot._lot_id == default_lot._lot_id
+    assert ctx.get_context("spawn")._lot is default_lot
 
 
-def test_multiprocessing_acquire_forms(plot):  # noqa: F811
+def test_multiprocessing_acquire_forms(default_lot):
     ctx = shmlot.get_context("fork")
     for lock in (ctx.Lock(), ctx.RLock()):
         assert lock.acquire(block=True, timeout=None) is True
@@ -67,7 +68,7 @@ def test_multiprocessing_acquire_forms(plot):  # noqa: F811
         shmlot.Lock().acquire(False, 0.1)
 
 
-def test_release_errors_and_reprs(plot):  # noqa: F811
+def test_release_errors_and_reprs(default_lot):
     ctx = shmlot.get_context("fork")
     lock = ctx.Lock()
     assert repr(lock) == "<Lock(owner=None)>"
@@ -90,18 +91,7 @@ def test_release_errors_and_reprs(plot):  # noqa: F811
     rlock.acquire()
     rlock.acquire()
     assert repr(rlock) == "<RLock(MainProcess, 2)>"
-    errors = []
-
-    def bad_release():
-        try:
-            rlock.release()
-        except AssertionError as exc:
-            errors.append(exc)
-
-    th = threading.Thread(target=bad_release)
-    th.start()
-    th.join()
-    assert len(errors) == 1
+    assert isinstance(raised_in_thread(rlock.release), AssertionError)
     rlock.release()
     rlock.release()
 
@@ -115,7 +105,7 @@ def test_release_errors_and_reprs(plot):  # noqa: F811
     assert repr(ctx.Condition()) == "<Condition(<RLock(None, 0)>, 0)>"
 
 
-def test_queues_values_and_pool_use_shmlot_locks(plot):  # noqa: F811
+def test_queues_values_and_pool_use_shmlot_locks(default_lot):
     ctx = shmlot.get_context("fork")
     q, jq, sq = ctx.Queue(2), ctx.JoinableQueue(), ctx.SimpleQueue()
     assert isinstance(q._rlock, shmlot.Lock) and isinstance(q._sem, shmlot.BoundedSemaphore)
@@ -141,15 +131,14 @@ def _hold(lock, ready):
 
 
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
-def test_dead_holder_is_a_warning_for_every_acquire(plot, kind):  # noqa: F811
+def test_dead_holder_is_a_warning_for_every_acquire(default_lot, kind):
     ctx = shmlot.get_context("fork")
     lock = getattr(ctx, kind)()
     ready = ctx.Event()
     p = ctx.Process(target=_hold, args=(lock, ready), daemon=True)
     p.start()
     assert ready.wait(30)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(10)
+    kill_and_reap(p)
     with pytest.warns(shmlot.OwnerDiedWarning):
         assert lock.acquire(True, 10) is True
     assert lock._is_owned()
@@ -161,7 +150,7 @@ def test_dead_holder_is_a_warning_for_every_acquire(plot, kind):  # noqa: F811
             pass
 
 
-def test_flavours_pickle_as_themselves(plot):  # noqa: F811
+def test_flavours_pickle_as_themselves(default_lot):
     import pickle
     ctx = shmlot.get_context("fork")
     for obj in (ctx.Lock(), ctx.RLock(), ctx.Semaphore(3), ctx.BoundedSemaphore(2)):

@@ -16,7 +16,10 @@ import threading
 
 import pytest
 
-from conftest import python_env, run_python, start_python, wait_until, REPO_ROOT
+from helpers import REPO_ROOT
+from helpers.kills import kill_and_reap
+from helpers.processes import python_env, run_python, start_python
+from helpers.waiting import wait_until
 
 import shmlot
 from shmlot import deadlock
@@ -113,8 +116,8 @@ class Children:
 
 
 @pytest.fixture
-def children(flot):
-    c = Children(flot)
+def children(futex_lot):
+    c = Children(futex_lot)
     try:
         yield c
     finally:
@@ -162,12 +165,12 @@ def check_record_shape(cycle):
 # ---- parking_lot's tests, one process per thread ------------------------------------------------
 
 @pytest.mark.timeout(90)
-def test_three_process_lock_cycle(flot, children):
+def test_three_process_lock_cycle(futex_lot, children):
     names = ["m1", "m2", "m3"]
     procs = [children.start(f"lock:{names[i]}", "sync", f"lock:{names[(i + 1) % 3]}")
              for i in range(3)]
     children.sync_all()
-    cycles = wait_cycles(flot, 3)
+    cycles = wait_cycles(futex_lot, 3)
     assert len(cycles) == 1
     cyc = cycles[0]
     check_record_shape(cyc)
@@ -180,9 +183,9 @@ def test_three_process_lock_cycle(flot, children):
 
 
 @pytest.mark.timeout(60)
-def test_self_deadlock_on_lock(flot, children):
+def test_self_deadlock_on_lock(futex_lot, children):
     p = children.start("lock:solo", "lock:solo")
-    cycles = wait_cycles(flot, 1)
+    cycles = wait_cycles(futex_lot, 1)
     assert len(cycles) == 1
     (r,) = cycles[0]
     assert (r["pid"], r["tid"]) == (p.pid, p.pid)
@@ -191,28 +194,28 @@ def test_self_deadlock_on_lock(flot, children):
 
 
 @pytest.mark.timeout(90)
-def test_rlock_cycle(flot, children):
+def test_rlock_cycle(futex_lot, children):
     # each takes its RLock twice (re-entrant, no deadlock there), then the next one
     procs = [children.start(f"rlock:r{i}", f"rlock:r{i}", "sync", f"rlock:r{(i + 1) % 3}")
              for i in range(3)]
     children.sync_all()
-    cycles = wait_cycles(flot, 3)
+    cycles = wait_cycles(futex_lot, 3)
     assert len(cycles) == 1
     check_record_shape(cycles[0])
     assert members(cycles[0]) == {(p.pid, p.pid) for p in procs}
     assert {r["kind"] for r in cycles[0]} == {"RLock"}
-    snap = snapshot(flot)
+    snap = snapshot(futex_lot)
     for i in range(3):
         o = snap.find_object(f"r{i}")
         assert o.details["count"] == 2 and o.owner == (procs[i].pid, procs[i].pid)
 
 
 @pytest.mark.timeout(90)
-def test_rwlock_read_write_cycle(flot, children):
+def test_rwlock_read_write_cycle(futex_lot, children):
     # parking_lot's test_rwlock_deadlock: each read-locks its RWLock, then write-locks the next
     procs = [children.start(f"read:rw{i}", "sync", f"write:rw{(i + 1) % 3}") for i in range(3)]
     children.sync_all()
-    cycles = wait_cycles(flot, 3)
+    cycles = wait_cycles(futex_lot, 3)
     assert len(cycles) == 1
     check_record_shape(cycles[0])
     assert members(cycles[0]) == {(p.pid, p.pid) for p in procs}
@@ -223,11 +226,11 @@ def test_rwlock_read_write_cycle(flot, children):
 
 
 @pytest.mark.timeout(90)
-def test_rwlock_write_read_cycle(flot, children):
+def test_rwlock_write_read_cycle(futex_lot, children):
     # the other way round: writers hold, readers wait (readers park on the RWLock's own key)
     procs = [children.start(f"write:w{i}", "sync", f"read:w{(i + 1) % 2}") for i in range(2)]
     children.sync_all()
-    cycles = wait_cycles(flot, 2)
+    cycles = wait_cycles(futex_lot, 2)
     check_record_shape(cycles[0])
     assert members(cycles[0]) == {(p.pid, p.pid) for p in procs}
     assert {r["role"] for r in cycles[0]} == {"read"}
@@ -236,18 +239,18 @@ def test_rwlock_write_read_cycle(flot, children):
 # ---- ABBA: API and CLI ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(90)
-def test_abba_reported_by_api_and_cli(flot, children):
+def test_abba_reported_by_api_and_cli(futex_lot, children):
     a = children.start("lock:A", "sync", "lock:B")
     b = children.start("lock:B", "sync", "lock:A")
     children.sync_all()
-    cycles = wait_cycles(flot, 2)
+    cycles = wait_cycles(futex_lot, 2)
     assert len(cycles) == 1
     check_record_shape(cycles[0])
     ra = rotate_to(cycles[0], a.pid)
     assert [r["name"] for r in ra] == ["B", "A"]
     assert [r["held_names"] for r in ra] == [["Lock 'A'"], ["Lock 'B'"]]
 
-    cli = [sys.executable, "-m", "shmlot.stat", flot.name]
+    cli = [sys.executable, "-m", "shmlot.stat", futex_lot.name]
     text = subprocess.run(cli + ["--deadlocks"], capture_output=True, text=True, timeout=60,
                           env=python_env(), cwd=REPO_ROOT)
     assert text.returncode == 3, text.stderr
@@ -270,26 +273,25 @@ def test_abba_reported_by_api_and_cli(flot, children):
 
 
 @pytest.mark.timeout(60)
-def test_dead_member_breaks_the_cycle(flot, children):
+def test_dead_member_breaks_the_cycle(futex_lot, children):
     a = children.start("lock:A", "sync", "lock:B")
     children.start("lock:B", "sync", "lock:A")
     children.sync_all()
-    wait_cycles(flot, 2)
-    a.kill()
-    a.wait()
+    wait_cycles(futex_lot, 2)
+    kill_and_reap(a)
     # a dead process's slot is garbage, not a waiter: no cycle any more
-    assert deadlock.check(flot) == []
+    assert deadlock.check(futex_lot) == []
 
 
 # ---- custom resources and locks outside the registry ----------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_custom_resource_cycle(flot, children):
+def test_custom_resource_cycle(futex_lot, children):
     k1, k2 = 0x5EED0001, 0x5EED0002
     p1 = children.start(f"res:{k1}", "sync", f"park:{k2}")
     p2 = children.start(f"res:{k2}", "sync", f"park:{k1}")
     children.sync_all()
-    cycles = wait_cycles(flot, 2)
+    cycles = wait_cycles(futex_lot, 2)
     r1 = rotate_to(cycles[0], p1.pid)
     assert [r["key"] for r in r1] == [k2, k1]
     assert [r["held"] for r in r1] == [[k1], [k2]]
@@ -297,42 +299,41 @@ def test_custom_resource_cycle(flot, children):
     assert (p2.pid, p2.pid) in members(cycles[0])
 
 
-def test_acquire_release_resource_in_process(flot):
+def test_acquire_release_resource_in_process(futex_lot):
     key = 0xC0FFEE
     pid, tid = os.getpid(), threading.get_native_id()
-    deadlock.acquire_resource(key, lot=flot)
-    deadlock.acquire_resource(key, lot=flot)  # re-entrant
-    holds = [h for h in snapshot(flot).holds if h.key == key]
+    deadlock.acquire_resource(key, lot=futex_lot)
+    deadlock.acquire_resource(key, lot=futex_lot)  # re-entrant
+    holds = [h for h in snapshot(futex_lot).holds if h.key == key]
     assert [(h.pid, h.tid, h.count, h.what) for h in holds] == [(pid, tid, 2, "resource")]
-    assert deadlock.release_resource(key, lot=flot)
-    assert deadlock.release_resource(key, lot=flot)
-    assert not deadlock.release_resource(key, lot=flot)
-    assert [h for h in snapshot(flot).holds if h.key == key] == []
+    assert deadlock.release_resource(key, lot=futex_lot)
+    assert deadlock.release_resource(key, lot=futex_lot)
+    assert not deadlock.release_resource(key, lot=futex_lot)
+    assert [h for h in snapshot(futex_lot).holds if h.key == key] == []
     with pytest.raises(ValueError):
-        deadlock.acquire_resource(-1, lot=flot)
+        deadlock.acquire_resource(-1, lot=futex_lot)
     with pytest.raises(TypeError):
-        deadlock.acquire_resource("k", lot=flot)
+        deadlock.acquire_resource("k", lot=futex_lot)
 
 
 @pytest.mark.timeout(60)
-def test_dead_resource_holder_reaped(flot, children):
+def test_dead_resource_holder_reaped(futex_lot, children):
     key = 0xDEAD0001
     p = children.start(f"res:{key}")
     children.expect(p, "done")
-    assert snapshot(flot).holds_on(key)
-    p.kill()
-    p.wait()
-    slots, holds = flot.reap()
-    assert holds == 1 and not snapshot(flot).holds_on(key)
+    assert snapshot(futex_lot).holds_on(key)
+    kill_and_reap(p)
+    slots, holds = futex_lot.reap()
+    assert holds == 1 and not snapshot(futex_lot).holds_on(key)
 
 
 @pytest.mark.timeout(60)
-def test_cycle_on_locks_placed_with_at(flot, children, shm_segment):
+def test_cycle_on_locks_placed_with_at(futex_lot, children, shm_segment):
     seg = shm_segment(4096)
     p1 = children.start(f"atlock:{seg.name}:0", "sync", f"atlock:{seg.name}:64")
     p2 = children.start(f"atlock:{seg.name}:64", "sync", f"atlock:{seg.name}:0")
     children.sync_all()
-    cycles = wait_cycles(flot, 2)
+    cycles = wait_cycles(futex_lot, 2)
     r1 = rotate_to(cycles[0], p1.pid)
     k0, k64 = shmlot.key_for(seg.name, 0), shmlot.key_for(seg.name, 64)
     assert [r["key"] for r in r1] == [k64, k0]
@@ -345,19 +346,19 @@ def test_cycle_on_locks_placed_with_at(flot, children, shm_segment):
 # ---- what is not a deadlock -----------------------------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_waiting_on_a_running_holder_is_not_a_deadlock(flot, children):
+def test_waiting_on_a_running_holder_is_not_a_deadlock(futex_lot, children):
     holder = children.start("lock:H", "write:RW")
     children.expect(holder, "done")   # holds H and RW, and is not parked
     children.start("lock:H")
     children.start("read:RW")
     children.start("write:RW")
-    wait_until(lambda: len(snapshot(flot).parked) == 3, 20, "three waiters parked")
-    assert deadlock.check(flot) == []
+    wait_until(lambda: len(snapshot(futex_lot).parked) == 3, 20, "three waiters parked")
+    assert deadlock.check(futex_lot) == []
 
 
-def test_no_cycle_in_an_idle_lot(flot):
-    assert deadlock.check(flot) == []
-    assert deadlock.check(flot.name) == []
+def test_no_cycle_in_an_idle_lot(futex_lot):
+    assert deadlock.check(futex_lot) == []
+    assert deadlock.check(futex_lot.name) == []
 
 
 def test_check_default_lot_never_creates(monkeypatch, lot_name):
@@ -377,6 +378,6 @@ def test_cycles_in_graph_search():
     assert len(deadlock.cycles_in(big, limit=10)) == 10
 
 
-def test_check_without_importing_the_module(flot):
-    r = run_python("import sys, shmlot; print(shmlot.deadlock.check(sys.argv[1]))", flot.name)
+def test_check_without_importing_the_module(futex_lot):
+    r = run_python("import sys, shmlot; print(shmlot.deadlock.check(sys.argv[1]))", futex_lot.name)
     assert r.stdout.strip() == "[]"

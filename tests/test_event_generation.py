@@ -5,12 +5,13 @@ waiter that had already seen the flag by spinning, cleared it and waited again w
 that late wake-up, with no set() for its new wait (the bench found the two sides out of step).
 """
 import multiprocessing as mp
-import os
-import uuid
 
 import pytest
 
 import shmlot
+
+from helpers.kills import kill_all
+from helpers.lots import new_lot_name
 
 ROUNDS = 20000
 
@@ -27,7 +28,7 @@ def _pong(lot_name, ping, pong, rounds, bad):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("waiter", ["futex", "semaphore"])
 def test_ping_pong_never_released_without_a_set(waiter):
-    name = f"shmlot-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = new_lot_name()
     lot = shmlot.ParkingLot.create(name, waiter=waiter)
     ctx = mp.get_context("fork")
     try:
@@ -45,9 +46,7 @@ def test_ping_pong_never_released_without_a_set(waiter):
             child.join(60)
             assert child.exitcode == 0
         finally:
-            if child.is_alive():
-                child.kill()
-                child.join()
+            kill_all(child)
         assert bad.value == 0
     finally:
         lot.unlink()
@@ -57,7 +56,7 @@ def test_set_then_clear_still_releases_the_waiter():
     """threading's guarantee: a waiter released by set() returns True even if clear() came
     before it ran."""
     import threading
-    name = f"shmlot-test-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    name = new_lot_name()
     lot = shmlot.ParkingLot.create(name)
     try:
         ev = shmlot.Event(lot=lot)

@@ -2,11 +2,13 @@
 import os
 import subprocess
 import sys
-import uuid
 
 import pytest
 
 import shmlot
+
+from helpers.lots import new_lot_name
+from helpers.processes import python_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = ["arc_mutex.py", "pool_lock.py", "job_queue.py", "async_workers.py"]
@@ -16,10 +18,9 @@ EXAMPLES = ["arc_mutex.py", "pool_lock.py", "job_queue.py", "async_workers.py"]
 @pytest.mark.parametrize("waiter", ["futex", "semaphore"])
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_example_runs(example, waiter):
-    lot_name = f"shmlot-test-ex-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lot_name = new_lot_name("ex-")
     lot = shmlot.ParkingLot.create(lot_name, waiter=waiter)
-    env = dict(os.environ, SHMLOT_LOT=lot_name,
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = python_env({"SHMLOT_LOT": lot_name})
     try:
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "examples", example)],
                               env=env, capture_output=True, text=True, timeout=150)
@@ -33,11 +34,10 @@ def test_example_runs(example, waiter):
 def test_job_queue_steps_run_on_their_own():
     """job_queue.py's steps, started as separate programs as its docstring says: a worker first
     (nothing exists yet), then the producer, then stats and remove."""
-    lot_name = f"shmlot-test-ex-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    lot_name = new_lot_name("ex-")
     lot = shmlot.ParkingLot.create(lot_name)
-    queue = f"shmlot-test-jobs-{uuid.uuid4().hex[:8]}"
-    env = dict(os.environ, SHMLOT_LOT=lot_name,
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    queue = new_lot_name("jobs-")
+    env = python_env({"SHMLOT_LOT": lot_name})
     script = [sys.executable, os.path.join(ROOT, "tools", "examples", "job_queue.py")]
 
     def step(*args):

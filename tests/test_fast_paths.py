@@ -8,7 +8,7 @@ import threading
 import pytest
 
 import shmlot
-from conftest import wait_parked, wait_until
+from helpers.waiting import wait_parked, wait_until
 from shmlot import _fast
 
 

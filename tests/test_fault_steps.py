@@ -21,7 +21,8 @@ import pytest
 from shmlot import FilterOp, RequeueOp
 from shmlot._core import ffi, lib
 
-from conftest import ParkerThread, parked, run_python, start_python, wait_parked, wait_until
+from helpers.processes import run_python, start_python
+from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,6 +77,15 @@ def futex_addr(tid):
 
 def repairs(lot):
     return lot.info()["counters"]["bucket_repairs"]
+
+
+def parked_beside_a_neighbour(lot, n):
+    """``n`` threads parked on KEY (tokens 0..) and one on another key of its bucket (token 10).
+    Returns (the other key, the n threads, the neighbour thread, the bucket repairs so far)."""
+    other = key_in_bucket(lot, bucket_of(lot, KEY), avoid={KEY})
+    mine = park_threads(lot, KEY, n)
+    neighbour = park_threads(lot, other, 1, first=10)
+    return other, mine, neighbour, repairs(lot)
 
 
 def die_in_child(lot, op, step=None):
@@ -144,10 +154,7 @@ def assert_clean(lot, expect_reaped_slot):
 @pytest.mark.parametrize("step", ["park_before_enqueue", "park_after_enqueue"])
 def test_death_while_parking(make_lot, step):
     lot = make_lot()
-    other = key_in_bucket(lot, bucket_of(lot, KEY), avoid={KEY})
-    mine = park_threads(lot, KEY, 2)
-    neighbour = park_threads(lot, other, 1, first=10)
-    before = repairs(lot)
+    other, mine, neighbour, before = parked_beside_a_neighbour(lot, 2)
 
     die_in_child(lot, "lot.park(%d, validate=lambda: True, timeout=30)" % KEY, step)
 
@@ -164,10 +171,7 @@ def test_death_while_parking(make_lot, step):
 @pytest.mark.parametrize("step", ["unpark_locked", "unpark_before_wake"])
 def test_death_while_unparking(make_lot, step):
     lot = make_lot()
-    other = key_in_bucket(lot, bucket_of(lot, KEY), avoid={KEY})
-    mine = park_threads(lot, KEY, 3)
-    neighbour = park_threads(lot, other, 1, first=10)
-    before = repairs(lot)
+    other, mine, neighbour, before = parked_beside_a_neighbour(lot, 3)
 
     die_in_child(lot, "lot.unpark_one(%d, lambda r: 77)" % KEY, step)
 

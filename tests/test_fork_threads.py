@@ -20,7 +20,7 @@ import json
 
 import pytest
 
-from conftest import run_python
+from helpers.processes import run_python
 
 SCENE = r"""
 import json, os, sys, threading, time

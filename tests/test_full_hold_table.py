@@ -10,8 +10,8 @@ import pytest
 import shmlot
 from shmlot import LotFullError, deadlock
 
-from _prim_helpers import child_env
-from conftest import start_python, wait_until
+from helpers.processes import child_env, start_python
+from helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

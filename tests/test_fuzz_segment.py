@@ -17,7 +17,9 @@ import sys
 
 import pytest
 
-from conftest import NAME_PREFIX, REPO_ROOT, _remove_name, python_env, run_python
+from helpers import REPO_ROOT
+from helpers.lots import NAME_PREFIX, remove_name
+from helpers.processes import python_env, run_python
 
 FUZZ = os.path.join(REPO_ROOT, "tools", "fuzz_lot.py")
 BUCKETS_OFF = 4096      # lot.h: the buckets follow the 4 KiB header
@@ -27,7 +29,7 @@ REGISTRY_LOCK = 488     # offsetof(sl_header, registry_lock)
 def _cleanup(prefix):
     for entry in os.listdir("/dev/shm"):
         if entry.startswith(prefix):
-            _remove_name(entry)
+            remove_name(entry)
 
 
 @pytest.mark.timeout(110)

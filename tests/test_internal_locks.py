@@ -22,7 +22,10 @@ import pytest
 
 import shmlot
 
-from conftest import REPO_ROOT, ParkerThread, kill_procs, python_env, start_python, wait_until
+from helpers import REPO_ROOT
+from helpers.kills import kill_all, kill_and_reap
+from helpers.processes import python_env, start_python
+from helpers.waiting import ParkerThread, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -90,20 +93,19 @@ def test_registry_lock_of_a_stopped_process_is_a_bounded_wait(make_lot):
         lot.unlink_object("old")
         assert run_stat("--reap", lot.name).returncode == 0
     finally:
-        kill_procs(proc)
+        kill_all(proc)
 
 
 def test_registry_lock_of_a_killed_stopped_process_is_taken_over(make_lot):
     lot = make_lot()
     proc = stopped_holding(lot, "registry_locked", "shmlot.Lock(name='new', lot=lot)")
     try:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        kill_and_reap(proc)
         exc, took = timed(lambda: shmlot.Lock(name="other", lot=lot))
         assert exc is None and took < 1.0, (exc, took)
         lot.reap()
     finally:
-        kill_procs(proc)
+        kill_all(proc)
 
 
 def test_bucket_lock_of_a_stopped_process_keeps_timeouts(make_lot):
@@ -115,7 +117,7 @@ def test_bucket_lock_of_a_stopped_process_keeps_timeouts(make_lot):
         assert isinstance(exc, TimeoutError) or (exc is None), exc
         assert took < 0.2 + 0.5, took
     finally:
-        kill_procs(proc)
+        kill_all(proc)
 
 
 def test_sleepers_take_over_from_a_zombie_bucket_lock_holder_within_a_slice(make_lot):
@@ -147,4 +149,4 @@ def test_sleepers_take_over_from_a_zombie_bucket_lock_holder_within_a_slice(make
         assert results == [0]
         assert lot.info()["counters"]["bucket_repairs"] == 1
     finally:
-        kill_procs(proc)
+        kill_all(proc)

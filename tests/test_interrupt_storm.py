@@ -18,8 +18,7 @@ import pytest
 import shmlot
 from shmlot._core import lib
 
-from _prim_helpers import child_env  # noqa: F401
-from conftest import start_python
+from helpers.processes import start_python
 
 pytestmark = pytest.mark.timeout(120)
 

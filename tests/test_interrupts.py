@@ -20,7 +20,9 @@ import pytest
 
 import shmlot
 
-from conftest import start_python, wait_until
+from helpers.kills import kill_all
+from helpers.processes import start_python
+from helpers.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,18 +94,14 @@ def test_ctrl_c_during_a_blocking_call(make_lot, what):
     }
     # make the call block: this process holds what the child wants
     held = []
-    if what == "lock.acquire":
-        objs["lock"].acquire()
-        held.append(objs["lock"].release)
-    elif what == "rlock.acquire":
-        objs["rlock"].acquire()
-        held.append(objs["rlock"].release)
-    elif what == "rw.acquire_read":
-        objs["rw"].acquire_write()
-        held.append(objs["rw"].release_write)
-    elif what == "rw.acquire_write":
-        objs["rw"].acquire_read()
-        held.append(objs["rw"].release_read)
+    blocking_hold = {"lock.acquire": ("lock", "acquire", "release"),
+                     "rlock.acquire": ("rlock", "acquire", "release"),
+                     "rw.acquire_read": ("rw", "acquire_write", "release_write"),
+                     "rw.acquire_write": ("rw", "acquire_read", "release_read")}
+    if what in blocking_hold:
+        obj, take, give = blocking_hold[what]
+        getattr(objs[obj], take)()
+        held.append(getattr(objs[obj], give))
 
     proc = start_python(CHILD, lot.name, what, KEY)
     try:
@@ -132,9 +130,7 @@ def test_ctrl_c_during_a_blocking_call(make_lot, what):
         proc.stdin.flush()
         assert proc.wait(10) == 0, proc.stderr.read()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_all(proc)
     assert lot.info()["slots_free"] == lot.slots
 
 

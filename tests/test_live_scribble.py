@@ -28,7 +28,9 @@ import pytest
 
 import shmlot
 
-from conftest import SHM_DIR, kill_procs, run_python, start_python
+from helpers import SHM_DIR
+from helpers.kills import kill_all
+from helpers.processes import run_python, start_python
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -166,7 +168,7 @@ def run_round(lot, seed, uid=None):
         if scribbler:
             os.kill(scribbler, signal.SIGKILL)
             os.waitpid(scribbler, 0)
-        kill_procs(*procs)
+        kill_all(*procs)
 
 
 def make_busy_lot(make_lot, mode=0o600):

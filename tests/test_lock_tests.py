@@ -14,7 +14,7 @@ import pytest
 import shmlot
 
 import lock_tests_shmlot as lt
-from _prim_helpers import BACKENDS, default_lot_env
+from helpers.lots import BACKENDS, fresh_default_lot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -38,7 +38,7 @@ class _OnBackend:
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls._env = default_lot_env(cls.waiter)
+        cls._env = fresh_default_lot(cls.waiter)
         cls.lot = cls._env.__enter__()
 
     @classmethod

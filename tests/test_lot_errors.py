@@ -22,8 +22,9 @@ import pytest
 import shmlot
 from shmlot import LotCorruptError, LotNotFoundError, ParkingLot, FilterOp, RequeueOp
 
-from conftest import (SHM_DIR, ParkerThread, Segment, parked, run_python, wait_parked,
-                      wait_until)
+from helpers import SHM_DIR
+from helpers.processes import run_python
+from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -534,10 +535,10 @@ def test_semaphore_wait_without_deadline_waits(make_lot):
     """sl_sem_wait takes a deadline of 0 as "none" (api.h), not as one long past."""
     import posix_ipc
     from shmlot._core import lib
-    from shmlot._waiters import SemaphoreWaiter
+    from shmlot._sleep import SemaphoreSleep
     lot = make_lot(waiter="semaphore")
     lot_id = lot.info()["lot_id"]
-    name = SemaphoreWaiter.sem_name(lot_id, 0)
+    name = SemaphoreSleep.sem_name(lot_id, 0)
     sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, initial_value=0)
     try:
         timer = threading.Timer(0.3, sem.release)

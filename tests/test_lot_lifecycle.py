@@ -12,7 +12,9 @@ import shmlot
 from shmlot import LotNotFoundError, ParkingLot
 from shmlot.lot import default_lot_name
 
-from conftest import SHM_DIR, ParkerThread, parked, run_python, wait_parked
+from helpers import SHM_DIR
+from helpers.processes import run_python
+from helpers.waiting import ParkerThread, parked, wait_parked
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -213,7 +215,7 @@ def test_default_lot_name(monkeypatch):
 
 
 @pytest.fixture
-def default_lot_env(monkeypatch, lot_name, waiter):
+def fresh_default_lot_name(monkeypatch, lot_name, waiter):
     """$SHMLOT_LOT set to a fresh name (and the backend via $SHMLOT_WAITER); the default lot is
     unlinked afterwards."""
     name = lot_name()
@@ -225,9 +227,9 @@ def default_lot_env(monkeypatch, lot_name, waiter):
         lot.unlink()
 
 
-def test_default_lot_is_opened_once_per_process(default_lot_env, waiter):
+def test_default_lot_is_opened_once_per_process(fresh_default_lot_name, waiter):
     lot = shmlot.default_lot()
-    assert lot.name == default_lot_env and lot.waiter == waiter
+    assert lot.name == fresh_default_lot_name and lot.waiter == waiter
     assert shmlot.default_lot() is lot
     lot.close()  # a closed default handle is replaced, not returned
     again = shmlot.default_lot()
@@ -235,7 +237,7 @@ def test_default_lot_is_opened_once_per_process(default_lot_env, waiter):
     assert again.info()["lot_id"] == lot._lot_id
 
 
-def test_module_level_functions_use_the_default_lot(default_lot_env):
+def test_module_level_functions_use_the_default_lot(fresh_default_lot_name):
     from shmlot import FilterOp, RequeueOp
     lot = shmlot.default_lot()
     t1 = ParkerThread(lot, 1, park_token=11).start()

@@ -5,7 +5,6 @@ racing in 8 processes, the resource tracker never unlinking a lot, ``key_for`` a
 processes, queue order and tokens across processes, and a killed parker's slot coming back."""
 import multiprocessing
 import os
-import signal
 import sys
 import time
 
@@ -13,8 +12,10 @@ import pytest
 
 from shmlot import FilterOp, ParkingLot, RequeueOp, key_for
 
-from conftest import (SHM_DIR, ParkerThread, parked, run_python, start_python, wait_parked,
-                      wait_until)
+from helpers import SHM_DIR
+from helpers.kills import kill_and_reap
+from helpers.processes import run_python, start_python
+from helpers.waiting import ParkerThread, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -181,8 +182,7 @@ def test_killed_parker_slot_comes_back(lot):
     proc = start_python(POPEN_PARKER, lot.name, 0xD1, 1, stdin=None)
     wait_parked(lot, 0xD1, 1, timeout=60)
     assert lot.info()["slots_free"] == lot.slots - 1
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    kill_and_reap(proc, timeout=30)
     # nobody to wake: the dead parker is dropped, not counted as unparked
     assert lot.unpark_one(0xD1).unparked_threads == 0
     assert parked(lot) == []
@@ -193,8 +193,7 @@ def test_killed_parker_slot_comes_back(lot):
 def test_reap_frees_a_killed_parkers_slot(lot):
     proc = start_python(POPEN_PARKER, lot.name, 0xD2, 1, stdin=None)
     wait_parked(lot, 0xD2, 1, timeout=60)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    kill_and_reap(proc, timeout=30)
     assert lot.reap() == (1, 0)
     assert parked(lot) == [] and lot.info()["slots_free"] == lot.slots
 

@@ -22,7 +22,7 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import default_lot_env
+from helpers.lots import fresh_default_lot
 
 tm = pytest.importorskip("test._test_multiprocessing",
                          reason="this Python has no stdlib test package")
@@ -58,7 +58,7 @@ class _InOwnLot:
 
     @classmethod
     def setUpClass(cls):
-        cls._env = default_lot_env("futex")
+        cls._env = fresh_default_lot("futex")
         cls._env.__enter__()
         cls._saved_method = multiprocessing.get_start_method(allow_none=True)
         multiprocessing.set_start_method(cls.start_method, force=True)

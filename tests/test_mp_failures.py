@@ -5,7 +5,6 @@ import sys
 
 import pytest
 
-from _prim_helpers import plot  # noqa: F401 (fixture: the children's default lot)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tools"))
@@ -16,5 +15,5 @@ sys.path.remove(os.path.join(ROOT, "tools"))
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("scenario", ["pool-idle", "ring-lock", "get-waiting"])
-def test_shmlot_context_survives(plot, scenario):  # noqa: F811
+def test_shmlot_context_survives(default_lot, scenario):
     assert mp_failures.measure(scenario, "shmlot", "fork", 15.0) == "survived"

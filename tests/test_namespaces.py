@@ -20,7 +20,8 @@ import pytest
 
 import shmlot
 
-from conftest import REPO_ROOT, python_env
+from helpers import REPO_ROOT
+from helpers.processes import python_env
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,8 +16,9 @@ import pytest
 import shmlot
 from shmlot.snapshot import snapshot
 
-from _prim_helpers import plot, wait_parked_on  # noqa: F401 (fixtures)
-from conftest import new_lot_name, run_python, wait_until
+from helpers.lots import new_lot_name
+from helpers.processes import run_python
+from helpers.waiting import wait_parked_at_least, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -49,7 +50,7 @@ def test_primitive_outlives_the_with_block_of_its_lot(waiter):
         p = FORK.Process(target=_contend, args=(lk, out))
         p.start()
         with shmlot.ParkingLot.attach(name) as probe:
-            wait_parked_on(probe, lk.key, 1)
+            wait_parked_at_least(probe, lk.key, 1)
         lk.release()  # slow path: PARKED is set
         assert out.get(timeout=20) == ("got", True)
         p.join(20)
@@ -149,7 +150,7 @@ def test_os_fork_daemon_outlives_its_parent(make_lot):
     resolves in another process, the lock is still held by the daemon, and the only record of
     the lot is not handed to a new object."""
     lot = make_lot(objects=1)
-    from conftest import start_python
+    from helpers.processes import start_python
     proc = start_python("""
         import os, pickle, sys, time, shmlot
         lot = shmlot.ParkingLot.attach(sys.argv[1])
@@ -206,7 +207,7 @@ def test_taking_a_reference_beyond_the_table_raises_lot_full(make_lot):
     raises LotFullError saying so, and takes nothing; once a holder exits, it works again."""
     lot = make_lot(holds=16, objects=8)
     events = [shmlot.Event(lot=lot) for _ in range(4)]  # 4 entries here
-    from conftest import start_python
+    from helpers.processes import start_python
     holder = start_python("""
         import pickle, sys
         keep = pickle.loads(bytes.fromhex(sys.stdin.readline()))

@@ -19,8 +19,9 @@ import shmlot
 from shmlot import _fast
 from shmlot._core import lib
 
-from _prim_helpers import plot, shm, wait_parked_on  # noqa: F401 (fixtures)
-from conftest import parked, start_python, wait_until
+from helpers.kills import kill_and_reap
+from helpers.processes import start_python
+from helpers.waiting import parked, wait_parked_at_least, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,15 +93,6 @@ def start_child(target, *args):
     return p
 
 
-def kill(p):
-    """SIGKILL ``p``, reap it, and return the moment of the kill."""
-    os.kill(p.pid, signal.SIGKILL)
-    t = time.monotonic()
-    p.join(10)
-    assert p.exitcode == -signal.SIGKILL
-    return t
-
-
 class Acquirer(threading.Thread):
     """Acquire ``obj`` in a thread; record how (True/False, "died", or the exception), when,
     whether the thread then held it (and the RLock count), and release it if so."""
@@ -138,19 +130,19 @@ def deaths(lot):
 
 @pytest.mark.parametrize("reaped", [True, False], ids=["reaped", "zombie"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_holder_killed_blocked_waiter_gets_it(plot, kind, reaped):
+def test_holder_killed_blocked_waiter_gets_it(default_lot, kind, reaped):
     """A waiter already blocked when the holder is SIGKILLed gets the lock within 1 s, with
     OwnerDiedError, holding it; it can release it; a later acquire is normal. The same while
     the dead holder is a zombie (its parent has not waited for it yet)."""
     obj = make(kind)
     child = start_child(_hold_forever, obj)
     wait_until(lambda: word(obj) & LOCKED and word_pid(obj) == child.pid, message="child holds")
-    before = deaths(plot)
+    before = deaths(default_lot)
     waiter = Acquirer(obj)
     waiter.start()
-    wait_parked_on(plot, park_key(obj), 1)
+    wait_parked_at_least(default_lot, park_key(obj), 1)
     if reaped:
-        killed_at = kill(child)
+        killed_at = kill_and_reap(child)
     else:
         os.kill(child.pid, signal.SIGKILL)
         killed_at = time.monotonic()
@@ -160,7 +152,7 @@ def test_holder_killed_blocked_waiter_gets_it(plot, kind, reaped):
     assert waiter.held, "OwnerDiedError must leave the lock held by the caller"
     if kind == "RLock":
         assert waiter.count == 1
-    assert deaths(plot) == before + 1
+    assert deaths(default_lot) == before + 1
     # released by the waiter: a later acquire is normal
     assert acquire(obj, timeout=5) is True
     release(obj)
@@ -169,13 +161,13 @@ def test_holder_killed_blocked_waiter_gets_it(plot, kind, reaped):
 
 @pytest.mark.parametrize("how", ["blocking", "timeout", "non-blocking"])
 @pytest.mark.parametrize("kind", KINDS)
-def test_holder_killed_next_acquirer_gets_it(plot, kind, how):
+def test_holder_killed_next_acquirer_gets_it(default_lot, kind, how):
     """After the holder is gone, the next acquire (blocking, with a timeout, or non-blocking)
     raises OwnerDiedError with the lock held; release works; the acquire after is normal."""
     obj = make(kind)
     child = start_child(_hold_forever, obj)
     wait_until(lambda: word(obj) & LOCKED and word_pid(obj) == child.pid, message="child holds")
-    kill(child)
+    kill_and_reap(child)
     kw = {"blocking": {}, "timeout": {"timeout": 5}, "non-blocking": {"blocking": False}}[how]
     t0 = time.monotonic()
     with pytest.raises(shmlot.OwnerDiedError) as info:
@@ -192,7 +184,7 @@ def test_holder_killed_next_acquirer_gets_it(plot, kind, how):
     release(obj)
 
 
-def test_holder_killed_several_waiters_one_gets_death(plot):
+def test_holder_killed_several_waiters_one_gets_death(default_lot):
     """Of several blocked waiters (threads here, a process there), exactly one gets
     OwnerDiedError; all of them get the lock in turn."""
     lock = shmlot.Lock()
@@ -201,8 +193,8 @@ def test_holder_killed_several_waiters_one_gets_death(plot):
     waiters = [Acquirer(lock) for _ in range(3)]
     for w in waiters:
         w.start()
-    wait_parked_on(plot, lock.key, 3)
-    killed_at = kill(child)
+    wait_parked_at_least(default_lot, lock.key, 3)
+    killed_at = kill_and_reap(child)
     outcomes = [w.result() for w in waiters]
     assert sorted(map(str, outcomes)) == ["True", "True", "died"]
     first = min(w.when for w in waiters)
@@ -211,7 +203,7 @@ def test_holder_killed_several_waiters_one_gets_death(plot):
 
 
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
-def test_unrelated_processes_named_lock_death(plot, kind):
+def test_unrelated_processes_named_lock_death(default_lot, kind):
     """A ``python -c`` process holding a named lock is killed; another ``python -c`` process that
     opens the lock by name gets OwnerDiedError and the lock."""
     name = f"od-{kind}-{os.getpid()}"
@@ -221,10 +213,9 @@ def test_unrelated_processes_named_lock_death(plot, kind):
         lock.acquire()
         print("held", flush=True)
         time.sleep(120)
-    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    """, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
     assert holder.stdout.readline().strip() == "held"
-    os.kill(holder.pid, signal.SIGKILL)
-    holder.wait(10)
+    kill_and_reap(holder)
     taker = start_python(f"""
         import shmlot
         lock = shmlot.{kind}(name={name!r})
@@ -235,7 +226,7 @@ def test_unrelated_processes_named_lock_death(plot, kind):
             lock.release()
         print(lock.acquire(timeout=5), flush=True)
         lock.release()
-    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    """, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
     out, err = taker.communicate(timeout=30)
     assert taker.returncode == 0, err
     assert out.split() == ["died", "True", "True"]
@@ -245,38 +236,38 @@ def test_unrelated_processes_named_lock_death(plot, kind):
 # ---- killed while waiting ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_waiter_killed_does_not_block_others(plot, kind):
+def test_waiter_killed_does_not_block_others(default_lot, kind):
     """A process killed while blocked in acquire is dropped from the queue: the release goes to
     the live waiter behind it, promptly and without OwnerDiedError."""
     obj = make(kind)
     assert acquire(obj)
     child = start_child(_acquire_forever, obj)
-    wait_parked_on(plot, park_key(obj), 1)
+    wait_parked_at_least(default_lot, park_key(obj), 1)
     waiter = Acquirer(obj)
     waiter.start()
-    wait_parked_on(plot, park_key(obj), 2)
-    kill(child)
+    wait_parked_at_least(default_lot, park_key(obj), 2)
+    kill_and_reap(child)
     t0 = time.monotonic()
     release(obj)
     assert waiter.result() is True
     assert waiter.when - t0 < DEATH_BOUND
-    assert not parked(plot, park_key(obj))
+    assert not parked(default_lot, park_key(obj))
     assert acquire(obj, blocking=False) is True
     release(obj)
 
 
 @pytest.mark.parametrize("fair", [False, True])
-def test_waiter_killed_never_gets_handoff(plot, fair):
+def test_waiter_killed_never_gets_handoff(default_lot, fair):
     """A dead waiter at the head of the queue is never handed the lock (fair or not): the lock
     goes to the live waiter, the word never names the dead process."""
     lock = shmlot.Lock()
     lock.acquire()
     child = start_child(_acquire_forever, lock)
-    wait_parked_on(plot, lock.key, 1)
+    wait_parked_at_least(default_lot, lock.key, 1)
     waiter = Acquirer(lock)
     waiter.start()
-    wait_parked_on(plot, lock.key, 2)
-    kill(child)
+    wait_parked_at_least(default_lot, lock.key, 2)
+    kill_and_reap(child)
     lock._release_slow(force_fair=fair)
     assert waiter.result() is True
     assert not lock.locked()
@@ -299,8 +290,8 @@ def _release_and_die(obj, go, how):
             obj._release_slow = lambda: type(obj)._release_slow(obj, force_fair=True)
     elif how == "before_unpark":
         # RWLock: after the state word is released, before any unpark
-        obj._place.lot.unpark_one = die
-        obj._place.lot.unpark_all = die
+        shmlot._engine.unpark_one = die
+        shmlot._engine.unpark_all = die
     release(obj)
     time.sleep(120)  # not reached when the death step is on the path
 
@@ -310,7 +301,7 @@ RELEASE_STEPS = ["in_callback", "in_callback_fair", "unpark_locked", "unpark_bef
 
 @pytest.mark.parametrize("how", RELEASE_STEPS)
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
-def test_holder_killed_while_releasing(plot, kind, how):
+def test_holder_killed_while_releasing(default_lot, kind, how):
     """The holder dies in the middle of handing the lock to a blocked waiter (inside the unpark
     callback, fair or not; after dequeuing the waiter under the bucket lock; after unlocking but
     before the wake-up). The waiter gets the lock within 1 s; the lot's bucket is repaired."""
@@ -320,7 +311,7 @@ def test_holder_killed_while_releasing(plot, kind, how):
     wait_until(lambda: word(obj) & LOCKED and word_pid(obj) == child.pid, message="child holds")
     waiter = Acquirer(obj)
     waiter.start()
-    wait_parked_on(plot, obj.key, 1)
+    wait_parked_at_least(default_lot, obj.key, 1)
     go.set()
     child.join(10)
     killed_at = time.monotonic()
@@ -330,13 +321,13 @@ def test_holder_killed_while_releasing(plot, kind, how):
     assert waiter.when - killed_at < DEATH_BOUND
     assert acquire(obj, timeout=5) is True
     release(obj)
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
 @pytest.mark.parametrize("waiting, how", [
     ("writer", "before_unpark"), ("writer", "unpark_locked"), ("writer", "unpark_before_wake"),
 ])
-def test_rwlock_writer_killed_while_releasing(plot, how, waiting):
+def test_rwlock_writer_killed_while_releasing(default_lot, how, waiting):
     """An RWLock writer dies after releasing the state word but before (or while) waking the
     blocked writer: that one still gets in within 1 s. (Parked readers are handed the lock
     inside unpark_filter's callback, in one store under their bucket lock: there is no "released
@@ -352,7 +343,7 @@ def test_rwlock_writer_killed_while_releasing(plot, how, waiting):
         waiter = threading.Thread(target=rw.acquire_read, daemon=True)
         key = rw.key
     waiter.start()
-    wait_parked_on(plot, key, 1)
+    wait_parked_at_least(default_lot, key, 1)
     go.set()
     child.join(10)
     killed_at = time.monotonic()
@@ -382,7 +373,7 @@ def wait_reads(rw, pid, n, total):
 
 
 @pytest.mark.parametrize("blocked_first", [True, False])
-def test_rwlock_dead_readers_share_reclaimed(plot, blocked_first):
+def test_rwlock_dead_readers_share_reclaimed(default_lot, blocked_first):
     """Readers killed while holding read shares (one process re-entrantly, twice): a writer gets
     the lock within 1 s of the death (already blocked, or arriving after), without
     OwnerDiedError (no write state was interrupted)."""
@@ -393,8 +384,8 @@ def test_rwlock_dead_readers_share_reclaimed(plot, blocked_first):
     writer = Acquirer(rw)
     if blocked_first:
         writer.start()
-        wait_parked_on(plot, rw._wkey, 1)
-    killed_at = kill(child)
+        wait_parked_at_least(default_lot, rw._wkey, 1)
+    killed_at = kill_and_reap(child)
     wait_until(lambda: rw._words[0].load() == 4 or writer.is_alive() is False,
                message="dead shares reclaimed", timeout=DEATH_BOUND)
     rw.release_read()
@@ -405,18 +396,18 @@ def test_rwlock_dead_readers_share_reclaimed(plot, blocked_first):
     assert rw._words[0].load() == 0
 
 
-def test_rwlock_dead_reader_nonblocking_writer(plot):
+def test_rwlock_dead_reader_nonblocking_writer(default_lot):
     """A non-blocking acquire_write reclaims dead readers' shares on the spot."""
     rw = shmlot.RWLock()
     child = start_child(_read_forever, rw, 1)
     wait_reads(rw, child.pid, 1, total=1)
     assert rw.acquire_write(blocking=False) is False
-    kill(child)
+    kill_and_reap(child)
     assert rw.acquire_write(blocking=False) is True
     rw.release_write()
 
 
-def test_rwlock_writer_killed_blocked_reader_gets_write_lock(plot):
+def test_rwlock_writer_killed_blocked_reader_gets_write_lock(default_lot):
     """A reader blocked behind a writer that dies is not stranded: it takes over the write lock
     (OwnerDiedError: the write was interrupted), repairs, releases, and can then read."""
     rw = shmlot.RWLock()
@@ -437,8 +428,8 @@ def test_rwlock_writer_killed_blocked_reader_gets_write_lock(plot):
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    wait_parked_on(plot, rw.key, 1)
-    kill(child)
+    wait_parked_at_least(default_lot, rw.key, 1)
+    kill_and_reap(child)
     t.join(5)
     assert out == [("died", True), "read"]
     assert rw._words[0].load() == 0
@@ -462,11 +453,11 @@ def live_other_process():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_reused_pid_is_not_the_owner(plot, shm, live_other_process, kind):
+def test_reused_pid_is_not_the_owner(default_lot, make_shared_memory, live_other_process, kind):
     """A lock word naming a *live* process but with another start time (a reused pid) belongs to
     a dead owner: the acquirer takes it (OwnerDiedError). The same word with the live process's
     real start time is a live owner: the acquire times out."""
-    seg = shm(4096)
+    seg = make_shared_memory(4096)
     cls = getattr(shmlot, kind)
     obj = cls.at(seg, 0)
     store = shmlot.AtomicU64(seg.buf, 0).store
@@ -494,7 +485,7 @@ def test_reused_pid_is_not_the_owner(plot, shm, live_other_process, kind):
     store(_fast.owner_bits(pid, pid, start) | LOCKED)
     waiter = Acquirer(obj)
     waiter.start()
-    wait_parked_on(plot, park_key(obj), 1)
+    wait_parked_at_least(default_lot, park_key(obj), 1)
     live_other_process.stdin.close()
     live_other_process.wait(10)
     killed_at = time.monotonic()
@@ -503,10 +494,10 @@ def test_reused_pid_is_not_the_owner(plot, shm, live_other_process, kind):
     del obj
 
 
-def test_own_pid_with_other_start_time_is_dead(plot, shm):
+def test_own_pid_with_other_start_time_is_dead(default_lot, make_shared_memory):
     """A word naming this very pid but another start time was left by an earlier process that had
     our pid: not us, so a dead owner."""
-    seg = shm(4096)
+    seg = make_shared_memory(4096)
     lock = shmlot.Lock.at(seg, 0)
     store = shmlot.AtomicU64(seg.buf, 0).store
     pid, tid, start = _fast.self_ident()
@@ -527,19 +518,19 @@ def _wait_to_write_forever(rw):
     time.sleep(120)
 
 
-def test_rwlock_waiting_writer_killed_does_not_keep_readers_out(plot):
+def test_rwlock_waiting_writer_killed_does_not_keep_readers_out(default_lot):
     """A writer killed while waiting (behind a reader) must not keep new readers out forever
     (a waiting writer makes new readers queue behind it): its wait is taken back within 1 s."""
     rw = shmlot.RWLock()
     rw.acquire_read()
     child = start_child(_wait_to_write_forever, rw)
-    wait_parked_on(plot, rw._wkey, 1)
+    wait_parked_at_least(default_lot, rw._wkey, 1)
     got = []
     t = threading.Thread(target=lambda: got.append((rw.acquire_read(timeout=10),
                                                     time.monotonic())))
     t.start()
-    wait_parked_on(plot, rw.key, 1)  # queued behind the waiting writer
-    killed_at = kill(child)
+    wait_parked_at_least(default_lot, rw.key, 1)  # queued behind the waiting writer
+    killed_at = kill_and_reap(child)
     t.join(10)
     assert got and got[0][0] is True
     assert got[0][1] - killed_at < DEATH_BOUND
@@ -565,7 +556,7 @@ def _read_and_die_mid_update(rw, step):
 
 
 @pytest.mark.parametrize("step", ["acquire", "release"])
-def test_rwlock_reader_killed_mid_update(plot, step):
+def test_rwlock_reader_killed_mid_update(default_lot, step):
     """A reader killed between recording its hold and changing the count (taking or giving back
     a share): the next user of the lock finds the internal mutex's holder dead, recounts from the
     holds of the living, and a writer gets in within 1 s of the death."""

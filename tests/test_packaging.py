@@ -18,7 +18,7 @@ import pytest
 
 import shmlot
 
-from conftest import new_lot_name
+from helpers.lots import new_lot_name
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
@@ -26,7 +26,7 @@ pytestmark = [pytest.mark.packaging, pytest.mark.timeout(600)]
 # what a user needs from the sdist: the build inputs, and what the README refers to
 SDIST_MUST_HAVE = ["cffi_build.py", "setup.py", "pyproject.toml", "MANIFEST.in", "LICENSE",
                    "README.md", "install.sh", ".ci/run", "shmlot/py.typed", "shmlot/__init__.pyi",
-                   "tests/conftest.py", "tests/_prim_helpers.py", "tests/lock_tests_shmlot.py",
+                   "tests/conftest.py", "tests/helpers/__init__.py", "tests/lock_tests_shmlot.py",
                    "tests/typed_usage.py", "docs/stat.md", "tools/bench.py",
                    "tools/mp_failures.py", "tools/examples/pool_lock.py",
                    "tools/examples/job_queue.py", "tools/examples/arc_mutex.py"]
@@ -223,7 +223,7 @@ def _subset_run(python, sdist, workdir):
         with tarfile.open(sdist) as tar:
             tar.extractall(workdir)
         src = os.path.join(workdir, os.path.basename(str(sdist))[:-len(".tar.gz")])
-        # the sdist's tests and tools, without its shmlot/ (which conftest would put first on
+        # the sdist's tests and tools, without its shmlot/ (which tests/helpers would put first on
         # sys.path, in place of the installed package)
         suite = os.path.join(workdir, "suite")
         for part in ("tests", "tools"):

@@ -31,7 +31,9 @@ import pytest
 
 from shmlot import DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, ParkingLot
 
-from conftest import Segment, attach_segment, parked, start_python
+from helpers.processes import start_python
+from helpers.segments import Segment, attach_segment
+from helpers.waiting import parked
 
 # name: (repeats, latches, delay in microseconds, threads, single_unparks) -- parking_lot's table
 MATRIX = {

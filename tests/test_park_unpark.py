@@ -14,7 +14,7 @@ import shmlot
 from shmlot import (DEFAULT_PARK_TOKEN, DEFAULT_UNPARK_TOKEN, FilterOp, LotFullError,
                     ParkResult, RequeueOp, UnparkResult)
 
-from conftest import ParkerThread, park_in_order, parked, wait_parked, wait_until
+from helpers.waiting import ParkerThread, park_in_order, parked, wait_parked, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

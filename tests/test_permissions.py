@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from conftest import run_python
+from helpers.processes import run_python
 
 pytestmark = [
     pytest.mark.timeout(60),

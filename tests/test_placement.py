@@ -16,8 +16,10 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import default_lot_env, plot, shm, wait_parked_on  # noqa: F401 (fixtures)
-from conftest import new_lot_name, run_python, wait_until
+from helpers.kills import kill_and_reap
+from helpers.lots import fresh_default_lot, new_lot_name
+from helpers.processes import run_python
+from helpers.waiting import wait_parked_at_least, wait_until
 from shmlot.snapshot import snapshot
 
 pytestmark = pytest.mark.timeout(60)
@@ -98,7 +100,7 @@ class BarrierPartner(threading.Thread):
 # ---- named -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_named_create_or_open_and_unrelated_process(plot, kind):
+def test_named_create_or_open_and_unrelated_process(default_lot, kind):
     """``Kind(name=...)`` twice here is one object; a ``python -c`` process opening the name sees
     its state; opening the name as every other kind raises TypeError."""
     name = f"pl-{kind}-{os.getpid()}"
@@ -118,7 +120,7 @@ def test_named_create_or_open_and_unrelated_process(plot, kind):
         from test_placement import observe
         N = {name!r}
         print(observe({kind!r}, {ctor}))
-    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    """, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
     assert r.stdout.strip() == expected(kind)
     if partner:
         partner.join(10)
@@ -131,7 +133,7 @@ def test_named_create_or_open_and_unrelated_process(plot, kind):
     shmlot.unlink_object(name)
 
 
-def test_unlink_object(plot):
+def test_unlink_object(default_lot):
     name = f"pl-unlink-{os.getpid()}"
     ev = shmlot.Event(name=name)
     ev.set()
@@ -144,15 +146,15 @@ def test_unlink_object(plot):
     with pytest.raises(KeyError):
         shmlot.unlink_object(name)
     with pytest.raises(KeyError):
-        plot.unlink_object("never-made")
+        default_lot.unlink_object("never-made")
     # the unlinked record is freed with its last handle
-    base = used(plot)
+    base = used(default_lot)
     del ev, fresh
     gc.collect()
-    assert used(plot) == base - 2
+    assert used(default_lot) == base - 2
 
 
-def test_named_in_other_lot(plot, waiter):
+def test_named_in_other_lot(default_lot, waiter):
     """``lot=`` chooses the lot: the same name in two lots is two objects."""
     lot2 = shmlot.ParkingLot.create(new_lot_name("pl-other-"), waiter=waiter)
     try:
@@ -176,14 +178,14 @@ def _child_observe(kind, obj, q):
 
 
 @pytest.mark.parametrize("method", CONTEXTS)
-def test_anonymous_to_children(plot, method):
+def test_anonymous_to_children(default_lot, method):
     """Every kind, anonymous, handed to a child started with ``method`` (pickled for spawn and
     forkserver): the child sees the parent's state. Records are freed once the children are
     gone and the parent drops its handles."""
     ctx = multiprocessing.get_context(method)
-    base = used(plot)
+    base = used(default_lot)
     objs = {kind: make(kind) for kind in KINDS}
-    assert used(plot) == base + len(KINDS)
+    assert used(default_lot) == base + len(KINDS)
     q = ctx.Queue()
     for kind, obj in objs.items():
         prepare(kind, obj)
@@ -202,12 +204,12 @@ def test_anonymous_to_children(plot, method):
         finish(kind, obj)
     del objs, partner, procs, obj
     gc.collect()
-    wait_until(lambda: used(plot) == base, message="records freed")
+    wait_until(lambda: used(default_lot) == base, message="records freed")
 
 
-def test_pickle_round_trip_in_process(plot):
+def test_pickle_round_trip_in_process(default_lot):
     """A pickled handle is one more reference: the record lives until the last handle goes."""
-    base = used(plot)
+    base = used(default_lot)
     lock = shmlot.Lock()
     data = pickle.dumps(lock)
     copy = pickle.loads(data)
@@ -217,20 +219,20 @@ def test_pickle_round_trip_in_process(plot):
     lock.release()
     del lock
     gc.collect()
-    assert used(plot) == base + 1  # the copy keeps it
+    assert used(default_lot) == base + 1  # the copy keeps it
     assert copy.acquire(blocking=False)
     copy.release()
     del copy
     gc.collect()
-    assert used(plot) == base
+    assert used(default_lot) == base
     with pytest.raises(shmlot.ObjectGoneError):
         pickle.loads(data)  # its object is gone: refused, not silently bound to nothing
 
 
-def test_fork_child_dropping_inherited_handle_keeps_parent_object(plot):
+def test_fork_child_dropping_inherited_handle_keeps_parent_object(default_lot):
     """A fork child that drops an inherited handle (and exits through the normal interpreter
     exit, which runs finalizers) must not free the parent's object."""
-    base = used(plot)
+    base = used(default_lot)
     lock = shmlot.Lock()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -240,18 +242,18 @@ def test_fork_child_dropping_inherited_handle_keeps_parent_object(plot):
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
-    assert used(plot) == base + 1
+    assert used(default_lot) == base + 1
     # the same through multiprocessing's fork, with a child that exits via sys.exit
     ctx = multiprocessing.get_context("fork")
     p = ctx.Process(target=_drop_and_exit, args=(lock,))
     p.start()
     p.join(20)
-    assert used(plot) == base + 1
+    assert used(default_lot) == base + 1
     ev = shmlot.Event()  # must not land in the lock's record
     assert ev._place.offset != lock._place.offset
     del lock, ev
     gc.collect()
-    assert used(plot) == base
+    assert used(default_lot) == base
 
 
 def _drop_and_exit(obj):
@@ -285,9 +287,9 @@ def _task_with_args(lock, ev, i):
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_pool_initializer_and_task_args(plot, method):
+def test_pool_initializer_and_task_args(default_lot, method):
     ctx = multiprocessing.get_context(method)
-    base = used(plot)
+    base = used(default_lot)
     lock, sem, ev = shmlot.Lock(), shmlot.Semaphore(0), shmlot.Event()
     ev.set()
     with ctx.Pool(2, initializer=_init, initargs=(lock, sem, ev)) as pool:
@@ -305,10 +307,10 @@ def test_pool_initializer_and_task_args(plot, method):
         pool.join()
     del lock, sem, ev, pool, res
     gc.collect()
-    wait_until(lambda: used(plot) == base, message="records freed after the pool")
+    wait_until(lambda: used(default_lot) == base, message="records freed after the pool")
 
 
-def test_process_pool_executor(plot):
+def test_process_pool_executor(default_lot):
     ctx = multiprocessing.get_context("spawn")
     lock, sem, ev = shmlot.Lock(), shmlot.Semaphore(0), shmlot.Event()
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=ctx, initializer=_init,
@@ -332,8 +334,8 @@ def test_sizes():
 
 
 @pytest.mark.parametrize("kind", AT_KINDS)
-def test_at_zero_bytes_are_initial_state(plot, shm, kind):
-    seg = shm(4096)
+def test_at_zero_bytes_are_initial_state(default_lot, make_shared_memory, kind):
+    seg = make_shared_memory(4096)
     cls = getattr(shmlot, kind)
     a = cls.at(seg, 64)
     b = cls.at(seg, 64)  # a second handle on the same bytes
@@ -375,10 +377,10 @@ def _at_child(obj, q):
 
 
 @pytest.mark.parametrize("kind", AT_KINDS)
-def test_at_pickles_to_spawn_child(plot, shm, kind):
+def test_at_pickles_to_spawn_child(default_lot, make_shared_memory, kind):
     """Placed in a SharedMemory, a handle pickles to (segment name, offset): a spawn child maps
     the segment and sees the same object."""
-    seg = shm(4096)
+    seg = make_shared_memory(4096)
     kw = {"init_value": 1} if kind == "Semaphore" else {}
     obj = getattr(shmlot, kind).at(seg, 8, **kw)
     prepare(kind, obj)
@@ -393,7 +395,7 @@ def test_at_pickles_to_spawn_child(plot, shm, kind):
     del obj
 
 
-def test_at_plain_buffer(plot):
+def test_at_plain_buffer(default_lot):
     """A plain writable buffer works in this process (with a key) but cannot be pickled."""
     buf = bytearray(64)
     lock = shmlot.Lock.at(memoryview(buf), 8, key=12345)
@@ -405,14 +407,14 @@ def test_at_plain_buffer(plot):
     del lock
 
 
-def test_at_shared_between_threads_blocks_and_wakes(plot, shm):
-    seg = shm(64)
+def test_at_shared_between_threads_blocks_and_wakes(default_lot, make_shared_memory):
+    seg = make_shared_memory(64)
     lock = shmlot.Lock.at(seg, 0)
     lock.acquire()
     out = []
     t = threading.Thread(target=lambda: out.append(shmlot.Lock.at(seg, 0).acquire(timeout=20)))
     t.start()
-    wait_parked_on(plot, lock.key, 1)
+    wait_parked_at_least(default_lot, lock.key, 1)
     lock.release()
     t.join(20)
     assert out == [True]
@@ -427,7 +429,7 @@ def test_million_anonymous_objects_do_not_exhaust_the_lot():
     """Create and drop 1,000,000 anonymous Locks (the lot holds 4096 records), then a few
     thousand of every other kind: the registry never fills, and ends as it started. One
     backend: the registry does not involve the waiter."""
-    with default_lot_env("futex") as lot:
+    with fresh_default_lot("futex") as lot:
         records = lot.info()["objects"]
         base = used(lot)
         t0 = time.monotonic()
@@ -460,26 +462,25 @@ def _killed_holder_of(objs):
     p = ctx.Process(target=_take_handles_then_hang, args=(pickle.dumps(objs), ready))
     p.start()
     assert ready.wait(20)
-    p.kill()
-    p.join(20)
+    kill_and_reap(p, timeout=20)
 
 
-def test_references_of_a_killed_process_are_taken_back(plot):
+def test_references_of_a_killed_process_are_taken_back(default_lot):
     """A process killed while holding handles to anonymous objects never gives its references
     back; reaping takes them back (each process's references are a counted hold), so the
     records are freed once the living drop theirs; and a full registry takes them back by
     itself before it says it is full."""
-    base = used(plot)
+    base = used(default_lot)
     locks = [shmlot.Lock() for _ in range(3)]
     _killed_holder_of(locks)
-    refs = {o.index: o.refs for o in snapshot(plot, processes=False).objects}
+    refs = {o.index: o.refs for o in snapshot(default_lot, processes=False).objects}
     # ours, the child's for the handle it inherited (taken at fork), the one it unpickled
     assert [refs[lk._place.index] for lk in locks] == [3, 3, 3]
     del locks
     gc.collect()
-    assert used(plot) == base + 3  # the dead child's references keep them
-    plot.reap()
-    assert used(plot) == base
+    assert used(default_lot) == base + 3  # the dead child's references keep them
+    default_lot.reap()
+    assert used(default_lot) == base
 
 
 def test_full_registry_takes_back_references_of_killed_processes(make_lot):

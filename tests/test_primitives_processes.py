@@ -14,9 +14,10 @@ import pytest
 import shmlot
 from shmlot import _fast
 
-from _prim_helpers import (child_env, default_lot_env, locked_increments, plot,  # noqa: F401
-                           segment, wait_parked_on)
-from conftest import parked, start_python, wait_until
+from helpers.lots import default_lot_vars, fresh_default_lot
+from helpers.processes import start_python
+from helpers.waiting import parked, raised_in_thread, wait_parked_at_least, wait_until
+from helpers.workers import locked_increments
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,7 +29,7 @@ MUTEX_KINDS = ("Lock", "RLock", "Condition", "Semaphore", "BoundedSemaphore", "R
 
 CHILD_COUNTER = """
 import sys
-from _prim_helpers import locked_increments
+from helpers.workers import locked_increments
 kind, name, seg, iters, nthreads = sys.argv[1:]
 locked_increments(kind, name, seg, int(iters), int(nthreads))
 """
@@ -41,16 +42,16 @@ def uniq(tag):
 # ---- mutual exclusion ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kind", MUTEX_KINDS)
-def test_mutual_exclusion_threads_fork_spawn_and_unrelated(plot, segment, kind):
+def test_mutual_exclusion_threads_fork_spawn_and_unrelated(default_lot, shm_segment, kind):
     """Two threads here, a fork child (two threads), a spawn child and a ``python -c`` process
     that opens the object by name all increment one non-atomic counter under the primitive:
     the total is exact."""
     name = uniq(f"mx-{kind}")
     obj = locked_open(kind, name)
-    seg = segment(64)
+    seg = shm_segment(64)
     iters = 400
     unrelated = start_python(CHILD_COUNTER, kind, name, seg.name, iters, 2,
-                             env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+                             env=default_lot_vars(default_lot))
     procs = [FORK.Process(target=locked_increments, args=(kind, obj, seg.name, iters, 2)),
              SPAWN.Process(target=locked_increments, args=(kind, obj, seg.name, iters, 1))]
     for p in procs:
@@ -62,7 +63,7 @@ def test_mutual_exclusion_threads_fork_spawn_and_unrelated(plot, segment, kind):
     out, err = unrelated.communicate(timeout=45)
     assert unrelated.returncode == 0, err
     assert seg.load(0) == iters * (2 + 2 + 1 + 2)
-    assert not parked(plot)
+    assert not parked(default_lot)
     shmlot.unlink_object(name)
 
 
@@ -73,15 +74,15 @@ def locked_open(kind, name):
 
 
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
-def test_mutual_exclusion_many_threads_contended(plot, segment, kind):
+def test_mutual_exclusion_many_threads_contended(default_lot, shm_segment, kind):
     """Eight threads of one process hammering one lock: exact count, nobody left parked, the
     word back to 0 (no stale PARKED bit)."""
     obj = getattr(shmlot, kind)()
-    seg = segment(64)
+    seg = shm_segment(64)
     locked_increments(kind, obj, seg.name, 1500, 8)
     assert seg.load(0) == 1500 * 8
     assert obj._word() == 0
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
 def _lock_in_child_released_by_parent(lock, done):
@@ -89,7 +90,7 @@ def _lock_in_child_released_by_parent(lock, done):
     done.set()
 
 
-def test_lock_released_by_another_process(plot):
+def test_lock_released_by_another_process(default_lot):
     """threading.Lock may be released by any thread: a shmlot Lock by any process too."""
     lock = shmlot.Lock()
     done = FORK.Event()
@@ -110,7 +111,7 @@ def _rlock_release_from_child(rlock, q):
         q.put(f"RuntimeError: {exc}")
 
 
-def test_rlock_release_from_other_process_is_refused(plot):
+def test_rlock_release_from_other_process_is_refused(default_lot):
     rlock = shmlot.RLock()
     rlock.acquire()
     q = FORK.Queue()
@@ -131,7 +132,7 @@ def _consume(sem, counter_sem, n):
 
 
 @pytest.mark.parametrize("ctx", [FORK, SPAWN], ids=["fork", "spawn"])
-def test_semaphore_tokens_across_processes(plot, ctx):
+def test_semaphore_tokens_across_processes(default_lot, ctx):
     """Tokens released here are consumed by two child processes, exactly: every release lets
     exactly one acquire through."""
     sem = shmlot.Semaphore(0)
@@ -151,7 +152,7 @@ def test_semaphore_tokens_across_processes(plot, ctx):
         assert p.exitcode == 0
     assert sem._value() == 0 and done._value() == 0
     assert not sem.acquire(blocking=False)
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
 def _pong(ping, pong, rounds):
@@ -161,7 +162,7 @@ def _pong(ping, pong, rounds):
         pong.set()
 
 
-def test_event_ping_pong_between_processes(plot):
+def test_event_ping_pong_between_processes(default_lot):
     ping, pong = shmlot.Event(), shmlot.Event()
     rounds = 300
     p = FORK.Process(target=_pong, args=(ping, pong, rounds))
@@ -174,7 +175,7 @@ def test_event_ping_pong_between_processes(plot):
     assert p.exitcode == 0
 
 
-def test_event_set_wakes_waiters_in_other_processes(plot):
+def test_event_set_wakes_waiters_in_other_processes(default_lot):
     """``python -c`` processes wait on a named Event; one set() here releases them all."""
     name = uniq("ev")
     ev = shmlot.Event(name=name)
@@ -183,9 +184,9 @@ def test_event_set_wakes_waiters_in_other_processes(plot):
         ev = shmlot.Event(name={name!r})
         print(ev.wait(30), flush=True)
     """
-    env = {"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter}
+    env = {"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter}
     kids = [start_python(code, env=env) for _ in range(3)]
-    wait_parked_on(plot, ev.key, 3)
+    wait_parked_at_least(default_lot, ev.key, 3)
     ev.set()
     for k in kids:
         out, err = k.communicate(timeout=30)
@@ -206,7 +207,7 @@ def locked_ctx(kind, obj):
 
 
 @pytest.fixture
-def held_elsewhere(plot):
+def held_elsewhere(default_lot):
     """Factory: hold an object in a fork child until the test ends."""
     procs = []
 
@@ -232,7 +233,7 @@ def assert_timed(fn, timeout, expect=False):
 
 
 @pytest.mark.parametrize("kind", ["Lock", "RLock"])
-def test_lock_timeouts(plot, held_elsewhere, kind):
+def test_lock_timeouts(default_lot, held_elsewhere, kind):
     """Held by another process: timeout -> False after about that long (main thread and another
     thread), timeout=0 and non-blocking -> False at once; the timed-out waiter leaves no slot
     queued and no PARKED bit; then the lock works."""
@@ -249,11 +250,11 @@ def test_lock_timeouts(plot, held_elsewhere, kind):
     assert lock.acquire(False) is False
     assert lock.acquire(blocking=False) is False
     assert time.monotonic() - t0 < 0.2
-    assert not parked(plot, lock.key)
+    assert not parked(default_lot, lock.key)
     assert not lock._word() & PARKED
 
 
-def test_lock_timeout_with_two_waiters_keeps_parked_bit(plot, held_elsewhere):
+def test_lock_timeout_with_two_waiters_keeps_parked_bit(default_lot, held_elsewhere):
     """One of two waiters times out: the other is still parked, PARKED stays set, and the
     release (by the other process) reaches it."""
     lock = shmlot.Lock()
@@ -261,9 +262,9 @@ def test_lock_timeout_with_two_waiters_keeps_parked_bit(plot, held_elsewhere):
     out = []
     t = threading.Thread(target=lambda: out.append(lock.acquire(timeout=30)))
     t.start()
-    wait_parked_on(plot, lock.key, 1)
+    wait_parked_at_least(default_lot, lock.key, 1)
     assert lock.acquire(timeout=0.2) is False
-    assert len(parked(plot, lock.key)) == 1
+    assert len(parked(default_lot, lock.key)) == 1
     assert lock._word() & PARKED
     release.set()
     holder.join(20)
@@ -273,7 +274,7 @@ def test_lock_timeout_with_two_waiters_keeps_parked_bit(plot, held_elsewhere):
     assert lock._word() == 0
 
 
-def test_semaphore_event_condition_timeouts(plot):
+def test_semaphore_event_condition_timeouts(default_lot):
     sem = shmlot.Semaphore(0)
     assert_timed(lambda: sem.acquire(timeout=0.2), 0.2)
     assert sem.acquire(blocking=False) is False
@@ -296,10 +297,10 @@ def test_semaphore_event_condition_timeouts(plot):
         assert_timed(lambda: cond.wait_for(lambda: False, timeout=0.2), 0.2)
         assert cond.wait(0) is False
         assert cond._is_owned()
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
-def test_condition_wait_timeout_while_other_process_holds_lock(plot, held_elsewhere):
+def test_condition_wait_timeout_while_other_process_holds_lock(default_lot, held_elsewhere):
     """A Condition waiter times out, then must re-acquire a lock another process holds: wait()
     returns (False) only once it holds the lock again."""
     cond = shmlot.Condition(shmlot.Lock())
@@ -313,15 +314,15 @@ def test_condition_wait_timeout_while_other_process_holds_lock(plot, held_elsewh
 
     t = threading.Thread(target=waiter)
     t.start()
-    wait_parked_on(plot, cond.key, 1)
+    wait_parked_at_least(default_lot, cond.key, 1)
     # now hold the condition's lock in another process
     held, release = FORK.Event(), FORK.Event()
     p = FORK.Process(target=_hold, args=(cond._lock, "Lock", held, release))
     p.start()
     assert held.wait(20)
     # past its timeout the waiter leaves the condition's queue and blocks on the lock
-    wait_parked_on(plot, cond._lock.key, 1)
-    assert not parked(plot, cond.key)
+    wait_parked_at_least(default_lot, cond._lock.key, 1)
+    assert not parked(default_lot, cond.key)
     assert len(out) == 1
     release.set()
     p.join(20)
@@ -331,7 +332,7 @@ def test_condition_wait_timeout_while_other_process_holds_lock(plot, held_elsewh
 
 # ---- errors ------------------------------------------------------------------------------------
 
-def test_lock_errors(plot):
+def test_lock_errors(default_lot):
     lock = shmlot.Lock()
     with pytest.raises(RuntimeError):
         lock.release()
@@ -352,7 +353,7 @@ def test_lock_errors(plot):
     lock.release()
 
 
-def test_rlock_errors(plot):
+def test_rlock_errors(default_lot):
     rlock = shmlot.RLock()
     with pytest.raises(RuntimeError):
         rlock.release()
@@ -363,24 +364,13 @@ def test_rlock_errors(plot):
     with pytest.raises(ValueError):
         rlock.acquire(timeout=-2)
     rlock.acquire()
-    out = []
-
-    def other():
-        try:
-            rlock.release()
-        except RuntimeError as exc:
-            out.append(exc)
-
-    t = threading.Thread(target=other)
-    t.start()
-    t.join()
-    assert len(out) == 1
+    assert isinstance(raised_in_thread(rlock.release), RuntimeError)
     rlock.release()
     with pytest.raises(RuntimeError):
         rlock.release()
 
 
-def test_semaphore_errors(plot):
+def test_semaphore_errors(default_lot):
     for cls in (shmlot.Semaphore, shmlot.BoundedSemaphore):
         with pytest.raises(ValueError):
             cls(-1)
@@ -409,7 +399,7 @@ def test_semaphore_errors(plot):
     assert bsem._value() == 2
 
 
-def test_event_and_condition_errors(plot):
+def test_event_and_condition_errors(default_lot):
     ev = shmlot.Event()
     assert ev.wait(-1) is False  # as threading: a negative timeout does not wait
     with pytest.raises(TypeError):
@@ -444,7 +434,7 @@ def test_event_and_condition_errors(plot):
     lock.release()
 
 
-def test_rwlock_and_barrier_errors(plot):
+def test_rwlock_and_barrier_errors(default_lot):
     rw = shmlot.RWLock()
     with pytest.raises(RuntimeError):
         rw.release_read()
@@ -473,7 +463,7 @@ def test_rwlock_and_barrier_errors(plot):
     assert b.n_waiting == 0 and not b.broken
 
 
-def test_bad_names(plot):
+def test_bad_names(default_lot):
     for bad in ("a/b", "", "x" * 201, "nul\0"):
         with pytest.raises(ValueError):
             shmlot.Lock(name=bad)
@@ -490,7 +480,7 @@ def test_bad_names(plot):
 @pytest.fixture
 def tiny_lot(waiter):
     """A default lot with only two slots: a third thread cannot park."""
-    with default_lot_env(waiter, slots=2) as lot:
+    with fresh_default_lot(waiter, slots=2) as lot:
         yield lot
 
 

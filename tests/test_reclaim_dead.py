@@ -18,8 +18,10 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import child_env, plot, wait_parked_on  # noqa: F401
-from conftest import REPO_ROOT, python_env, start_python
+from helpers import REPO_ROOT
+from helpers.kills import kill_and_reap
+from helpers.processes import child_env, python_env, start_python
+from helpers.waiting import wait_parked_at_least
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,13 +39,12 @@ sys.stdin.readline()
 def holder_dies(lot):
     p = start_python(HOLDER, lot.name, env=child_env(lot))
     assert p.stdout.readline().strip() == "holding"
-    os.kill(p.pid, signal.SIGKILL)
-    p.wait(10)
+    kill_and_reap(p)
 
 
-def test_next_acquirer_gets_a_dead_holders_permits(plot):
-    sem = shmlot.BoundedSemaphore(2, name="pool", lot=plot)
-    holder_dies(plot)
+def test_next_acquirer_gets_a_dead_holders_permits(default_lot):
+    sem = shmlot.BoundedSemaphore(2, name="pool", lot=default_lot)
+    holder_dies(default_lot)
     assert sem._value() == 0
     t0 = time.monotonic()
     assert sem.acquire(timeout=5)
@@ -56,26 +57,24 @@ def test_next_acquirer_gets_a_dead_holders_permits(plot):
         sem.release()  # never beyond the bound
 
 
-def test_a_waiting_acquirer_gets_them_when_the_holder_dies(plot):
-    sem = shmlot.BoundedSemaphore(2, name="pool", lot=plot)
-    p = start_python(HOLDER, plot.name, env=child_env(plot))
+def test_a_waiting_acquirer_gets_them_when_the_holder_dies(default_lot):
+    sem = shmlot.BoundedSemaphore(2, name="pool", lot=default_lot)
+    p = start_python(HOLDER, default_lot.name, env=child_env(default_lot))
     assert p.stdout.readline().strip() == "holding"
     got = []
     t = threading.Thread(target=lambda: got.append((sem.acquire(timeout=20), time.monotonic())))
     t.start()
-    wait_parked_on(plot, sem.key, 1)
-    os.kill(p.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    p.wait(10)
+    wait_parked_at_least(default_lot, sem.key, 1)
+    killed_at = kill_and_reap(p)
     t.join(20)
     assert got and got[0][0] is True and got[0][1] - killed_at < 1.0
     sem.release()
 
 
-def test_reap_gives_them_back(plot):
-    sem = shmlot.BoundedSemaphore(2, name="pool", lot=plot)
-    holder_dies(plot)
-    r = subprocess.run([sys.executable, "-m", "shmlot.stat", plot.name, "--reap", "--json"],
+def test_reap_gives_them_back(default_lot):
+    sem = shmlot.BoundedSemaphore(2, name="pool", lot=default_lot)
+    holder_dies(default_lot)
+    r = subprocess.run([sys.executable, "-m", "shmlot.stat", default_lot.name, "--reap", "--json"],
                        capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT,
                        timeout=60)
     assert r.returncode == 0, r.stderr
@@ -84,17 +83,17 @@ def test_reap_gives_them_back(plot):
     assert sem._value() == 2
 
 
-def test_a_release_by_another_process_is_an_anonymous_unit(plot):
+def test_a_release_by_another_process_is_an_anonymous_unit(default_lot):
     """threading lets any thread release; the acquirer's permit then stays recorded as its
     own, and once it is gone, giving it back stops at the bound."""
-    sem = shmlot.BoundedSemaphore(1, name="one", lot=plot)
+    sem = shmlot.BoundedSemaphore(1, name="one", lot=default_lot)
     assert sem.acquire(blocking=False)
     code = r"""
 import sys, shmlot
 lot = shmlot.ParkingLot.attach(sys.argv[1])
 shmlot.BoundedSemaphore(1, name="one", lot=lot).release()
 """
-    r = subprocess.run([sys.executable, "-c", code, plot.name], env=child_env(plot),
+    r = subprocess.run([sys.executable, "-c", code, default_lot.name], env=child_env(default_lot),
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert sem._value() == 1
@@ -107,11 +106,11 @@ def test_plain_semaphore_says_its_permits_are_not_owned():
 
 
 @pytest.mark.parametrize("step", ["rw_read_mid", "rw_unread_mid"])
-def test_reap_takes_back_a_dead_readers_hold_whatever_the_count_says(plot, step):
+def test_reap_takes_back_a_dead_readers_hold_whatever_the_count_says(default_lot, step):
     """A reader killed inside its bookkeeping step (its hold and the count disagree, the
     RWLock's mutex held by the dead): shmlot-stat --reap leaves no hold of it, and a writer
     gets in at once."""
-    rw = shmlot.RWLock(name="rw", lot=plot)
+    rw = shmlot.RWLock(name="rw", lot=default_lot)
     r = subprocess.run([sys.executable, "-c", r"""
 import sys, shmlot
 from shmlot._core import lib
@@ -121,13 +120,13 @@ if sys.argv[2] == "rw_unread_mid":
     rw.acquire_read()
 lib.sl_test_set_die_at(sys.argv[2].encode())
 rw.acquire_read() if sys.argv[2] == "rw_read_mid" else rw.release_read()
-""", plot.name, step], env=child_env(plot), cwd=REPO_ROOT, capture_output=True, text=True,
-                       timeout=60)
+""", default_lot.name, step], env=child_env(default_lot), cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == -signal.SIGKILL, r.stderr
-    r = subprocess.run([sys.executable, "-m", "shmlot.stat", plot.name, "--reap"],
+    r = subprocess.run([sys.executable, "-m", "shmlot.stat", default_lot.name, "--reap"],
                        capture_output=True, text=True, env=python_env(), cwd=REPO_ROOT,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert not [h for h in plot._snapshot_holds() if h["key"] == rw.key]
+    assert not [h for h in default_lot._snapshot_holds() if h["key"] == rw.key]
     assert rw.acquire_write(blocking=False)
     rw.release_write()

@@ -12,9 +12,9 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import (attach_segment, join_all, plot, segment,  # noqa: F401 (fixtures)
-                           wait_parked_on)
-from conftest import parked, start_python, wait_until
+from helpers.processes import join_all, start_python
+from helpers.segments import attach_segment
+from helpers.waiting import parked, wait_parked_at_least, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,7 +34,7 @@ def _read_together(rw, meet):
         meet.wait(20)  # every party must be inside its read section at once
 
 
-def test_many_readers_at_once_threads_and_processes(plot):
+def test_many_readers_at_once_threads_and_processes(default_lot):
     """Four threads and three processes all inside read() at the same moment (a Barrier inside
     the read section only passes if they are)."""
     rw = shmlot.RWLock()
@@ -74,11 +74,11 @@ def _reader_checks(rw, seg_name, iters):
     assert bad == 0, f"{bad} torn reads"
 
 
-def test_writer_excludes_readers_and_writers(plot, segment):
+def test_writer_excludes_readers_and_writers(default_lot, shm_segment):
     """Writers (a thread here, a process) keep two words equal, updating them one at a time;
     readers (threads, a process) never see them differ; the writers' count is exact."""
     rw = shmlot.RWLock()
-    seg = segment(64)
+    seg = shm_segment(64)
     iters = 300
     procs = [FORK.Process(target=_writer_pairs, args=(rw, seg.name, iters)),
              FORK.Process(target=_reader_checks, args=(rw, seg.name, iters))]
@@ -92,16 +92,16 @@ def test_writer_excludes_readers_and_writers(plot, segment):
     join_all(threads, procs, 40)
     assert seg.load(0) == seg.load(8) == 2 * iters
     assert rw._words[0].load() == 0
-    assert not parked(plot)
+    assert not parked(default_lot)
 
 
-def test_writer_blocks_readers_until_released(plot):
+def test_writer_blocks_readers_until_released(default_lot):
     rw = shmlot.RWLock()
     rw.acquire_write()
     got = []
     t = threading.Thread(target=lambda: got.append(rw.acquire_read(timeout=20)))
     t.start()
-    wait_parked_on(plot, rw.key, 1)
+    wait_parked_at_least(default_lot, rw.key, 1)
     assert got == []
     rw.release_write()
     t.join(10)
@@ -118,7 +118,7 @@ def _stream_of_readers(rw, stop, hold_s):
             time.sleep(hold_s)
 
 
-def test_writer_not_starved_by_stream_of_readers(plot):
+def test_writer_not_starved_by_stream_of_readers(default_lot):
     """Readers in three threads and a process keep the lock read-held without a gap (their read
     sections overlap); a writer still gets in within a bounded time, because new readers queue
     behind a waiting writer."""
@@ -142,10 +142,7 @@ def test_writer_not_starved_by_stream_of_readers(plot):
             wait_until(lambda: readers(rw) >= 1, message="readers back")
     finally:
         stop.set()
-        for t in threads:
-            t.join(10)
-        p.join(10)
-    assert p.exitcode == 0
+        join_all(threads, [p], 10)
 
 
 def _stream_of_writers(rw, stop):
@@ -154,7 +151,7 @@ def _stream_of_writers(rw, stop):
             time.sleep(0.002)
 
 
-def test_reader_not_starved_by_stream_of_writers(plot):
+def test_reader_not_starved_by_stream_of_writers(default_lot):
     """Writers in two threads and a process take the write lock back to back; a reader still
     gets in within a bounded time (a writer's release lets the waiting readers in first)."""
     rw = shmlot.RWLock()
@@ -174,20 +171,17 @@ def test_reader_not_starved_by_stream_of_writers(plot):
             assert waited < 1.0, waited
     finally:
         stop.set()
-        for t in threads:
-            t.join(10)
-        p.join(10)
-    assert p.exitcode == 0
+        join_all(threads, [p], 10)
 
 
-def test_reentrant_read_while_writer_waits(plot):
+def test_reentrant_read_while_writer_waits(default_lot):
     """A thread holding a read share may take another even though a writer waits (refusing it
     would deadlock); a new reader without a share queues behind the writer."""
     rw = shmlot.RWLock()
     rw.acquire_read()
     writer = threading.Thread(target=lambda: (rw.acquire_write(timeout=20), rw.release_write()))
     writer.start()
-    wait_parked_on(plot, rw._wkey, 1)
+    wait_parked_at_least(default_lot, rw._wkey, 1)
     assert rw.acquire_read(timeout=2) is True  # re-entrant: granted at once
     other = []
     t = threading.Thread(target=lambda: other.append(rw.acquire_read(blocking=False)))
@@ -205,7 +199,7 @@ def test_reentrant_read_while_writer_waits(plot):
 
 # ---- timeouts and contexts -------------------------------------------------------------------------
 
-def test_waiting_for_itself_is_refused(plot):
+def test_waiting_for_itself_is_refused(default_lot):
     """There is no upgrade: a thread holding a read share that asks for the write lock (or one
     holding the write lock that asks for either side) would wait for itself forever, so a
     blocking or timed acquire raises RuntimeError; a non-blocking one just says False. Nothing
@@ -228,7 +222,7 @@ def test_waiting_for_itself_is_refused(plot):
     assert rw.acquire_read(blocking=False) is False
     rw.release_write()
     assert [rw._words[i].load() for i in range(3)] == [0, 0, 0]
-    assert not parked(plot)
+    assert not parked(default_lot)
     # another thread's write lock is waited for as usual
     with rw.write():
         t = threading.Thread(target=lambda: rw.acquire_read(timeout=0.05))
@@ -236,7 +230,7 @@ def test_waiting_for_itself_is_refused(plot):
         t.join(10)
 
 
-def test_timeouts(plot):
+def test_timeouts(default_lot):
     rw = shmlot.RWLock()
     rw.acquire_write()
     out = []
@@ -258,7 +252,7 @@ def test_timeouts(plot):
     assert [r for r, _ in out] == [False, False, False]
     assert all(0.18 <= dt < 1.5 for _, dt in out[:2]), out
     assert out[2][1] < 0.2
-    assert not parked(plot)
+    assert not parked(default_lot)
     assert rw._words[1].load() == rw._words[2].load() == 0  # no waiter counted any more
     rw.release_write()
     rw.acquire_read()
@@ -271,7 +265,7 @@ def test_timeouts(plot):
     assert rw._words[0].load() == 0
 
 
-def test_writer_timeout_lets_queued_readers_in(plot):
+def test_writer_timeout_lets_queued_readers_in(default_lot):
     """A reader holds; a writer waits (with a timeout); a second reader queues behind the
     writer. When the writer gives up, the queued reader gets in at once."""
     rw = shmlot.RWLock()
@@ -279,11 +273,11 @@ def test_writer_timeout_lets_queued_readers_in(plot):
     wout, rout = [], []
     w = threading.Thread(target=lambda: wout.append(rw.acquire_write(timeout=0.5)))
     w.start()
-    wait_parked_on(plot, rw._wkey, 1)
+    wait_parked_at_least(default_lot, rw._wkey, 1)
     r = threading.Thread(target=lambda: rout.append((rw.acquire_read(timeout=10),
                                                      time.monotonic())))
     r.start()
-    wait_parked_on(plot, rw.key, 1)
+    wait_parked_at_least(default_lot, rw.key, 1)
     w.join(10)
     gave_up = time.monotonic()
     r.join(10)
@@ -293,7 +287,7 @@ def test_writer_timeout_lets_queued_readers_in(plot):
     assert readers(rw) == 2
 
 
-def test_context_managers(plot):
+def test_context_managers(default_lot):
     rw = shmlot.RWLock()
     with rw.read() as same:
         assert same is rw
@@ -327,7 +321,7 @@ def _enter(cm, timeout):
         pass
 
 
-def test_named_rwlock_across_unrelated_processes(plot):
+def test_named_rwlock_across_unrelated_processes(default_lot):
     """A ``python -c`` process holds the write lock by name; readers here wait for it."""
     name = f"rw-{os.getpid()}-{time.monotonic_ns()}"
     rw = shmlot.RWLock(name=name)
@@ -340,13 +334,13 @@ def test_named_rwlock_across_unrelated_processes(plot):
         rw.release_write()
         print(rw.acquire_read(timeout=5), flush=True)
         rw.release_read()
-    """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    """, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
     assert child.stdout.readline().strip() == "writing"
     assert rw.acquire_read(blocking=False) is False
     got = []
     t = threading.Thread(target=lambda: got.append(rw.acquire_read(timeout=20)))
     t.start()
-    wait_parked_on(plot, rw.key, 1)
+    wait_parked_at_least(default_lot, rw.key, 1)
     child.stdin.write("\n")
     child.stdin.flush()
     t.join(20)
@@ -356,7 +350,7 @@ def test_named_rwlock_across_unrelated_processes(plot):
     shmlot.unlink_object(name)
 
 
-def test_reentrant_read_through_another_handle(plot):
+def test_reentrant_read_through_another_handle(default_lot):
     """Re-entrancy is per lock, not per handle: a second handle on the same named RWLock (or an
     unpickled copy) may re-read while a writer waits."""
     name = f"rw2-{os.getpid()}-{time.monotonic_ns()}"
@@ -365,7 +359,7 @@ def test_reentrant_read_through_another_handle(plot):
     a.acquire_read()
     writer = threading.Thread(target=lambda: (b.acquire_write(timeout=20), b.release_write()))
     writer.start()
-    wait_parked_on(plot, a._wkey, 1)
+    wait_parked_at_least(default_lot, a._wkey, 1)
     assert b.acquire_read(timeout=2) is True
     b.release_read()
     a.release_read()
@@ -380,7 +374,7 @@ def _child_read_shares(rw, out):
     out.value += 10 * (rw.acquire_write(timeout=0.05) is False)
 
 
-def test_fork_child_does_not_inherit_read_shares(plot):
+def test_fork_child_does_not_inherit_read_shares(default_lot):
     """A fork child of a thread holding a read share holds none itself (the share is the
     parent's, recorded under its pid): it waits for it like any other thread."""
     rw = shmlot.RWLock()

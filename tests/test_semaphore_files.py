@@ -9,9 +9,9 @@ import pytest
 import posix_ipc
 
 from shmlot import ParkingLot
-from shmlot._waiters import SEM_DIR, SEM_FILE_ZERO
+from shmlot._sleep import SEM_DIR, SEM_FILE_ZERO
 
-from conftest import run_python
+from helpers.processes import run_python
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -2,17 +2,14 @@
 in the lot, on both backends. posix_ipc's acquire() would replace it with its SignalError; the
 semaphore backend therefore waits in the core (regression: pytest-timeout's SIGALRM was lost and
 a blocked test hung forever)."""
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers.processes import run_python
 
 CHILD = textwrap.dedent("""
-    import os, signal, sys, time, uuid
+    import signal, sys, time
     import shmlot
 
     class Alarm(BaseException):
@@ -22,8 +19,7 @@ CHILD = textwrap.dedent("""
         raise Alarm()
 
     signal.signal(signal.SIGALRM, handler)
-    lot = shmlot.ParkingLot.create(f"shmlot-test-{os.getpid()}-{uuid.uuid4().hex[:8]}",
-                                   waiter=sys.argv[1])
+    lot = shmlot.ParkingLot.create(sys.argv[2], waiter=sys.argv[1])
     try:
         blockers = {
             "park": lambda: lot.park(1),
@@ -46,10 +42,8 @@ CHILD = textwrap.dedent("""
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("waiter", ["futex", "semaphore"])
-def test_handler_exception_reaches_blocked_main_thread(waiter):
-    env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, "-c", CHILD, waiter], capture_output=True, text=True,
-                          timeout=45, env=env)
+def test_handler_exception_reaches_blocked_main_thread(waiter, lot_name):
+    proc = run_python(CHILD, waiter, lot_name(), timeout=45, check=False)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.split("\n")
     for what in ("park", "semaphore", "event"):

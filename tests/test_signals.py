@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from conftest import parked, start_python, wait_parked, wait_until
-from shmlot import DEFAULT_PARK_TOKEN
+from helpers.processes import start_python
+from helpers.waiting import parked, wait_parked, wait_until
+from shmlot import _engine
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -205,8 +206,8 @@ class Injected(KeyboardInterrupt):
     """What the injector raises: a KeyboardInterrupt, as Ctrl-C would."""
 
 
-def _park_with_injection(lot, n, park):
-    """Run ``park()`` with an exception injected at the ``n``-th point where CPython (3.10+) runs
+def _call_with_injection(n, call):
+    """Run ``call()`` with an exception injected at the ``n``-th point where CPython (3.10+) runs
     signal handlers: entry to a Python function, return from a C function. Returns (result,
     raised, points seen)."""
     count = [0]
@@ -219,7 +220,7 @@ def _park_with_injection(lot, n, park):
 
     sys.setprofile(profiler)
     try:
-        result = park()
+        result = call()
         raised = None
     except BaseException as exc:  # noqa: B902 - checked by the caller
         result, raised = None, exc
@@ -240,18 +241,18 @@ def test_exception_at_any_point_of_park_leaves_the_lot_consistent(lot, path):
     sleep slice (its deadline is far away)."""
     key = 0x171A
     park = {
-        "timeout": lambda: lot._park(key, None, None, None, DEFAULT_PARK_TOKEN, 60,
-                                     poll=lambda: True, poll_ns=1_000_000),
+        "timeout": lambda: _engine.park_once(lot, key, deadline=_engine.deadline_after(60),
+                                             poll=lambda: True, poll_ns=1_000_000),
         "unparked": lambda: lot.park(key, before_sleep=lambda: lot.unpark_one(key, lambda r: 5),
                                      timeout=5),
         "invalid": lambda: lot.park(key, validate=lambda: False),
     }[path]
     park()                                             # the thread's first park sets it up
-    _, _, every = _park_with_injection(lot, 0, park)   # the points of one whole run
+    _, _, every = _call_with_injection(0, park)        # the points of one whole run
     n = 0
     while True:
         n += 1
-        result, raised, points = _park_with_injection(lot, n, park)
+        result, raised, points = _call_with_injection(n, park)
         assert raised is None or isinstance(raised, Injected), (n, repr(raised))
         assert parked(lot) == [], f"a thread stays queued after an exception at point {n}"
         assert lot.info()["slots_free"] == lot.slots, f"slot leaked at point {n}"
@@ -284,22 +285,7 @@ def test_exception_at_any_point_of_unpark_leaves_the_thread_usable(lot, op):
     n = 0
     while True:
         n += 1
-        count = [0]
-
-        def profiler(frame, event, arg):
-            if event in ("call", "c_return"):
-                count[0] += 1
-                if count[0] == n:
-                    raise Injected()
-
-        sys.setprofile(profiler)
-        try:
-            calls[op]()
-            raised = None
-        except BaseException as exc:  # noqa: B902
-            raised = exc
-        finally:
-            sys.setprofile(None)
+        _, raised, _ = _call_with_injection(n, calls[op])
         assert raised is None or isinstance(raised, Injected), (n, repr(raised))
         assert lot.park(key + 1, timeout=0).is_timed_out, n  # not wedged
         if raised is None:

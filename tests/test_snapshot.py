@@ -14,8 +14,9 @@ import time
 
 import pytest
 
-from conftest import (ParkerThread, kill_procs, park_in_order, start_python, wait_parked,
-                      wait_until)
+from helpers.kills import kill_all, kill_and_reap
+from helpers.processes import start_python
+from helpers.waiting import ParkerThread, park_in_order, wait_parked, wait_until
 
 import shmlot
 from shmlot import LotCorruptError, LotFullError, LotNotFoundError
@@ -44,9 +45,9 @@ def test_header_and_counters(lot):
     json.dumps(snap.to_dict())
 
 
-def test_lot_argument_forms(flot, monkeypatch, lot_name):
-    assert snapshot(flot.name).lot == flot.name
-    assert resolve_lot(flot) is flot
+def test_lot_argument_forms(futex_lot, monkeypatch, lot_name):
+    assert snapshot(futex_lot.name).lot == futex_lot.name
+    assert resolve_lot(futex_lot) is futex_lot
     with pytest.raises(TypeError):
         snapshot(42)
     missing = lot_name()
@@ -56,8 +57,8 @@ def test_lot_argument_forms(flot, monkeypatch, lot_name):
     with pytest.raises(LotNotFoundError):
         snapshot()
     assert not os.path.exists(f"/dev/shm/{missing}")  # never created
-    monkeypatch.setenv("SHMLOT_LOT", flot.name)
-    assert snapshot().lot == flot.name
+    monkeypatch.setenv("SHMLOT_LOT", futex_lot.name)
+    assert snapshot().lot == futex_lot.name
 
 
 def test_parked_thread_fields(lot):
@@ -133,11 +134,11 @@ def test_snapshot_skips_a_busy_bucket_quickly(lot):
     assert parker.outcome().is_unparked
 
 
-def test_corrupt_slot_state(flot):
+def test_corrupt_slot_state(futex_lot):
     key, token = 0x0123456789ABCDEF, 0x7EDCBA9876543210
-    t = ParkerThread(flot, key, park_token=token).start()
-    wait_parked(flot, key, 1)
-    buf = flot._buffer
+    t = ParkerThread(futex_lot, key, park_token=token).start()
+    wait_parked(futex_lot, key, 1)
+    buf = futex_lot._buffer
     pos = bytes(buf).find(struct.pack("<QQ", key, token))
     assert pos > 0
     state_at = pos - 4  # sl_slot: u32 wait, u32 state, u64 key, u64 park_token, ...
@@ -145,11 +146,11 @@ def test_corrupt_slot_state(flot):
     try:
         struct.pack_into("<I", buf, state_at, 9)
         with pytest.raises(LotCorruptError, match="slot .* unknown state 9"):
-            snapshot(flot)
+            snapshot(futex_lot)
     finally:
         struct.pack_into("<I", buf, state_at, 2)
-    assert len(snapshot(flot).parked) == 1
-    flot.unpark_all(key)
+    assert len(snapshot(futex_lot).parked) == 1
+    futex_lot.unpark_all(key)
     assert t.outcome().is_unparked
 
 
@@ -161,12 +162,12 @@ def obj_of(snap, name):
     return o
 
 
-def test_lock_and_rlock_states(flot):
+def test_lock_and_rlock_states(futex_lot):
     me = (os.getpid(), tid())
-    lk = shmlot.Lock(name="lk", lot=flot)
-    rl = shmlot.RLock(name="rl", lot=flot)
-    anon = shmlot.Lock(lot=flot)
-    s = snapshot(flot)
+    lk = shmlot.Lock(name="lk", lot=futex_lot)
+    rl = shmlot.RLock(name="rl", lot=futex_lot)
+    anon = shmlot.Lock(lot=futex_lot)
+    s = snapshot(futex_lot)
     assert obj_of(s, "lk").state == "unlocked" and obj_of(s, "lk").owner is None
     assert obj_of(s, "lk").owner_pid is None
     lk.acquire()
@@ -174,7 +175,7 @@ def test_lock_and_rlock_states(flot):
     rl.acquire()
     anon.acquire()
     try:
-        s = snapshot(flot)
+        s = snapshot(futex_lot)
         o = obj_of(s, "lk")
         assert o.kind == "Lock" and o.owner == me and o.owner_pid == me[0]
         assert o.state == f"locked by pid {me[0]} tid {me[1]}" and o.owner_alive is True
@@ -193,12 +194,12 @@ def test_lock_and_rlock_states(flot):
         anon.release()
 
 
-def test_waiters_and_roles(flot):
-    lk = shmlot.Lock(name="w-lock", lot=flot)
+def test_waiters_and_roles(futex_lot):
+    lk = shmlot.Lock(name="w-lock", lot=futex_lot)
     lk.acquire()
     waiter = threading.Thread(target=lambda: (lk.acquire(), lk.release()), daemon=True)
     waiter.start()
-    cond = shmlot.Condition(name="w-cond", lot=flot)
+    cond = shmlot.Condition(name="w-cond", lot=futex_lot)
     ready = threading.Event()
 
     def cond_wait():
@@ -209,8 +210,8 @@ def test_waiters_and_roles(flot):
     cw = threading.Thread(target=cond_wait, daemon=True)
     cw.start()
     try:
-        wait_until(lambda: len(snapshot(flot).parked) == 2, 10, "two waiters")
-        s = snapshot(flot)
+        wait_until(lambda: len(snapshot(futex_lot).parked) == 2, 10, "two waiters")
+        s = snapshot(futex_lot)
         assert obj_of(s, "w-lock").waiters == 1 and obj_of(s, "w-cond").waiters == 1
         roles = {(p.object.name, p.role) for p in s.parked}
         assert roles == {("w-lock", "acquire"), ("w-cond", "wait")}
@@ -225,14 +226,14 @@ def test_waiters_and_roles(flot):
         cw.join(10)
 
 
-def test_semaphore_event_barrier_states(flot):
-    sem = shmlot.Semaphore(3, name="sem", lot=flot)
-    bs = shmlot.BoundedSemaphore(3, name="bs", lot=flot)
-    ev = shmlot.Event(name="ev", lot=flot)
-    bar = shmlot.Barrier(3, name="bar", lot=flot)
+def test_semaphore_event_barrier_states(futex_lot):
+    sem = shmlot.Semaphore(3, name="sem", lot=futex_lot)
+    bs = shmlot.BoundedSemaphore(3, name="bs", lot=futex_lot)
+    ev = shmlot.Event(name="ev", lot=futex_lot)
+    bar = shmlot.Barrier(3, name="bar", lot=futex_lot)
     sem.acquire()
     bs.acquire()
-    s = snapshot(flot)
+    s = snapshot(futex_lot)
     assert obj_of(s, "sem").state == "value 2" and obj_of(s, "sem").details["value"] == 2
     assert obj_of(s, "bs").state == "value 2/3" and obj_of(s, "bs").details["bound"] == 3
     assert obj_of(s, "ev").state == "unset" and obj_of(s, "ev").owner_pid is None
@@ -249,8 +250,8 @@ def test_semaphore_event_barrier_states(flot):
     t = threading.Thread(target=party, daemon=True)
     t.start()
     try:
-        wait_until(lambda: obj_of(snapshot(flot), "bar").waiters == 1, 10, "a barrier party")
-        s = snapshot(flot)
+        wait_until(lambda: obj_of(snapshot(futex_lot), "bar").waiters == 1, 10, "a barrier party")
+        s = snapshot(futex_lot)
         b = obj_of(s, "bar")
         assert b.state == "1/3 waiting" and b.details["parties"] == 3
         assert [h.what for h in b.holds] == ["barrier-wait"]
@@ -259,14 +260,14 @@ def test_semaphore_event_barrier_states(flot):
         bar.abort()
         t.join(10)
     assert errors == ["broken"]
-    b = obj_of(snapshot(flot), "bar")
+    b = obj_of(snapshot(futex_lot), "bar")
     assert b.details["broken"] and b.state.startswith("broken")
 
 
-def test_rwlock_states(flot):
-    rw = shmlot.RWLock(name="rw", lot=flot)
+def test_rwlock_states(futex_lot):
+    rw = shmlot.RWLock(name="rw", lot=futex_lot)
     me = os.getpid()
-    assert obj_of(snapshot(flot), "rw").state == "unlocked"
+    assert obj_of(snapshot(futex_lot), "rw").state == "unlocked"
     rw.acquire_read()
     got = threading.Event()
     done = threading.Event()
@@ -280,7 +281,7 @@ def test_rwlock_states(flot):
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     assert got.wait(10)
-    s = snapshot(flot)
+    s = snapshot(futex_lot)
     o = obj_of(s, "rw")
     assert o.details["readers"] == 2 and o.details["reader_pids"] == [me]
     assert o.state == f"2 readers (pid {me})" and o.owner is None
@@ -294,8 +295,8 @@ def test_rwlock_states(flot):
         w = threading.Thread(target=lambda: (rw.acquire_write(), rw.release_write()),
                              daemon=True)
         w.start()
-        wait_until(lambda: obj_of(snapshot(flot), "rw").waiters == 1, 10, "a writer parked")
-        s = snapshot(flot)
+        wait_until(lambda: obj_of(snapshot(futex_lot), "rw").waiters == 1, 10, "a writer parked")
+        s = snapshot(futex_lot)
         o = obj_of(s, "rw")
         assert o.state == f"write-locked by pid {me} tid {tid()}" and o.owner == (me, tid())
         assert s.parked[0].role == "write" and s.parked[0].key == (o.key + 8)
@@ -337,14 +338,13 @@ def test_other_process_shown_alive_then_dead(lot):
         import psutil
         assert x.pid == p.pid and x.alive is True and x.park_token == 41
         assert x.process == psutil.Process(p.pid).name() and "-c" in x.cmdline
-        p.kill()
-        p.wait()
+        kill_and_reap(p)
         (x,) = snapshot(lot).parked  # still queued until reaped, but shown dead
         assert x.pid == p.pid and x.alive is False and x.process is None
         assert lot.reap() == (1, 0)
         assert snapshot(lot).parked == []
     finally:
-        kill_procs(p)
+        kill_all(p)
 
 
 @pytest.mark.timeout(60)
@@ -359,8 +359,7 @@ def test_reap_never_wakes_or_unqueues_a_live_waiter(lot):
         wait_parked(lot, key, 2)
         me = ParkerThread(lot, key, park_token=3).start()
         wait_parked(lot, key, 3)
-        dead.kill()
-        dead.wait()
+        kill_and_reap(dead)
         assert lot.reap() == (1, 0)
         assert lot.reap() == (0, 0)
         after = [(p.pid, p.park_token) for p in snapshot(lot).parked_on(key)]
@@ -374,7 +373,7 @@ def test_reap_never_wakes_or_unqueues_a_live_waiter(lot):
         assert lot.unpark_one(key).unparked_threads == 1
         assert me.outcome().is_unparked
     finally:
-        kill_procs(dead, live)
+        kill_all(dead, live)
 
 
 @pytest.mark.timeout(60)
@@ -386,8 +385,7 @@ def test_park_reaps_dead_slots_before_lot_full(make_lot):
         assert snapshot(small).header["slots_free"] == 0
         with pytest.raises(LotFullError):  # all four are alive: nothing to reap
             small.park(0x2000, timeout=0.01)
-        child.kill()
-        child.wait()
+        kill_and_reap(child)
         before = snapshot(small).counters["reaped"]
         r = small.park(0x2000, timeout=0.05)  # reaps the dead child's slots, then parks
         assert r.is_timed_out
@@ -395,23 +393,22 @@ def test_park_reaps_dead_slots_before_lot_full(make_lot):
         assert s.parked == [] and s.header["slots_free"] == 4
         assert s.counters["reaped"] == before + 4
     finally:
-        kill_procs(child)
+        kill_all(child)
 
 
 @pytest.mark.timeout(60)
-def test_reap_python_call_frees_dead_slots_only(flot):
+def test_reap_python_call_frees_dead_slots_only(futex_lot):
     k = 0x3000
-    a = start_parker(flot, k, n=2, stride=8)
-    b = start_parker(flot, k + 100, n=1)
+    a = start_parker(futex_lot, k, n=2, stride=8)
+    b = start_parker(futex_lot, k + 100, n=1)
     try:
-        wait_until(lambda: len(snapshot(flot).parked) == 3, 20, "three parked")
-        assert flot.reap() == (0, 0)
-        a.kill()
-        a.wait()
-        dead = [p for p in snapshot(flot).parked if not p.alive]
+        wait_until(lambda: len(snapshot(futex_lot).parked) == 3, 20, "three parked")
+        assert futex_lot.reap() == (0, 0)
+        kill_and_reap(a)
+        dead = [p for p in snapshot(futex_lot).parked if not p.alive]
         assert sorted(p.pid for p in dead) == [a.pid, a.pid]
-        assert flot.reap() == (2, 0)
-        left = snapshot(flot).parked
+        assert futex_lot.reap() == (2, 0)
+        left = snapshot(futex_lot).parked
         assert [(p.pid, p.alive) for p in left] == [(b.pid, True)]
     finally:
-        kill_procs(a, b)
+        kill_all(a, b)

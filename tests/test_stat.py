@@ -18,11 +18,14 @@ import time
 
 import pytest
 
-from conftest import REPO_ROOT, kill_procs, python_env, start_python, wait_until
+from helpers import REPO_ROOT
+from helpers.kills import kill_all, kill_and_reap
+from helpers.processes import python_env, start_python
+from helpers.waiting import wait_until
 
 import shmlot
 from shmlot import ParkingLot
-from shmlot import stat as shstat
+from shmlot import cli as shstat
 from shmlot.snapshot import snapshot
 
 WIDTH = 100
@@ -145,7 +148,7 @@ def test_default_view_with_parked_and_holding_processes(lot):
         assert r.returncode == 0 and "PARKED THREADS: none" in r.stdout
         assert "DEADLOCKS: none" in r.stdout and "OBJECTS: 3 of" in r.stdout
     finally:
-        kill_procs(holder, waiter)
+        kill_all(holder, waiter)
 
 
 # ---- --json ----------------------------------------------------------------------------------------
@@ -201,16 +204,16 @@ def validate_document(doc):
 
 
 @pytest.mark.timeout(90)
-def test_json_document_has_the_documented_keys(flot):
+def test_json_document_has_the_documented_keys(futex_lot):
     holder = None
     try:
-        holder = start_holder(flot)
-        anon = shmlot.Semaphore(2, lot=flot)  # an anonymous object
-        r = run_stat(flot.name, "--json")
+        holder = start_holder(futex_lot)
+        anon = shmlot.Semaphore(2, lot=futex_lot)  # an anonymous object
+        r = run_stat(futex_lot.name, "--json")
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
         validate_document(doc)
-        assert doc["lot"]["name"] == flot.name and doc["lot"]["slots_used"] == 2
+        assert doc["lot"]["name"] == futex_lot.name and doc["lot"]["slots_used"] == 2
         assert {(p["pid"], p["object"], p["kind"], p["alive"]) for p in doc["parked"]} == \
             {(holder.pid, "ev", "Event", True)}
         assert all(p["parked_seconds"] >= 0 for p in doc["parked"])
@@ -226,7 +229,7 @@ def test_json_document_has_the_documented_keys(flot):
         assert doc["deadlocks"] == []
         del anon
     finally:
-        kill_procs(holder)
+        kill_all(holder)
 
 
 # ---- a dead process: shown dead, then reaped ------------------------------------------------------
@@ -235,8 +238,7 @@ def test_json_document_has_the_documented_keys(flot):
 def test_dead_parked_process_shown_dead_then_reaped(lot):
     holder = start_holder(lot)
     try:
-        holder.kill()
-        holder.wait()
+        kill_and_reap(holder)
         r = run_stat(lot.name)
         assert r.returncode == 0, r.stderr
         dead_rows = [x for x in r.stdout.splitlines() if x.split()[:1] == [str(holder.pid)]]
@@ -275,21 +277,20 @@ def test_dead_parked_process_shown_dead_then_reaped(lot):
         assert r.returncode == 0 and r.stdout.startswith(
             f"reaped lot {lot.name!r}: 0 slots and 0 holds")
     finally:
-        kill_procs(holder)
+        kill_all(holder)
 
 
 @pytest.mark.timeout(60)
-def test_reap_json(flot):
-    holder = start_holder(flot)
+def test_reap_json(futex_lot):
+    holder = start_holder(futex_lot)
     try:
-        holder.kill()
-        holder.wait()
-        r = run_stat(flot.name, "--reap", "--json")
+        kill_and_reap(holder)
+        r = run_stat(futex_lot.name, "--reap", "--json")
         assert r.returncode == 0, r.stderr
         doc = json.loads(r.stdout)
         assert doc["schema"] == 1
         rep = doc["reap"]
-        assert rep["lot"] == flot.name and rep["slots_freed"] == 2 and rep["holds_freed"] == 1
+        assert rep["lot"] == futex_lot.name and rep["slots_freed"] == 2 and rep["holds_freed"] == 1
         assert {p["pid"] for p in rep["slots"]} == {holder.pid}
         for p in rep["slots"]:
             check_keys(p, PARKED_KEYS, "reaped slot")
@@ -301,12 +302,12 @@ def test_reap_json(flot):
                                             ["index"], "label": "Lock 'held'", "kind": "Lock",
                                             "pid": holder.pid, "tid": holder.pid}]
     finally:
-        kill_procs(holder)
+        kill_all(holder)
 
 
 # ---- --list and --unlink ---------------------------------------------------------------------------
 
-def test_list_shows_lots_and_only_lots(flot, make_lot, shm_segment):
+def test_list_shows_lots_and_only_lots(futex_lot, make_lot, shm_segment):
     other = make_lot()
     plain = shm_segment(8192)  # zero-filled: not a lot
     with open(f"/dev/shm/{plain.name}", "r+b") as f:
@@ -315,13 +316,13 @@ def test_list_shows_lots_and_only_lots(flot, make_lot, shm_segment):
     assert r.returncode == 0, r.stderr
     assert_fits(r.stdout)
     names = [line.split()[0] for line in r.stdout.splitlines()[1:]]
-    assert flot.name in names and other.name in names and plain.name not in names
-    row = [line for line in r.stdout.splitlines() if line.startswith(flot.name)][0]
+    assert futex_lot.name in names and other.name in names and plain.name not in names
+    row = [line for line in r.stdout.splitlines() if line.startswith(futex_lot.name)][0]
     assert " futex " in row and "MiB" in row and "0600" in row
     r = run_stat("--list", "--json")
     assert r.returncode == 0
     lots = {x["name"]: x for x in json.loads(r.stdout)["lots"]}
-    assert lots[flot.name]["buckets"] == 256 and lots[flot.name]["mode"] == "0600"
+    assert lots[futex_lot.name]["buckets"] == 256 and lots[futex_lot.name]["mode"] == "0600"
     assert lots[other.name]["waiter"] == other.waiter and plain.name not in lots
     for x in lots.values():
         assert {"name", "size", "buckets", "slots", "slots_used", "objects_used", "waiter",
@@ -352,22 +353,22 @@ def test_missing_lot_is_exit_1_and_never_created(lot_name):
     assert not os.path.exists(f"/dev/shm/{name}")
 
 
-def test_default_lot_is_used_without_argument(flot):
-    r = run_stat(env={"SHMLOT_LOT": flot.name})
-    assert r.returncode == 0 and r.stdout.startswith(f"lot {flot.name!r}")
+def test_default_lot_is_used_without_argument(futex_lot):
+    r = run_stat(env={"SHMLOT_LOT": futex_lot.name})
+    assert r.returncode == 0 and r.stdout.startswith(f"lot {futex_lot.name!r}")
 
 
-def test_corrupt_lot_is_exit_1(flot, shm_segment):
-    with open(f"/dev/shm/{flot.name}", "r+b") as f:
+def test_corrupt_lot_is_exit_1(futex_lot, shm_segment):
+    with open(f"/dev/shm/{futex_lot.name}", "r+b") as f:
         f.seek(8)
         version = f.read(4)
         f.seek(8)
         f.write(struct.pack("<I", 99))  # layout version
-    assert_one_line_error(run_stat(flot.name), 1, "corrupt", "version 99")
-    with open(f"/dev/shm/{flot.name}", "r+b") as f:
+    assert_one_line_error(run_stat(futex_lot.name), 1, "corrupt", "version 99")
+    with open(f"/dev/shm/{futex_lot.name}", "r+b") as f:
         f.seek(8)
         f.write(version)
-    assert run_stat(flot.name).returncode == 0
+    assert run_stat(futex_lot.name).returncode == 0
     seg = shm_segment(8192)
     with open(f"/dev/shm/{seg.name}", "r+b") as f:
         f.write(b"garbage!")
@@ -377,26 +378,26 @@ def test_corrupt_lot_is_exit_1(flot, shm_segment):
     assert not os.path.exists(f"/dev/shm/{seg.name}")
 
 
-def test_truncated_lot_is_exit_1(flot):
+def test_truncated_lot_is_exit_1(futex_lot):
     """A lot whose file is shorter than its header says (someone truncated it): one line, exit 1,
     and never a SIGBUS from reading past the end."""
-    size = os.path.getsize(f"/dev/shm/{flot.name}")
-    os.truncate(f"/dev/shm/{flot.name}", size // 2)
-    for args in ([flot.name], ["--reap", flot.name], ["-a", flot.name]):
+    size = os.path.getsize(f"/dev/shm/{futex_lot.name}")
+    os.truncate(f"/dev/shm/{futex_lot.name}", size // 2)
+    for args in ([futex_lot.name], ["--reap", futex_lot.name], ["-a", futex_lot.name]):
         assert_one_line_error(run_stat(*args), 1, "corrupt", f"segment is {size // 2} bytes",
                               f"header says {size}", "truncated")
 
 
-def test_lot_truncated_while_watched_is_exit_1(flot):
+def test_lot_truncated_while_watched_is_exit_1(futex_lot):
     """Truncated after shmlot-stat attached: the next refresh says so (exit 1, one line)
     instead of reading past the end of the file (SIGBUS)."""
     proc = subprocess.Popen([sys.executable, "-m", "shmlot.stat", "--watch", "0.5", "--json",
-                             flot.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             futex_lot.name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO_ROOT, env=python_env())
     try:
         assert json.loads(proc.stdout.readline())["lot"]  # the first look, then a 0.5 s sleep
-        size = os.path.getsize(f"/dev/shm/{flot.name}")
-        os.truncate(f"/dev/shm/{flot.name}", size // 2)
+        size = os.path.getsize(f"/dev/shm/{futex_lot.name}")
+        os.truncate(f"/dev/shm/{futex_lot.name}", size // 2)
         out, err = proc.communicate(timeout=20)
     finally:
         if proc.poll() is None:
@@ -407,19 +408,19 @@ def test_lot_truncated_while_watched_is_exit_1(flot):
     assert len(lines) == 1 and "truncated" in lines[0] and "Traceback" not in err, err
 
 
-def test_not_permitted_is_exit_1(flot, monkeypatch, capsys):
+def test_not_permitted_is_exit_1(futex_lot, monkeypatch, capsys):
     def forbidden(name):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(shstat, "_attach", forbidden)
-    assert shstat.main([flot.name]) == 1
+    assert shstat.main([futex_lot.name]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and err == f"shmlot-stat: not permitted to open lot {flot.name!r} (it " \
+    assert out == "" and err == f"shmlot-stat: not permitted to open lot {futex_lot.name!r} (it " \
         "belongs to another user or its mode forbids it)\n"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
-def test_not_permitted_as_another_user(flot):
+def test_not_permitted_as_another_user(futex_lot):
     """A 0600 lot of root, read by 'nobody' (when nobody can run this interpreter)."""
     import pwd
     try:
@@ -439,7 +440,7 @@ def test_not_permitted_as_another_user(flot):
         probe = None
     if probe is None or probe.returncode != 0:
         pytest.skip("user nobody cannot run this interpreter or read the checkout")
-    r = subprocess.run([sys.executable, "-m", "shmlot.stat", flot.name], cwd=REPO_ROOT,
+    r = subprocess.run([sys.executable, "-m", "shmlot.stat", futex_lot.name], cwd=REPO_ROOT,
                        env=python_env(), preexec_fn=drop, capture_output=True, text=True,
                        timeout=60)
     assert_one_line_error(r, 1, "not permitted")
@@ -472,7 +473,7 @@ def test_console_script_installed():
     ours = [ep for ep in eps if ep.name == "shmlot-stat"]
     if not ours:
         pytest.skip("shmlot is not installed in this interpreter's environment")
-    assert ours[0].value == "shmlot.stat:main"
+    assert ours[0].value == "shmlot.cli:main"
     exe = shutil.which("shmlot-stat", path=os.path.dirname(sys.executable))
     assert exe, "console script missing next to the interpreter"
     r = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60,
@@ -483,8 +484,8 @@ def test_console_script_installed():
 # ---- --watch in a pseudo-terminal ----------------------------------------------------------------
 
 @pytest.mark.timeout(60)
-def test_watch_in_a_pty_until_ctrl_c(flot):
-    holder = start_holder(flot)
+def test_watch_in_a_pty_until_ctrl_c(futex_lot):
+    holder = start_holder(futex_lot)
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
 
@@ -492,7 +493,7 @@ def test_watch_in_a_pty_until_ctrl_c(flot):
         os.setsid()
         fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
-    proc = subprocess.Popen([sys.executable, "-m", "shmlot.stat", flot.name, "--watch", "0.2"],
+    proc = subprocess.Popen([sys.executable, "-m", "shmlot.stat", futex_lot.name, "--watch", "0.2"],
                             stdin=slave, stdout=slave, stderr=slave, env=python_env(),
                             cwd=REPO_ROOT, preexec_fn=controlling_tty)
     os.close(slave)
@@ -507,7 +508,7 @@ def test_watch_in_a_pty_until_ctrl_c(flot):
         screens = out.decode().split(shstat.CLEAR)[1:]
         assert len(screens) >= 3
         for screen in screens[:3]:
-            assert f"lot {flot.name!r}" in screen and "PARKED THREADS: 2" in screen
+            assert f"lot {futex_lot.name!r}" in screen and "PARKED THREADS: 2" in screen
             assert str(holder.pid) in screen and "Ctrl-C to quit" in screen
         os.write(master, b"\x03")  # Ctrl-C through the terminal: SIGINT to its process group
         assert proc.wait(20) == 0
@@ -528,12 +529,12 @@ def test_watch_in_a_pty_until_ctrl_c(flot):
             proc.kill()
         proc.wait(10)
         os.close(master)
-        kill_procs(holder)
+        kill_all(holder)
 
 
 @pytest.mark.timeout(60)
-def test_watch_json_lines_and_sigint(flot):
-    proc = subprocess.Popen([sys.executable, "-m", "shmlot.stat", flot.name, "--watch", "0.1",
+def test_watch_json_lines_and_sigint(futex_lot):
+    proc = subprocess.Popen([sys.executable, "-m", "shmlot.stat", futex_lot.name, "--watch", "0.1",
                              "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=python_env(), cwd=REPO_ROOT, text=True)
     try:
@@ -561,16 +562,16 @@ def test_human_friendly_numbers():
         ["512 B", "4.0 KiB", "2.1 MiB", "1.5 GiB"]
 
 
-def test_long_names_still_fit(flot):
+def test_long_names_still_fit(futex_lot):
     long = "x" * 190
-    lk = shmlot.Lock(name=long, lot=flot)
+    lk = shmlot.Lock(name=long, lot=futex_lot)
     lk.acquire()
     try:
         import threading
         t = threading.Thread(target=lambda: (lk.acquire(), lk.release()), daemon=True)
         t.start()
-        wait_until(lambda: snapshot(flot).parked, 10, "a waiter")
-        text = shstat.render(snapshot(flot), {"counters", "parked", "objects", "deadlocks"})
+        wait_until(lambda: snapshot(futex_lot).parked, 10, "a waiter")
+        text = shstat.render(snapshot(futex_lot), {"counters", "parked", "objects", "deadlocks"})
         assert_fits(text)
         assert ".." in text
     finally:

@@ -9,7 +9,6 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import plot  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,12 +33,12 @@ def same_as_threading(ours, theirs, *args, **kwargs):
 
 
 @pytest.mark.parametrize("timeout", TIMEOUTS)
-def test_event_wait(plot, timeout):
+def test_event_wait(default_lot, timeout):
     same_as_threading(shmlot.Event().wait, threading.Event().wait, timeout)
 
 
 @pytest.mark.parametrize("timeout", TIMEOUTS)
-def test_semaphore_acquire(plot, timeout):
+def test_semaphore_acquire(default_lot, timeout):
     same_as_threading(shmlot.Semaphore(0).acquire, threading.Semaphore(0).acquire,
                       timeout=timeout)
     same_as_threading(shmlot.BoundedSemaphore(0).acquire,
@@ -47,7 +46,7 @@ def test_semaphore_acquire(plot, timeout):
 
 
 @pytest.mark.parametrize("timeout", TIMEOUTS)
-def test_condition_wait(plot, timeout):
+def test_condition_wait(default_lot, timeout):
     ours, theirs = shmlot.Condition(), threading.Condition()
     with ours, theirs:
         same_as_threading(ours.wait, theirs.wait, timeout)
@@ -61,25 +60,25 @@ def test_condition_wait(plot, timeout):
 
 
 @pytest.mark.parametrize("timeout", TIMEOUTS)
-def test_barrier_wait_breaks(plot, timeout):
+def test_barrier_wait_breaks(default_lot, timeout):
     ours, theirs = shmlot.Barrier(2), threading.Barrier(2)
     same_as_threading(ours.wait, theirs.wait, timeout)
     assert ours.broken and theirs.broken
 
 
 @pytest.mark.parametrize("timeout", [-1, False])
-def test_barrier_default_timeout(plot, timeout):
+def test_barrier_default_timeout(default_lot, timeout):
     ours, theirs = shmlot.Barrier(2, timeout=timeout), threading.Barrier(2, timeout=timeout)
     same_as_threading(ours.wait, theirs.wait)
     assert ours.broken and theirs.broken
 
 
-def test_barrier_last_party_ignores_a_negative_timeout(plot):
+def test_barrier_last_party_ignores_a_negative_timeout(default_lot):
     b = shmlot.Barrier(1)
     assert b.wait(-1) == 0 and not b.broken
 
 
-def test_timeouts_of_the_wrong_type_are_refused(plot):
+def test_timeouts_of_the_wrong_type_are_refused(default_lot):
     for fn in (shmlot.Event().wait, shmlot.Semaphore(0).acquire, shmlot.Barrier(2).wait):
         with pytest.raises(TypeError):
             fn(timeout="1")
@@ -90,7 +89,7 @@ def test_timeouts_of_the_wrong_type_are_refused(plot):
 
 
 @pytest.mark.parametrize("kind", [shmlot.Semaphore, shmlot.BoundedSemaphore])
-def test_release_that_would_overflow_raises_and_changes_nothing(plot, kind):
+def test_release_that_would_overflow_raises_and_changes_nothing(default_lot, kind):
     sem = kind(1)
     if kind is shmlot.BoundedSemaphore:
         with pytest.raises(ValueError):

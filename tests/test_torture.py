@@ -13,7 +13,9 @@ import textwrap
 
 import pytest
 
-from conftest import REPO_ROOT, _remove_name, new_lot_name, python_env, start_python
+from helpers import REPO_ROOT
+from helpers.lots import new_lot_name, remove_name
+from helpers.processes import python_env, start_python
 
 TORTURE = os.path.join(REPO_ROOT, "tools", "torture.py")
 
@@ -38,7 +40,7 @@ def torture(*args, timeout=90):
     finally:
         for entry in os.listdir("/dev/shm"):
             if entry.startswith(name):
-                _remove_name(entry)
+                remove_name(entry)
     lines = out.strip().splitlines()
     assert lines, f"no summary (exit {proc.returncode})\n{err}"
     return proc.returncode, json.loads(lines[-1])

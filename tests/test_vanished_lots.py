@@ -21,7 +21,8 @@ import pytest
 import shmlot
 from shmlot import LotCorruptError, LotNotFoundError, LotUnlinkedError, ParkingLot
 
-from conftest import REPO_ROOT, SHM_DIR, python_env, run_python, start_python
+from helpers import REPO_ROOT, SHM_DIR
+from helpers.processes import python_env, run_python, start_python
 
 # ---- unlinked while in use ----------------------------------------------------------------------
 

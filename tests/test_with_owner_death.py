@@ -7,7 +7,6 @@ Real processes, real SIGKILL: each dead owner is a forked child killed while it 
 """
 import multiprocessing
 import os
-import signal
 import sys
 import time
 import warnings
@@ -16,8 +15,8 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import plot  # noqa: F401 (fixture)
-from conftest import wait_until
+from helpers.kills import kill_and_reap
+
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -58,14 +57,12 @@ def kill_holder(obj):
     p = FORK.Process(target=_hold, args=(obj, ready), daemon=True)
     p.start()
     assert ready.wait(30)
-    os.kill(p.pid, signal.SIGKILL)
-    p.join(10)
-    assert p.exitcode == -signal.SIGKILL
+    kill_and_reap(p)
     assert held(obj)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_with_takes_over_warns_once_and_releases(plot, kind):  # noqa: F811
+def test_with_takes_over_warns_once_and_releases(default_lot, kind):
     obj = make(kind)
     kill_holder(obj)
     ran = []
@@ -87,7 +84,7 @@ def test_with_takes_over_warns_once_and_releases(plot, kind):  # noqa: F811
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_warning_as_error_leaves_the_lock_released(plot, kind):  # noqa: F811
+def test_warning_as_error_leaves_the_lock_released(default_lot, kind):
     obj = make(kind)
     kill_holder(obj)
     ran = []
@@ -103,7 +100,7 @@ def test_warning_as_error_leaves_the_lock_released(plot, kind):  # noqa: F811
 
 
 @pytest.mark.parametrize("kind", ("Lock", "RLock"))
-def test_explicit_acquire_still_raises_with_the_lock_held(plot, kind):  # noqa: F811
+def test_explicit_acquire_still_raises_with_the_lock_held(default_lot, kind):
     obj = make(kind)
     kill_holder(obj)
     with pytest.raises(shmlot.OwnerDiedError):
@@ -113,7 +110,7 @@ def test_explicit_acquire_still_raises_with_the_lock_held(plot, kind):  # noqa: 
     assert not obj.locked()
 
 
-def test_rwlock_read_after_dead_writer(plot):  # noqa: F811
+def test_rwlock_read_after_dead_writer(default_lot):
     rw = shmlot.RWLock()
     kill_holder(rw)
     with pytest.warns(shmlot.OwnerDiedWarning):
@@ -126,7 +123,7 @@ def test_rwlock_read_after_dead_writer(plot):  # noqa: F811
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_pool_example_survives_workers_killed_holding_the_lock(plot, method):  # noqa: F811
+def test_pool_example_survives_workers_killed_holding_the_lock(default_lot, method):
     """pool_lock.py's tasks use `with lock:`; workers are SIGKILLed while they hold it, and
     every task submitted afterwards completes (before the fix the next worker's __enter__ raised
     with the lock held, and it deadlocked on itself at its next `with lock:`)."""

@@ -13,8 +13,9 @@ import pytest
 
 import shmlot
 
-from _prim_helpers import child_env, plot, wait_parked_on  # noqa: F401 (fixtures)
-from conftest import new_lot_name, run_python, start_python
+from helpers.lots import new_lot_name
+from helpers.processes import run_python, start_python
+from helpers.waiting import wait_parked_at_least
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -43,7 +44,7 @@ def _readline(proc):
 
 # ---- keys from the mapped object -------------------------------------------------------------
 
-def test_recreated_segment_gets_new_keys(plot):
+def test_recreated_segment_gets_new_keys(default_lot):
     """A process maps a segment and holds a Lock in it; the name is unlinked and re-created
     while that process still maps the old segment. The new segment's words get other keys (in
     a second process as here), so the old process's lock and the new one's are two locks with
@@ -60,7 +61,7 @@ def test_recreated_segment_gets_new_keys(plot):
         sys.stdin.readline()
         print(shmlot.key_for(shm, 8), lk.locked(), flush=True)
         lk.release()
-    """, name, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+    """, name, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
     k_old, k_old2, k_old3 = map(int, _readline(holder).split())
     assert k_old == k_old2 == k_old3 == shmlot.key_for(old, 8) == shmlot.key_for(name, 8)
     old.close()
@@ -76,7 +77,7 @@ def test_recreated_segment_gets_new_keys(plot):
             lk = shmlot.Lock.at(shm, 8)
             print(lk.key, lk.acquire(timeout=5), flush=True)  # another lock: free
             lk.release()
-        """, name, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+        """, name, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
         key, got = r.stdout.split()
         assert int(key) == k_new and got == "True"
         holder.stdin.write("\n")
@@ -89,7 +90,7 @@ def test_recreated_segment_gets_new_keys(plot):
         new.unlink()
 
 
-def test_explicit_key_is_checked_at_construction(plot):
+def test_explicit_key_is_checked_at_construction(default_lot):
     """A bad ``key=`` fails at once (it used to fail only under contention, leaving the lock
     stuck)."""
     shm = _shm()
@@ -108,7 +109,7 @@ def test_explicit_key_is_checked_at_construction(plot):
 
 # ---- Kind.at on what users hold -----------------------------------------------------------------
 
-def test_at_on_a_memoryview_of_shared_memory(plot):
+def test_at_on_a_memoryview_of_shared_memory(default_lot):
     """``Lock.at(shm.buf, 8)`` is the same lock as ``Lock.at(shm, 8)`` in an unrelated process
     that opens the segment by name."""
     shm = _shm()
@@ -124,9 +125,9 @@ def test_at_on_a_memoryview_of_shared_memory(plot):
             print(lk.acquire(blocking=False), flush=True)
             print(lk.acquire(timeout=30), flush=True)
             lk.release()
-        """, shm.name, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+        """, shm.name, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
         assert _readline(child) == "False"
-        wait_parked_on(plot, lk.key, 1)
+        wait_parked_at_least(default_lot, lk.key, 1)
         lk.release()
         assert _readline(child) == "True"
         assert child.wait(20) == 0
@@ -155,12 +156,12 @@ _FILE_CHILD = """
 """
 
 
-def test_at_on_an_mmap_of_a_data_file_in_unrelated_processes(plot, tmp_path):
+def test_at_on_an_mmap_of_a_data_file_in_unrelated_processes(default_lot, tmp_path):
     """Locks inside a memory-mapped data file: two unrelated processes map the file; the word's
     key comes from the file (device, inode) and the offset, so both name the same lock."""
     path = tmp_path / "data.bin"
     path.write_bytes(b"\0" * 4096)
-    env = {"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter}
+    env = {"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter}
     holder = start_python(_FILE_CHILD, path, "hold", env=env)
     key = int(_readline(holder))
     assert _readline(holder) == "held"
@@ -170,7 +171,7 @@ def test_at_on_an_mmap_of_a_data_file_in_unrelated_processes(plot, tmp_path):
     waiter = start_python(_FILE_CHILD, path, "wait", env=env)
     assert int(_readline(waiter)) == key
     assert _readline(waiter) == "False"
-    wait_parked_on(plot, key, 1)
+    wait_parked_at_least(default_lot, key, 1)
     holder.stdin.write("\n")
     holder.stdin.flush()
     assert _readline(waiter) == "True"
@@ -186,7 +187,7 @@ def _fork_child_on_anonymous_mmap(mm, q):
     lk.release()
 
 
-def test_at_on_an_anonymous_mmap_shared_by_fork(plot):
+def test_at_on_an_anonymous_mmap_shared_by_fork(default_lot):
     """An anonymous shared mmap inherited across fork: parent and child compute the same key
     (its mapping has an inode of its own) and share the lock."""
     mm = mmap.mmap(-1, 4096)
@@ -198,14 +199,14 @@ def test_at_on_an_anonymous_mmap_shared_by_fork(plot):
     p.start()
     assert q.get(timeout=20) == lk.key
     assert q.get(timeout=20) is False
-    wait_parked_on(plot, lk.key, 1)
+    wait_parked_at_least(default_lot, lk.key, 1)
     lk.release()
     assert q.get(timeout=20) is True
     p.join(20)
     assert p.exitcode == 0
 
 
-def test_at_on_a_numpy_array_over_shared_memory(plot):
+def test_at_on_a_numpy_array_over_shared_memory(default_lot):
     """A NumPy array over a SharedMemory: the word at byte 8 of the array is the word at byte
     8 + the array's offset in the segment (an optional extra: skipped without numpy)."""
     np = pytest.importorskip("numpy")
@@ -221,7 +222,7 @@ def test_at_on_a_numpy_array_over_shared_memory(plot):
             from shmlot._placement import _attach_shm  # not unlinked by a resource tracker
             shm = _attach_shm(sys.argv[1])
             print(shmlot.Lock.at(shm, 136).acquire(blocking=False))
-        """, shm.name, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+        """, shm.name, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
         assert r.stdout.strip() == "False"
         lk.release()
     finally:
@@ -230,7 +231,7 @@ def test_at_on_a_numpy_array_over_shared_memory(plot):
         shm.unlink()
 
 
-def test_private_memory_needs_a_key(plot):
+def test_private_memory_needs_a_key(default_lot):
     """Memory private to this process (a bytearray) cannot be named by another process: no key
     is made up for it (TypeError); with ``key=`` it works between this process's threads."""
     buf = bytearray(64)
@@ -250,7 +251,7 @@ def _acquire_and_report(lk, tag, out):
         lk.release()
 
 
-def test_two_words_sharing_a_key_never_cross_deliver(plot):
+def test_two_words_sharing_a_key_never_cross_deliver(default_lot):
     """``Lock.at(buf_a, 0, key=1)`` and ``Lock.at(buf_b, 0, key=1)``, both held here; a process
     waits for B, then another for A (one queue: the same key). Releasing A wakes A's waiter
     and hands A over (the lot is fresh, so this first unlock is a fair hand-off); B's waiter
@@ -266,14 +267,14 @@ def test_two_words_sharing_a_key_never_cross_deliver(plot):
         out = FORK.Queue()
         pb = FORK.Process(target=_acquire_and_report, args=(lock_b, "B", out))
         pb.start()
-        wait_parked_on(plot, 1, 1)
+        wait_parked_at_least(default_lot, 1, 1)
         pa = FORK.Process(target=_acquire_and_report, args=(lock_a, "A", out))
         pa.start()
-        wait_parked_on(plot, 1, 2)
+        wait_parked_at_least(default_lot, 1, 2)
         lock_a.release()
         assert out.get(timeout=20) == ("A", True)
         assert lock_b._owner() == (os.getpid(), lock_b._owner()[1])  # still ours
-        wait_parked_on(plot, 1, 1)  # B's waiter: still queued
+        wait_parked_at_least(default_lot, 1, 1)  # B's waiter: still queued
         assert out.empty()
         lock_b.release()
         assert out.get(timeout=20) == ("B", True)
@@ -292,7 +293,7 @@ def _cond_wait(cond, out):
         out.put(("notified", cond.wait(30)))
 
 
-def test_condition_waiters_requeued_onto_a_shared_key_get_only_their_lock(plot):
+def test_condition_waiters_requeued_onto_a_shared_key_get_only_their_lock(default_lot):
     """A Condition on lock A (key 7) whose waiter a notify moves onto A's queue, where a waiter
     of lock B (also key 7) is queued ahead of it: releasing A hands A to the Condition's
     waiter, never to B's (which would have its acquire of B return True while B is held)."""
@@ -305,14 +306,14 @@ def test_condition_waiters_requeued_onto_a_shared_key_get_only_their_lock(plot):
         pc = FORK.Process(target=_cond_wait, args=(cond, out))
         pc.start()
         assert out.get(timeout=20) == ("waiting", None)
-        wait_parked_on(plot, cond.key, 1)
+        wait_parked_at_least(default_lot, cond.key, 1)
         lock_b.acquire()
         pb = FORK.Process(target=_acquire_and_report, args=(lock_b, "B", out))
         pb.start()
-        wait_parked_on(plot, 7, 1)
+        wait_parked_at_least(default_lot, 7, 1)
         with cond:
             cond.notify()  # moves the waiter onto key 7, behind B's waiter
-            wait_parked_on(plot, 7, 2)
+            wait_parked_at_least(default_lot, 7, 2)
         assert out.get(timeout=20) == ("notified", True)
         assert out.empty()
         assert lock_b._owner()[0] == os.getpid()
@@ -327,7 +328,7 @@ def test_condition_waiters_requeued_onto_a_shared_key_get_only_their_lock(plot):
             _close(s)
 
 
-def test_pickled_handle_keeps_an_explicit_key(plot):
+def test_pickled_handle_keeps_an_explicit_key(default_lot):
     """A lock placed in a SharedMemory with ``key=`` pickles with that key (a receiver that
     computed the natural key would park on another queue than the sender's)."""
     shm = _shm()
@@ -338,7 +339,7 @@ def test_pickled_handle_keeps_an_explicit_key(plot):
             import pickle
             lk, natural = pickle.loads(bytes.fromhex({pickle.dumps((lk, natural)).hex()!r}))
             print(lk.key, lk._place.word, natural.key)
-        """, env={"SHMLOT_LOT": plot.name, "SHMLOT_WAITER": plot.waiter})
+        """, env={"SHMLOT_LOT": default_lot.name, "SHMLOT_WAITER": default_lot.waiter})
         key, word, natural_key = map(int, r.stdout.split())
         assert key == 99 and word == shmlot.key_for(shm, 8) == lk._place.word
         assert natural_key == shmlot.key_for(shm, 16) == natural.key

@@ -238,6 +238,14 @@ def run_example(ex, verbose=False):
     return log
 
 
+def acquired(lock, timeout):
+    """``lock.acquire(timeout=timeout)``, a dead owner's lock counting as acquired."""
+    try:
+        return lock.acquire(timeout=timeout)
+    except shmlot.OwnerDiedError:
+        return True
+
+
 def drive(t, lot, objs, name, op):
     kind, a, b = op
     key = KEYS[a % len(KEYS)]
@@ -275,22 +283,14 @@ def drive(t, lot, objs, name, op):
         lock = objs["lock"]
 
         def use_lock():
-            try:
-                got = lock.acquire(timeout=timeout)
-            except shmlot.OwnerDiedError:
-                got = True
-            if got:
+            if acquired(lock, timeout):
                 lock.release()
         t.call(f"Lock.acquire({timeout})", use_lock, timeout)
     elif kind == "cond":
         cond = objs["cond"]
 
         def use_cond():
-            try:
-                got = cond.acquire(timeout=timeout)
-            except shmlot.OwnerDiedError:
-                got = True
-            if not got:
+            if not acquired(cond, timeout):
                 return
             try:
                 if b % 2:

@@ -100,31 +100,8 @@ def _consume(q, out):
     out.put(len(item) if isinstance(item, (bytes, bytearray)) else item)
 
 
-def get_waiting(ctx, timeout):
-    q, out = ctx.Queue(), ctx.Queue()
-    victim = ctx.Process(target=_consume, args=(q, out))
-    victim.start()
-    time.sleep(0.5)  # blocked in get(), holding the read lock, nothing read yet
-    _kill(victim.pid)
-    victim.join()
-    q.put("next")
-    survivor = ctx.Process(target=_consume, args=(q, out))
-    survivor.start()
-    try:
-        assert out.get(timeout=timeout) == "next"
-    finally:
-        survivor.kill()
-        survivor.join()
-
-
-def get_partial(ctx, timeout):
-    q, out = ctx.Queue(), ctx.Queue()
-    q.put(b"x" * BIG)
-    victim = ctx.Process(target=_consume, args=(q, out))
-    victim.start()
-    time.sleep(0.3)  # the victim is reading the big item (its feeder writes as it reads)
-    _kill(victim.pid)
-    victim.join()
+def _next_consumer_gets(ctx, q, out, timeout):
+    """After the victim's death, a new consumer must get the next item put on ``q``."""
     q.put("next")
     survivor = ctx.Process(target=_consume, args=(q, out))
     survivor.start()
@@ -135,6 +112,27 @@ def get_partial(ctx, timeout):
     finally:
         survivor.kill()
         survivor.join()
+
+
+def get_waiting(ctx, timeout):
+    q, out = ctx.Queue(), ctx.Queue()
+    victim = ctx.Process(target=_consume, args=(q, out))
+    victim.start()
+    time.sleep(0.5)  # blocked in get(), holding the read lock, nothing read yet
+    _kill(victim.pid)
+    victim.join()
+    _next_consumer_gets(ctx, q, out, timeout)
+
+
+def get_partial(ctx, timeout):
+    q, out = ctx.Queue(), ctx.Queue()
+    q.put(b"x" * BIG)
+    victim = ctx.Process(target=_consume, args=(q, out))
+    victim.start()
+    time.sleep(0.3)  # the victim is reading the big item (its feeder writes as it reads)
+    _kill(victim.pid)
+    victim.join()
+    _next_consumer_gets(ctx, q, out, timeout)
 
 
 def _produce_big(q, ready):

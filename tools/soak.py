@@ -27,7 +27,6 @@ may be in use, no hold left, and only the named objects remain in the registry.
 Prints a table of figures and a JSON summary line; exit status 1 on any failure.
 """
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -36,7 +35,8 @@ import time
 import uuid
 
 import shmlot
-from stress_harness import StatsSegment, die_with_parent, on_termination_signals_exit
+from stress_harness import (StatsSegment, die_with_parent, on_termination_signals_exit,
+                            report)
 
 
 GENEROUS = 5.0        # seconds: a wait that must not time out
@@ -409,15 +409,7 @@ def main(argv=None):
         Worker(args).run()
         return 0
     on_termination_signals_exit()
-    s = coordinator(args)
-    for k, v in s.items():
-        if k != "log":
-            print(f"{k:>16}: {v}")
-    for line in s["log"]:
-        print(f"    log: {line}")
-    print("FAIL: " + "; ".join(s["failures"]) if s["failures"] else "OK")
-    print(json.dumps(s))
-    return 1 if s["failures"] else 0
+    return report(coordinator(args))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 of u64 counters that the coordinator and its worker processes update, and the two ways a
 coordinator and its workers end together. Imported as a sibling module: each script runs from
 tools/, which Python puts first on sys.path."""
+import json
 import mmap
 import os
 import signal
@@ -65,3 +66,17 @@ def on_termination_signals_exit():
         raise SystemExit(128 + signum)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, stop)
+
+
+def report(summary, hidden=("log",)):
+    """Print a coordinator's summary (its fields but ``hidden``, the log, then OK or FAIL with
+    the failures), then the whole summary as one JSON line; return the exit status."""
+    for k, v in summary.items():
+        if k not in hidden:
+            print(f"{k:>24}: {v}")
+    for line in summary["log"]:
+        print(f"    log: {line}")
+    print("FAIL: " + "; ".join(summary["failures"]) if summary["failures"] else "OK")
+    print(json.dumps(summary))
+    return 1 if summary["failures"] else 0
+

@@ -73,7 +73,8 @@ import shmlot
 from shmlot import _fast
 from shmlot._core import ffi, lib
 from shmlot.errors import OwnerDiedError
-from stress_harness import StatsSegment, die_with_parent, on_termination_signals_exit
+from stress_harness import (StatsSegment, die_with_parent, on_termination_signals_exit,
+                            report)
 
 # ---- shared layout of the stats segment (u64 words) ----------------------------------------------
 
@@ -222,34 +223,28 @@ class Worker:
 
     # -- roles --
 
-    def do_lock(self):
-        lock = self.objs["lock"]
+    def take(self, lockable, acquire, what):
+        """Acquire ``lockable`` exclusively (``acquire(timeout=...)``) and enter its section;
+        False (an anomaly, phase OUT) if it timed out. A dead owner's lock is taken over."""
         self.phase(ACQUIRING)
         died = None
         try:
-            if not lock.acquire(timeout=ACQUIRE_TIMEOUT):
-                self.anomaly("Lock.acquire timed out")
+            if not acquire(timeout=ACQUIRE_TIMEOUT):
+                self.anomaly(f"{what} timed out")
                 self.phase(OUT)
-                return
+                return False
         except OwnerDiedError as exc:
-            died = self.report_death("lock", exc)
-        self.enter("lock", died)
+            died = self.report_death(lockable, exc)
+        self.enter(lockable, died)
+        return True
+
+    def do_lock(self):
+        lock = self.objs["lock"]
+        if not self.take("lock", lock.acquire, "Lock.acquire"):
+            return
         self.leave("lock")
         lock.release()
         self.done("lock")
-
-    def _cond_acquire(self, cond):
-        self.phase(ACQUIRING)
-        try:
-            if not cond.acquire(timeout=ACQUIRE_TIMEOUT):
-                self.anomaly("Condition.acquire timed out")
-                self.phase(OUT)
-                return False
-            died = None
-        except OwnerDiedError as exc:
-            died = self.report_death("cond", exc)
-        self.enter("cond", died)
-        return True
 
     def _cond_wait(self, cond):
         self.leave("cond")          # the lock is given up while waiting
@@ -269,7 +264,7 @@ class Worker:
 
     def do_cond(self, put):
         cond = self.objs["cond"]
-        if not self._cond_acquire(cond):
+        if not self.take("cond", cond.acquire, "Condition.acquire"):
             return
         moved = False
         for _ in range(5):
@@ -336,16 +331,8 @@ class Worker:
 
     def do_rw_write(self):
         rw = self.objs["rw"]
-        self.phase(ACQUIRING)
-        died = None
-        try:
-            if not rw.acquire_write(timeout=ACQUIRE_TIMEOUT):
-                self.anomaly("RWLock.acquire_write timed out")
-                self.phase(OUT)
-                return
-        except OwnerDiedError as exc:
-            died = self.report_death("rw", exc)
-        self.enter("rw", died)
+        if not self.take("rw", rw.acquire_write, "RWLock.acquire_write"):
+            return
         readers = [i for i in range(MAXW) if self.st.get(W_RFLAG + i)]
         if readers:
             self.violation(f"rw: writing while readers {readers} are inside")
@@ -914,15 +901,10 @@ def main(argv=None):
     if unknown or not args.groups:
         p.error(f"unknown groups {sorted(unknown)}; choose from {','.join(GROUPS)}")
     summary = Coordinator(args).run()
-    if not args.json:
-        for k, v in summary.items():
-            if k not in ("log", "counters"):
-                print(f"{k:>24}: {v}")
-        for line in summary["log"]:
-            print(f"    log: {line}")
-        print("FAIL: " + "; ".join(summary["failures"]) if summary["failures"] else "OK")
-    print(json.dumps(summary))
-    return 1 if summary["failures"] else 0
+    if args.json:
+        print(json.dumps(summary))
+        return 1 if summary["failures"] else 0
+    return report(summary, hidden=("log", "counters"))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,98 @@
 #define SL_PYCB extern /* cffi_build.py turns this into extern "Python+C" */
 #endif
 /* CDEF BEGIN */
+/* ---- Constants shared by C, Python, the tests and the tools: defined here once and read
+ * everywhere else from the cffi module (lib.SL_*) or, for the GIL-holding paths, from
+ * shmlot._fast (the same names without SL_). */
+
+/* The segment: its magic number, its layout version (bumped at every layout change: a lot of
+ * another version is refused at attach) and the header page the buckets follow. */
+#define SL_MAGIC 0x31544f4c4d485300ULL /* "\0SHMLOT1" */
+#define SL_VERSION 2
+#define SL_HEADER_SIZE 4096
+
+/* A lot's name (and an object's): 1 to SL_NAME_MAX bytes. */
+#define SL_NAME_MAX 200
+
+/* Default geometry of a lot, and how long an attach waits for its creator to finish. */
+#define SL_DEFAULT_BUCKETS 4096
+#define SL_DEFAULT_SLOTS 4096
+#define SL_DEFAULT_OBJECTS 4096
+#define SL_DEFAULT_HOLDS 8192
+#define SL_ATTACH_WAIT_NS 2000000000ULL
+
+/* How often a parked thread wakes up to look around. The main thread sleeps in slices of
+ * SL_SLICE_MAIN_NS so that Ctrl-C lands within 0.2 s; other threads in slices of
+ * SL_SLICE_OTHER_NS (bounding the cost of a wake-up lost to a death). Every SL_OWNER_POLL_NS a
+ * waiter checks that the holder it waits for is alive. Every SL_SPLIT_CHECK_NS a parked thread
+ * looks whether the lot's name still leads to its lot; default_lot() looks every
+ * SL_DEFAULT_CHECK_NS. An internal lock held this long by one live process counts as stuck. */
+#define SL_SLICE_MAIN_NS 50000000ULL
+#define SL_SLICE_OTHER_NS 1000000000ULL
+#define SL_OWNER_POLL_NS 200000000ULL
+#define SL_SPLIT_CHECK_NS 1000000000ULL
+#define SL_DEFAULT_CHECK_NS 100000000ULL
+#define SL_REGISTRY_STUCK_NS 2000000000ULL
+
+/* "No slot": a slot out-parameter that holds no parked slot. */
+#define SL_NO_SLOT 0xFFFFFFFF
+
+/* A slot's state */
+#define SL_SLOT_FREE 0
+#define SL_SLOT_ALLOCATED 1 /* taken from the free list, not yet queued (or leaving) */
+#define SL_SLOT_QUEUED 2    /* linked in its bucket's queue */
+#define SL_SLOT_UNPARKED 3  /* dequeued by an unparker; token valid; wait word is 0 */
+
+/* A slot's wait word (the futex word its thread sleeps on; see lot.h) */
+#define SL_WAIT_UNPARKED 0
+#define SL_WAIT_SLEEP 1
+#define SL_WAIT_AHEAD 2
+
+/* What one sleep ends with (sl_futex_wait, sl_sem_wait, sl_aio_wait_once) */
+#define SL_SLEEP_UNPARKED 0   /* the slot was unparked */
+#define SL_SLEEP_TIMED_OUT 1  /* the deadline passed (the slot may still be parked) */
+#define SL_SLEEP_INTERRUPTED 2 /* a signal arrived: the caller runs the handlers */
+
+/* Unpark tokens of lock words: the lock is free to take, or it is already the woken thread's. */
+#define SL_TOKEN_NORMAL 0
+#define SL_TOKEN_HANDOFF 1
+/* An RWLock's unpark token for a reader let in although writers wait. */
+#define SL_TOKEN_READ_GRANT 2
+/* Park tokens that say who parks: a Condition waiter parked by sl_cond_park ("BURST"), an
+ * asyncio task ("ASYNC"). */
+#define SL_TOKEN_BURST 0x4255525354ULL
+#define SL_TOKEN_AIO 0x4153594E43ULL
+
+/* Lock words (Lock, RLock, the writer side of RWLock) are one u64:
+ *   bit 0      LOCKED
+ *   bit 1      PARKED     someone is (or may be) parked on the word's key
+ *   bits 2-23  owner pid  (pid_max is at most 2^22 on Linux)
+ *   bits 24-45 owner tid
+ *   bits 46-63 low 18 bits of the owner process's start time
+ * All-zero is "unlocked, nobody parked". An RLock adds a u32 recursion count after the word
+ * (SL_RLOCK_SIZE bytes in all). */
+#define SL_LOCKED_BIT 1ULL
+#define SL_PARKED_BIT 2ULL
+#define SL_FLAG_MASK 3ULL
+#define SL_PID_SHIFT 2
+#define SL_TID_SHIFT 24
+#define SL_START_SHIFT 46
+#define SL_ID_MASK 0x3FFFFFULL    /* 22 bits */
+#define SL_START_MASK 0x3FFFFULL  /* 18 bits */
+#define SL_LOCK_SIZE 8
+#define SL_RLOCK_SIZE 16
+#define SL_RLOCK_COUNT_OFFSET 8
+
+/* Event: word 0 is the flag (bit 0) and a generation (bits 1-63) that every set() of an unset
+ * event advances; word 1 counts the threads that may be parked. */
+#define SL_EVENT_FLAG 1ULL
+#define SL_EVENT_GEN_ONE 2ULL
+#define SL_EVENT_SIZE 16
+
+/* RWLock state word: readers << 2, plus READ_PHASE while the readers a writer let in go first. */
+#define SL_RW_READER 4ULL
+#define SL_RW_READ_PHASE 2ULL
+
 #define SL_WAITER_FUTEX 0
 #define SL_WAITER_SEMAPHORE 1
 
@@ -30,7 +122,7 @@
 #define SL_PARK_TIMED_OUT 2
 #define SL_PARK_GONE 3 /* sl_park_cancel: the slot is no longer this park's (already finished) */
 #define SL_PARK_DONE 4 /* sl_word_park/sl_cond_park: unparked during their first sleep and
-                          finished there (*token set, *slot back to "none") */
+                          finished there (*token set, *slot back to SL_NO_SLOT) */
 
 /* FilterOp */
 #define SL_FILTER_UNPARK 0
@@ -72,7 +164,7 @@ typedef struct {
 
 typedef struct {
     uint32_t index;
-    uint32_t state;
+    uint32_t state;          /* SL_SLOT_* */
     uint32_t pid, tid;
     uint64_t start;
     uint64_t key;
@@ -80,7 +172,7 @@ typedef struct {
     uint64_t parked_ns;
     uint64_t hint;
     uint32_t bucket;
-    uint32_t wait;           /* 0 unparked, 1 asleep, 2 woken ahead of its turn (spinning) */
+    uint32_t wait;           /* SL_WAIT_* */
     int32_t guard_alive;     /* the cheap liveness check's view of its thread (alive.c): 1 alive,
                                 0 dead, -1 it cannot tell */
     int32_t in_order;        /* 1: copied by the walk of its bucket's queue under the bucket lock,
@@ -147,7 +239,7 @@ void sl_count(sl_lot *l, int which, uint64_t n);
  * that let signals in):
  *   sl_park_begin: lock bucket, validate (callback if has_validate), enqueue, unlock.
  *       Returns SL_PARK_INVALID (nothing enqueued) or 0 with *slot set.
- *   sl_futex_wait: sleep until the slot is unparked (returns 0) or deadline (1) or a signal (2).
+ *   sl_futex_wait: sleep until the slot is unparked, the deadline or a signal (SL_SLEEP_*).
  *   sl_park_is_unparked: 1 when the slot's wait word is 0.
  *   sl_park_cancel: on timeout or exception. Under the bucket lock: if still queued, dequeue, call
  *       timed_out (if has_timed_out) and free the slot: returns SL_PARK_TIMED_OUT. If an unparker
@@ -216,9 +308,15 @@ int sl_hold_remove(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t
  * process dies without giving them back, sl_reap and a full registry take them back. Left out
  * of hold snapshots. */
 #define SL_HOLD_REF 512
+/* The hold modes of the primitives (the counted ones are shares in the primitive's word). */
+#define SL_HOLD_READ 257       /* SL_HOLD_COUNTED | 1: an RWLock read share (key of word 0) */
+#define SL_HOLD_WRITE_WAIT 258 /* SL_HOLD_COUNTED | 2: an RWLock writer waiting (key of word 1) */
+#define SL_HOLD_BARRIER 259    /* SL_HOLD_COUNTED | 3: a party waiting at a Barrier */
+#define SL_HOLD_PERMIT 260     /* SL_HOLD_COUNTED | 4: a process's BoundedSemaphore permits */
+#define SL_HOLD_RESOURCE 16    /* a user's resource (ParkingLot.hold) */
 int sl_hold_take_dead(sl_lot *l, uint64_t key);
 
-/* Lock words (ident.h layout) handled inside the core: the contended paths of Lock and RLock
+/* Lock words (layout above) handled inside the core: the contended paths of Lock and RLock
  * are one call with no Python callback. `word` is the word's address in this process.
  * The two park calls also sleep for the first slice (futex backend, slice_ns > 0; the slice ends
  * at most at the deadline): if unparked meanwhile they finish the park, take the word if the
@@ -230,7 +328,7 @@ int sl_hold_take_dead(sl_lot *l, uint64_t key);
  *   sl_word_park: park on key if the word is still LOCKED|PARKED (else SL_PARK_INVALID).
  *   sl_word_unlock: RawMutex::unlock_slow: unpark the first waiter parked for this word (others
  *       on the same key stay queued); on be_fair (or force_fair)
- *       hand the lock over (the word gets the waiter's identity, token 1), else unlock (token 0);
+ *       hand the lock over (the word gets the waiter's identity, SL_TOKEN_HANDOFF), else unlock (SL_TOKEN_NORMAL);
  *       PARKED stays set while more wait. Returns how many were woken (0 or 1) into woken[]. */
 int sl_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, uint64_t deadline_ns,
                  uint64_t slice_ns, uint32_t *slot, uint64_t *token);
@@ -242,7 +340,7 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, in
  *       word, an RLock's count (count != NULL) going to 0 first; with PARKED set the release is
  *       sl_word_unlock (*nwoken, woken[]: whom it woke). Returns 0 (queued, lock released, *slot
  *       set), SL_PARK_DONE (notified and woken within the first slice; the lock is ours again if
- *       the token is 1) or an error with nothing queued and the lock still held (count as it
+ *       the token is SL_TOKEN_HANDOFF) or an error with nothing queued and the lock still held (count as it
  *       was). The caller restores an RLock's count once it holds the lock again. */
 int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t lock_id, uint64_t *word,
                  uint32_t *count, uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot,
@@ -254,7 +352,7 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t lock_id
 int sl_cond_notify_all(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word);
 
 /*   sl_word_finish: if the parked *slot was unparked, finish it as sl_word_park's first sleep
- *       does (SL_PARK_DONE, *slot "none", token 1 when the word is ours); else 0.
+ *       does (SL_PARK_DONE, *slot SL_NO_SLOT, SL_TOKEN_HANDOFF when the word is ours); else 0.
  *   sl_cond_cancel: a Condition waiter leaves its queue (timeout, owner poll, exception):
  *       sl_park_cancel's codes; *requeued when it left the lock's queue (it had been notified). */
 int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token);
@@ -262,7 +360,7 @@ int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, ui
                    int *requeued);
 
 /* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc,
- * named as _waiters.SemaphoreWaiter.sem_name) until posted (0), deadline (1) or a signal (2).
+ * named as _waiters.SemaphoreWaiter.sem_name) until posted, the deadline or a signal (SL_SLEEP_*).
  * The wait is here rather than in posix_ipc because posix_ipc replaces the exception of any
  * Python signal handler but SIGINT's by its own SignalError, losing it. */
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);

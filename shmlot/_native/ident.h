@@ -1,5 +1,5 @@
-/* Process identity and liveness, the lock-word layout and the lock-word CAS, shared by the cffi
- * core and the C-API fast module.
+/* Process identity and liveness, and the lock-word helpers (owner bits, the CAS; the layout is
+ * in api.h), shared by the cffi core and the C-API fast module.
  *
  * A process is named by (pid, start time); the start time is field 22 of /proc/PID/stat, in clock
  * ticks since boot, so a pid reused by a later process is not mistaken for the one that died.
@@ -19,21 +19,9 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-/* Lock words (Lock, RLock, the writer side of RWLock) are one u64:
- *   bit 0      LOCKED
- *   bit 1      PARKED     someone is (or may be) parked on the word's key
- *   bits 2-23  owner pid  (pid_max is at most 2^22 on Linux)
- *   bits 24-45 owner tid
- *   bits 46-63 low 18 bits of the owner process's start time
- * All-zero is "unlocked, nobody parked". */
-#define SL_LOCKED_BIT 1ULL
-#define SL_PARKED_BIT 2ULL
-#define SL_FLAG_MASK 3ULL
-#define SL_PID_SHIFT 2
-#define SL_TID_SHIFT 24
-#define SL_START_SHIFT 46
-#define SL_ID_MASK 0x3FFFFFULL    /* 22 bits */
-#define SL_START_MASK 0x3FFFFULL  /* 18 bits */
+#include "api.h"
+
+/* The lock-word layout (SL_LOCKED_BIT, the owner fields) is in api.h. */
 
 static inline uint64_t sl_owner_bits(uint32_t pid, uint32_t tid, uint64_t start)
 {

@@ -9,7 +9,7 @@
  * robust pthread mutex keeps the links of its holder's robust list inside the mutex, and its
  * unlock writes through them).
  *
- *   word: 0 when free; else LOCKED | [WAITERS] | the holder's owner bits (ident.h: pid, tid and
+ *   word: 0 when free; else LOCKED | [WAITERS] | the holder's owner bits (api.h: pid, tid and
  *         the low bits of the process start time, as in a Lock's word);
  *   wake: a counter that each unlock bumps (and FUTEX_WAKEs one sleeper on) when WAITERS was
  *         set. A sleeper reads it before it confirms the word is held with WAITERS, so an unlock

@@ -379,8 +379,8 @@ int sl_attach(const char *name, uint64_t wait_ns, sl_lot **out)
         return sl_fail(-ENOMEM, "out of memory");
     }
     rc = validate_header(l, &hcopy, (uint64_t)st.st_size);
-    if (!rc)
-        rc = map_fd(fd, l->size, &l->base);
+    if (!rc && (rc = map_fd(fd, l->size, &l->base)) != 0)
+        sl_fail(rc, "mmap: %s", strerror(-rc));
     if (rc) {
         close(fd);
         free(l);
@@ -433,8 +433,6 @@ uint32_t sl_bucket_of(sl_lot *l, uint64_t key)
     return (uint32_t)((h >> 32) % l->nbuckets);
 }
 
-int sl_queue_check_link(sl_lot *l, uint32_t link) { return link <= l->nslots; }
-
 /* A process died holding bucket b's lock, maybe half-way through changing its queue. Rebuild the
  * queue from what is certain: walk the links forward from head, keeping slots that say they are
  * queued here; then re-append any slot that says it is queued here but was not reached (a live
@@ -450,7 +448,7 @@ static void repair_bucket(sl_lot *l, uint32_t b)
     while (link != SL_NIL && link <= l->nslots && count < l->nslots) {
         uint32_t i = link - 1;
         sl_slot *s = SLOT(l, i);
-        if (s->repair_mark == stamp || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
+        if (s->repair_mark == stamp || LOAD(&s->state) != SL_SLOT_QUEUED || s->bucket != b)
             break;
         s->repair_mark = stamp;
         s->prev = tail;
@@ -469,13 +467,13 @@ static void repair_bucket(sl_lot *l, uint32_t b)
     bk->count = count;
     for (uint32_t i = 0; i < l->nslots; i++) {
         sl_slot *s = SLOT(l, i);
-        if (s->repair_mark == stamp || LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
+        if (s->repair_mark == stamp || LOAD(&s->state) != SL_SLOT_QUEUED || s->bucket != b)
             continue;
         if (!sl_thread_gone(s->pid, s->tid, s->start)) {
             sl_queue_append(l, b, i);
             s->repair_mark = stamp;
         } else {
-            STORE(&s->state, SLOT_ALLOCATED);
+            STORE(&s->state, SL_SLOT_ALLOCATED);
             sl_slot_free(l, i);
             sl_count(l, SL_C_REAPED, 1);
         }
@@ -500,7 +498,6 @@ void sl_bucket_unlock(sl_lot *l, uint32_t b) { sl_ilock_unlock(&BUCKET(l, b)->lo
 /* How long a registry call waits for one live holder that does not let go (a stopped process)
  * before it gives up with an error naming it. Holds are short: a search of the records, or a
  * reap, which bounds its own bucket waits to one second. */
-#define SL_REGISTRY_STUCK_NS 2000000000ULL
 
 /* Nothing to repair after a holder's death: every change made under the registry lock is
  * published by its last store (a record's state, a hold's key), so a half-done one is either
@@ -529,7 +526,7 @@ void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx)
     s->next = SL_NIL;
     s->prev = bk->tail;
     s->bucket = b;
-    STORE(&s->state, SLOT_QUEUED);
+    STORE(&s->state, SL_SLOT_QUEUED);
     if (bk->tail != SL_NIL && bk->tail <= l->nslots)
         SLOT(l, bk->tail - 1)->next = idx + 1;
     else
@@ -566,7 +563,7 @@ int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx)
 {
     int rc = sl_queue_unlink(l, b, idx);
     if (rc == 0)
-        STORE(&SLOT(l, idx)->state, SLOT_ALLOCATED);
+        STORE(&SLOT(l, idx)->state, SL_SLOT_ALLOCATED);
     return rc;
 }
 
@@ -598,7 +595,7 @@ void sl_slot_free(sl_lot *l, uint32_t idx)
     sl_header *h = HDR(l);
     sl_slot *s = SLOT(l, idx);
     STORE(&s->pid, 0);
-    STORE(&s->state, SLOT_FREE);
+    STORE(&s->state, SL_SLOT_FREE);
     uint64_t head = LOAD(&h->free_head);
     for (;;) {
         STORE(&s->next_free, (uint32_t)head);
@@ -655,7 +652,7 @@ int sl_info(sl_lot *l, sl_lot_info *o)
     o->creator_pid = h->creator_pid;
     uint32_t used = 0, objects = 0;
     for (uint32_t i = 0; i < l->nslots; i++)
-        used += LOAD(&SLOT(l, i)->state) != SLOT_FREE;
+        used += LOAD(&SLOT(l, i)->state) != SL_SLOT_FREE;
     for (uint32_t i = 0; i < l->nobjects; i++)
         objects += LOAD(&OBJECT(l, i)->state) != 0;
     o->slots_free = l->nslots - used;

@@ -13,19 +13,6 @@
 #include <stddef.h>
 #include "api.h"
 
-#define SL_MAGIC 0x31544f4c4d485300ULL /* "\0SHMLOT1" */
-/* 2: the internal locks are futex words with their holder's identity (ilock.c), no pthread
- * mutex in the segment */
-#define SL_VERSION 2
-#define SL_HEADER_SIZE 4096
-#define SL_NAME_MAX 200
-
-/* slot states */
-#define SLOT_FREE 0
-#define SLOT_ALLOCATED 1 /* taken from the free list, not yet queued (or leaving) */
-#define SLOT_QUEUED 2    /* linked in bucket `bucket`'s queue */
-#define SLOT_UNPARKED 3  /* dequeued by an unparker; token valid; wait word is 0 */
-
 #define SL_NIL 0u /* links store index+1; 0 is "none" */
 
 /* An internal lock (ilock.c): a bucket's, or the registry's. */
@@ -44,12 +31,12 @@ typedef struct {
     uint32_t bucket_stride, slot_stride, object_stride, hold_stride;
     uint64_t buckets_off, slots_off, objects_off, holds_off;
     uint32_t waiter;         /* SL_WAITER_FUTEX or SL_WAITER_SEMAPHORE */
-    uint32_t reserved0;
+    uint32_t pad1;           /* alignment of the u64 fields that follow */
     uint64_t created_ns;     /* CLOCK_REALTIME at creation */
     uint64_t lot_id;         /* random; names the lot's semaphores */
     uint64_t pidns;          /* inode of the creator's /proc/self/ns/pid */
     uint32_t creator_pid;
-    uint32_t reserved1;
+    uint32_t pad2;
     uint64_t free_head;      /* slot free list: (tag << 32) | (index + 1); tag defeats ABA */
     uint64_t objects_used;   /* informational */
     uint32_t object_hint;    /* where to start looking for a free object record */
@@ -69,22 +56,19 @@ typedef struct {
     uint32_t pad;
 } sl_bucket;
 
-/* A slot's wait word (changed under the bucket lock, except AHEAD -> SLEEP by its owner).
+/* A slot's wait word (SL_WAIT_* in api.h; changed under the bucket lock, except AHEAD -> SLEEP
+ * by its owner).
  * AHEAD: still queued, but woken ahead of its turn because it is next in line after a thread
  * just unparked from a burst (Condition waiters that notify_all moved onto a lock's queue): it
  * spins instead of sleeping, so that its wake-up latency overlaps the current holder's work. An
  * unparker that finds AHEAD skips the futex wake (the thread is awake). */
-#define SL_WAIT_UNPARKED 0
-#define SL_WAIT_SLEEP 1
-#define SL_WAIT_AHEAD 2
 #define SL_AHEAD_SPIN_NS 200000ULL
-/* park token of Condition waiters parked by sl_cond_park: the unlocker of a lock word wakes the
- * next such waiter ahead (see SL_WAIT_AHEAD) */
-#define SL_TOKEN_BURST 0x4255525354ULL /* "BURST" */
+/* Condition waiters parked by sl_cond_park carry the park token SL_TOKEN_BURST: the unlocker of
+ * a lock word wakes the next such waiter ahead (see SL_WAIT_AHEAD). */
 
 typedef struct {
     uint32_t wait;           /* futex word: SL_WAIT_* */
-    uint32_t state;          /* SLOT_* */
+    uint32_t state;          /* SL_SLOT_* */
     uint64_t key;
     uint64_t park_token;
     uint64_t unpark_token;
@@ -113,8 +97,7 @@ typedef struct {
     uint64_t data[6];        /* the object's own state; data[0] is its key's word */
     char name[SL_NAME_MAX + 4];
     /* bumped each time the record is allocated: a handle carries it, so a handle whose object
-     * was freed (and the record maybe reused) is told so instead of naming another object.
-     * Takes the tail of what was the name's padding: the layout is unchanged. */
+     * was freed (and the record maybe reused) is told so instead of naming another object */
     uint32_t gen;
 } sl_object;
 
@@ -138,6 +121,14 @@ struct sl_lot {
     uint64_t dev, ino;       /* the segment's file: an internal lock's holder must map it */
     void **sems;             /* semaphore backend: sem_t * per slot, opened on first wait */
 };
+
+/* The numbers api.h states about this layout */
+_Static_assert(sizeof(sl_header) <= SL_HEADER_SIZE, "the header fits its page");
+_Static_assert(sizeof(((sl_object_info *)0)->name) == sizeof(((sl_object *)0)->name) + 4,
+               "sl_object_info holds an object's name");
+_Static_assert(SL_HOLD_READ == (SL_HOLD_COUNTED | 1) && SL_HOLD_WRITE_WAIT == (SL_HOLD_COUNTED | 2) &&
+                   SL_HOLD_BARRIER == (SL_HOLD_COUNTED | 3) && SL_HOLD_PERMIT == (SL_HOLD_COUNTED | 4),
+               "the primitives' counted hold modes");
 
 static inline sl_header *HDR(sl_lot *l) { return (sl_header *)l->base; }
 static inline sl_bucket *BUCKET(sl_lot *l, uint32_t i)
@@ -175,11 +166,9 @@ int sl_check_size(sl_lot *l);
 int sl_slot_owner_alive(sl_lot *l, uint32_t idx);
 int sl_peer_alive(uint32_t pid, uint32_t tid, uint64_t start, uint64_t pidfs_ino);
 uint64_t sl_self_pidfs_ino(void);
-void sl_count(sl_lot *l, int which, uint64_t n);
 void sl_queue_append(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_remove(sl_lot *l, uint32_t b, uint32_t idx);
 int sl_queue_unlink(sl_lot *l, uint32_t b, uint32_t idx);
-int sl_queue_check_link(sl_lot *l, uint32_t link);
 void sl_wake_slot(sl_lot *l, uint32_t idx);
 
 int sl_fail(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

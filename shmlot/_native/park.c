@@ -138,7 +138,7 @@ static int64_t next_link(sl_lot *l, uint32_t b, uint32_t link, uint32_t *steps)
     if (++*steps > l->nslots)
         return sl_fail(SL_ECORRUPT, "bucket %u: queue has a loop", b);
     sl_slot *s = SLOT(l, link - 1);
-    if (LOAD(&s->state) != SLOT_QUEUED || s->bucket != b)
+    if (LOAD(&s->state) != SL_SLOT_QUEUED || s->bucket != b)
         return sl_fail(SL_ECORRUPT, "bucket %u: slot %u in its queue is not queued here", b,
                        link - 1);
     uint32_t next = s->next;
@@ -155,7 +155,7 @@ uint32_t sl_mark_unparked(sl_lot *l, uint32_t b, uint32_t idx, uint64_t token)
      * the slot (QUEUED, not linked) and puts it back instead of losing it */
     sl_queue_unlink(l, b, idx);
     s->unpark_token = token;
-    STORE(&s->state, SLOT_UNPARKED);
+    STORE(&s->state, SL_SLOT_UNPARKED);
     uint32_t was = __atomic_exchange_n(&s->wait, 0, __ATOMIC_SEQ_CST);
     sl_count(l, SL_C_UNPARKS, 1);
     return was;
@@ -268,7 +268,7 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
     s->tid = tid;
     s->start = start;
     s->pidfs_ino = sl_self_pidfs_ino();
-    STORE(&s->state, SLOT_ALLOCATED);
+    STORE(&s->state, SL_SLOT_ALLOCATED);
     s->key = key;
     s->park_token = park_token;
     s->unpark_token = 0;
@@ -312,8 +312,8 @@ int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
     uint32_t *word = &SLOT(l, idx)->wait;
     for (;;) {
         uint32_t w = LOAD(word);
-        if (w == 0)
-            return 0;
+        if (w == SL_WAIT_UNPARKED)
+            return SL_SLEEP_UNPARKED;
         if (w == SL_WAIT_AHEAD) {
             spin_ahead(word, deadline_ns);
             continue;
@@ -333,13 +333,13 @@ int sl_futex_wait(sl_lot *l, uint32_t idx, uint64_t deadline_ns)
                          FUTEX_BITSET_MATCH_ANY);
         if (r == 0 || errno == EAGAIN) {
             if (deadline_ns && sl_now_ns() >= deadline_ns)
-                return LOAD(word) == 0 ? 0 : 1;
+                return LOAD(word) == SL_WAIT_UNPARKED ? SL_SLEEP_UNPARKED : SL_SLEEP_TIMED_OUT;
             continue; /* woken, maybe spuriously: re-check the word */
         }
         if (errno == ETIMEDOUT)
-            return LOAD(word) == 0 ? 0 : 1;
+            return LOAD(word) == SL_WAIT_UNPARKED ? SL_SLEEP_UNPARKED : SL_SLEEP_TIMED_OUT;
         if (errno == EINTR)
-            return LOAD(word) == 0 ? 0 : 2;
+            return LOAD(word) == SL_WAIT_UNPARKED ? SL_SLEEP_UNPARKED : SL_SLEEP_INTERRUPTED;
         return sl_fail(-errno, "futex wait: %s", strerror(errno));
     }
 }
@@ -349,7 +349,7 @@ int sl_park_is_unparked(sl_lot *l, uint32_t idx)
     if (check_slot(l, idx))
         return 0;
     /* the state too: an unparker that died between the two stores left wait at 1 */
-    return LOAD(&SLOT(l, idx)->wait) == 0 || LOAD(&SLOT(l, idx)->state) == SLOT_UNPARKED;
+    return LOAD(&SLOT(l, idx)->wait) == 0 || LOAD(&SLOT(l, idx)->state) == SL_SLOT_UNPARKED;
 }
 
 int sl_park_finish(sl_lot *l, uint32_t idx, uint64_t *token)
@@ -401,12 +401,12 @@ int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint
         /* Is it still this park's slot? An exception (a signal handler's) can strike after
          * sl_park_finish freed it: then it is free, or already another thread's. Its owner was
          * written before it was queued, so for QUEUED/UNPARKED it is settled here. */
-        if ((state != SLOT_QUEUED && state != SLOT_UNPARKED) || LOAD(&s->pid) != me ||
+        if ((state != SL_SLOT_QUEUED && state != SL_SLOT_UNPARKED) || LOAD(&s->pid) != me ||
             s->tid != my_tid) {
             sl_bucket_unlock(l, b);
             return SL_PARK_GONE;
         }
-        if (state == SLOT_QUEUED && (s->bucket != b || LOAD(&s->key) != key)) {
+        if (state == SL_SLOT_QUEUED && (s->bucket != b || LOAD(&s->key) != key)) {
             uint32_t where = s->bucket;
             int moved = LOAD(&s->key) != key;
             sl_bucket_unlock(l, b);
@@ -417,13 +417,13 @@ int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint
             return sl_fail(SL_ECORRUPT, "parked slot %u says bucket %u, its key is in bucket %u",
                            idx, where, b);
         }
-        if (state == SLOT_UNPARKED) {
+        if (state == SL_SLOT_UNPARKED) {
             sl_bucket_unlock(l, b);
             *token = s->unpark_token;
             sl_slot_release(l, idx);
             return SL_PARK_UNPARKED;
         }
-        if (state != SLOT_QUEUED) {
+        if (state != SL_SLOT_QUEUED) {
             sl_bucket_unlock(l, b);
             return sl_fail(SL_ECORRUPT, "parked slot %u is in state %u", idx, state);
         }

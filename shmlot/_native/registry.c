@@ -501,7 +501,7 @@ int sl_snapshot_slots(sl_lot *l, sl_slot_info *out, uint32_t cap)
         sl_bucket_unlock(l, b);
     }
     for (uint32_t i = 0; i < l->nslots && n < cap; i++) {
-        if (!seen[i] && LOAD(&SLOT(l, i)->state) != SLOT_FREE)
+        if (!seen[i] && LOAD(&SLOT(l, i)->state) != SL_SLOT_FREE)
             copy_slot(l, i, &out[n++]);
     }
     free(seen);
@@ -580,16 +580,16 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
     for (uint32_t i = 0; i < l->nslots; i++) {
         sl_slot *s = SLOT(l, i);
         uint32_t state = LOAD(&s->state);
-        if (state == SLOT_FREE)
+        if (state == SL_SLOT_FREE)
             continue;
         uint32_t pid = LOAD(&s->pid);
         if (!dead(pid, s->start))
             continue;
-        if (state == SLOT_QUEUED) {
+        if (state == SL_SLOT_QUEUED) {
             uint32_t b = sl_bucket_of(l, LOAD(&s->key));
             if (sl_bucket_lock(l, b, deadline) != 0)
                 continue;
-            if (LOAD(&s->state) == SLOT_QUEUED && s->bucket == b && LOAD(&s->pid) == pid &&
+            if (LOAD(&s->state) == SL_SLOT_QUEUED && s->bucket == b && LOAD(&s->pid) == pid &&
                 sl_queue_remove(l, b, i) == 0) {
                 sl_slot_free(l, i);
                 ++*slots_freed;
@@ -598,7 +598,7 @@ int sl_reap(sl_lot *l, uint32_t *slots_freed, uint32_t *holds_freed)
         } else {
             /* ALLOCATED or UNPARKED: only its (dead) owner would ever free it */
             uint32_t expected = state;
-            if (CAS(&s->state, &expected, SLOT_ALLOCATED) && LOAD(&s->pid) == pid) {
+            if (CAS(&s->state, &expected, SL_SLOT_ALLOCATED) && LOAD(&s->pid) == pid) {
                 sl_slot_free(l, i);
                 ++*slots_freed;
             }

@@ -3,8 +3,8 @@
  * A read share is three things that must agree: the readers count in the state word, the
  * reader's counted hold (what lets others take back a dead reader's share), and the reader
  * thread's own count (what makes its reads re-entrant and lets it release). Done as Python
- * statements, an asynchronous exception (Ctrl-C) between two of them tore them apart and leaked
- * the share for good. Here each step is one C call, so it happens whole or not at all as far as
+ * statements, an asynchronous exception (Ctrl-C) between two of them would tear them apart and
+ * leak the share for good. Here each step is one C call, so it happens whole or not at all as far as
  * Python is concerned; the readers' mutex (a lock word, word 3) makes it one step for other
  * processes too, and a process killed inside it leaves the mutex to a dead owner, which the next
  * user sees (SL_RW_BUSY with the word) and repairs from the holds (rwlock.py _recount).
@@ -20,28 +20,23 @@
 #include "ident.h"
 #include "lot.h"
 
-#define READER 4ULL
-#define READ_PHASE 2ULL
-#define READ_HOLD (1 | SL_HOLD_COUNTED)
-#define WRITE_WAIT (2 | SL_HOLD_COUNTED)
-
 static int take_share(sl_lot *l, uint64_t *words, uint64_t key, int granted, uint32_t *mine,
                       uint32_t pid, uint32_t tid, uint64_t start)
 {
     uint64_t s = LOAD(&words[0]);
     if ((s & SL_LOCKED_BIT) || (!granted && LOAD(&words[2])))
         return SL_RW_BLOCKED;
-    int rc = sl_hold_add(l, key, pid, tid, start, READ_HOLD);
+    int rc = sl_hold_add(l, key, pid, tid, start, SL_HOLD_READ);
     if (rc < 0)
         return rc;
     sl_maybe_die("rw_read_mid"); /* test hook: killed between the hold and the count */
     while (!(s & SL_LOCKED_BIT) && (granted || !LOAD(&words[2]))) {
-        if (CAS(&words[0], &s, s + READER)) {
+        if (CAS(&words[0], &s, s + SL_RW_READER)) {
             *mine += 1;
             return SL_RW_DONE;
         }
     }
-    sl_hold_remove(l, key, pid, tid, READ_HOLD);
+    sl_hold_remove(l, key, pid, tid, SL_HOLD_READ);
     return SL_RW_BLOCKED;
 }
 
@@ -50,15 +45,15 @@ static int give_share(sl_lot *l, uint64_t *words, uint64_t key, uint32_t *mine, 
 {
     if (*mine == 0)
         return SL_RW_NOT_HELD;
-    sl_hold_remove(l, key, pid, tid, READ_HOLD); /* absent only if a reaper took it already */
+    sl_hold_remove(l, key, pid, tid, SL_HOLD_READ); /* absent only if a reaper took it already */
     sl_maybe_die("rw_unread_mid"); /* test hook: killed between the hold and the count */
     *mine -= 1;
     uint64_t s = LOAD(&words[0]);
-    while (s >= READER && !(s & SL_LOCKED_BIT) && !CAS(&words[0], &s, s - READER))
+    while (s >= SL_RW_READER && !(s & SL_LOCKED_BIT) && !CAS(&words[0], &s, s - SL_RW_READER))
         ;
-    s = s >= READER && !(s & SL_LOCKED_BIT) ? s - READER : s;
-    if (s == READ_PHASE) { /* the last of the readers a writer let in first: writers may come */
-        uint64_t phase = READ_PHASE;
+    s = s >= SL_RW_READER && !(s & SL_LOCKED_BIT) ? s - SL_RW_READER : s;
+    if (s == SL_RW_READ_PHASE) { /* the last of the readers a writer let in first: writers may come */
+        uint64_t phase = SL_RW_READ_PHASE;
         CAS(&words[0], &phase, 0);
         s = 0;
     }
@@ -72,12 +67,12 @@ static int reclaim_readers(sl_lot *l, uint64_t *words, uint64_t key, uint64_t *o
     int shares = sl_hold_take_dead(l, key);
     if (shares <= 0)
         return shares;
-    uint64_t s = LOAD(&words[0]), n = READER * (uint64_t)shares;
-    while (!(s & SL_LOCKED_BIT) && !CAS(&words[0], &s, s >= n ? s - n : s & READ_PHASE))
+    uint64_t s = LOAD(&words[0]), n = SL_RW_READER * (uint64_t)shares;
+    while (!(s & SL_LOCKED_BIT) && !CAS(&words[0], &s, s >= n ? s - n : s & SL_RW_READ_PHASE))
         ;
-    s = s & SL_LOCKED_BIT ? s : (s >= n ? s - n : s & READ_PHASE);
-    if (s == READ_PHASE) {
-        uint64_t phase = READ_PHASE;
+    s = s & SL_LOCKED_BIT ? s : (s >= n ? s - n : s & SL_RW_READ_PHASE);
+    if (s == SL_RW_READ_PHASE) {
+        uint64_t phase = SL_RW_READ_PHASE;
         CAS(&words[0], &phase, 0);
         s = 0;
     }
@@ -88,6 +83,7 @@ static int reclaim_readers(sl_lot *l, uint64_t *words, uint64_t key, uint64_t *o
 int sl_rw_step(sl_lot *l, uint64_t *words, uint64_t key, uint64_t wkey, int op, int granted,
                uint32_t *mine, uint64_t *out)
 {
+    sl_clear_error();
     uint32_t pid, tid;
     uint64_t start;
     sl_identity(&pid, &tid, &start);
@@ -107,7 +103,7 @@ int sl_rw_step(sl_lot *l, uint64_t *words, uint64_t key, uint64_t wkey, int op, 
         rc = give_share(l, words, key, mine, pid, tid, out);
         break;
     case SL_RW_WAIT: /* a writer starts waiting: from now on new readers wait for it */
-        rc = sl_hold_add(l, wkey, pid, tid, start, WRITE_WAIT);
+        rc = sl_hold_add(l, wkey, pid, tid, start, SL_HOLD_WRITE_WAIT);
         if (rc == 0) {
             ADD(&words[2], 1);
             *mine = 1;
@@ -117,7 +113,7 @@ int sl_rw_step(sl_lot *l, uint64_t *words, uint64_t key, uint64_t wkey, int op, 
     case SL_RW_UNWAIT: /* it stops waiting; *out: how many waited, it included */
         rc = SL_RW_DONE;
         if (*mine) {
-            sl_hold_remove(l, wkey, pid, tid, WRITE_WAIT);
+            sl_hold_remove(l, wkey, pid, tid, SL_HOLD_WRITE_WAIT);
             n = LOAD(&words[2]);
             while (n && !CAS(&words[2], &n, n - 1))
                 ;

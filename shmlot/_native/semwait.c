@@ -56,11 +56,11 @@ int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns)
     /* a deadline of 0 is "none" (api.h) */
     int r = deadline_ns ? sem_clockwait(sem, CLOCK_MONOTONIC, &ts) : sem_wait(sem);
     if (r == 0)
-        return 0;
+        return SL_SLEEP_UNPARKED;
     if (errno == ETIMEDOUT)
-        return 1;
+        return SL_SLEEP_TIMED_OUT;
     if (errno == EINTR)
-        return 2;
+        return SL_SLEEP_INTERRUPTED;
     return sl_fail(-errno, "waiting on the semaphore of slot %u: %s", slot, strerror(errno));
 }
 

@@ -155,7 +155,7 @@ static void *helper_main(void *arg)
                 CAS(&s->wait, &w, SL_WAIT_SLEEP);
                 w = LOAD(&s->wait);
             }
-            if (w != SL_WAIT_SLEEP || LOAD(&s->state) == SLOT_UNPARKED) {
+            if (w != SL_WAIT_SLEEP || LOAD(&s->state) == SL_SLOT_UNPARKED) {
                 if (push_ready(a, g->e[i].cookie) == 0) {
                     g->e[i] = g->e[--g->n];
                     fired = 1;
@@ -197,9 +197,10 @@ static void *helper_main(void *arg)
 
 int sl_aio_new(sl_aio **out)
 {
+    sl_clear_error();
     sl_aio *a = calloc(1, sizeof *a);
     if (!a)
-        return -ENOMEM;
+        return sl_fail(-ENOMEM, "no memory for an asyncio watch");
     a->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (a->efd < 0) {
         int e = errno;
@@ -221,7 +222,7 @@ static group *new_group(sl_aio *a, uint32_t cap, int *rc)
         uint32_t gcap = a->gcap ? a->gcap * 2 : 4;
         group **p = realloc(a->groups, gcap * sizeof *p);
         if (!p) {
-            *rc = -ENOMEM;
+            *rc = sl_fail(-ENOMEM, "no memory for an asyncio helper group");
             return NULL;
         }
         a->groups = p;
@@ -229,7 +230,7 @@ static group *new_group(sl_aio *a, uint32_t cap, int *rc)
     }
     group *g = calloc(1, sizeof *g);
     if (!g) {
-        *rc = -ENOMEM;
+        *rc = sl_fail(-ENOMEM, "no memory for an asyncio helper group");
         return NULL;
     }
     g->a = a;
@@ -293,6 +294,7 @@ static void remove_entry(group *g, entry *e)
 
 int sl_aio_add(sl_aio *a, sl_lot *l, uint32_t slot, uint64_t cookie)
 {
+    sl_clear_error();
     if (slot >= l->nslots)
         return sl_fail(SL_ECORRUPT, "slot index %u out of range", slot);
     int rc = 0;
@@ -310,6 +312,7 @@ int sl_aio_add(sl_aio *a, sl_lot *l, uint32_t slot, uint64_t cookie)
 
 int sl_aio_age(sl_aio *a, uint64_t cookie)
 {
+    sl_clear_error();
     int rc = 0;
     pthread_mutex_lock(&a->mu);
     group *from = NULL;
@@ -399,6 +402,7 @@ static int word_is_parked(void *arg)
 
 int sl_aio_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, uint32_t *slot)
 {
+    sl_clear_error();
     return sl_park_begin_native(l, key, SL_TOKEN_AIO, LOAD(word), word_id, word_is_parked, word, 0,
                                 slot);
 }
@@ -417,6 +421,7 @@ static int word_timed_out(void *arg, uint64_t key, int was_last)
 
 int sl_aio_word_cancel(sl_lot *l, uint32_t slot, uint64_t *word, uint64_t *token)
 {
+    sl_clear_error();
     return sl_park_cancel_native(l, slot, word_timed_out, word, token);
 }
 
@@ -424,22 +429,26 @@ int sl_aio_word_cancel(sl_lot *l, uint32_t slot, uint64_t *word, uint64_t *token
 
 int sl_aio_wait_once(sl_lot *l, uint32_t slot, uint64_t deadline_ns)
 {
+    sl_clear_error();
     if (slot >= l->nslots)
         return sl_fail(SL_ECORRUPT, "slot index %u out of range", slot);
     sl_slot *s = SLOT(l, slot);
     uint32_t expected = SL_WAIT_AHEAD;
     CAS(&s->wait, &expected, SL_WAIT_SLEEP);
-    if (LOAD(&s->wait) != SL_WAIT_SLEEP || LOAD(&s->state) == SLOT_UNPARKED)
-        return 0;
+    if (LOAD(&s->wait) != SL_WAIT_SLEEP || LOAD(&s->state) == SL_SLOT_UNPARKED)
+        return SL_SLEEP_UNPARKED;
     struct timespec ts = {(time_t)(deadline_ns / 1000000000ULL),
                           (long)(deadline_ns % 1000000000ULL)};
     syscall(SYS_futex, &s->wait, FUTEX_WAIT_BITSET, SL_WAIT_SLEEP, &ts, NULL,
             FUTEX_BITSET_MATCH_ANY);
-    return LOAD(&s->wait) == 0 || LOAD(&s->state) == SLOT_UNPARKED ? 0 : 1;
+    return LOAD(&s->wait) == SL_WAIT_UNPARKED || LOAD(&s->state) == SL_SLOT_UNPARKED
+               ? SL_SLEEP_UNPARKED
+               : SL_SLEEP_TIMED_OUT;
 }
 
 int sl_aio_wake(sl_lot *l, uint32_t slot, int n)
 {
+    sl_clear_error();
     if (slot >= l->nslots)
         return sl_fail(SL_ECORRUPT, "slot index %u out of range", slot);
     futex_wake(&SLOT(l, slot)->wait, n, 0);

@@ -14,9 +14,8 @@
 #include "api.h"
 
 /* CDEF BEGIN */
-/* park token of asyncio waiters (Lock, Semaphore, Event, Barrier, RWLock): "ASYNC", so that
- * shmlot-stat can tell a task from a thread */
-#define SL_TOKEN_AIO 0x4153594E43
+/* asyncio waiters (Lock, Semaphore, Event, Barrier, RWLock) park with the token SL_TOKEN_AIO
+ * (api.h), so that shmlot-stat can tell a task from a thread. */
 #define SL_AIO_GROUP_WORDS 127 /* slot words per helper thread (futex_waitv takes 128 words) */
 #define SL_AIO_YOUNG_WORDS 8   /* slot words per helper thread of a young group (see waitv.c) */
 #define SL_AIO_YOUNG_GROUPS 4
@@ -51,8 +50,8 @@ int sl_aio_word_park(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, 
 int sl_aio_word_cancel(sl_lot *l, uint32_t slot, uint64_t *word, uint64_t *token);
 
 /* Without futex_waitv (and on the semaphore backend) a task's wait costs a thread: these are
- * that thread's single futex wait (returns 0 when unparked, 1 otherwise: slice over, a signal,
- * any wake-up) and the wake that stops it (n threads woken on the slot's word). */
+ * that thread's single futex wait (SL_SLEEP_UNPARKED when unparked, else SL_SLEEP_TIMED_OUT:
+ * slice over, a signal, any wake-up) and the wake that stops it (n threads woken on the slot's word). */
 int sl_aio_wait_once(sl_lot *l, uint32_t slot, uint64_t deadline_ns);
 int sl_aio_wake(sl_lot *l, uint32_t slot, int n);
 /* CDEF END */

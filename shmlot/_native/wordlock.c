@@ -1,6 +1,6 @@
 /* Lock-word operations done inside the core, so that each contended path of Lock and RLock
  * is one cffi call with no Python callback (parking_lot's lock_slow / unlock_slow,
- * specialised). The word is the u64 of ident.h: LOCKED, PARKED, owner bits.
+ * specialised). The word is the u64 of api.h: LOCKED, PARKED, owner bits.
  *
  * `word` points into this process's own mapping of the object (the Python object that owns the
  * buffer passes its address), so it is trusted the way a local variable is; what the word holds
@@ -12,9 +12,6 @@
 
 #include "ident.h"
 #include "lot.h"
-
-#define TOKEN_NORMAL 0
-#define TOKEN_HANDOFF 1
 
 static int word_is_parked(void *arg)
 {
@@ -38,11 +35,11 @@ int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token)
     int rc = sl_park_finish(l, *slot, token);
     if (rc)
         return rc;
-    *slot = UINT32_MAX;
+    *slot = SL_NO_SLOT;
     /* A plain wake-up: the lock was released, not handed over. Take it while it is free, as
      * the caller would first thing (barging is allowed, as in the fast path). */
-    if (*token != TOKEN_HANDOFF && sl_word_try_lock(word, my_lock_bits()))
-        *token = TOKEN_HANDOFF;
+    if (*token != SL_TOKEN_HANDOFF && sl_word_try_lock(word, my_lock_bits()))
+        *token = SL_TOKEN_HANDOFF;
     return SL_PARK_DONE;
 }
 
@@ -98,12 +95,12 @@ static uint32_t unlock_locked(sl_lot *l, uint32_t b, uint64_t key, uint64_t word
     }
     sl_slot *s = SLOT(l, found - 1);
     int more = second != SL_NIL;
-    uint64_t token = TOKEN_NORMAL;
+    uint64_t token = SL_TOKEN_NORMAL;
     if (force_fair || sl_fair_timeout(BUCKET(l, b))) {
         /* hand the lock over: the word names the woken thread before it even wakes */
         STORE(word, sl_owner_bits(s->pid, s->tid, s->start) | SL_LOCKED_BIT |
                         (more ? SL_PARKED_BIT : 0));
-        token = TOKEN_HANDOFF;
+        token = SL_TOKEN_HANDOFF;
         sl_count(l, SL_C_FAIR_HANDOFFS, 1);
     } else {
         STORE(word, more ? SL_PARKED_BIT : 0);

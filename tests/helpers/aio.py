@@ -1,4 +1,4 @@
-"""Shared by the asyncio tests: the three ways a task can wait, and how a child process is told.
+"""The asyncio tests' helpers: the three ways a task can wait, and how a child process is told.
 
 "futex": helper threads in futex_waitv (the default on Linux 5.16+); "futex-threads": a thread
 per waiting task on a futex lot (what a kernel without futex_waitv gets); "semaphore": the
@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from shmlot import ParkingLot, aio
+from helpers.processes import start_python
 
 MODES = ("futex", "futex-threads", "semaphore")
 
@@ -20,22 +20,6 @@ def mode_waiter(mode):
 def mode_env(mode):
     """Environment for a child process of this mode."""
     return {"SHMLOT_AIO_WAITV": "0" if mode == "futex-threads" else "1"}
-
-
-@pytest.fixture(params=MODES)
-def aio_mode(request, monkeypatch):
-    """The waiting mode of this test (this process follows it; pass mode_env() to children)."""
-    monkeypatch.setattr(aio, "USE_WAITV", request.param != "futex-threads" and aio.USE_WAITV)
-    return request.param
-
-
-@pytest.fixture
-def alot(lot_name, aio_mode):
-    """A lot (256 buckets, 1,024 slots) on the backend of this test's mode; unlinked after."""
-    lot = ParkingLot.create(lot_name("aio-"), buckets=256, slots=1024,
-                            waiter=mode_waiter(aio_mode))
-    yield lot
-    lot.unlink()
 
 
 def run(coro, timeout=60):
@@ -60,3 +44,34 @@ def queued(lot, key=None):
     """Slots queued in ``lot`` (on ``key`` if given), from the snapshot."""
     slots, _objects, _holds = lot._snapshot()
     return [s for s in slots if s["state"] == "parked" and (key is None or s["key"] == key)]
+
+
+async def start_queued_in_order(lot, key, *coros):
+    """A task per coroutine of ``coros``, each started once the one before is queued on ``key``
+    (so queue order is their order); returns the tasks."""
+    tasks = []
+    for coro in coros:
+        tasks.append(asyncio.create_task(coro))
+        await until(lambda: len(queued(lot, key)) == len(tasks))
+    return tasks
+
+
+_HOLDER = r"""
+import sys, time
+import shmlot
+lot = shmlot.ParkingLot.attach(sys.argv[1])
+obj = {open_expr}
+obj.{take}()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def start_holder(lot, mode, open_expr, take="acquire"):
+    """A ``python -c`` child of ``mode`` that attaches ``lot``, opens ``open_expr`` (an expression
+    over ``shmlot`` and ``lot``), calls its ``take`` method and sleeps holding it. Returns the
+    child (a Popen) once it holds."""
+    child = start_python(_HOLDER.format(open_expr=open_expr, take=take), lot.name,
+                         env=mode_env(mode))
+    assert child.stdout.readline().strip() == "held"
+    return child

@@ -2,8 +2,8 @@
  *
  * Why here: on notify_all, the waiters re-acquire the lock one after another, each woken by the
  * previous one's release, so every waiter's path from "woken" to "released the lock again" is on
- * the critical path of the whole wake-up. Through Python (lot._park and its helpers) that path
- * was ~300 bytecodes a step, run cold in a process that has slept: most of the step. Here the
+ * the critical path of the whole wake-up. Through Python (the lot's park and its helpers) that path
+ * is ~300 bytecodes a step, run cold in a process that has slept: most of the step. So the
  * whole wait is C; Python is left the re-acquire when the lock was not handed over, and the
  * count of an RLock.
  *
@@ -16,26 +16,11 @@
  * before waking it. Leaving the queue (timeout, poll, exception) goes through sl_cond_cancel,
  * which settles the race with an unparker under the bucket lock.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
 #include <math.h>
 #include <stddef.h>
-#include <stdint.h>
 #include <time.h>
 
-#include "api.h"
-#include "ident.h"
-
-uint64_t sl_fast_my_bits(void); /* fast.c: the calling thread's owner bits */
-
-#define SEQ __ATOMIC_SEQ_CST
-#define TOKEN_HANDOFF 1
-#define NO_SLOT UINT32_MAX
-/* Every waiter looks up this often (signals: Ctrl-C must land within 0.2 s), and checks the
- * lock's holder this often (_locks.OWNER_POLL_NS). */
-#define SL_COND_SLICE_NS 50000000ULL
-#define SL_COND_POLL_NS 200000000ULL
+#include "fast.h"
 
 static struct {
     int (*cond_park)(sl_lot *, uint64_t, uint64_t, uint64_t, uint64_t *, uint32_t *, uint64_t,
@@ -163,13 +148,13 @@ static int holder_gone(uint64_t word, uint64_t me)
  * PY_RAISED (a signal handler raised; the queue was left). */
 static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
 {
-    uint32_t slot = NO_SLOT, woken[1];
+    uint32_t slot = SL_NO_SLOT, woken[1];
     uint64_t token = 0;
     int nwoken = 0, rc;
-    uint64_t next_poll = now_ns() + SL_COND_POLL_NS;
+    uint64_t next_poll = now_ns() + SL_OWNER_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
     rc = core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
-                        self->count, deadline, SL_COND_SLICE_NS, &slot, &token, woken, 1,
+                        self->count, deadline, SL_SLICE_MAIN_NS, &slot, &token, woken, 1,
                         &nwoken);
     Py_END_ALLOW_THREADS
     if (rc != 0) /* SL_PARK_DONE: notified; an error: nothing queued, the lock still ours */
@@ -184,11 +169,11 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
         if (deadline && now >= deadline)
             return leave(self, slot);
         if (now >= next_poll) {
-            next_poll = now + SL_COND_POLL_NS;
+            next_poll = now + SL_OWNER_POLL_NS;
             if (holder_gone(__atomic_load_n(self->word, SEQ), me))
                 return leave(self, slot);
         }
-        uint64_t until = now + SL_COND_SLICE_NS;
+        uint64_t until = now + SL_SLICE_MAIN_NS;
         if (deadline && deadline < until)
             until = deadline;
         if (next_poll < until)
@@ -292,7 +277,7 @@ static PyObject *cw_call(PyObject *obj, PyObject *const *args, size_t nargsf, Py
         PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to the core");
         return NULL;
     }
-    uint64_t me = sl_fast_my_bits() | SL_LOCKED_BIT;
+    uint64_t me = my_bits() | SL_LOCKED_BIT;
     if ((__atomic_load_n(self->word, SEQ) & ~(uint64_t)SL_PARKED_BIT) != me) {
         PyErr_SetString(PyExc_RuntimeError, "cannot wait on un-acquired lock");
         return NULL;

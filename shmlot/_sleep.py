@@ -1,24 +1,23 @@
-"""How a parked thread sleeps and how an unparker wakes it: the two waiter backends.
+"""How a parked thread sleeps and how an unparker wakes it: the two sleep backends.
 
 Both sleep on the slot's wait word becoming 0 (the unparker stores 0 under the bucket lock), in
 bounded slices, so a wake-up that never comes (an unparker killed between unlocking and waking)
 costs at most one slice, and signals reach the main thread promptly.
 
-- ``FutexWaiter``: a shared (non-private) futex on the wait word; the C core wakes it.
-- ``SemaphoreWaiter``: one POSIX named semaphore per slot (posix_ipc), for platforms without
+- ``FutexSleep``: a shared (non-private) futex on the wait word; the C core wakes it.
+- ``SemaphoreSleep``: one POSIX named semaphore per slot (posix_ipc), for platforms without
   futexes. Posts may outlive the park they were meant for; the sleeper always re-checks the word,
   so a stale post is only a spurious wake-up.
+
+The engine (``_engine.py``) makes one backend per lot handle (``_engine.make_sleep``) and hands it
+the core (``core``: the cffi library) and the lot's C handle: this module calls the core only
+through what it is given.
 """
 import errno
 import os
 import re
 import threading
 import time
-
-from ._core import ffi, lib
-
-FUTEX, SEMAPHORE = lib.SL_WAITER_FUTEX, lib.SL_WAITER_SEMAPHORE
-NAMES = {"futex": FUTEX, "semaphore": SEMAPHORE}
 
 UNPARKED, SLICE_OVER, INTERRUPTED = 0, 1, 2
 SEM_DIR = "/dev/shm"  # where glibc keeps named semaphores, as files "sem.NAME"
@@ -28,31 +27,18 @@ SEM_FILE_ZERO = (0).to_bytes(8, "little") + (128).to_bytes(4, "little") + bytes(
 ORPHAN_SLICE_NS = 10_000_000  # semaphore backend, lot unlinked while in use: poll this often
 
 
-def waiter_code(name):
-    if name is None:
-        name = os.environ.get("SHMLOT_WAITER") or "futex"
-    if not isinstance(name, str):
-        raise TypeError(f"waiter must be a str, not {type(name).__name__}")
-    try:
-        return NAMES[name]
-    except KeyError:
-        raise ValueError(f"waiter must be 'futex' or 'semaphore', not {name!r}") from None
-
-
-def waiter_name(code):
-    return "futex" if code == FUTEX else "semaphore"
-
-
-class FutexWaiter:
+class FutexSleep:
+    """A shared futex on the slot's wait word; the core wakes it."""
     name = "futex"
 
-    def __init__(self, lot):
+    def __init__(self, core, lot):
+        self._core = core
         self._l = lot
 
     def sleep(self, slot, deadline_ns):
         """Sleep until the slot is unparked (UNPARKED) or deadline_ns passes (SLICE_OVER) or a
         signal arrives (INTERRUPTED). Releases the GIL (every cffi call does)."""
-        r = lib.sl_futex_wait(self._l, slot, deadline_ns)
+        r = self._core.sl_futex_wait(self._l, slot, deadline_ns)
         return r if r >= 0 else SLICE_OVER
 
     def wake(self, woken, n):
@@ -66,12 +52,14 @@ class FutexWaiter:
         return 0
 
 
-class SemaphoreWaiter:
+class SemaphoreSleep:
+    """One POSIX named semaphore per slot; the unparker posts it (``wake``)."""
     name = "semaphore"
 
-    def __init__(self, lot, lot_id, mode, linked=None):
+    def __init__(self, core, lot, lot_id, mode, linked=None):
         import posix_ipc
         self._ipc = posix_ipc
+        self._core = core
         self._l = lot
         self._lot_id = lot_id
         self._mode = mode
@@ -117,7 +105,8 @@ class SemaphoreWaiter:
                 os.fchmod(fd, self._mode)
             finally:
                 os.close(fd)
-            lib.sl_maybe_die(b"sem_file_written")  # test hook: a maker killed before linking
+            # test hook: a maker killed before linking
+            self._core.sl_maybe_die(b"sem_file_written")
             try:
                 os.link(tmp, final)
             except (FileExistsError, FileNotFoundError):
@@ -166,6 +155,7 @@ class SemaphoreWaiter:
         return removed
 
     def sleep(self, slot, deadline_ns):
+        lib = self._core
         if lib.sl_park_is_unparked(self._l, slot):
             return UNPARKED
         self._sem(slot)  # make sure it exists (created through posix_ipc, with the lot's mode)
@@ -236,10 +226,4 @@ def _pid_alive(pid):
     return True
 
 
-def make_waiter(code, lot, lot_id, mode, linked=None):
-    if code == FUTEX:
-        return FutexWaiter(lot)
-    return SemaphoreWaiter(lot, lot_id, mode, linked)
-
-
-__all__ = ["waiter_code", "waiter_name", "make_waiter", "FUTEX", "SEMAPHORE", "ffi"]
+__all__ = ["FutexSleep", "SemaphoreSleep", "UNPARKED", "SLICE_OVER", "INTERRUPTED"]
