@@ -5,8 +5,8 @@ A waiter is queued on the condition's key and the lock is released in the same c
 ``notify`` moves waiters onto the lock's queue with ``unpark_requeue`` while the lock is held
 (``notify_all`` with one core call that does the same for all of them), instead of waking them to
 fight for it: each then gets the lock when it is released, usually by direct hand-off. Dead
-waiters are dropped by the lot (their
-process no longer exists), so they never absorb a notification.
+waiters are dropped by the lot (their process no longer exists), so they never absorb a
+notification.
 
 Record layout (named/anonymous): bytes 0-15 the RLock created with the condition (when no lock is
 given; ``RLock.on_place``); bytes 16-23 are never written: waiters park on their key.
