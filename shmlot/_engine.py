@@ -405,6 +405,14 @@ def word_unlock(lot, word, *, force_fair=False):
     return n
 
 
+def cond_notify_all(lot, cv_key, word):
+    """Condition.notify_all in one core call (sl_cond_notify_all, no Python callback): with the
+    lock ``word`` held, set PARKED on it and move every waiter on ``cv_key`` to its queue.
+    Returns how many moved, or None if the word is not LOCKED (nothing moved)."""
+    n = lib.sl_cond_notify_all(lot._h(), cv_key, word.key, word.ptr)
+    return None if n == lib.SL_PARK_INVALID else check(n, "notify_all")
+
+
 def cond_waiter(lot, cv_key, word, lock, slow):
     """A ``_fast.CondWaiter``: Condition.wait on ``cv_key`` releasing the lock ``word`` in one
     C call, on either backend (the semaphore backend's sleep and post are its sleep object's).

@@ -2,9 +2,10 @@
 
 A waiter is queued on the condition's key and the lock is released in the same core call
 (``_fast.CondWaiter``), so no notify can be missed. ``notify`` moves waiters onto the lock's
-queue with ``unpark_requeue`` while the lock is held, instead of waking them to fight for it: each then gets
-the lock when it is released, usually by direct hand-off. Dead waiters are dropped by the lot (their
-process no longer exists), so they never absorb a notification.
+queue with ``unpark_requeue`` while the lock is held (``notify_all`` with one core call that does
+the same for all of them), instead of waking them to fight for it: each then gets the lock when
+it is released, usually by direct hand-off. Dead waiters are dropped by the lot (their process no
+longer exists), so they never absorb a notification.
 
 Record layout (named/anonymous): bytes 0-15 the RLock created with the condition (when no lock is
 given; ``RLock.on_place``); bytes 16-23 are never written: waiters park on their key.
@@ -150,7 +151,11 @@ class Condition:
         """Wake every waiter: all move to the lock's queue in one step."""
         if not self._is_owned():
             raise RuntimeError("cannot notify on un-acquired lock")
+        # One core call, no Python callback: PARKED on the held lock and every waiter moved.
+        if _e.cond_notify_all(self._place.lot, self._cv_key, self._lock._lockword) is not None:
+            return
 
+        # the lock is not LOCKED after all: wake one waiter, move the rest
         def validate():
             if self._mark_lock_parked_if_locked():
                 return RequeueOp.REQUEUE_ALL

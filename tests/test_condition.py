@@ -348,22 +348,51 @@ def _notified_then_wait_for_lock(cond, ready):
 def test_waiter_killed_on_lock_queue_after_requeue(default_lot):
     """Waiters requeued onto the lock by notify_all; one of them (a process) is killed while
     queued on the lock: the release skips it and every live waiter re-acquires."""
-    cond = shmlot.Condition()
-    victim = FORK.Process(target=_wait_forever, args=(cond,))
-    victim.start()
-    wait_parked_at_least(default_lot, cond.key, 1)
-    live = [ThreadWaiter(cond) for _ in range(2)]
-    for w in live:
-        w.start()
-    wait_parked_at_least(default_lot, cond.key, 3)
+    cond, victim, live = _victim_then_two_live_waiters(default_lot)
     with cond:
         cond.notify_all()
         assert len(parked(default_lot, cond._lock.key)) == 3
         kill(victim)
+    _all_live_reacquired(default_lot, cond, live)
+
+
+def _victim_then_two_live_waiters(lot):
+    """A condition with three waiters: a process (the one to kill), then two threads."""
+    cond = shmlot.Condition()
+    victim = FORK.Process(target=_wait_forever, args=(cond,))
+    victim.start()
+    wait_parked_at_least(lot, cond.key, 1)
+    live = [ThreadWaiter(cond) for _ in range(2)]
+    for w in live:
+        w.start()
+    wait_parked_at_least(lot, cond.key, 3)
+    return cond, victim, live
+
+
+def _all_live_reacquired(lot, cond, live):
     for w in live:
         assert w.outcome() == (True, True)
-    assert not parked(default_lot)
+    assert not parked(lot)
     assert cond._lock._word() == 0
+
+
+def test_notify_all_moves_dead_waiters_and_the_release_drops_them(default_lot):
+    """notify_all moves every waiter onto the lock's queue in one core call without asking
+    whether each lives (a waiter killed before the notify moves too); the release that follows
+    drops the dead one and every live waiter re-acquires. From a callback that runs under a
+    bucket lock the call is refused (RuntimeError) and moves nobody."""
+    cond, victim, live = _victim_then_two_live_waiters(default_lot)
+    kill(victim)
+    before = requeues(default_lot)
+    with cond:
+        with pytest.raises(RuntimeError):
+            default_lot.unpark_one(0x5EED, lambda res: cond.notify_all())
+        assert len(parked(default_lot, cond.key)) == 3
+        cond.notify_all()
+        assert requeues(default_lot) - before == 3
+        assert len(parked(default_lot, cond._lock.key)) == 3
+        assert cond._lock._word() & shmlot.locks.PARKED
+    _all_live_reacquired(default_lot, cond, live)
 
 
 def _notify_all_then_die(cond, go):

@@ -363,6 +363,11 @@ int sl_word_unlock(sl_lot *l, uint64_t key, uint64_t word_id, uint64_t *word, in
 int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t lock_id, uint64_t *word,
                  uint32_t *count, uint64_t deadline_ns, uint64_t slice_ns, uint32_t *slot,
                  uint64_t *token, uint32_t *woken, uint32_t woken_cap, int *nwoken);
+/*   sl_cond_notify_all: Condition.notify_all, the caller holding the lock: set PARKED on the
+ *       lock word and move every waiter parked on cv_key to the tail of lock_key's queue (each
+ *       then gets the lock when it is released). Returns how many moved, SL_PARK_INVALID
+ *       (nothing moved) if the word is not LOCKED, or an error. */
+int sl_cond_notify_all(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word);
 
 /*   sl_word_finish: if the parked *slot was unparked, finish it as sl_word_park's first sleep
  *       does (SL_PARK_DONE, *slot SL_NO_SLOT, SL_TOKEN_HANDOFF when the word is ours); else 0.

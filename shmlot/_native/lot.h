@@ -188,6 +188,8 @@ int sl_park_begin_native(sl_lot *l, uint64_t key, uint64_t park_token, uint64_t 
                          uint64_t deadline_ns, uint32_t *slot);
 int sl_park_cancel_native(sl_lot *l, uint32_t idx, int (*timed_out)(void *, uint64_t, int),
                           void *arg, uint64_t *token);
+int sl_requeue_all_native(sl_lot *l, uint64_t key_from, uint64_t key_to,
+                          int (*validate)(void *), void *arg);
 int sl_find_first(sl_lot *l, uint32_t b, uint64_t key, uint64_t word_id, uint32_t *found,
                   uint32_t *second);
 int sl_fair_timeout(sl_bucket *bk);

@@ -627,6 +627,20 @@ static void unlock_pair(sl_lot *l, uint32_t b1, uint32_t b2)
         sl_bucket_unlock(l, b2);
 }
 
+/* Under both locks: move queued slot idx from b1's queue to the tail of b2's, parked on key_to.
+ * It stays QUEUED while it moves: a death between the stores leaves it QUEUED for b2, and b2's
+ * repair re-links it. `first`: the first of a requeue (the fault step's place). */
+static void move_slot(sl_lot *l, uint32_t b1, uint32_t b2, uint32_t idx, uint64_t key_to,
+                      int first)
+{
+    sl_queue_unlink(l, b1, idx);
+    SLOT(l, idx)->bucket = b2;
+    STORE(&SLOT(l, idx)->key, key_to);
+    sl_queue_append(l, b2, idx);
+    if (first)
+        sl_maybe_die("requeue_mid");
+}
+
 int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_callback, void *ctx,
                       uint64_t deadline_ns, sl_unpark_result *res, int *op_out,
                       uint32_t *woken, uint32_t woken_cap)
@@ -712,20 +726,49 @@ int sl_unpark_requeue(sl_lot *l, uint64_t key_from, uint64_t key_to, int has_cal
         sl_mark_unparked(l, b1, wake - 1, token);
         woken[n++] = wake - 1;
     }
-    for (uint32_t i = 0; i < nreq; i++) {
-        uint32_t idx = requeue[i];
-        /* moved while staying QUEUED: a death here leaves it QUEUED for b2, and b2's repair
-         * re-links it */
-        sl_queue_unlink(l, b1, idx);
-        SLOT(l, idx)->bucket = b2;
-        STORE(&SLOT(l, idx)->key, key_to);
-        sl_queue_append(l, b2, idx);
-        if (i == 0)
-            sl_maybe_die("requeue_mid");
-    }
+    for (uint32_t i = 0; i < nreq; i++)
+        move_slot(l, b1, b2, requeue[i], key_to, i == 0);
     sl_count(l, SL_C_REQUEUES, nreq);
     free(requeue);
     unlock_pair(l, b1, b2);
     sl_wake_slots(l, woken, n);
     return n;
+}
+
+/* unpark_requeue's REQUEUE_ALL for a caller in C (Condition.notify_all): lock both buckets,
+ * ask validate(arg) under them (0: move nothing), then move every thread parked on key_from to
+ * the tail of key_to's queue, in order, in one walk and with no callback. Whether each thread
+ * lives is not asked here (two system calls per waiter, under both locks): whoever takes a
+ * thread off key_to's queue asks, as a lock word's unlock does (sl_find_first), and drops a dead
+ * one there. Returns how many moved, SL_PARK_INVALID if validate said no, or an error. */
+int sl_requeue_all_native(sl_lot *l, uint64_t key_from, uint64_t key_to,
+                          int (*validate)(void *), void *arg)
+{
+    uint32_t b1 = sl_bucket_of(l, key_from), b2 = sl_bucket_of(l, key_to);
+    int rc = lock_pair(l, b1, b2, 0);
+    if (rc)
+        return rc;
+    if (!validate(arg)) {
+        unlock_pair(l, b1, b2);
+        return SL_PARK_INVALID;
+    }
+    /* Stop at the queue's last slot as it was: with b1 == b2 the moved slots follow it. */
+    uint32_t link = BUCKET(l, b1)->head, last = BUCKET(l, b1)->tail, steps = 0;
+    int n = 0;
+    while (link != SL_NIL) {
+        int64_t next = next_link(l, b1, link, &steps);
+        if (next < 0) {
+            rc = (int)next;
+            break;
+        }
+        uint32_t idx = link - 1;
+        if (SLOT(l, idx)->key == key_from)
+            move_slot(l, b1, b2, idx, key_to, n++ == 0);
+        if (link == last)
+            break;
+        link = (uint32_t)next;
+    }
+    sl_count(l, SL_C_REQUEUES, (uint64_t)n);
+    unlock_pair(l, b1, b2);
+    return rc ? rc : n;
 }

@@ -185,6 +185,25 @@ int sl_cond_park(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t lock_id
     return rc;
 }
 
+/* Under the buckets' locks of a notify: a held lock gets PARKED, so that its release looks for
+ * the waiters moved onto its queue. */
+static int mark_parked_if_locked(void *arg)
+{
+    uint64_t *word = arg;
+    uint64_t old = LOAD(word);
+    while (old & SL_LOCKED_BIT) {
+        if ((old & SL_PARKED_BIT) || CAS(word, &old, old | SL_PARKED_BIT))
+            return 1;
+    }
+    return 0;
+}
+
+int sl_cond_notify_all(sl_lot *l, uint64_t cv_key, uint64_t lock_key, uint64_t *word)
+{
+    sl_clear_error();
+    return sl_requeue_all_native(l, cv_key, lock_key, mark_parked_if_locked, word);
+}
+
 struct cond_leave {
     uint64_t cv_key;
     uint64_t *word;

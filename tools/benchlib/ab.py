@@ -71,9 +71,46 @@ try:
                 bwait()
                 bclear()
             return (pc() - t0) / k
+    elif op == "notify":
+        # tools/benchlib/scenarios/notify.py's measure: notify_all of 32 waiting processes,
+        # time until the last one has re-acquired the lock
+        import multiprocessing
+        ctx = multiprocessing.get_context("fork")
+        cond, n = shmlot.Condition(), 32
+        ready, stamps = ctx.RawValue("q", 0), ctx.RawArray("q", n)
+        def child(i):
+            with cond:
+                while True:
+                    ready.value += 1
+                    cond.wait()
+                    stamps[i] = pc()
+        kids = [ctx.Process(target=child, args=(i,), daemon=True) for i in range(n)]
+        for k in kids:
+            k.start()
+        def until(pred):
+            end = time.monotonic() + 60
+            while not pred():
+                if time.monotonic() > end:
+                    raise SystemExit("notify: children stuck")
+                time.sleep(0.001)
+        def batch(rounds=[0]):
+            rounds[0] += 1
+            until(lambda: ready.value >= n * rounds[0])
+            time.sleep(0.005)
+            for i in range(n):
+                stamps[i] = 0
+            t0 = pc()
+            with cond:
+                cond.notify_all()
+            until(lambda: all(stamps[i] for i in range(n)))
+            return max(stamps[i] for i in range(n)) - t0
+        batch()  # warm-up: the children fault in their pages
     else:
         raise SystemExit(f"unknown op {op}")
     r = timed(batch)
+    if op == "notify":
+        for k in kids:
+            k.kill()
     if op == "pingpong":
         b.set()
         a.set()
@@ -123,7 +160,7 @@ def main(argv=None):
     ap.add_argument("--before", required=True, metavar="DIR", help="the build to compare with")
     ap.add_argument("--after", metavar="DIR", help="default: the shmlot this Python imports")
     ap.add_argument("--op", action="append",
-                    choices=["with", "rlock-with", "set-clear", "is_set", "pingpong"],
+                    choices=["with", "rlock-with", "set-clear", "is_set", "pingpong", "notify"],
                     help="operation(s) to time (default: all)")
     ap.add_argument("--rounds", type=int, default=5, help="minimum rounds (default 5)")
     ap.add_argument("--max-rounds", type=int, default=20, help="at most (default 20)")
