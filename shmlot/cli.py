@@ -384,9 +384,10 @@ _REAP_UNITS = {READ_HOLD: "shares", PERMIT_HOLD: "permits"}
 def reap_lot(lot):
     """Free what dead processes left in ``lot``: their slots (parked or between states) and their
     uncounted holds (lot.reap()), their read shares of registry RWLocks and their permits of
-    registry BoundedSemaphores (kinds.reclaim_dead: as a waiter would). Lock words of dead owners are *not* cleared (the next acquirer must get
-    OwnerDiedError) and dead Barrier parties are left for the barrier's waiters (who break it):
-    both are only reported. Returns a dict (see docs/stat.md)."""
+    registry BoundedSemaphores (kinds.reclaim_dead: as a waiter would). Lock words of dead
+    owners are *not* cleared (the next acquirer must get OwnerDiedError) and dead Barrier
+    parties are left for the barrier's waiters (who break it): both are only reported. Returns a
+    dict (see docs/stat.md)."""
     before = snapshot(lot)
     dead_slots = [p for p in before.parked + before.in_transit if not p.alive]
     dead_holds = [h for h in before.holds if not h.alive and not h.counted]
