@@ -17,8 +17,7 @@ from . import _engine as _e
 from . import lot as _lot
 from .errors import LotCorruptError, ObjectGoneError
 from .keys import check_u64, private_word_id, word_location
-from .kinds import (BARRIER, BOUNDED_SEMAPHORE, CONDITION, EVENT, KIND_NAMES, LOCK,  # noqa: F401
-                    RLOCK, RWLOCK, SEMAPHORE)
+from .kinds import KIND_NAMES
 
 __all__ = ["Place", "new_place", "at_place", "lot_by_name", "KIND_NAMES"]
 

@@ -14,9 +14,10 @@ import threading
 
 from . import _engine as _e
 from . import _fast
-from . import _placement as _pl
 from ._base import Primitive
 from .kinds import BARRIER_HOLD as HOLD_MODE  # counted: a dead party's breaks the barrier
+from .kinds import (BARRIER, BARRIER_BROKEN as BROKEN, BARRIER_COUNT_MASK as COUNT_MASK,
+                    BARRIER_GEN_MASK as GEN_MASK)
 from ._engine import OWNER_POLL_NS  # how often a waiter checks that the other parties live
 from .errors import LotFullError
 
@@ -24,10 +25,6 @@ __all__ = ["Barrier", "BrokenBarrierError"]
 
 BrokenBarrierError = threading.BrokenBarrierError
 
-BROKEN = 1 << 63
-COUNT_MASK = 0xFFFFFFFF
-GEN_ONE = 1 << 32
-GEN_MASK = ((1 << 31) - 1) << 32
 
 
 def _gen(state):
@@ -38,7 +35,7 @@ class Barrier(Primitive):
     """``threading.Barrier(parties, action=None, timeout=None)``; ``name=`` / ``lot=`` as for
     ``Lock``. A named barrier opened again takes its parties from the lot (a different ``parties``
     raises ValueError)."""
-    KIND = _pl.BARRIER
+    KIND = BARRIER
     WORDS = 3
     SIZE = 24
 

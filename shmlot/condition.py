@@ -14,6 +14,7 @@ import time
 
 from . import _engine as _e
 from . import _placement as _pl
+from . import kinds
 from . import locks as _locks
 from ._engine import LOCKED, PARKED, RLOCK_SIZE
 from .errors import OwnerDiedError
@@ -40,7 +41,7 @@ class Condition:
             elif not _e.same_lot(lot, lock._place.lot):
                 # its waiters move onto the lock's queue, which is in the lock's lot
                 raise ValueError("a Condition must be in the same lot as its lock")
-        place = _pl.new_place(_pl.CONDITION, name, lot)
+        place = _pl.new_place(kinds.CONDITION, name, lot)
         if lock is None:
             lock = _locks.RLock.on_place(place)  # the record's first 16 bytes
         self._bind(place, lock)

@@ -12,7 +12,7 @@ set() would release a later wait that no set() answered.)
 """
 from . import _engine as _e
 from . import _fast
-from . import _placement as _pl
+from . import kinds
 from ._base import Primitive
 from ._engine import EVENT_FLAG as FLAG, OWNER_POLL_NS
 from .spinwait import SpinWait
@@ -25,7 +25,7 @@ SPIN_NS = 20_000  # the partner of a hand-off usually answers within a few micro
 
 class Event(Primitive, _fast.EventCore):
     """``threading.Event()``; ``name=`` / ``lot=`` / ``.at()`` as for ``Lock``."""
-    KIND = _pl.EVENT
+    KIND = kinds.EVENT
     WORDS = 2
     SIZE = 16
 

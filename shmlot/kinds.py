@@ -27,6 +27,13 @@ PARKED = _fast.PARKED_BIT
 # Kind codes of registry records (0 is "none").
 LOCK, RLOCK, CONDITION, SEMAPHORE, BOUNDED_SEMAPHORE, EVENT, BARRIER, RWLOCK = range(1, 9)
 
+# A Barrier's state word (word 1): bits 0-31 how many have arrived, 32-62 the generation, 63
+# BROKEN.
+BARRIER_BROKEN = 1 << 63
+BARRIER_COUNT_MASK = 0xFFFFFFFF
+BARRIER_GEN_ONE = 1 << 32
+BARRIER_GEN_MASK = ((1 << 31) - 1) << 32
+
 # Hold modes (api.h). COUNTED ones are shares the primitive also counts in its own word: the
 # reaper leaves them for the primitive, which takes a dead holder's share back itself.
 READ_HOLD = lib.SL_HOLD_READ              # an RWLock read share, on the RWLock's key
@@ -159,10 +166,10 @@ def _decode_event(data, holds):
 
 def _decode_barrier(data, holds):
     parties, s = data[0], data[1]
-    broken = bool(s >> 63)
+    broken = bool(s & BARRIER_BROKEN)
     details = {"parties": parties, "broken": broken,
-               "waiting": 0 if broken else s & 0xFFFFFFFF,
-               "generation": (s >> 32) & 0x7FFFFFFF}
+               "waiting": 0 if broken else s & BARRIER_COUNT_MASK,
+               "generation": (s & BARRIER_GEN_MASK) // BARRIER_GEN_ONE}
     if broken:
         return f"broken ({parties} parties)", details, None
     return f"{details['waiting']}/{parties} waiting", details, None

@@ -18,6 +18,7 @@ import warnings
 from . import _engine as _e
 from . import _fast
 from . import _placement as _pl
+from . import kinds
 from ._engine import LOCKED, OWNER_POLL_NS, PARKED, TOKEN_HANDOFF
 from .spinwait import SpinWait
 from .errors import OwnerDiedError, OwnerDiedWarning
@@ -242,7 +243,7 @@ class Lock(_WordLock, _fast.LockCore):
     ``shmlot.get_context().Lock()``.
     """
     SIZE = _e.LOCK_SIZE
-    KIND = _pl.LOCK
+    KIND = kinds.LOCK
     _CORE = _fast.LockCore
 
     def __init__(self, *, name=None, lot=None):
@@ -270,7 +271,7 @@ class RLock(_WordLock, _fast.RLockCore):
     holder is reported the same way (``OwnerDiedError`` from ``acquire()``, ``OwnerDiedWarning``
     from ``with``), and the taker's recursion count starts at 1."""
     SIZE = _e.RLOCK_SIZE
-    KIND = _pl.RLOCK
+    KIND = kinds.RLOCK
     _CORE = _fast.RLockCore
 
     def __init__(self, *, name=None, lot=None):

@@ -29,7 +29,7 @@ import threading
 
 from . import _engine as _e
 from . import _fast
-from . import _placement as _pl
+from . import kinds
 from ._base import Primitive
 from ._engine import (LOCKED, OWNER_POLL_NS, RW_READER as READER, RW_READ_PHASE as READ_PHASE,
                       TOKEN_READ_GRANT)
@@ -62,7 +62,7 @@ def _unpark_every_reader(_park_token):
 
 class RWLock(Primitive):
     """A reader-writer lock; ``name=`` / ``lot=`` / ``.at()`` as for ``Lock``."""
-    KIND = _pl.RWLOCK
+    KIND = kinds.RWLOCK
     WORDS = 4
     SIZE = 32
 

@@ -13,7 +13,7 @@ that finds none free (it looks every OWNER_POLL_NS while it waits) and by ``shml
 """
 from . import _engine as _e
 from . import _fast
-from . import _placement as _pl
+from . import kinds
 from ._base import Primitive
 from .kinds import PERMIT_HOLD  # a process's BoundedSemaphore permits (tid 0: per process)
 from ._engine import OWNER_POLL_NS
@@ -41,7 +41,7 @@ class Semaphore(Primitive):
     Its permits are not owned: it is a counter anyone may release, so a process that dies
     holding permits takes them along (use ``BoundedSemaphore``, whose permits are given back
     when their process dies, to limit how many processes do something at once)."""
-    KIND = _pl.SEMAPHORE
+    KIND = kinds.SEMAPHORE
     WORDS = 3
     SIZE = 24
 
@@ -149,7 +149,7 @@ class BoundedSemaphore(Semaphore):
     semaphore's key): those of a process that dies holding them are given back, by the next
     acquirer that finds none free and by ``shmlot-stat --reap``. A release by a process that
     holds none (another process's permit) gives back an anonymous unit, as threading allows."""
-    KIND = _pl.BOUNDED_SEMAPHORE
+    KIND = kinds.BOUNDED_SEMAPHORE
 
     def _add(self, n):
         self._add_within(n, self._words[2].load(), "Semaphore released too many times")
