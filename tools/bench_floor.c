@@ -273,7 +273,8 @@ struct shared_contended {
     uint32_t pad[15];
     uint32_t ready;
     uint32_t go;
-    uint64_t t_start, t_end;
+    uint32_t started;
+    uint64_t t_start, t_end; /* t_end is written last: nonzero once both are set */
     uint64_t counts[MAX_PROCS];
     uint64_t hist[MAX_PROCS][NBUCKET];
 };
@@ -294,7 +295,14 @@ static int run_contended(long nprocs, long window_ms)
             __atomic_fetch_add(&s->ready, 1, __ATOMIC_SEQ_CST);
             while (!__atomic_load_n(&s->go, __ATOMIC_ACQUIRE))
                 futex_wait(&s->go, 0);
-            uint64_t t_start = s->t_start, t_end = s->t_end;
+            /* The window opens once every process has run past the wake-up: on a loaded
+             * machine a process may get the CPU only long after the wake-up, and a window
+             * timed from the wake-up could close before any of them ran. */
+            __atomic_fetch_add(&s->started, 1, __ATOMIC_SEQ_CST);
+            uint64_t t_end;
+            while (!(t_end = __atomic_load_n(&s->t_end, __ATOMIC_ACQUIRE)))
+                sched_yield();
+            uint64_t t_start = s->t_start;
             for (;;) {
                 uint64_t t0 = now_ns();
                 if (t0 >= t_end)
@@ -315,11 +323,12 @@ static int run_contended(long nprocs, long window_ms)
     }
     while (__atomic_load_n(&s->ready, __ATOMIC_ACQUIRE) < (uint32_t)nprocs)
         usleep(1000);
-    uint64_t now = now_ns();
-    s->t_start = now + 20000000ull; /* 20 ms for everyone to get going */
-    s->t_end = s->t_start + (uint64_t)window_ms * 1000000ull;
     __atomic_store_n(&s->go, 1, __ATOMIC_RELEASE);
     futex_wake(&s->go, (int)nprocs);
+    while (__atomic_load_n(&s->started, __ATOMIC_ACQUIRE) < (uint32_t)nprocs)
+        usleep(1000);
+    s->t_start = now_ns() + 20000000ull; /* 20 ms for everyone to get going */
+    __atomic_store_n(&s->t_end, s->t_start + (uint64_t)window_ms * 1000000ull, __ATOMIC_RELEASE);
     for (long p = 0; p < nprocs; p++) {
         int status;
         waitpid(pids[p], &status, 0);

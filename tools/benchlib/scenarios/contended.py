@@ -2,6 +2,7 @@
 share of the mean, and the 99th-percentile acquire latency."""
 import array
 import multiprocessing.connection
+import os
 import time
 
 from .. import targets as T
@@ -25,7 +26,7 @@ def weighted_quantile(pairs, q):
     return pairs[-1][0] if pairs else float("nan")
 
 
-def _child(name, handle, times, ready, go, conn):
+def _child(name, handle, times, ready, go, started, conn):
     try:
         lock = lock_subjects()[name].open(handle)
         acq, rel = lock.acquire, lock.release
@@ -34,6 +35,10 @@ def _child(name, handle, times, ready, go, conn):
         count = 0
         ready.release()
         go.wait()
+        # the window opens once every process has run past the wake-up (see one() below)
+        started.release()
+        while not times[1]:
+            os.sched_yield()
         t_start, t_end = times[0], times[1]
         while True:
             t0 = pc()
@@ -96,11 +101,11 @@ def contended(cfg, env, nprocs, subjects_wanted=None):
         procs = []
         try:
             times = ctx.RawArray("q", 2)
-            ready, go = ctx.Semaphore(0), ctx.Event()
+            ready, go, started = ctx.Semaphore(0), ctx.Event(), ctx.Semaphore(0)
             conns = []
             for _ in range(nprocs):
                 pconn, cconn = ctx.Pipe(duplex=False)
-                p = ctx.Process(target=_child, args=(name, h, times, ready, go, cconn),
+                p = ctx.Process(target=_child, args=(name, h, times, ready, go, started, cconn),
                                 daemon=True)
                 p.start()
                 procs.append(p)
@@ -109,10 +114,16 @@ def contended(cfg, env, nprocs, subjects_wanted=None):
             for _ in range(nprocs):
                 if not ready.acquire(timeout=60):
                     raise BenchTimeout("children did not start")
+            go.set()
+            # On a loaded machine a woken process may get the CPU only long after the wake-up:
+            # a window timed from the wake-up could close before some (or all) of them ran.
+            for _ in range(nprocs):
+                if not started.acquire(timeout=60):
+                    raise BenchTimeout("children did not wake")
             warm = 0.02 + 0.002 * nprocs
             t_start = pc() + int(warm * 1e9)
-            times[0], times[1] = t_start, t_start + int(window_s * 1e9)
-            go.set()
+            times[0] = t_start
+            times[1] = t_start + int(window_s * 1e9)  # last: the children wait for it
             counts, pairs = [], []
             pending = list(conns)
             deadline = time.monotonic() + warm + window_s + 60
