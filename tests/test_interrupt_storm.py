@@ -97,6 +97,7 @@ t0 = time.monotonic()
 
 print("ready", flush=True)
 storm()
+sys.stdin.readline()  # the contender has exited: what is counted now is this process's own
 # A waiting-writer mark an exception left in acquire_write's finally (see the README's Limits):
 # the thread's next acquire_write clears it first; clear it the same way here.
 rw._wait_cell()
@@ -156,6 +157,8 @@ def test_interrupt_storm_leaves_no_share_behind(make_lot, tmp_path):
     open(stop_file, "w").close()
     out, err = contender.communicate(timeout=30)
     assert contender.returncode == 0 and int(out) > 0, err
+    stormed.stdin.write("contender gone\n")
+    stormed.stdin.flush()
     line = stormed.stdout.readline()
     while line and not line.startswith("{"):  # "ready" again, if a signal struck after it
         line = stormed.stdout.readline()
