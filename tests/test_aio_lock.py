@@ -184,19 +184,20 @@ def test_cancelled_after_hand_off_passes_the_lock_on(aio_lot):
 
 def test_cancelled_after_plain_wake_wakes_the_next(aio_lot):
     """Unlocked with a plain wake-up (no hand-off) and the woken task cancelled: the next
-    waiter is woken instead (no lost wake-up), well before any poll interval."""
+    waiter is woken instead (no lost wake-up), not left to find the lock at its next poll."""
     alock = aio.Lock(lot=aio_lot)
 
     async def main():
         await alock.acquire()
         first, second = await start_queued_in_order(aio_lot, alock.key, alock.acquire(),
                                                     alock.acquire())
+        unparks = aio_lot.info()["counters"]["unparks"]
         alock.sync._release_slow()  # unpark the first, leave the lock free, PARKED set
         first.cancel()
         await asyncio.gather(first, return_exceptions=True)
-        t0 = time.monotonic()
         assert await asyncio.wait_for(second, 5) is True
-        assert time.monotonic() - t0 < aio.OWNER_POLL / 2
+        # the second was woken by the first's cancellation (an unpark), not by its own poll
+        assert aio_lot.info()["counters"]["unparks"] - unparks == 2
         alock.release()
     run(main())
     assert aio_lot.info()["slots_free"] == aio_lot.slots
@@ -243,7 +244,9 @@ def test_the_loop_keeps_running_while_tasks_wait(aio_lot, aio_mode):
             now = loop.time()
             gaps.append(now - last)
             last = now
-        assert sorted(gaps)[len(gaps) // 2] < 0.05
+        # a loop blocked in a wait would stall until the lock is released; a loaded machine
+        # may still delay a 1 ms sleep by tens of milliseconds
+        assert sorted(gaps)[len(gaps) // 2] < 0.5
         if aio_mode == "futex":
             await asyncio.sleep(aio.OWNER_POLL * 2)  # every wait aged into a packed group
             stats = aio.watch_stats()
