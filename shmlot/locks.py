@@ -4,10 +4,13 @@ The word (see ``_native/api.h``): LOCKED and PARKED bits plus the owner's pid, t
 bits of its process start time. The uncontended acquire/release is C (``shmlot._fast``, keeping
 the GIL); this module is the slow path, as in parking_lot's ``lock_slow`` / ``unlock_slow``:
 
-- acquire: spin a little (SpinWait) while nobody is parked, then set PARKED and park with a
-  validate that re-checks LOCKED|PARKED under the bucket lock. While parked, poll the owner every
-  0.2 s: if its process is dead (pid plus start time), leave the queue, take the word over and
-  raise ``OwnerDiedError`` with the lock held.
+- acquire: the C fast path has already watched the word for a few hundred nanoseconds (a
+  collision with a short critical section in another process ends there, without a trip
+  through Python); here, spin a little more (SpinWait) while nobody is parked, then set PARKED
+  and park with a validate that re-checks LOCKED|PARKED under the bucket lock. A plain wake-up
+  watches the word once more before parking again (in the core). While parked, poll the owner
+  every 0.2 s: if its process is dead (pid plus start time), leave the queue, take the word
+  over and raise ``OwnerDiedError`` with the lock held.
 - release with PARKED set: unpark one thread; under the bucket lock, either hand the lock over
   (``be_fair``: the word gets the woken thread's identity, token HANDOFF) or unlock and leave
   PARKED set only if more threads wait.

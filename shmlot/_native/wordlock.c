@@ -37,9 +37,15 @@ int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token)
         return rc;
     *slot = SL_NO_SLOT;
     /* A plain wake-up: the lock was released, not handed over. Take it while it is free, as
-     * the caller would first thing (barging is allowed, as in the fast path). */
-    if (*token != SL_TOKEN_HANDOFF && sl_word_try_lock(word, my_lock_bits()))
-        *token = SL_TOKEN_HANDOFF;
+     * the caller would first thing (barging is allowed, as in the fast path), and if a running
+     * thread took it first, watch it a little as an arriving thread does, PARKED or not: this
+     * thread was woken to compete, and going back to sleep at the first loss would leave the
+     * lock to the threads that never slept. */
+    if (*token != SL_TOKEN_HANDOFF) {
+        uint64_t me = my_lock_bits();
+        if (sl_word_try_lock(word, me) || sl_word_spin_lock(word, me, 0))
+            *token = SL_TOKEN_HANDOFF;
+    }
     return SL_PARK_DONE;
 }
 

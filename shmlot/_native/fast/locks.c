@@ -257,7 +257,8 @@ static PyObject *lock_acquire(SlWord *self, PyObject *const *args, Py_ssize_t na
         if (parse_acquire(args, nargs, kwnames, &blocking, &timeout) < 0)
             return NULL;
     }
-    if (LIKELY(sl_word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
+    uint64_t me = my_bits() | SL_LOCKED_BIT;
+    if (LIKELY(sl_word_try_lock(w, me)) || (blocking && sl_word_spin_lock(w, me, 1)))
         Py_RETURN_TRUE;
     return call_acquire_slow((PyObject *)self, blocking, timeout);
 }
@@ -265,7 +266,8 @@ static PyObject *lock_acquire(SlWord *self, PyObject *const *args, Py_ssize_t na
 static PyObject *lock_enter(SlWord *self, PyObject *Py_UNUSED(ignored))
 {
     LOCK_WORD(self)
-    if (LIKELY(sl_word_try_lock(w, my_bits() | SL_LOCKED_BIT)))
+    uint64_t me = my_bits() | SL_LOCKED_BIT;
+    if (LIKELY(sl_word_try_lock(w, me)) || sl_word_spin_lock(w, me, 1))
         Py_RETURN_TRUE;
     return call_enter_slow((PyObject *)self);
 }
@@ -405,7 +407,7 @@ static PyObject *rlock_do_acquire(SlWord *self, int enter, int blocking, double 
         __atomic_store_n(count, c + 1, __ATOMIC_RELAXED);
         Py_RETURN_TRUE;
     }
-    if (LIKELY(sl_word_try_lock(w, me))) {
+    if (LIKELY(sl_word_try_lock(w, me)) || (blocking && sl_word_spin_lock(w, me, 1))) {
         __atomic_store_n(count, 1, __ATOMIC_RELAXED);
         Py_RETURN_TRUE;
     }
