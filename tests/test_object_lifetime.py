@@ -202,6 +202,45 @@ def test_references_of_killed_processes_beyond_the_table_are_taken_back(make_lot
     assert used(lot) == 0
 
 
+def _reference_both(lock, pickled_event, ready, go):
+    event = pickle.loads(pickled_event)  # LotFullError if this process's reference has no entry
+    ready.release()
+    go.wait(60)
+    assert lock is not None and event is not None
+
+
+def test_a_hundred_processes_reference_one_object(make_lot):
+    """One Lock inherited by 100 fork children and one Event unpickled in each: every child
+    records its own reference in a lot of the default hold table (4,096 entries for references).
+    Before, a reference's place in the table was hashed from the object alone, so all processes
+    referencing one object probed the same 64 entries: the 65th child's inherited reference went
+    untracked (a RuntimeWarning) and its unpickling raised LotFullError."""
+    lot = make_lot()
+    lock, event = shmlot.Lock(lot=lot), shmlot.Event(lot=lot)
+    ready, go = FORK.Semaphore(0), FORK.Event()
+    procs = [FORK.Process(target=_reference_both, args=(lock, pickle.dumps(event), ready, go))
+             for _ in range(100)]
+    try:
+        for p in procs:
+            p.start()
+        deadline = time.monotonic() + 30
+        started = sum(ready.acquire(timeout=max(0.0, deadline - time.monotonic()))
+                      for _ in procs)
+        assert started == len(procs), [p.exitcode for p in procs if p.exitcode is not None]
+        refs = {o.index: o.refs for o in snapshot(lot, processes=False).objects}
+        # each child: the inherited lock; the inherited event and the one it unpickled
+        assert refs[lock._place.index] == 1 + len(procs)
+        assert refs[event._place.index] == 1 + 2 * len(procs)
+    finally:
+        go.set()
+        for p in procs:
+            p.join(30)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    del lock, event
+    gc.collect()
+    wait_until(lambda: used(lot) == 0, 20, "both records freed once every process let go")
+
+
 def test_taking_a_reference_beyond_the_table_raises_lot_full(make_lot):
     """Living processes hold every entry for references: taking one more (unpickling, creating)
     raises LotFullError saying so, and takes nothing; once a holder exits, it works again."""

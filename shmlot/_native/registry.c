@@ -327,12 +327,18 @@ static int hold_matches(sl_hold *e, uint64_t key, uint32_t pid, uint32_t tid, ui
 /* Where the k-th probe for a hold goes. Reference holds (REF_MODE) only ever take entries in
  * the upper half of the table, and only within HOLD_PROBE of their hash: however many
  * references processes hold, the lower half stays for the holds of RWLock readers, barriers and
- * resources. Returns nholds when a reference hold has no k-th place. */
-static uint32_t hold_probe(sl_lot *l, uint64_t key, uint32_t tid, uint32_t mode, uint32_t k)
+ * resources. A reference hold's tid is 0, so its hash takes the pid instead: hashed by object
+ * alone, every process referencing one object would probe the same HOLD_PROBE entries, and the
+ * 65th process (a pool of 128 workers sharing one lock) would find them all taken. Each process
+ * only ever looks for its own entries (adopting a fork parent's references looks for the
+ * parent's, made by the same code), so the hash is not part of the layout. Returns nholds when
+ * a reference hold has no k-th place. */
+static uint32_t hold_probe(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode,
+                           uint32_t k)
 {
-    uint32_t s = hold_start(l, key, tid);
     if (mode != REF_MODE)
-        return (s + k) % l->nholds;
+        return (hold_start(l, key, tid) + k) % l->nholds;
+    uint32_t s = hold_start(l, key, pid);
     uint32_t base = l->nholds / 2, span = l->nholds - base;
     if (k >= HOLD_PROBE || k >= span)
         return l->nholds;
@@ -342,7 +348,7 @@ static uint32_t hold_probe(sl_lot *l, uint64_t key, uint32_t tid, uint32_t mode,
 static int64_t hold_find(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint32_t mode)
 {
     for (uint32_t n = 0; n < HOLD_PROBE && n < l->nholds; n++) {
-        uint32_t i = hold_probe(l, key, tid, mode, n);
+        uint32_t i = hold_probe(l, key, pid, tid, mode, n);
         if (i >= l->nholds)
             return -1;
         if (hold_matches(HOLD(l, i), key, pid, tid, mode))
@@ -374,7 +380,7 @@ static int hold_add_n(sl_lot *l, uint64_t key, uint32_t pid, uint32_t tid, uint6
         return 0;
     }
     for (uint32_t k = 0; k < l->nholds; k++) {
-        uint32_t i = hold_probe(l, key, tid, mode, k);
+        uint32_t i = hold_probe(l, key, pid, tid, mode, k);
         if (i >= l->nholds)
             break;
         sl_hold *e = HOLD(l, i);
