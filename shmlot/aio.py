@@ -63,6 +63,11 @@ BrokenBarrierError = _barrier.BrokenBarrierError
 OWNER_POLL = OWNER_POLL_NS / 1e9  # seconds between a waiting task's liveness checks
 THREAD_SLICE_NS = _e.SLICE_OTHER_NS  # a per-task thread's sleep slice (no futex_waitv)
 FULL_BACKOFF_STEPS = 4  # a task with no free slot waits 2**4 times the shortest back-off
+# Event.wait watches the flag word in C before it parks, as the synchronous wait does, but holds
+# the loop for at most this long (the adaptive estimate of event.py's spin, capped lower): a
+# set() from a process running on another core is seen in well under a microsecond, where the
+# park's way (helper thread, eventfd, the loop waking) costs tens.
+EVENT_SPIN_NS = 10_000
 
 USE_WAITV = _e.AIO_SUPPORTED and os.environ.get("SHMLOT_AIO_WAITV", "1") != "0"
 
@@ -476,10 +481,10 @@ class Event(_Wrapper):
         """Wait until the flag is set; True (also when a set() released this wait and a clear()
         followed before the task ran, as with threading.Event)."""
         ev = self._sync
-        word = ev._words[0]
-        start = word.load()
-        if start & _event.FLAG:
+        start = ev._spin_wait(EVENT_SPIN_NS)
+        if start is True:
             return True
+        word = ev._words[0]
         gen = start & _event.GEN_MASK
 
         def done():

@@ -76,12 +76,13 @@ def _spinning(spin):
     if spin:
         yield
         return
-    saved = shmlot_event.SpinWait, aio.SpinWait
+    saved = shmlot_event.SpinWait, aio.SpinWait, shmlot_event.SPIN_NS, aio.EVENT_SPIN_NS
     shmlot_event.SpinWait = aio.SpinWait = _NoSpin
+    shmlot_event.SPIN_NS = aio.EVENT_SPIN_NS = 0  # the first spins, in C, off too
     try:
         yield
     finally:
-        shmlot_event.SpinWait, aio.SpinWait = saved
+        shmlot_event.SpinWait, aio.SpinWait, shmlot_event.SPIN_NS, aio.EVENT_SPIN_NS = saved
 
 
 def _pp_child(style, names, rounds, ready, spin=True):
