@@ -16,7 +16,9 @@ adding and removing slots while they sleep) and tell the loop through an eventfd
 unparked: the releaser's ordinary wake-up, no polling, and the loop's thread never sleeps in a
 futex. A new wait starts in a small group (8 words: a helper on few words wakes sooner) and
 moves to a packed one after OWNER_POLL seconds; 1,000 waiting tasks cost at most 12 helper
-threads (``_native/waitv.c``).
+threads (``_native/waitv.c``). Before it parks, a task spins briefly in the loop's thread, as a
+thread would: ``Event.wait`` watches the flag in C for at most EVENT_SPIN_NS, a contended
+``Lock`` or ``Semaphore`` runs a few SpinWait rounds; that is the longest the loop is held.
 
 Where ``futex_waitv`` is missing (Linux before 5.16) and on the semaphore backend, each waiting
 task has a thread of its own, asleep on its slot's futex word or semaphore, which a cancelled
