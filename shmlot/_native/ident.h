@@ -82,7 +82,6 @@ static inline int sl_word_spin_lock(uint64_t *w, uint64_t me, int stop_if_parked
     return 0;
 }
 
-
 static inline uint32_t sl_word_pid(uint64_t w) { return (uint32_t)((w >> SL_PID_SHIFT) & SL_ID_MASK); }
 static inline uint32_t sl_word_tid(uint64_t w) { return (uint32_t)((w >> SL_TID_SHIFT) & SL_ID_MASK); }
 static inline uint64_t sl_word_start(uint64_t w) { return (w >> SL_START_SHIFT) & SL_START_MASK; }
