@@ -323,7 +323,15 @@ def make_sleep(code, handle, lot_id, mode, linked=None):
     """The sleep backend of a lot handle (``_sleep.py``), given the core and the C handle."""
     if code == FUTEX:
         return FutexSleep(lib, handle)
-    return SemaphoreSleep(lib, handle, lot_id, mode, linked)
+    return SemaphoreSleep(lib, handle, lot_id, mode, linked, sem_name=sem_name)
+
+
+def sem_name(lot_id, slot):
+    """The name of a slot's semaphore on the semaphore backend, as the core spells it
+    (``sl_sem_name``; the core's wait opens the semaphore by the same call)."""
+    buf = ffi.new("char[]", 48)
+    lib.sl_sem_name(lot_id, slot, buf, len(buf))
+    return ffi.string(buf).decode("ascii")
 
 
 class _Scratch:

@@ -58,10 +58,11 @@ class SemaphoreSleep:
     """One POSIX named semaphore per slot; the unparker posts it (``wake``)."""
     name = "semaphore"
 
-    def __init__(self, core, lot, lot_id, mode, linked=None):
+    def __init__(self, core, lot, lot_id, mode, linked=None, *, sem_name):
         import posix_ipc
         self._ipc = posix_ipc
         self._core = core
+        self.sem_name = sem_name  # (lot_id, slot) -> name, as the core spells it (sl_sem_name)
         self._l = lot
         self._lot_id = lot_id
         self._mode = mode
@@ -69,10 +70,6 @@ class SemaphoreSleep:
         self._orphaned = False  # the lot was unlinked under us: posts may miss, poll instead
         self._sems = {}
         self._pid = os.getpid()
-
-    @staticmethod
-    def sem_name(lot_id, slot):
-        return f"/sl{lot_id:016x}.{slot}"  # at most 27 bytes: within the 31-byte portable limit
 
     def _sem(self, slot):
         if self._pid != os.getpid():  # handles survive fork, but be safe with the cache
@@ -139,7 +136,8 @@ class SemaphoreSleep:
     def reap_stale(self, lot_id):
         """Remove the half-made semaphore files of this lot whose maker is dead (see _open);
         returns how many."""
-        pattern = re.compile(rf"sem\.sl{lot_id:016x}\.\d+\.tmp(\d+)-\d+$")
+        lot_part = re.escape(self.sem_name(lot_id, 0)[1:].rsplit(".", 1)[0])
+        pattern = re.compile(rf"sem\.{lot_part}\.\d+\.tmp(\d+)-\d+$")
         removed = 0
         try:
             entries = os.listdir(SEM_DIR)

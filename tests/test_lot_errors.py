@@ -537,10 +537,10 @@ def test_semaphore_wait_without_deadline_waits(make_lot):
     """sl_sem_wait takes a deadline of 0 as "none" (api.h), not as one long past."""
     import posix_ipc
     from shmlot._core import lib
-    from shmlot._sleep import SemaphoreSleep
+    from shmlot._engine import sem_name
     lot = make_lot(waiter="semaphore")
     lot_id = lot.info()["lot_id"]
-    name = SemaphoreSleep.sem_name(lot_id, 0)
+    name = sem_name(lot_id, 0)
     sem = posix_ipc.Semaphore(name, posix_ipc.O_CREX, initial_value=0)
     try:
         timer = threading.Timer(0.3, sem.release)

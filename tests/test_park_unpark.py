@@ -268,7 +268,8 @@ def test_spurious_wakeups_are_absorbed(lot):
                 futex_woken += _spurious_futex_wake(lot, p.index)
             else:
                 import posix_ipc
-                sem = posix_ipc.Semaphore(f"/sl{lot._lot_id:016x}.{p.index}")
+                from shmlot._engine import sem_name
+                sem = posix_ipc.Semaphore(sem_name(lot._lot_id, p.index))
                 sem.release()
                 sem.close()
         if lot.waiter == "futex":

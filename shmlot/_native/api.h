@@ -377,11 +377,15 @@ int sl_word_finish(sl_lot *l, uint32_t *slot, uint64_t *word, uint64_t *token);
 int sl_cond_cancel(sl_lot *l, uint32_t slot, uint64_t cv_key, uint64_t *word, uint64_t *token,
                    int *requeued);
 
-/* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc,
- * named as _sleep.SemaphoreSleep.sem_name) until posted, the deadline or a signal (SL_SLEEP_*).
- * The wait is here rather than in posix_ipc because posix_ipc replaces the exception of any
- * Python signal handler but SIGINT's by its own SignalError, losing it. */
+/* Semaphore backend: sleep on slot's named semaphore (created beforehand through posix_ipc)
+ * until posted, the deadline or a signal (SL_SLEEP_*). The wait is here rather than in
+ * posix_ipc because posix_ipc replaces the exception of any Python signal handler but SIGINT's
+ * by its own SignalError, losing it.
+ *   sl_sem_name: the name of slot's semaphore for the lot whose id is lot_id, the one place it
+ *       is spelled (at most 27 bytes, within the portable 31): SemaphoreSleep creates, posts and
+ *       unlinks by it, sl_sem_wait opens by it. Returns snprintf's count. */
 int sl_sem_wait(sl_lot *l, uint32_t slot, uint64_t lot_id, uint64_t deadline_ns);
+int sl_sem_name(uint64_t lot_id, uint32_t slot, char *out, size_t cap);
 
 /* RWLock bookkeeping (rwstep.c): one step under the readers' mutex (words[3]), whole or not at
  * all. `words` are the RWLock's four words, `mine` the calling thread's count (read shares, or 1

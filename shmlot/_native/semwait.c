@@ -15,6 +15,11 @@
 
 #include "lot.h"
 
+int sl_sem_name(uint64_t lot_id, uint32_t slot, char *out, size_t cap)
+{
+    return snprintf(out, cap, "/sl%016llx.%u", (unsigned long long)lot_id, slot);
+}
+
 static sem_t *slot_sem(sl_lot *l, uint32_t slot, uint64_t lot_id)
 {
     if (!l->sems) {
@@ -30,7 +35,7 @@ static sem_t *slot_sem(sl_lot *l, uint32_t slot, uint64_t lot_id)
     if (sem)
         return sem;
     char name[48];
-    snprintf(name, sizeof name, "/sl%016llx.%u", (unsigned long long)lot_id, slot);
+    sl_sem_name(lot_id, slot, name, sizeof name);
     sem = sem_open(name, 0);
     if (sem == SEM_FAILED)
         return NULL;
