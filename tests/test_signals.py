@@ -6,15 +6,15 @@
 - SIGINT landing at random moments of a busy park/unpark loop never corrupts the lot, loses a
   thread or leaks a slot.
 """
+import gc
 import json
-import os
 import signal
 import sys
 import time
 
 import pytest
 
-from helpers.processes import start_python
+from helpers.processes import ARMED_SIGINT, start_python
 from helpers.waiting import parked, wait_parked, wait_until
 from shmlot import _engine
 
@@ -105,14 +105,7 @@ lot = ParkingLot.attach(sys.argv[1])
 key, rounds = int(sys.argv[2]), int(sys.argv[3])
 unparked = interrupted = interrupted_after_unpark = 0
 errors = []
-# One KeyboardInterrupt per park at most (a second one landing inside the first one's clean-up
-# is beyond what Python code can guard against), at whatever moment the signal comes.
-armed = [False]
-def on_sigint(signum, frame):
-    if armed[0]:
-        armed[0] = False
-        raise KeyboardInterrupt
-signal.signal(signal.SIGINT, on_sigint)
+''' + ARMED_SIGINT + '''  # one KeyboardInterrupt per park at most, whenever the signal comes
 stop = []
 def churn():  # keeps taking and freeing slots: a slot freed twice would be reused at once
     while not stop:
@@ -209,7 +202,10 @@ class Injected(KeyboardInterrupt):
 def _call_with_injection(n, call):
     """Run ``call()`` with an exception injected at the ``n``-th point where CPython (3.10+) runs
     signal handlers: entry to a Python function, return from a C function. Returns (result,
-    raised, points seen)."""
+    raised, points seen). The garbage collector is off meanwhile: a collection inside the run
+    calls finalizers (weakref callbacks of objects the earlier runs dropped), whose calls the
+    profiler would count as points of the park, so that one run could count 22 points more
+    than the next."""
     count = [0]
 
     def profiler(frame, event, arg):
@@ -218,6 +214,8 @@ def _call_with_injection(n, call):
             if count[0] == n:
                 raise Injected()
 
+    gc.collect()
+    gc.disable()
     sys.setprofile(profiler)
     try:
         result = call()
@@ -226,6 +224,7 @@ def _call_with_injection(n, call):
         result, raised = None, exc
     finally:
         sys.setprofile(None)
+        gc.enable()
     return result, raised, count[0]
 
 
