@@ -9,16 +9,14 @@ process gets in."""
 import json
 import os
 import random
-import select
 import signal
 import time
 
 import pytest
 
 import shmlot
-from shmlot._core import lib
 
-from helpers.processes import start_python
+from helpers.processes import ARMED_SIGINT, start_python
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -53,17 +51,10 @@ def body(i):
         with rw.read(timeout=0.001):
             pass
 
-# Ctrl-C's KeyboardInterrupt, raised (as Python's default handler does) only while the loop
-# below is armed, and once per arming: it strikes anywhere in an iteration, never in the loop's
-# own handler, whatever the scheduler makes of the signals' timing.
-armed = [False]
-
-def on_sigint(signum, frame):
-    if armed[0]:
-        armed[0] = False
-        raise KeyboardInterrupt
-
-signal.signal(signal.SIGINT, on_sigint)
+# Ctrl-C's KeyboardInterrupt only while the loop below is armed, once per arming (ARMED_SIGINT,
+# spliced in below): it strikes anywhere in an iteration, never in the loop's own handler,
+# whatever the scheduler makes of the signals' timing.
+@ARMED_SIGINT@
 
 def storm():
     i = 0
@@ -120,6 +111,8 @@ sys.stdin.readline()
 
 
 
+
+STORMED = STORMED.replace("@ARMED_SIGINT@", ARMED_SIGINT)
 
 CONTENDER = r"""
 import os, sys, time, shmlot

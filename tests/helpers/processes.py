@@ -34,6 +34,22 @@ def child_env(lot, extra=None):
     return python_env(env)
 
 
+# Source to splice into a ``python -c`` child that Ctrl-C tests interrupt: SIGINT raises
+# KeyboardInterrupt (as Python's default handler does) only while ``armed[0]`` is true, and once
+# per arming, so it strikes anywhere in the guarded code and never twice in one clean-up (a
+# second one landing in the first one's clean-up is beyond what Python code can guard against).
+# Spliced rather than imported: the children stay free of the tests' helpers.
+ARMED_SIGINT = """
+import signal
+armed = [False]
+def on_sigint(signum, frame):
+    if armed[0]:
+        armed[0] = False
+        raise KeyboardInterrupt
+signal.signal(signal.SIGINT, on_sigint)
+"""
+
+
 _started = []
 
 
