@@ -65,8 +65,8 @@ TOKEN_NORMAL, TOKEN_HANDOFF = _fast.TOKEN_NORMAL, _fast.TOKEN_HANDOFF
 TOKEN_READ_GRANT = lib.SL_TOKEN_READ_GRANT
 OWNER_POLL_NS = _fast.OWNER_POLL_NS  # how often a parked waiter checks that an owner is alive
 
-NO_DEADLINE = 0  # a deadline: none
-EXPIRED = 1      # a deadline: passed before any call (a timeout of 0, or negative)
+NO_DEADLINE = lib.SL_DEADLINE_NONE  # a deadline: none
+EXPIRED = lib.SL_DEADLINE_EXPIRED   # a deadline passed before any call (a timeout of 0, <0)
 
 # A sleeping thread wakes at least this often to re-check its slot and let signals in: 50 ms on
 # the main thread (Ctrl-C must land within 0.2 s), 1 s on others (the cost of a wake-up lost to
@@ -189,18 +189,12 @@ def park_deadline(timeout):
     return deadline_after(timeout)
 
 
-def wait_deadline(timeout):
-    """threading's rules for the timeout of ``Event.wait``, ``Condition.wait``,
-    ``Semaphore.acquire`` and ``Barrier.wait``, as a deadline: None waits for ever; any other
-    number (a bool counts as 0 or 1) is seconds, and one that is not positive (or NaN) means "do
-    not wait" (EXPIRED): the call returns at once as on a timeout. Anything else: TypeError."""
-    if timeout is None:
-        return NO_DEADLINE
-    if not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number or None, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout <= 0:
-        return EXPIRED
-    return deadline_after(float(timeout))
+# threading's rules for the timeout of Event.wait, Condition.wait, Semaphore.acquire and
+# Barrier.wait, as a deadline: None waits for ever; any other number (a bool counts as 0 or 1)
+# is seconds, and one that is not positive (or NaN) means "do not wait" (EXPIRED): the call
+# returns at once as on a timeout. Anything else: TypeError. In C, so that Condition.wait's C
+# path converts by the very same function.
+wait_deadline = _fast.wait_deadline
 
 
 def acquire_deadline(blocking, timeout):

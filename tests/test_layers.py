@@ -70,7 +70,7 @@ def test_a_conditions_own_lock_is_an_rlock_on_its_record(lot):
 
 # ---- one deadline form, by threading's rules ------------------------------------------------
 
-def test_wait_deadline_follows_threadings_wait_rules():
+def test_wait_deadline_follows_threadings_wait_rules(lot):
     assert _engine.wait_deadline(None) == _engine.NO_DEADLINE
     for expired in (0, 0.0, -1, -0.5, math.nan, False):
         assert _engine.wait_deadline(expired) == _engine.EXPIRED, expired
@@ -80,6 +80,13 @@ def test_wait_deadline_follows_threadings_wait_rules():
     assert _engine.wait_deadline(True) > _engine.EXPIRED  # a bool is 0 or 1 second
     with pytest.raises(TypeError):
         _engine.wait_deadline("1")
+    # one conversion: the one Condition.wait's C path (condwait.c) makes
+    from shmlot import _fast
+    assert _engine.wait_deadline is _fast.wait_deadline
+    with pytest.raises(TypeError, match="timeout must be a number or None, not str"):
+        cond = shmlot.Condition(lot=lot)
+        with cond:
+            cond.wait("1")
 
 
 def test_acquire_deadline_follows_threadings_acquire_rules():

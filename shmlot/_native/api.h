@@ -57,6 +57,10 @@
 #define SL_SLOT_QUEUED 2    /* linked in its bucket's queue */
 #define SL_SLOT_UNPARKED 3  /* dequeued by an unparker; token valid; wait word is 0 */
 
+/* Deadlines: absolute CLOCK_MONOTONIC nanoseconds, or one of these two */
+#define SL_DEADLINE_NONE 0    /* wait for ever */
+#define SL_DEADLINE_EXPIRED 1 /* passed before any call (a wait's timeout of 0, or negative) */
+
 /* A slot's wait word (the futex word its thread sleeps on; see lot.h) */
 #define SL_WAIT_UNPARKED 0
 #define SL_WAIT_SLEEP 1

@@ -26,12 +26,6 @@
 
 #include "fast.h"
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
-}
 
 typedef struct {
     PyObject_HEAD
@@ -181,7 +175,7 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
     uint32_t slot = SL_NO_SLOT, woken[1];
     uint64_t token = 0;
     int nwoken = 0, rc;
-    uint64_t next_poll = now_ns() + SL_OWNER_POLL_NS;
+    uint64_t next_poll = mono_ns() + SL_OWNER_POLL_NS;
     Py_BEGIN_ALLOW_THREADS
     rc = sl_core.cond_park(self->lot, self->cv_key, self->lock_key, self->lock_id, self->word,
                            self->count, deadline, self->backend ? 0 : SL_SLICE_MAIN_NS, &slot,
@@ -199,7 +193,7 @@ static int wait_parked(CondWaiter *self, uint64_t me, uint64_t deadline)
             leave(self, slot);
             return PY_RAISED;
         }
-        uint64_t now = now_ns();
+        uint64_t now = mono_ns();
         if (deadline && now >= deadline)
             return leave(self, slot);
         if (now >= next_poll) {
@@ -280,9 +274,9 @@ static int parse_timeout(PyObject *const *args, Py_ssize_t nargs, PyObject *kwna
 /* threading.Condition.wait's timeout rules: None waits for ever; a number (a bool counts as 0
  * or 1) is seconds, and a negative one (or NaN) does not wait at all: the lock is released and
  * taken back, and the call returns False, as threading's does. */
-static int deadline_of(PyObject *timeout, uint64_t *deadline)
+int sl_fast_wait_deadline(PyObject *timeout, uint64_t *deadline)
 {
-    *deadline = 0;
+    *deadline = SL_DEADLINE_NONE;
     if (timeout == Py_None)
         return 0;
     if (!(PyLong_Check(timeout) || PyFloat_Check(timeout))) {
@@ -293,12 +287,14 @@ static int deadline_of(PyObject *timeout, uint64_t *deadline)
     double t = PyFloat_AsDouble(timeout);
     if (t == -1.0 && PyErr_Occurred())
         return -1;
-    if (isnan(t) || t < 0)
-        t = 0;
+    if (isnan(t) || t <= 0) {
+        *deadline = SL_DEADLINE_EXPIRED;
+        return 0;
+    }
     if (t > 1e9)
         t = 1e9;
     uint64_t ns = (uint64_t)(t * 1e9);
-    *deadline = now_ns() + (ns ? ns : 1);
+    *deadline = mono_ns() + (ns ? ns : 1);
     return 0;
 }
 
@@ -309,7 +305,7 @@ static PyObject *cw_call(PyObject *obj, PyObject *const *args, size_t nargsf, Py
     PyObject *timeout;
     uint64_t deadline;
     if (parse_timeout(args, PyVectorcall_NARGS(nargsf), kwnames, &timeout) < 0 ||
-        deadline_of(timeout, &deadline) < 0)
+        sl_fast_wait_deadline(timeout, &deadline) < 0)
         return NULL;
     if (!self->lot) {
         PyErr_SetString(PyExc_RuntimeError, "CondWaiter is not bound to a lot");

@@ -52,12 +52,6 @@ static PyObject *event_clear(SlWord *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static inline uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 /* How long this process's waits have needed to spin lately (an average, ns). A wait spins for
  * twice that plus SPIN_MIN_NS, at most the caller's bound: a spin that succeeds pulls the average

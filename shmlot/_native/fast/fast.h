@@ -29,6 +29,7 @@
 #include <Python.h>
 
 #include <stdint.h>
+#include <time.h>
 
 #include "ident.h"
 
@@ -38,6 +39,22 @@
 /* PyMethodDef wants a PyCFunction; going through void(*)(void) keeps -Wcast-function-type quiet
  * for METH_FASTCALL signatures (CPython's own _PyCFunction_CAST does the same). */
 #define METH(f) ((PyCFunction)(void (*)(void))(f))
+
+/* ---- time ----------------------------------------------------------------------------------- */
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock of every deadline (the core's sl_now_ns). */
+static inline uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+}
+
+/* threading's rules for a wait's timeout (Event.wait, Condition.wait, Semaphore.acquire,
+ * Barrier.wait) as a deadline: None is SL_DEADLINE_NONE; a number that is not positive (or NaN)
+ * SL_DEADLINE_EXPIRED; else now + seconds (at most 1e9 s). TypeError for anything else. The one
+ * conversion: _engine.wait_deadline is this function (module.c). */
+int sl_fast_wait_deadline(PyObject *timeout, uint64_t *deadline);
 
 /* ---- the core's functions (core.c) ------------------------------------------------------- */
 

@@ -90,7 +90,22 @@ static PyObject *f_thread_yield(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(igno
     Py_RETURN_NONE;
 }
 
+static PyObject *f_wait_deadline(PyObject *Py_UNUSED(m), PyObject *timeout)
+{
+    uint64_t deadline;
+    if (sl_fast_wait_deadline(timeout, &deadline) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(deadline);
+}
+
 static PyMethodDef module_methods[] = {
+    {"wait_deadline", f_wait_deadline, METH_O,
+     "wait_deadline(timeout, /)\n--\n\n"
+     "threading's rules for the timeout of Event.wait, Condition.wait, Semaphore.acquire and\n"
+     "Barrier.wait, as a deadline (CLOCK_MONOTONIC ns): None waits for ever (0); any other\n"
+     "number (a bool counts as 0 or 1) is seconds, and one that is not positive (or NaN) means\n"
+     "\"do not wait\" (1, a deadline always passed). Anything else: TypeError. Condition.wait's\n"
+     "C path converts its timeout by the same function."},
     {"self_ident", f_self_ident, METH_NOARGS,
      "self_ident()\n--\n\n(pid, tid, start) of the calling thread; start is the process start\n"
      "time in clock ticks (all bits; lock words keep the low 18). The core's cached identity\n"
