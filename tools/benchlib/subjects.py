@@ -56,6 +56,18 @@ class FlockLock:
     __del__ = close
 
 
+class NoLock:
+    """acquire() and release() that do nothing: the contended loop without a lock, whose slowest
+    process's share is what the scheduler alone gives the processes (the reference for a lock's
+    "slowest process" figure)."""
+
+    def acquire(self):
+        return True
+
+    def release(self):
+        pass
+
+
 def filelock_open(path):
     try:
         import filelock
@@ -99,6 +111,16 @@ def lock_subjects(env=None):
         Subject("fcntl.flock", "fcntl", lambda: e.tmpfile(), FlockLock, rmfile),
         Subject("filelock.FileLock", "filelock", _needs_filelock(e), filelock_open, rmfile),
     ]}
+
+
+def contended_subjects(env=None):
+    """The lock subjects that work across processes, and the loop with no lock at all."""
+    subjects = {n: s for n, s in lock_subjects(env).items() if s.cross_process}
+    subjects[NO_LOCK] = Subject(NO_LOCK, "floor", lambda: None, lambda _: NoLock())
+    return subjects
+
+
+NO_LOCK = "no lock (scheduler)"
 
 
 def pingpong_subjects(env=None):
