@@ -61,13 +61,17 @@ static inline int sl_word_try_lock(uint64_t *w, uint64_t me)
     return 0;
 }
 
-/* A contended acquire's first back-off: watch the word for SL_SPIN_PAUSES pauses (parking_lot's
- * first three SpinWait rounds, 2 + 4 + 8; ~0.35 us on this project's test machine) and take it
- * the moment it is free. It reads before it swaps, so the holder keeps its cache line until the
+/* A contended acquire's first back-off: watch the word for SL_SPIN_PAUSES pauses (~75 ns on this
+ * project's test machine, about one short critical section of a Python caller) and take it the
+ * moment it is free. It reads before it swaps, so the holder keeps its cache line until the
  * lock is free. With stop_if_parked (a thread arriving at the lock) it gives up as soon as
  * PARKED is set: threads are queued, and the caller joins them rather than spin beside them.
+ * Why so short: a longer watch (parking_lot's 14 pauses, measured) lets the processes that are
+ * running keep the lock among themselves, and with many processes per CPU the ones that were
+ * descheduled fall behind (the slowest of 32 got ~0.4 of the mean share with 14 pauses, ~0.57
+ * with 3), while two processes gain nothing from watching longer (docs/performance.md).
  * Returns 1 when the lock was taken. */
-#define SL_SPIN_PAUSES 14
+#define SL_SPIN_PAUSES 3
 
 static inline int sl_word_spin_lock(uint64_t *w, uint64_t me, int stop_if_parked)
 {
