@@ -470,6 +470,13 @@ class Event(_Wrapper):
     def __init__(self, *, name=None, lot=None):
         self._bind(_event.Event(name=name, lot=lot))
 
+    def _bind(self, obj):
+        super()._bind(obj)
+        # The flag's calls are the synchronous object's own C methods, bound here (as
+        # threading.Condition binds its lock's acquire and release): a ping-pong's set() and
+        # clear() then cost no Python frame of ours. The methods below document them.
+        self.is_set, self.set, self.clear = obj.is_set, obj.set, obj.clear
+
     def is_set(self):
         return self._sync.is_set()
 
