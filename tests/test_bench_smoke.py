@@ -118,6 +118,10 @@ def test_bench_contended_and_notify_smoke(tmp_path):
     assert mp_lock["status"] == "ok"
     assert 0 <= mp_lock["extra"]["min_share"] <= 1
     assert mp_lock["extra"]["p99_ns"] > 0
+    # the same loop with no lock, last: the scheduler's own share, beside the locks'
+    assert list(cont)[-1] == "no lock (scheduler)"
+    bare = cont["no lock (scheduler)"]
+    assert bare["status"] == "ok" and 0 < bare["extra"]["min_share"] <= 1
     notify = {r["subject"]: r for r in doc["scenarios"][1]["rows"]}
     assert notify["mp.Condition"]["status"] == "ok"
 

@@ -56,6 +56,9 @@ class FlockLock:
     __del__ = close
 
 
+NO_LOCK = "no lock (scheduler)"
+
+
 class NoLock:
     """acquire() and release() that do nothing: the contended loop without a lock, whose slowest
     process's share is what the scheduler alone gives the processes (the reference for a lock's
@@ -118,9 +121,6 @@ def contended_subjects(env=None):
     subjects = {n: s for n, s in lock_subjects(env).items() if s.cross_process}
     subjects[NO_LOCK] = Subject(NO_LOCK, "floor", lambda: None, lambda _: NoLock())
     return subjects
-
-
-NO_LOCK = "no lock (scheduler)"
 
 
 def pingpong_subjects(env=None):
