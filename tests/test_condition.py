@@ -145,7 +145,10 @@ def test_notify_all_hands_the_lock_over_in_wait_order(default_lot, shm_segment):
     ahead = default_lot.info()["counters"]["woken_ahead"]
     with cond:
         cond.notify_all()
-    wait_until(lambda: seg.load(8 * 63) == 1, 20, "the first waiter holding the lock")
+    # what the first waiter stores last (its turn, after counting it): then both are readable
+    wait_until(lambda: any(seg.load(8 * i) for i in range(n)), 20,
+               "the first waiter holding the lock")
+    assert seg.load(8 * 63) == 1
     assert seg.load(0) == 1
     queued = parked(default_lot, cond._lock.key)
     assert [q.pid for q in queued] == [p.pid for p in procs[1:]]
