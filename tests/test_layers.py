@@ -83,9 +83,9 @@ def test_wait_deadline_follows_threadings_wait_rules(lot):
     # one conversion: the one Condition.wait's C path (condwait.c) makes
     from shmlot import _fast
     assert _engine.wait_deadline is _fast.wait_deadline
-    with pytest.raises(TypeError, match="timeout must be a number or None, not str"):
-        cond = shmlot.Condition(lot=lot)
-        with cond:
+    cond = shmlot.Condition(lot=lot)
+    with cond:
+        with pytest.raises(TypeError, match="timeout must be a number or None, not str"):
             cond.wait("1")
 
 

@@ -26,7 +26,6 @@
 
 #include "fast.h"
 
-
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;

@@ -52,7 +52,6 @@ static PyObject *event_clear(SlWord *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-
 /* How long this process's waits have needed to spin lately (an average, ns). A wait spins for
  * twice that plus SPIN_MIN_NS, at most the caller's bound: a spin that succeeds pulls the average
  * a quarter of the way to the time it took, one that gives up halves it. SPIN_MIN_NS is about
